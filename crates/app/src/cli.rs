@@ -1,0 +1,159 @@
+//! The command line: `banyan [serve]`, `banyan dead-letters ...`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use banyan_bus::dead_letter;
+use banyan_db::Db;
+use clap::{Parser, Subcommand};
+use uuid::Uuid;
+
+use crate::{
+    config::{self, LogFormat},
+    server::{self, Server},
+    telemetry,
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "banyan", version, about = "A modular-monolith shop that grows into services.")]
+struct Cli {
+    /// Extra configuration files, layered in order over config/default.toml.
+    #[arg(long = "config", value_name = "FILE", global = true)]
+    config: Vec<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the shop (the default).
+    Serve(ServeArgs),
+    /// List and replay events that failed every delivery attempt.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+}
+
+#[derive(Debug, Default, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (server.addr).
+    #[arg(long)]
+    addr: Option<std::net::SocketAddr>,
+    /// sqlite://<dir> or postgres://... (database.url).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// json or pretty (log.format).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterCommand {
+    /// List dead letters, newest first.
+    List {
+        /// Only this module's.
+        #[arg(long)]
+        module: Option<String>,
+        /// dead, replay_requested, replaying or replayed.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Ask for a dead letter to be delivered again; the process hosting the module does it.
+    Replay { module: String, id: Uuid },
+}
+
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut figment = config::layers(&cli.config);
+    let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
+    if let Command::Serve(args) = &command {
+        if let Some(addr) = args.addr {
+            figment = config::with(figment, "server.addr", addr.to_string());
+        }
+        if let Some(url) = &args.database_url {
+            figment = config::with(figment, "database.url", url);
+        }
+        if let Some(format) = args.log_format {
+            let format = match format {
+                LogFormat::Json => "json",
+                LogFormat::Pretty => "pretty",
+            };
+            figment = config::with(figment, "log.format", format);
+        }
+    }
+    let settings = match config::load(&figment) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("banyan: cannot start: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&settings.log);
+    let outcome = match command {
+        Command::Serve(_) => serve(settings, figment).await,
+        Command::DeadLetters(command) => dead_letters(settings, command).await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "Banyan failed.");
+            eprintln!("banyan: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: config::Settings, figment: figment::Figment) -> anyhow::Result<()> {
+    let addr = settings.server.addr;
+    let server = Server::build(settings, figment).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    server.run(listener, server::shutdown_signal()).await
+}
+
+async fn dead_letters(settings: config::Settings, command: DeadLetterCommand) -> anyhow::Result<()> {
+    let open = |module: &'static str| {
+        let settings = settings.clone();
+        async move {
+            let migrations = server::all_modules()
+                .into_iter()
+                .find(|m| m.name() == module)
+                .map(|m| m.migrations())
+                .ok_or_else(|| anyhow::anyhow!("no module named {module}"))?;
+            Ok::<_, anyhow::Error>(
+                Db::open(module, &settings.database, &[&*banyan_bus::MESSAGING_MIGRATIONS, migrations]).await?,
+            )
+        }
+    };
+    let names: Vec<&'static str> = server::all_modules().iter().map(|m| m.name()).collect();
+    let find = |name: &str| {
+        names
+            .iter()
+            .copied()
+            .find(|n| *n == name)
+            .ok_or_else(|| anyhow::anyhow!("no module named {name}; modules are {}", names.join(", ")))
+    };
+    match command {
+        DeadLetterCommand::List { module, status, limit } => {
+            let modules = match module {
+                Some(name) => vec![find(&name)?],
+                None => names.clone(),
+            };
+            let mut letters = Vec::new();
+            for module in modules {
+                letters.extend(dead_letter::list(&open(module).await?, status.as_deref(), limit).await?);
+            }
+            println!("{}", serde_json::to_string_pretty(&letters)?);
+        }
+        DeadLetterCommand::Replay { module, id } => {
+            let db = open(find(&module)?).await?;
+            if dead_letter::request_replay(&db, id).await? {
+                println!("Replay of {id} requested; the process hosting {module} delivers it.");
+            } else {
+                anyhow::bail!("no dead letter {id} awaiting replay in {module}");
+            }
+        }
+    }
+    Ok(())
+}

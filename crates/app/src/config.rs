@@ -1,0 +1,193 @@
+//! Configuration: figment layers, then validation that names the bad key.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use banyan_bus::BusConfig;
+use banyan_db::DatabaseConfig;
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::Deserialize;
+
+/// `config/default.toml`, compiled in so the binary runs from any directory.
+const DEFAULTS: &str = include_str!("../../../config/default.toml");
+
+/// Top-level sections; environment variables outside them (`BANYAN_FAILPOINTS`, test
+/// settings) are not configuration.
+const SECTIONS: [&str; 6] = ["server", "database", "bus", "auth", "log", "modules"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub bus: BusConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+    /// Per-module sections, read by each module itself.
+    #[serde(default)]
+    pub modules: BTreeMap<String, figment::value::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub addr: SocketAddr,
+    pub max_body_bytes: usize,
+    pub request_timeout_ms: u64,
+}
+
+impl ServerConfig {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub jwt_secret: String,
+    pub token_ttl_secs: u64,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("jwt_secret", &"<redacted>")
+            .field("token_ttl_secs", &self.token_ttl_secs)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// A configuration that cannot be used, with the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(String),
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+/// The layers: defaults, then each `--config` file (which must exist), then `BANYAN_*`
+/// variables. CLI flags are merged on top by the caller.
+pub fn layers(files: &[PathBuf]) -> Figment {
+    let mut figment = Figment::from(Toml::string(DEFAULTS));
+    for file in files {
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    figment.merge(
+        Env::prefixed("BANYAN_")
+            .split("__")
+            .filter(|key| SECTIONS.iter().any(|s| key.as_str().split('.').next() == Some(s))),
+    )
+}
+
+/// Sets one key on top of every layer (for CLI flags and tests).
+pub fn with(figment: Figment, key: &str, value: impl serde::Serialize) -> Figment {
+    figment.merge(Serialized::default(key, value))
+}
+
+/// Extracts and checks the settings.
+pub fn load(figment: &Figment) -> Result<Settings, ConfigError> {
+    let settings: Settings = figment.extract().map_err(|errors| {
+        ConfigError::Load(
+            errors
+                .into_iter()
+                .map(|e| {
+                    let key = e.path.join(".");
+                    let origin = e
+                        .metadata
+                        .as_ref()
+                        .map(|m| format!(" (from {})", m.name))
+                        .unwrap_or_default();
+                    if key.is_empty() {
+                        format!("configuration error: {}{origin}", e.kind)
+                    } else {
+                        format!("invalid value for `{key}`: {}{origin}", e.kind)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+impl Settings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: &str| ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        };
+        if !(1_024..=64 * 1024 * 1024).contains(&self.server.max_body_bytes) {
+            return Err(invalid("server.max_body_bytes", "must be between 1 KiB and 64 MiB"));
+        }
+        if self.server.request_timeout_ms == 0 {
+            return Err(invalid("server.request_timeout_ms", "must be greater than 0"));
+        }
+        if self.auth.jwt_secret.len() < 32 {
+            return Err(invalid("auth.jwt_secret", "must be at least 32 bytes"));
+        }
+        if !(60..=30 * 24 * 3600).contains(&self.auth.token_ttl_secs) {
+            return Err(invalid("auth.token_ttl_secs", "must be between 60 s and 30 days"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid("log.level", "is not a valid tracing filter"));
+        }
+        self.database
+            .validate()
+            .map_err(|(key, e)| invalid(&key, &e.to_string()))?;
+        self.bus.validate().map_err(|(key, reason)| invalid(key, &reason))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_defaults_load() {
+        let settings = load(&Figment::from(Toml::string(DEFAULTS))).unwrap();
+        assert_eq!(settings.server.addr.port(), 8080);
+        assert_eq!(settings.database.url, "sqlite://data");
+    }
+
+    #[test]
+    fn a_bad_value_is_reported_with_its_key() {
+        let figment = with(Figment::from(Toml::string(DEFAULTS)), "server.addr", "nowhere");
+        let error = load(&figment).unwrap_err().to_string();
+        assert!(error.contains("server.addr"), "{error}");
+
+        let figment = with(Figment::from(Toml::string(DEFAULTS)), "bus.event_queue", 0);
+        let error = load(&figment).unwrap_err().to_string();
+        assert!(error.contains("bus.event_queue"), "{error}");
+
+        let figment = with(Figment::from(Toml::string(DEFAULTS)), "database.url", "mysql://x");
+        let error = load(&figment).unwrap_err().to_string();
+        assert!(error.contains("database.url"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        let figment = with(Figment::from(Toml::string(DEFAULTS)), "server.adress", "x");
+        let error = load(&figment).unwrap_err().to_string();
+        assert!(error.contains("adress"), "{error}");
+    }
+}

@@ -1,0 +1,119 @@
+//! The HTTP edge: what every request passes through before it reaches a module's route.
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    extract::Request,
+    http::{HeaderName, HeaderValue, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use banyan_bus::{Context, CorrelationId, TraceContext};
+use banyan_kit::ApiError;
+use tracing::Instrument;
+
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// Gives the request its causal [`Context`]: the correlation id from `x-request-id` (or a new
+/// one), the trace from `traceparent`. Every log line inside carries them; the response echoes
+/// `x-request-id`. Also bounds the request's time and logs its outcome once.
+pub(crate) async fn context(
+    axum::extract::State(timeout): axum::extract::State<std::time::Duration>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let correlation_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .and_then(CorrelationId::parse)
+        .unwrap_or_default();
+    let trace = request
+        .headers()
+        .get(&TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse);
+    let cx = Context::new(correlation_id.clone(), trace);
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let span = tracing::info_span!(
+        "http",
+        correlation_id = %correlation_id,
+        module = module_of_path(&path),
+        %method,
+        path = %path,
+    );
+    request.extensions_mut().insert(cx);
+    let started = Instant::now();
+    let mut response = match tokio::time::timeout(timeout, next.run(request).instrument(span.clone())).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "the request took too long and was abandoned",
+        )
+        .into_response(),
+    };
+    let status = response.status();
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1_000.0;
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), elapsed_ms, "Request failed.");
+        } else {
+            tracing::info!(status = status.as_u16(), elapsed_ms, "Request handled.");
+        }
+    });
+    if let Ok(value) = HeaderValue::from_str(correlation_id.as_str()) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+/// Which module a path belongs to, for the log lines of the edge.
+fn module_of_path(path: &str) -> &'static str {
+    let resource = path
+        .strip_prefix("/api/v1/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("");
+    match resource {
+        "users" => "users",
+        "products" => "catalog",
+        "inventory" => "inventory",
+        "carts" => "cart",
+        "orders" => "orders",
+        "payments" => "payments",
+        "notifications" => "notifications",
+        _ => "app",
+    }
+}
+
+/// A panic in a handler becomes a JSON 500; the process lives on.
+pub(crate) fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("A request handler panicked.");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "an unexpected error occurred",
+    )
+    .into_response()
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+/// Lets a module's extractors find the authenticator.
+pub(crate) fn authenticator_layer(
+    auth: Arc<banyan_kit::auth::Authenticator>,
+) -> axum::Extension<Arc<banyan_kit::auth::Authenticator>> {
+    axum::Extension(auth)
+}

@@ -1,0 +1,19 @@
+//! The one binary: configuration, CLI, process wiring and the HTTP edge.
+//!
+//! # Layout
+//! - `config`: the figment layers (defaults, `--config` files, `BANYAN_*`, flags) and
+//!   validation that names the bad key.
+//! - `server`: builds a process from its modules (storage, migrations, outbox relay, bus
+//!   handlers, routes) and serves it with graceful shutdown.
+//! - `edge`: middleware every request passes: correlation id and trace context, timeout,
+//!   one log line per request, JSON errors for unknown routes and panics.
+//! - `cli`: `banyan serve`, `banyan dead-letters list|replay`.
+//! - `telemetry`: JSON logs.
+
+pub mod cli;
+pub mod config;
+mod edge;
+pub mod server;
+pub mod telemetry;
+
+pub use server::Server;

@@ -1,0 +1,363 @@
+//! What the bus costs over the bare tokio primitives it is built on.
+//!
+//! Cases, measured in one process on a 2-worker multi-thread runtime, interleaved round by
+//! round (so drift of the machine hits every case alike), reported as medians across rounds:
+//!
+//! - `bare`: a spawned task receiving from a `tokio::sync::mpsc` channel and replying through a
+//!   `oneshot`: the floor for any in-process request/reply.
+//! - `bus request→reply`: `Bus::request` to a handler registered with `Bus::handle`.
+//! - `bus publish→handled`: `Bus::publish` until the subscriber has run.
+//!
+//! Latency is sequential (one call at a time, each timed with `Instant`); throughput runs
+//! `CONCURRENCY` callers at once (for publish: one publisher, until every event is handled).
+//!
+//! `cargo bench -p banyan-bus` runs the full measurement; without `--bench` (as under
+//! `cargo test`) it makes a tiny run that only checks the cases work.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use banyan_bus::{Bus, BusConfig, Context, Event, Message, Request};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, oneshot};
+use uuid::Uuid;
+
+const CONCURRENCY: usize = 64;
+const WORKERS: usize = 2;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Ping(u64);
+
+impl Message for Ping {
+    const SUBJECT: &str = "bench.ping.v1";
+}
+
+impl Request for Ping {
+    type Response = u64;
+}
+
+/// Handled one at a time: the subscriber signals each back.
+#[derive(Debug, Serialize, Deserialize)]
+struct Echoed {
+    aggregate: Uuid,
+}
+
+impl Message for Echoed {
+    const SUBJECT: &str = "bench.echoed.v1";
+}
+
+impl Event for Echoed {
+    fn aggregate_id(&self) -> Uuid {
+        self.aggregate
+    }
+}
+
+/// Handled in bulk: the subscriber counts them.
+#[derive(Debug, Serialize, Deserialize)]
+struct Counted {
+    aggregate: Uuid,
+}
+
+impl Message for Counted {
+    const SUBJECT: &str = "bench.counted.v1";
+}
+
+impl Event for Counted {
+    fn aggregate_id(&self) -> Uuid {
+        self.aggregate
+    }
+}
+
+type BoxedFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// One operation of a case, callable from many tasks (both cases pay the same boxing).
+type Op = Arc<dyn Fn(u64) -> BoxedFuture + Send + Sync>;
+
+/// What one round measured for one case.
+#[derive(Clone, Copy)]
+struct Sample {
+    p50_us: f64,
+    p99_us: f64,
+    ops_per_s: f64,
+}
+
+struct Settings {
+    rounds: usize,
+    iterations: usize,
+    full: bool,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let full = args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test");
+    let settings = if full {
+        Settings {
+            rounds: 7,
+            iterations: 20_000,
+            full,
+        }
+    } else {
+        Settings {
+            rounds: 1,
+            iterations: 256,
+            full,
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .enable_all()
+        .build()
+        .expect("building the runtime");
+    runtime.block_on(run(settings));
+}
+
+async fn run(settings: Settings) {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "setup: {cores} cores, tokio multi-thread runtime with {WORKERS} workers, {} rounds x {} \
+         iterations per case, throughput with {CONCURRENCY} concurrent callers, medians across \
+         rounds{}",
+        settings.rounds,
+        settings.iterations,
+        if settings.full {
+            ""
+        } else {
+            " (quick run: pass --bench for a real measurement)"
+        }
+    );
+
+    let cases = [
+        ("bare mpsc+oneshot round trip", bare_case()),
+        ("bus request→reply (in process)", bus_request_case()),
+        ("bus publish→handled", bus_publish_case()),
+    ];
+    // Warm up every path (allocations, worker wake-ups) before measuring.
+    for (_, case) in &cases {
+        case.measure(settings.iterations.min(2_000)).await;
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); cases.len()];
+    for _ in 0..settings.rounds {
+        for (at, (_, case)) in cases.iter().enumerate() {
+            samples[at].push(case.measure(settings.iterations).await);
+        }
+    }
+    let medians: Vec<Sample> = samples.iter().map(|s| median_sample(s)).collect();
+
+    println!();
+    println!(
+        "{:<34} {:>10} {:>10} {:>18}",
+        "case", "p50 µs", "p99 µs", "throughput ops/s"
+    );
+    for ((name, _), m) in cases.iter().zip(&medians) {
+        println!(
+            "{name:<34} {:>10.2} {:>10.2} {:>18.0}",
+            m.p50_us, m.p99_us, m.ops_per_s
+        );
+    }
+    let (bare, bus) = (medians[0], medians[1]);
+    println!();
+    println!(
+        "bus/bare request→reply: p50 x{:.2}, throughput x{:.2}",
+        bus.p50_us / bare.p50_us,
+        bus.ops_per_s / bare.ops_per_s
+    );
+}
+
+/// A case: its sequential operation and how to run its throughput part.
+struct Case {
+    op: Op,
+    throughput: Throughput,
+}
+
+enum Throughput {
+    /// `CONCURRENCY` tasks calling `op` until `iterations` calls are done.
+    Concurrent,
+    /// Publish `iterations` events and wait until all are handled.
+    Published { bus: Bus, counted: Arc<Counter> },
+}
+
+struct Counter {
+    handled: AtomicUsize,
+    target: AtomicUsize,
+    done: Notify,
+}
+
+impl Case {
+    async fn measure(&self, iterations: usize) -> Sample {
+        let (p50, p99) = latency(&self.op, iterations).await;
+        let elapsed = match &self.throughput {
+            Throughput::Concurrent => concurrent(&self.op, iterations).await,
+            Throughput::Published { bus, counted } => published(bus, counted, iterations).await,
+        };
+        Sample {
+            p50_us: micros(p50),
+            p99_us: micros(p99),
+            ops_per_s: iterations as f64 / elapsed.as_secs_f64(),
+        }
+    }
+}
+
+fn bare_case() -> Case {
+    let (sender, mut receiver) = mpsc::channel::<(u64, oneshot::Sender<u64>)>(1_024);
+    tokio::spawn(async move {
+        while let Some((n, reply)) = receiver.recv().await {
+            let _ = reply.send(n + 1);
+        }
+    });
+    let op: Op = Arc::new(move |n| {
+        let sender = sender.clone();
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            sender.send((n, reply)).await.expect("the server stopped");
+            assert_eq!(answer.await.expect("no reply"), n + 1);
+        })
+    });
+    Case {
+        op,
+        throughput: Throughput::Concurrent,
+    }
+}
+
+fn bus_request_case() -> Case {
+    let bus = Bus::new(BusConfig::default());
+    bus.handle::<Ping, _, _>("bench", |_, Ping(n)| async move { Ok(n + 1) });
+    let cx = Context::root();
+    let op: Op = Arc::new(move |n| {
+        let (bus, cx) = (bus.clone(), cx.clone());
+        Box::pin(async move {
+            let answer = bus.request(&cx, Ping(n)).await.expect("request failed");
+            assert_eq!(answer, n + 1);
+        })
+    });
+    Case {
+        op,
+        throughput: Throughput::Concurrent,
+    }
+}
+
+fn bus_publish_case() -> Case {
+    let bus = Bus::new(BusConfig::default());
+    let echoed = Arc::new(Notify::new());
+    bus.subscribe::<Echoed, _, _>("bench", {
+        let echoed = echoed.clone();
+        move |_| {
+            echoed.notify_one();
+            async { Ok(()) }
+        }
+    });
+    let counted = Arc::new(Counter {
+        handled: AtomicUsize::new(0),
+        target: AtomicUsize::new(usize::MAX),
+        done: Notify::new(),
+    });
+    bus.subscribe::<Counted, _, _>("bench", {
+        let counted = counted.clone();
+        move |_| {
+            if counted.handled.fetch_add(1, Ordering::AcqRel) + 1
+                == counted.target.load(Ordering::Acquire)
+            {
+                counted.done.notify_one();
+            }
+            async { Ok(()) }
+        }
+    });
+    let cx = Context::root();
+    let op: Op = Arc::new({
+        let bus = bus.clone();
+        move |_| {
+            let (bus, cx, echoed) = (bus.clone(), cx.clone(), echoed.clone());
+            Box::pin(async move {
+                let event = Echoed {
+                    aggregate: Uuid::now_v7(),
+                };
+                bus.publish(&cx, event).await.expect("publish failed");
+                echoed.notified().await;
+            })
+        }
+    });
+    Case {
+        op,
+        throughput: Throughput::Published { bus, counted },
+    }
+}
+
+/// Sequential calls, each timed: (p50, p99).
+async fn latency(op: &Op, iterations: usize) -> (Duration, Duration) {
+    let mut samples = Vec::with_capacity(iterations);
+    for n in 0..iterations as u64 {
+        let started = Instant::now();
+        op(n).await;
+        samples.push(started.elapsed());
+    }
+    samples.sort_unstable();
+    let at = |q: usize| samples[(samples.len() * q / 100).min(samples.len() - 1)];
+    (at(50), at(99))
+}
+
+/// `CONCURRENCY` callers sharing `iterations` calls; the wall time of the lot.
+async fn concurrent(op: &Op, iterations: usize) -> Duration {
+    let per_task = iterations.div_ceil(CONCURRENCY);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|task| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                for i in 0..per_task {
+                    op((task * per_task + i) as u64).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("a caller panicked");
+    }
+    let elapsed = started.elapsed();
+    // Scale to exactly `iterations` calls.
+    elapsed.mul_f64(iterations as f64 / (per_task * CONCURRENCY) as f64)
+}
+
+/// One publisher sends `iterations` events; the time until the subscriber handled them all.
+async fn published(bus: &Bus, counted: &Counter, iterations: usize) -> Duration {
+    counted.handled.store(0, Ordering::Release);
+    counted.target.store(iterations, Ordering::Release);
+    let cx = Context::root();
+    let done = counted.done.notified();
+    tokio::pin!(done);
+    done.as_mut().enable();
+    let started = Instant::now();
+    for _ in 0..iterations {
+        let event = Counted {
+            aggregate: Uuid::now_v7(),
+        };
+        bus.publish(&cx, event).await.expect("publish failed");
+    }
+    done.await;
+    let elapsed = started.elapsed();
+    counted.target.store(usize::MAX, Ordering::Release);
+    elapsed
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn median_sample(samples: &[Sample]) -> Sample {
+    let pick = |f: fn(&Sample) -> f64| median(&mut samples.iter().map(f).collect::<Vec<_>>());
+    Sample {
+        p50_us: pick(|s| s.p50_us),
+        p99_us: pick(|s| s.p99_us),
+        ops_per_s: pick(|s| s.ops_per_s),
+    }
+}

@@ -1,0 +1,1004 @@
+//! The bus handle: request/reply and publish/subscribe, in process or through a transport.
+
+use std::{
+    any::Any,
+    collections::HashMap,
+    future::Future,
+    panic::AssertUnwindSafe,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use banyan_db::Db;
+use banyan_message::{Event, Rejection, Request, module_of};
+use futures::{FutureExt, future::BoxFuture};
+use tokio::sync::oneshot;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::{
+    BusConfig, BusError, Context, Envelope, HandlerError,
+    dead_letter,
+    transport::{RemoteReply, Transport},
+};
+
+/// A message payload shared, untyped, between the publisher and every subscriber in process.
+pub(crate) type SharedPayload = Arc<dyn Any + Send + Sync>;
+
+/// The bus. A cheap handle (`Clone` is one atomic increment) around shared routing tables.
+///
+/// Handlers and subscriptions are registered at start-up; after that the tables are only read.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: BusConfig,
+    /// Request handlers of this process, by subject.
+    requests: RwLock<HashMap<&'static str, Arc<dyn RequestEndpoint>>>,
+    /// Subscribing modules of this process, by event subject.
+    subscriptions: RwLock<HashMap<&'static str, Vec<Subscription>>>,
+    /// Subscribing modules of this process, by name.
+    groups: RwLock<HashMap<&'static str, Arc<Group>>>,
+    /// Transports to modules hosted elsewhere, by module name.
+    remotes: RwLock<HashMap<String, Arc<dyn Transport>>>,
+    /// Where events go that subscribers in other processes wait for.
+    event_forwarders: RwLock<Vec<Arc<dyn Transport>>>,
+    /// Cancelled when shutdown starts: no new work is taken.
+    closing: CancellationToken,
+    /// Request and event workers; shutdown waits for them to drain their queues.
+    workers: TaskTracker,
+    /// Relays and other background loops; stopped after the workers have drained.
+    background: TaskTracker,
+    background_stop: CancellationToken,
+}
+
+impl Bus {
+    pub fn new(config: BusConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                requests: RwLock::default(),
+                subscriptions: RwLock::default(),
+                groups: RwLock::default(),
+                remotes: RwLock::default(),
+                event_forwarders: RwLock::default(),
+                closing: CancellationToken::new(),
+                workers: TaskTracker::new(),
+                background: TaskTracker::new(),
+                background_stop: CancellationToken::new(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &BusConfig {
+        &self.inner.config
+    }
+
+    // ---------------------------------------------------------------- request / reply
+
+    /// Registers the handler of request `R` in this process, served by
+    /// `config.request_workers` workers sharing one bounded queue.
+    ///
+    /// # Panics
+    /// If `R` already has a handler: that is a wiring mistake, caught at start-up.
+    pub fn handle<R, F, Fut>(&self, module: &'static str, handler: F)
+    where
+        R: Request,
+        F: Fn(Context, R) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::Response, Rejection>> + Send + 'static,
+    {
+        let (sender, receiver) =
+            async_channel::bounded::<RequestJob<R>>(self.inner.config.request_queue);
+        let handler = Arc::new(handler);
+        for _ in 0..self.inner.config.request_workers {
+            let receiver = receiver.clone();
+            let handler = handler.clone();
+            self.inner.workers.spawn(async move {
+                // Ends when the queue is closed *and* empty: shutdown drains what was accepted.
+                while let Ok(job) = receiver.recv().await {
+                    if job.reply.is_closed() {
+                        continue; // The caller's deadline passed while the job waited.
+                    }
+                    let span = tracing::info_span!(
+                        "request",
+                        module,
+                        subject = R::SUBJECT,
+                        correlation_id = %job.envelope.correlation_id,
+                        message_id = %job.envelope.message_id,
+                    );
+                    let cx = Context::caused_by(&job.envelope);
+                    let outcome = AssertUnwindSafe(handler(cx, job.request).instrument(span))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|_| {
+                            tracing::error!(subject = R::SUBJECT, "Request handler panicked.");
+                            Err(Rejection::new("internal", "the handler failed"))
+                        });
+                    let _ = job.reply.send(outcome);
+                }
+            });
+        }
+        let endpoint: Arc<dyn RequestEndpoint> = Arc::new(TypedEndpoint::<R> { sender });
+        let previous = self
+            .inner
+            .requests
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(R::SUBJECT, endpoint);
+        assert!(
+            previous.is_none(),
+            "two handlers registered for {}",
+            R::SUBJECT
+        );
+    }
+
+    /// Sends request `R` and waits for its answer, within the configured deadline.
+    pub async fn request<R: Request>(
+        &self,
+        cx: &Context,
+        request: R,
+    ) -> Result<R::Response, BusError> {
+        self.request_within(cx, request, self.inner.config.request_timeout())
+            .await
+    }
+
+    /// Sends request `R` and waits for its answer, at most `deadline`.
+    pub async fn request_within<R: Request>(
+        &self,
+        cx: &Context,
+        request: R,
+        deadline: Duration,
+    ) -> Result<R::Response, BusError> {
+        if self.inner.closing.is_cancelled() {
+            return Err(unavailable(R::SUBJECT, "the bus is shutting down"));
+        }
+        let local = self
+            .inner
+            .requests
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(R::SUBJECT)
+            .cloned();
+        let envelope = cx.envelope(R::SUBJECT);
+        if let Some(endpoint) = local {
+            let Some(endpoint) = endpoint.as_any().downcast_ref::<TypedEndpoint<R>>() else {
+                return Err(codec(R::SUBJECT, "handler registered with another type"));
+            };
+            let (reply, answer) = oneshot::channel();
+            let job = RequestJob {
+                envelope,
+                request,
+                reply,
+            };
+            let exchange = async {
+                endpoint
+                    .sender
+                    .send(job)
+                    .await
+                    .map_err(|_| unavailable(R::SUBJECT, "the handler is shutting down"))?;
+                answer
+                    .await
+                    .map_err(|_| unavailable(R::SUBJECT, "the handler stopped"))
+            };
+            return match tokio::time::timeout(deadline, exchange).await {
+                Ok(Ok(answer)) => answer.map_err(BusError::Rejected),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(BusError::Timeout {
+                    subject: R::SUBJECT.into(),
+                    after: deadline,
+                }),
+            };
+        }
+        let Some(remote) = self.remote_for(R::SUBJECT) else {
+            return Err(BusError::NoHandler {
+                subject: R::SUBJECT.into(),
+            });
+        };
+        let body =
+            serde_json::to_vec(&request).map_err(|e| codec(R::SUBJECT, &e.to_string()))?;
+        let call = remote.request(envelope, body.into(), deadline);
+        let reply = match tokio::time::timeout(deadline, call).await {
+            Ok(reply) => reply?,
+            Err(_) => {
+                return Err(BusError::Timeout {
+                    subject: R::SUBJECT.into(),
+                    after: deadline,
+                });
+            }
+        };
+        match reply {
+            RemoteReply::Ok(body) => {
+                serde_json::from_slice(&body).map_err(|e| codec(R::SUBJECT, &e.to_string()))
+            }
+            RemoteReply::Rejected(rejection) => Err(BusError::Rejected(rejection)),
+        }
+    }
+
+    /// Answers a request that arrived from another process as JSON: the server side of every
+    /// transport. The answer is JSON too, or the rejection, intact.
+    pub async fn serve_remote_request(
+        &self,
+        envelope: Envelope,
+        body: &[u8],
+        deadline: Duration,
+    ) -> Result<RemoteReply, BusError> {
+        let endpoint = self
+            .inner
+            .requests
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(envelope.subject.as_str())
+            .cloned();
+        let Some(endpoint) = endpoint else {
+            return Err(BusError::NoHandler {
+                subject: envelope.subject,
+            });
+        };
+        let subject = envelope.subject.clone();
+        match tokio::time::timeout(deadline, endpoint.call_json(envelope, body)).await {
+            Ok(reply) => reply,
+            Err(_) => Err(BusError::Timeout {
+                subject,
+                after: deadline,
+            }),
+        }
+    }
+
+    /// Routes the requests of `module` (and events it must see) through `transport`: the
+    /// module is hosted in another process.
+    pub fn set_remote(&self, module: &str, transport: Arc<dyn Transport>) {
+        self.inner
+            .remotes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(module.to_owned(), transport);
+    }
+
+    /// Sends every published event through `transport` too, for subscribers in other processes.
+    pub fn forward_events_to(&self, transport: Arc<dyn Transport>) {
+        self.inner
+            .event_forwarders
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(transport);
+    }
+
+    fn remote_for(&self, subject: &str) -> Option<Arc<dyn Transport>> {
+        self.inner
+            .remotes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(module_of(subject))
+            .cloned()
+    }
+
+    /// Whether this process has a handler for `subject`.
+    pub fn handles(&self, subject: &str) -> bool {
+        self.inner
+            .requests
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(subject)
+    }
+
+    // ---------------------------------------------------------------- publish / subscribe
+
+    /// Subscribes module `group` to event `E`. Every subscribing module receives each event
+    /// once, however many workers it runs; the group's `event_partitions` workers share the
+    /// events, and the events of one aggregate always go to the same worker, in order.
+    ///
+    /// A failing handler is retried with backoff; after `max_attempts` the event goes to the
+    /// group's dead letters (its [`Db`], see [`Bus::attach_store`]).
+    pub fn subscribe<E, F, Fut>(&self, group: &'static str, handler: F)
+    where
+        E: Event,
+        F: Fn(Delivered<E>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let group = self.group(group);
+        let handler: Arc<dyn EventHandler> = Arc::new(TypedEventHandler::<E, F> {
+            handler,
+            _event: std::marker::PhantomData,
+        });
+        let mut subscriptions = self
+            .inner
+            .subscriptions
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let subscribers = subscriptions.entry(E::SUBJECT).or_default();
+        assert!(
+            !subscribers.iter().any(|s| s.group.name == group.name),
+            "{} subscribed twice to {}",
+            group.name,
+            E::SUBJECT
+        );
+        subscribers.push(Subscription { group, handler });
+    }
+
+    /// Gives module `group` a database for its dead letters.
+    pub fn attach_store(&self, group: &'static str, db: Db) {
+        let group = self.group(group);
+        let _ = group.store.set(db);
+    }
+
+    fn group(&self, name: &'static str) -> Arc<Group> {
+        let mut groups = self.inner.groups.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(group) = groups.get(name) {
+            return group.clone();
+        }
+        let config = &self.inner.config;
+        let (partitions, receivers): (Vec<_>, Vec<_>) = (0..config.event_partitions)
+            .map(|_| async_channel::bounded::<Delivery>(config.event_queue))
+            .unzip();
+        let group = Arc::new(Group {
+            name,
+            partitions,
+            store: std::sync::OnceLock::new(),
+        });
+        for receiver in receivers {
+            let worker = EventWorker {
+                group: group.clone(),
+                bus: self.clone(),
+            };
+            self.inner.workers.spawn(worker.run(receiver));
+        }
+        groups.insert(name, group.clone());
+        group
+    }
+
+    /// Publishes `event` to every subscribing module, waiting for queue space if a
+    /// subscriber is behind (backpressure). Not durable: an event that must survive a crash
+    /// goes through an [`Outbox`](crate::Outbox) instead.
+    pub async fn publish<E: Event>(&self, cx: &Context, event: E) -> Result<(), BusError> {
+        let key = partition_key(event.aggregate_id());
+        let message = OutgoingEvent {
+            envelope: Arc::new(cx.envelope(E::SUBJECT)),
+            payload: Some(Arc::new(event)),
+            json: None,
+            key,
+        };
+        self.dispatch(&message, None, Mode::Wait).await.map(|_| ())
+    }
+
+    /// Hands one event to every subscriber: the local modules' queues and the forwarders.
+    /// With `Mode::TryNow` nothing waits: a full queue makes the whole dispatch fail with
+    /// `Dispatch::Full` (what was already queued stays queued; inboxes absorb the resend).
+    pub(crate) async fn dispatch(
+        &self,
+        message: &OutgoingEvent,
+        ack: Option<&Arc<Ack>>,
+        mode: Mode,
+    ) -> Result<Dispatch, BusError> {
+        if self.inner.closing.is_cancelled() {
+            return Err(unavailable(&message.envelope.subject, "the bus is shutting down"));
+        }
+        let subscribers: Vec<Subscription> = self
+            .inner
+            .subscriptions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(message.envelope.subject.as_str())
+            .cloned()
+            .unwrap_or_default();
+        let forwarders: Vec<Arc<dyn Transport>> = self
+            .inner
+            .event_forwarders
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(ack) = ack {
+            ack.expect(subscribers.len() + forwarders.len());
+        }
+        for subscription in subscribers {
+            let partitions = &subscription.group.partitions;
+            let partition = &partitions[(message.key % partitions.len() as u64) as usize];
+            let delivery = Delivery {
+                envelope: message.envelope.clone(),
+                payload: message.payload.clone(),
+                json: message.json.clone(),
+                handler: subscription.handler.clone(),
+                ack: ack.cloned(),
+                replay_of: None,
+            };
+            match mode {
+                Mode::Wait => partition.send(delivery).await.map_err(|_| {
+                    unavailable(&message.envelope.subject, "the subscriber is shutting down")
+                })?,
+                Mode::TryNow => {
+                    if partition.try_send(delivery).is_err() {
+                        return Ok(Dispatch::Full);
+                    }
+                }
+            }
+        }
+        for forwarder in forwarders {
+            let json = match &message.json {
+                Some(json) => json.clone(),
+                None => return Err(codec(&message.envelope.subject, "event has no JSON form")),
+            };
+            let envelope = (*message.envelope).clone();
+            let ack = ack.cloned();
+            // Forwarding waits on the network: never in the publisher's path.
+            self.inner.background.spawn(async move {
+                match forwarder.publish(envelope, json).await {
+                    Ok(()) => {
+                        if let Some(ack) = ack {
+                            ack.done();
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "Forwarding an event failed; the relay will resend it.");
+                    }
+                }
+            });
+        }
+        Ok(Dispatch::Queued)
+    }
+
+    /// Delivers an event that arrived from another process to this process's subscribers,
+    /// decoding it in each. Returns once every local subscriber has handled or dead-lettered it.
+    pub async fn deliver_remote_event(
+        &self,
+        envelope: Envelope,
+        json: Arc<str>,
+        aggregate: Uuid,
+    ) -> Result<(), BusError> {
+        let (done, finished) = oneshot::channel();
+        let done = std::sync::Mutex::new(Some(done));
+        let ack = Ack::new(move || {
+            if let Some(done) = done.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = done.send(());
+            }
+        });
+        let subscribers = self
+            .inner
+            .subscriptions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(envelope.subject.as_str())
+            .cloned()
+            .unwrap_or_default();
+        if subscribers.is_empty() {
+            return Ok(());
+        }
+        ack.expect(subscribers.len());
+        for subscription in subscribers {
+            let partitions = &subscription.group.partitions;
+            let partition = &partitions[(partition_key(aggregate) % partitions.len() as u64) as usize];
+            let delivery = Delivery {
+                envelope: Arc::new(envelope.clone()),
+                payload: None,
+                json: Some(json.clone()),
+                handler: subscription.handler.clone(),
+                ack: Some(ack.clone()),
+                replay_of: None,
+            };
+            partition
+                .send(delivery)
+                .await
+                .map_err(|_| unavailable(&envelope.subject, "the subscriber is shutting down"))?;
+        }
+        finished
+            .await
+            .map_err(|_| unavailable(&envelope.subject, "shut down before the event was handled"))
+    }
+
+    /// Queues a dead letter for the module that failed it. The worker marks it replayed when
+    /// the handler succeeds, or dead again when it fails every attempt once more.
+    pub(crate) async fn replay(
+        &self,
+        group: &str,
+        letter: &dead_letter::StoredLetter,
+    ) -> Result<(), BusError> {
+        let subscription = self
+            .inner
+            .subscriptions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(letter.envelope.subject.as_str())
+            .and_then(|subs| subs.iter().find(|s| s.group.name == group).cloned());
+        let Some(subscription) = subscription else {
+            return Err(BusError::NoHandler {
+                subject: letter.envelope.subject.clone(),
+            });
+        };
+        let partitions = &subscription.group.partitions;
+        let partition = &partitions[(letter.aggregate_key % partitions.len() as u64) as usize];
+        partition
+            .send(Delivery {
+                envelope: Arc::new(letter.envelope.clone()),
+                payload: None,
+                json: Some(letter.payload.clone()),
+                handler: subscription.handler.clone(),
+                ack: None,
+                replay_of: Some(letter.id),
+            })
+            .await
+            .map_err(|_| unavailable(&letter.envelope.subject, "the subscriber is shutting down"))
+    }
+
+    /// Whether anything (here or elsewhere) listens to `subject`.
+    pub fn has_subscribers(&self, subject: &str) -> bool {
+        let local = self
+            .inner
+            .subscriptions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(subject)
+            .is_some_and(|s| !s.is_empty());
+        local
+            || !self
+                .inner
+                .event_forwarders
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+    }
+
+    /// Events waiting in the queues of module `group`, for metrics and tests.
+    pub fn queue_depth(&self, group: &str) -> usize {
+        self.inner
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(group)
+            .map_or(0, |g| g.partitions.iter().map(|p| p.len()).sum())
+    }
+
+    /// Every event handler queue's capacity, summed over a group's workers.
+    pub fn queue_capacity(&self, group: &str) -> usize {
+        self.inner
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(group)
+            .map_or(0, |g| g.partitions.len() * self.inner.config.event_queue)
+    }
+
+    // ---------------------------------------------------------------- lifecycle
+
+    /// Spawns a background loop (a relay) that runs until shutdown, after the workers drained.
+    pub(crate) fn spawn_background<F>(&self, task: impl FnOnce(CancellationToken) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let stop = self.inner.background_stop.clone();
+        self.inner.background.spawn(task(stop));
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.inner.closing.is_cancelled()
+    }
+
+    pub(crate) fn closing(&self) -> &CancellationToken {
+        &self.inner.closing
+    }
+
+    /// Stops taking work, lets every worker finish what its queue holds, then stops the
+    /// background loops (which flush what the workers completed). Waits at most
+    /// `drain_timeout_ms`; returns whether everything drained in time.
+    pub async fn shutdown(&self) -> bool {
+        let inner = &self.inner;
+        inner.closing.cancel();
+        for endpoint in inner
+            .requests
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            endpoint.close();
+        }
+        for group in inner
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            for partition in &group.partitions {
+                partition.close();
+            }
+        }
+        inner.workers.close();
+        let deadline = Duration::from_millis(inner.config.drain_timeout_ms);
+        let drained = tokio::time::timeout(deadline, inner.workers.wait())
+            .await
+            .is_ok();
+        inner.background_stop.cancel();
+        inner.background.close();
+        let stopped = tokio::time::timeout(deadline, inner.background.wait())
+            .await
+            .is_ok();
+        if !(drained && stopped) {
+            tracing::warn!("Bus shutdown timed out; undelivered events stay in the outboxes.");
+        }
+        drained && stopped
+    }
+}
+
+pub(crate) fn unavailable(subject: &str, reason: &str) -> BusError {
+    BusError::Unavailable {
+        subject: subject.into(),
+        reason: reason.into(),
+    }
+}
+
+pub(crate) fn codec(subject: &str, reason: &str) -> BusError {
+    BusError::Codec {
+        subject: subject.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Spreads aggregates over partitions. UUIDv7's low bits are random.
+pub(crate) fn partition_key(aggregate: Uuid) -> u64 {
+    let bits = aggregate.as_u128();
+    (bits as u64) ^ ((bits >> 64) as u64)
+}
+
+// -------------------------------------------------------------------- requests, inside
+
+struct RequestJob<R: Request> {
+    envelope: Envelope,
+    request: R,
+    reply: oneshot::Sender<Result<R::Response, Rejection>>,
+}
+
+/// A registered request handler, seen without its type: typed callers downcast it,
+/// remote callers go through JSON.
+trait RequestEndpoint: Send + Sync {
+    fn as_any(&self) -> &dyn Any;
+    fn call_json<'a>(
+        &'a self,
+        envelope: Envelope,
+        body: &'a [u8],
+    ) -> BoxFuture<'a, Result<RemoteReply, BusError>>;
+    fn close(&self);
+}
+
+struct TypedEndpoint<R: Request> {
+    sender: async_channel::Sender<RequestJob<R>>,
+}
+
+impl<R: Request> RequestEndpoint for TypedEndpoint<R> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn call_json<'a>(
+        &'a self,
+        envelope: Envelope,
+        body: &'a [u8],
+    ) -> BoxFuture<'a, Result<RemoteReply, BusError>> {
+        Box::pin(async move {
+            let request: R =
+                serde_json::from_slice(body).map_err(|e| codec(R::SUBJECT, &e.to_string()))?;
+            let (reply, answer) = oneshot::channel();
+            self.sender
+                .send(RequestJob {
+                    envelope,
+                    request,
+                    reply,
+                })
+                .await
+                .map_err(|_| unavailable(R::SUBJECT, "the handler is shutting down"))?;
+            match answer
+                .await
+                .map_err(|_| unavailable(R::SUBJECT, "the handler stopped"))?
+            {
+                Ok(response) => serde_json::to_vec(&response)
+                    .map(|body| RemoteReply::Ok(body.into()))
+                    .map_err(|e| codec(R::SUBJECT, &e.to_string())),
+                Err(rejection) => Ok(RemoteReply::Rejected(rejection)),
+            }
+        })
+    }
+
+    fn close(&self) {
+        self.sender.close();
+    }
+}
+
+// -------------------------------------------------------------------- events, inside
+
+/// An event as a subscriber receives it: the event, its envelope, and the context to send
+/// further messages in.
+#[derive(Debug)]
+pub struct Delivered<E> {
+    pub envelope: Arc<Envelope>,
+    pub event: Arc<E>,
+    context: Context,
+}
+
+impl<E> Delivered<E> {
+    /// The message id, which inboxes key on.
+    pub fn message_id(&self) -> Uuid {
+        self.envelope.message_id
+    }
+
+    /// The context for messages this handler sends: same correlation, caused by this event.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+}
+
+impl<E> std::ops::Deref for Delivered<E> {
+    type Target = E;
+    fn deref(&self) -> &E {
+        &self.event
+    }
+}
+
+/// An event on its way out, typed (in process), as JSON (from an outbox row), or both.
+#[derive(Clone)]
+pub(crate) struct OutgoingEvent {
+    pub(crate) envelope: Arc<Envelope>,
+    pub(crate) payload: Option<SharedPayload>,
+    pub(crate) json: Option<Arc<str>>,
+    pub(crate) key: u64,
+}
+
+pub(crate) enum Mode {
+    /// Wait for queue space.
+    Wait,
+    /// Give up at once if a queue is full.
+    TryNow,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Dispatch {
+    Queued,
+    Full,
+}
+
+/// Counts down the deliveries of one event; when the last subscriber has handled (or
+/// dead-lettered) it, runs the completion (the outbox deletes its row).
+pub(crate) struct Ack {
+    remaining: AtomicUsize,
+    on_complete: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Ack {
+    pub(crate) fn new(on_complete: impl Fn() + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Self {
+            // One extra count is held until `expect` knows the number of deliveries, so an
+            // early `done` cannot complete the event before every delivery was counted.
+            remaining: AtomicUsize::new(1),
+            on_complete: Box::new(on_complete),
+        })
+    }
+
+    /// Declares how many deliveries will report, and releases the placeholder count.
+    pub(crate) fn expect(&self, deliveries: usize) {
+        self.remaining.fetch_add(deliveries, Ordering::AcqRel);
+        self.done();
+    }
+
+    pub(crate) fn done(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            (self.on_complete)();
+        }
+    }
+}
+
+struct Delivery {
+    envelope: Arc<Envelope>,
+    payload: Option<SharedPayload>,
+    json: Option<Arc<str>>,
+    handler: Arc<dyn EventHandler>,
+    ack: Option<Arc<Ack>>,
+    /// Set when this delivery replays a dead letter.
+    replay_of: Option<Uuid>,
+}
+
+#[derive(Clone)]
+struct Subscription {
+    group: Arc<Group>,
+    handler: Arc<dyn EventHandler>,
+}
+
+/// One subscribing module in this process: its workers' queues and its dead-letter store.
+struct Group {
+    name: &'static str,
+    partitions: Vec<async_channel::Sender<Delivery>>,
+    store: std::sync::OnceLock<Db>,
+}
+
+/// A subscriber's handler, seen without its event type.
+trait EventHandler: Send + Sync {
+    fn call(
+        &self,
+        envelope: Arc<Envelope>,
+        payload: SharedPayload,
+    ) -> BoxFuture<'static, Result<(), HandlerError>>;
+    fn decode(&self, json: &str) -> Result<SharedPayload, serde_json::Error>;
+    fn encode(&self, payload: &SharedPayload) -> Option<String>;
+}
+
+struct TypedEventHandler<E, F> {
+    handler: F,
+    _event: std::marker::PhantomData<fn() -> E>,
+}
+
+impl<E, F, Fut> EventHandler for TypedEventHandler<E, F>
+where
+    E: Event,
+    F: Fn(Delivered<E>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    fn call(
+        &self,
+        envelope: Arc<Envelope>,
+        payload: SharedPayload,
+    ) -> BoxFuture<'static, Result<(), HandlerError>> {
+        let Ok(event) = payload.downcast::<E>() else {
+            return Box::pin(async { Err("event payload of an unexpected type".into()) });
+        };
+        let context = Context::caused_by(&envelope);
+        Box::pin((self.handler)(Delivered {
+            envelope,
+            event,
+            context,
+        }))
+    }
+
+    fn decode(&self, json: &str) -> Result<SharedPayload, serde_json::Error> {
+        Ok(Arc::new(serde_json::from_str::<E>(json)?))
+    }
+
+    fn encode(&self, payload: &SharedPayload) -> Option<String> {
+        payload
+            .downcast_ref::<E>()
+            .and_then(|e| serde_json::to_string(e).ok())
+    }
+}
+
+/// One worker of a subscribing module: takes deliveries from its queue in order, retries
+/// failures with backoff, dead-letters what fails every attempt.
+struct EventWorker {
+    group: Arc<Group>,
+    bus: Bus,
+}
+
+impl EventWorker {
+    async fn run(self, queue: async_channel::Receiver<Delivery>) {
+        while let Ok(delivery) = queue.recv().await {
+            self.deliver(delivery).await;
+        }
+    }
+
+    async fn deliver(&self, delivery: Delivery) {
+        let config = self.bus.config();
+        let subject = delivery.envelope.subject.as_str();
+        let span = tracing::info_span!(
+            "event",
+            module = self.group.name,
+            subject,
+            correlation_id = %delivery.envelope.correlation_id,
+            message_id = %delivery.envelope.message_id,
+        );
+        let payload = match (&delivery.payload, &delivery.json) {
+            (Some(payload), _) => payload.clone(),
+            (None, Some(json)) => match delivery.handler.decode(json) {
+                Ok(payload) => payload,
+                Err(error) => {
+                    span.in_scope(|| {
+                        tracing::error!(%error, "Event could not be decoded; dead-lettering it.")
+                    });
+                    self.dead_letter(&delivery, &format!("undecodable: {error}"), 1)
+                        .instrument(span)
+                        .await;
+                    return;
+                }
+            },
+            (None, None) => return,
+        };
+        let mut attempt = 1;
+        loop {
+            let outcome = AssertUnwindSafe(
+                delivery
+                    .handler
+                    .call(delivery.envelope.clone(), payload.clone())
+                    .instrument(span.clone()),
+            )
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err("the handler panicked".into()));
+            match outcome {
+                Ok(()) => {
+                    if let Some(ack) = &delivery.ack {
+                        ack.done();
+                    }
+                    if let Some(letter) = delivery.replay_of {
+                        self.mark_replayed(letter).instrument(span).await;
+                    }
+                    return;
+                }
+                Err(error) if attempt >= config.max_attempts => {
+                    span.in_scope(|| {
+                        tracing::error!(attempt, %error, "Event failed its last attempt; dead-lettering it.")
+                    });
+                    self.dead_letter(&delivery, &error.to_string(), attempt)
+                        .instrument(span)
+                        .await;
+                    return;
+                }
+                Err(error) => {
+                    span.in_scope(|| {
+                        tracing::warn!(attempt, %error, "Event handler failed; retrying.")
+                    });
+                    let pause = config.backoff(attempt);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        // Shutting down: leave the event unacknowledged; the outbox resends it.
+                        () = self.bus.closing().cancelled() => return,
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, error: &str, attempts: u32) {
+        let Some(db) = self.group.store.get() else {
+            tracing::error!(
+                module = self.group.name,
+                "No dead-letter store for this module; the event is dropped."
+            );
+            if let Some(ack) = &delivery.ack {
+                ack.done();
+            }
+            return;
+        };
+        let payload = match (&delivery.json, &delivery.payload) {
+            (Some(json), _) => json.to_string(),
+            (None, Some(payload)) => delivery.handler.encode(payload).unwrap_or_default(),
+            (None, None) => String::new(),
+        };
+        let stored = match delivery.replay_of {
+            Some(letter) => dead_letter::record_failed_replay(db, letter, error, attempts).await,
+            None => {
+                dead_letter::record(
+                    db,
+                    self.group.name,
+                    &delivery.envelope,
+                    &payload,
+                    error,
+                    attempts,
+                )
+                .await
+            }
+        };
+        match stored {
+            // Stored durably: for the outbox, the delivery is complete.
+            Ok(()) => {
+                if let Some(ack) = &delivery.ack {
+                    ack.done();
+                }
+            }
+            Err(error) => tracing::error!(
+                %error,
+                "Could not store a dead letter; the event stays in the outbox to be resent."
+            ),
+        }
+    }
+
+    async fn mark_replayed(&self, letter: Uuid) {
+        if let Some(db) = self.group.store.get()
+            && let Err(error) = dead_letter::mark_replayed(db, letter).await
+        {
+            tracing::warn!(%error, "Could not mark a dead letter replayed.");
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The bus's settings.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Tunables of the bus, its queues and its reliable-delivery machinery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// Deadline of a `request` unless the caller gives one.
+    pub request_timeout_ms: u64,
+    /// Workers per request handler: how many requests of one kind run at once.
+    pub request_workers: usize,
+    /// Requests of one kind that may wait for a worker before senders wait too.
+    pub request_queue: usize,
+    /// Workers per subscribing module. Events of one aggregate always go to the same worker,
+    /// so they are handled in order.
+    pub event_partitions: usize,
+    /// Events that may wait in one worker's queue before publishers wait (or, for events from
+    /// an outbox, before the event is left to the relay).
+    pub event_queue: usize,
+    /// Attempts before an event goes to dead letters.
+    pub max_attempts: u32,
+    /// First retry delay; each retry doubles it, with jitter, up to `backoff_max_ms`.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// How often the relay looks for events whose delivery did not complete.
+    pub relay_interval_ms: u64,
+    /// How long a delivery may take before the relay sends the event again.
+    pub relay_lease_ms: u64,
+    /// Events the relay takes per pass.
+    pub relay_batch: usize,
+    /// How long shutdown waits for in-flight work.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout_ms: 5_000,
+            request_workers: 64,
+            request_queue: 1_024,
+            event_partitions: 8,
+            event_queue: 1_024,
+            max_attempts: 5,
+            backoff_base_ms: 50,
+            backoff_max_ms: 5_000,
+            relay_interval_ms: 500,
+            relay_lease_ms: 30_000,
+            relay_batch: 256,
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl BusConfig {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The delay before retry number `attempt` (1-based): exponential with full jitter, so
+    /// that many failing consumers do not retry in lockstep.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .backoff_base_ms
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(20));
+        let cap = exp.min(self.backoff_max_ms).max(1);
+        Duration::from_millis(cap / 2 + rand::random_range(0..=cap / 2))
+    }
+
+    /// Checks the values, naming the first bad key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let positive = [
+            ("bus.request_timeout_ms", self.request_timeout_ms),
+            ("bus.request_workers", self.request_workers as u64),
+            ("bus.request_queue", self.request_queue as u64),
+            ("bus.event_partitions", self.event_partitions as u64),
+            ("bus.event_queue", self.event_queue as u64),
+            ("bus.max_attempts", u64::from(self.max_attempts)),
+            ("bus.relay_interval_ms", self.relay_interval_ms),
+            ("bus.relay_lease_ms", self.relay_lease_ms),
+            ("bus.relay_batch", self.relay_batch as u64),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err((key, "must be greater than 0".into()));
+            }
+        }
+        if self.backoff_base_ms > self.backoff_max_ms {
+            return Err((
+                "bus.backoff_base_ms",
+                "must not exceed bus.backoff_max_ms".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_under_its_cap() {
+        let config = BusConfig {
+            backoff_base_ms: 100,
+            backoff_max_ms: 1_000,
+            ..BusConfig::default()
+        };
+        for attempt in 1..40 {
+            let delay = config.backoff(attempt);
+            assert!(delay <= Duration::from_millis(1_000), "{delay:?}");
+        }
+        assert!(config.backoff(1) <= Duration::from_millis(100));
+        assert!(config.backoff(10) >= Duration::from_millis(500));
+    }
+}

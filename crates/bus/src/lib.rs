@@ -1,0 +1,46 @@
+//! The typed bus that modules talk over, and the machinery that makes its events reliable.
+//!
+//! One API whatever the placement: `request` (exactly one handler answers, within a deadline)
+//! and `publish` (every subscribing module gets the event once). In process, messages move as
+//! typed values through bounded queues, never serialized; a module hosted elsewhere is reached
+//! through a [`Transport`], which is where JSON begins.
+//!
+//! # Layout
+//! - [`Bus`]: the handle. `handle`/`request` for request-reply, `subscribe`/`publish` for
+//!   events, `shutdown` to drain.
+//! - [`Envelope`], [`Context`], [`CorrelationId`], [`TraceContext`]: what travels with every
+//!   message, and the causal context handlers send further messages in.
+//! - [`BusError`]: no handler, timeout, unavailable, rejected (a domain [`Rejection`]), codec.
+//! - [`Outbox`], [`UnitOfWork`]: events recorded in the module's own transaction and relayed
+//!   after commit; the inbox that makes redelivery harmless.
+//! - [`dead_letter`]: deliveries that failed every attempt, listed and replayed.
+//! - [`Transport`]: the seam the HTTP and NATS adapters implement.
+//! - [`failpoint`]: named places where tests stop a real process to kill it.
+//! - [`MESSAGING_MIGRATIONS`]: the outbox, inbox and dead-letter tables, migrated into every
+//!   module's schema with their own history table.
+
+mod bus;
+mod config;
+pub mod dead_letter;
+mod envelope;
+mod error;
+pub mod failpoint;
+mod outbox;
+mod transport;
+
+pub use banyan_message::{Event, Message, Rejection, Request};
+pub use bus::{Bus, Delivered};
+pub use config::BusConfig;
+pub use envelope::{Context, CorrelationId, Envelope, TraceContext};
+pub use error::{BusError, HandlerError};
+pub use outbox::{Outbox, UnitOfWork};
+pub use transport::{RemoteReply, Transport};
+
+/// The bus's tables (outbox, inbox, dead letters), applied inside every module's schema. Their
+/// history lives in `_messaging_migrations`, apart from the module's own `_sqlx_migrations`.
+pub static MESSAGING_MIGRATIONS: std::sync::LazyLock<banyan_db::sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| {
+        static BASE: banyan_db::sqlx::migrate::Migrator =
+            sqlx::migrate!("../../migrations/messaging");
+        banyan_db::migrator_with_table(&BASE, "_messaging_migrations")
+    });

@@ -1,0 +1,370 @@
+//! Reliable events: the outbox, the inbox and the relay.
+//!
+//! A module changes its state and records the events that announce the change in one
+//! transaction, through a [`UnitOfWork`]. After the commit the events go straight to the
+//! subscribers' queues as typed values (the fast path, no decoding). Each outbox row stays
+//! until every subscriber has handled the event or dead-lettered it; then it is deleted.
+//!
+//! Each row carries a lease. The module's relay takes rows whose lease ran out (the process
+//! crashed after the commit, a queue was full, a handler is still retrying past the lease),
+//! renews the lease and delivers them again from their JSON. Delivery is therefore at least
+//! once; subscribers make it effectively once by recording each message id in their inbox in
+//! the same transaction as their effect ([`UnitOfWork::first_delivery`]).
+
+use std::{sync::Arc, time::Duration};
+
+use banyan_db::{Db, now_millis, sqlx};
+use banyan_message::Event;
+use sqlx::{Any, AnyConnection, Row, Transaction};
+use tokio::sync::{Notify, mpsc};
+use uuid::Uuid;
+
+use crate::{
+    Bus, Context, Delivered, Envelope,
+    bus::{Ack, Dispatch, Mode, OutgoingEvent, partition_key},
+    dead_letter, failpoint,
+};
+
+/// A module's outbox and its relay. Cheap to clone; one per module.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    inner: Arc<OutboxInner>,
+}
+
+#[derive(Debug)]
+struct OutboxInner {
+    db: Db,
+    bus: Bus,
+    /// Message ids whose every delivery completed; the relay deletes their rows in batches.
+    completed: mpsc::UnboundedSender<Uuid>,
+    /// Wakes the relay before its next tick (a fast-path delivery could not be queued).
+    wake: Notify,
+}
+
+impl Outbox {
+    /// Starts the relay of `db`'s module on the bus. It also carries out the replays asked for
+    /// the module's dead letters, and gives the module's subscriptions their dead-letter store.
+    pub fn start(bus: &Bus, db: Db) -> Self {
+        bus.attach_store(db.module(), db.clone());
+        let (completed, completions) = mpsc::unbounded_channel();
+        let outbox = Self {
+            inner: Arc::new(OutboxInner {
+                db,
+                bus: bus.clone(),
+                completed,
+                wake: Notify::new(),
+            }),
+        };
+        let relay = Relay {
+            outbox: outbox.clone(),
+        };
+        bus.spawn_background(move |stop| relay.run(completions, stop));
+        outbox
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    /// Starts a write transaction whose events are published when it commits.
+    pub async fn begin(&self) -> Result<UnitOfWork, sqlx::Error> {
+        Ok(UnitOfWork {
+            tx: self.inner.db.begin().await?,
+            staged: Vec::new(),
+            outbox: self.clone(),
+        })
+    }
+
+    /// Events not yet delivered to every subscriber, for metrics and `/ready`.
+    pub async fn pending(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query("SELECT COUNT(*) FROM outbox")
+            .fetch_one(self.inner.db.reader())
+            .await?
+            .try_get(0)
+    }
+
+    fn ack_for(&self, message_id: Uuid) -> Arc<Ack> {
+        let completed = self.inner.completed.clone();
+        Ack::new(move || {
+            let _ = completed.send(message_id);
+        })
+    }
+
+    /// The fast path, right after a commit: queue the typed events without waiting. What does
+    /// not fit is handed back to the relay at once.
+    async fn dispatch_committed(&self, staged: Vec<OutgoingEvent>) {
+        for event in staged {
+            let message_id = event.envelope.message_id;
+            let ack = self.ack_for(message_id);
+            match self.inner.bus.dispatch(&event, Some(&ack), Mode::TryNow).await {
+                Ok(Dispatch::Queued) => {}
+                Ok(Dispatch::Full) | Err(_) => {
+                    // Let the relay take it on its next pass instead of after the lease.
+                    if let Err(error) = self.release_lease(message_id).await {
+                        tracing::warn!(%error, "Could not release an outbox lease; the relay resends after it expires.");
+                    }
+                    self.inner.wake.notify_one();
+                }
+            }
+        }
+    }
+
+    async fn release_lease(&self, message_id: Uuid) -> Result<(), sqlx::Error> {
+        let mut tx = self.inner.db.begin().await?;
+        sqlx::query("UPDATE outbox SET claimed_until = 0 WHERE message_id = $1")
+            .bind(message_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+}
+
+/// A module's write transaction that can also record events (outbox) and received message ids
+/// (inbox). Dereferences to the connection for the module's own queries.
+///
+/// Dropping it without [`commit`](UnitOfWork::commit) rolls everything back, events included.
+#[derive(Debug)]
+pub struct UnitOfWork {
+    tx: Transaction<'static, Any>,
+    staged: Vec<OutgoingEvent>,
+    outbox: Outbox,
+}
+
+impl std::fmt::Debug for OutgoingEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutgoingEvent")
+            .field("envelope", &self.envelope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UnitOfWork {
+    /// Records `event` in the outbox, in this transaction. It is published if and only if the
+    /// transaction commits.
+    pub async fn emit<E: Event>(&mut self, cx: &Context, event: E) -> Result<(), sqlx::Error> {
+        let envelope = cx.envelope(E::SUBJECT);
+        let json: Arc<str> = serde_json::to_string(&event)
+            .map_err(|e| sqlx::Error::Encode(e.into()))?
+            .into();
+        let envelope_json =
+            serde_json::to_string(&envelope).map_err(|e| sqlx::Error::Encode(e.into()))?;
+        let aggregate = event.aggregate_id();
+        // The fast path owns the row for one lease; the relay steps in only if it lapses.
+        let lease_until = now_millis() + self.outbox.inner.bus.config().relay_lease_ms as i64;
+        sqlx::query(
+            "INSERT INTO outbox \
+             (message_id, subject, aggregate_id, envelope, payload, created_at, claimed_until, attempts) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0)",
+        )
+        .bind(envelope.message_id.to_string())
+        .bind(E::SUBJECT)
+        .bind(aggregate.to_string())
+        .bind(envelope_json)
+        .bind(&*json)
+        .bind(envelope.timestamp_ms)
+        .bind(lease_until)
+        .execute(&mut *self.tx)
+        .await?;
+        self.staged.push(OutgoingEvent {
+            envelope: Arc::new(envelope),
+            payload: Some(Arc::new(event)),
+            json: Some(json),
+            key: partition_key(aggregate),
+        });
+        Ok(())
+    }
+
+    /// Records that this module handles `delivered` now. `false` means it was handled before
+    /// (a redelivery): the caller should return without applying it again.
+    pub async fn first_delivery<E>(
+        &mut self,
+        delivered: &Delivered<E>,
+    ) -> Result<bool, sqlx::Error> {
+        self.record_inbox(&delivered.envelope).await
+    }
+
+    /// Like [`first_delivery`](Self::first_delivery), for a bare envelope.
+    pub async fn record_inbox(&mut self, envelope: &Envelope) -> Result<bool, sqlx::Error> {
+        let inserted = sqlx::query(
+            "INSERT INTO inbox (message_id, subject, received_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(envelope.message_id.to_string())
+        .bind(&envelope.subject)
+        .bind(now_millis())
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    /// Commits the state change and its events together, then publishes the events.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        let Self { tx, staged, outbox } = self;
+        tx.commit().await?;
+        if staged.is_empty() {
+            return Ok(());
+        }
+        // A crash here loses nothing: the rows are committed and the relay sends them.
+        failpoint::hit("outbox.after_commit").await;
+        outbox.dispatch_committed(staged).await;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for UnitOfWork {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for UnitOfWork {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+}
+
+/// The module's background loop: deletes delivered rows, resends rows whose lease ran out,
+/// and carries out requested dead-letter replays.
+struct Relay {
+    outbox: Outbox,
+}
+
+impl Relay {
+    async fn run(
+        self,
+        mut completions: mpsc::UnboundedReceiver<Uuid>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let inner = &self.outbox.inner;
+        let interval = Duration::from_millis(inner.bus.config().relay_interval_ms);
+        let mut done = Vec::new();
+        // Replays a crash interrupted are asked for again.
+        if let Err(error) = dead_letter::reset_interrupted_replays(&inner.db).await {
+            tracing::warn!(%error, "Could not resume interrupted dead-letter replays.");
+        }
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                received = completions.recv_many(&mut done, 512) => {
+                    if received == 0 {
+                        break;
+                    }
+                    self.delete_delivered(&mut done).await;
+                    continue;
+                }
+                () = inner.wake.notified() => {}
+                () = tokio::time::sleep(interval) => {}
+            }
+            if inner.bus.is_closing() {
+                continue;
+            }
+            if let Err(error) = self.resend_expired().await {
+                tracing::warn!(module = inner.db.module(), %error, "Outbox relay pass failed; retrying on the next tick.");
+            }
+            if let Err(error) = self.replay_requested().await {
+                tracing::warn!(module = inner.db.module(), %error, "Dead-letter replay pass failed.");
+            }
+        }
+        // Flush what the drained workers completed, so a clean stop resends nothing.
+        while let Ok(id) = completions.try_recv() {
+            done.push(id);
+        }
+        self.delete_delivered(&mut done).await;
+    }
+
+    async fn delete_delivered(&self, done: &mut Vec<Uuid>) {
+        if done.is_empty() {
+            return;
+        }
+        let result = async {
+            let mut tx = self.outbox.inner.db.begin().await?;
+            for chunk in done.chunks(256) {
+                let placeholders: Vec<String> =
+                    (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "DELETE FROM outbox WHERE message_id IN ({})",
+                    placeholders.join(", ")
+                );
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for id in chunk {
+                    query = query.bind(id.to_string());
+                }
+                query.execute(&mut *tx).await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        if let Err(error) = result {
+            // Harmless: the rows are resent after their lease and the inboxes drop them.
+            tracing::warn!(%error, "Could not delete delivered outbox rows.");
+        }
+        done.clear();
+    }
+
+    /// Takes the rows whose lease lapsed (oldest first), renews their lease, and delivers them
+    /// again, waiting for queue space: this is where backpressure lands when queues are full.
+    async fn resend_expired(&self) -> Result<(), sqlx::Error> {
+        let inner = &self.outbox.inner;
+        let config = inner.bus.config();
+        let now = now_millis();
+        let mut tx = inner.db.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE outbox SET claimed_until = $1, attempts = attempts + 1 \
+             WHERE message_id IN (SELECT message_id FROM outbox WHERE claimed_until < $2 \
+             ORDER BY message_id LIMIT $3) \
+             RETURNING message_id, aggregate_id, envelope, payload",
+        )
+        .bind(now + config.relay_lease_ms as i64)
+        .bind(now)
+        .bind(config.relay_batch as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let message_id: String = row.try_get("message_id")?;
+            let aggregate: String = row.try_get("aggregate_id")?;
+            let envelope: Result<Envelope, _> = serde_json::from_str(row.try_get("envelope")?);
+            let (Ok(envelope), Ok(aggregate)) = (envelope, Uuid::parse_str(&aggregate)) else {
+                tracing::error!(%message_id, "Outbox row is unreadable; leaving it for an operator.");
+                continue;
+            };
+            let payload: String = row.try_get("payload")?;
+            events.push(OutgoingEvent {
+                envelope: Arc::new(envelope),
+                payload: None,
+                json: Some(payload.into()),
+                key: partition_key(aggregate),
+            });
+        }
+        // Oldest first, so one aggregate's events go out in their order.
+        events.sort_by_key(|e| e.envelope.message_id);
+        if !events.is_empty() {
+            tracing::info!(module = inner.db.module(), count = events.len(), "Relay resending outbox events.");
+        }
+        for event in events {
+            let ack = self.outbox.ack_for(event.envelope.message_id);
+            if let Err(error) = inner.bus.dispatch(&event, Some(&ack), Mode::Wait).await {
+                tracing::warn!(%error, "Relay could not deliver an event; it stays in the outbox.");
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn replay_requested(&self) -> Result<(), sqlx::Error> {
+        let inner = &self.outbox.inner;
+        // Each letter is claimed (`replaying`) before it is queued, so no pass queues it twice;
+        // the worker then marks it `replayed` or `dead` again.
+        for letter in dead_letter::claim_replays(&inner.db, 100).await? {
+            tracing::info!(module = inner.db.module(), letter = %letter.id, subject = %letter.envelope.subject, "Replaying a dead letter.");
+            if let Err(error) = inner.bus.replay(inner.db.module(), &letter).await {
+                tracing::warn!(%error, "Could not replay a dead letter.");
+            }
+        }
+        Ok(())
+    }
+}

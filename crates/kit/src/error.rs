@@ -1,0 +1,173 @@
+//! The errors a client sees.
+
+use axum::{
+    Json,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use banyan_bus::{BusError, Rejection};
+use serde_json::{Value, json};
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// An error answered to an HTTP client: a status and a JSON body with a stable `code`.
+///
+/// Converting never logs: the request's trace layer logs each failed response once, and
+/// `internal` logs the cause it hides from the client.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{status} {code}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+    /// Seconds a client should wait before trying again (429, 503).
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// A field failed validation: 422, naming the field.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!("{field}: {message}"),
+        )
+        .with_details(json!({ "field": field, "reason": message }))
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
+    }
+
+    /// An unexpected failure: logged here with its cause, answered as a bare 500.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "Request failed unexpectedly.");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an unexpected error occurred",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "code": self.code, "message": self.message });
+        if let Some(details) = self.details {
+            body["details"] = details;
+        }
+        let mut response = (self.status, Json(json!({ "error": body }))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, seconds.into());
+        }
+        response
+    }
+}
+
+impl From<banyan_db::sqlx::Error> for ApiError {
+    fn from(error: banyan_db::sqlx::Error) -> Self {
+        match &error {
+            banyan_db::sqlx::Error::PoolTimedOut => {
+                Self::unavailable("the database is busy; try again")
+            }
+            _ => Self::internal(error),
+        }
+    }
+}
+
+/// How a domain rejection from another module reads over HTTP. The rejection's code is kept;
+/// the status follows its meaning.
+impl From<Rejection> for ApiError {
+    fn from(rejection: Rejection) -> Self {
+        let status = match rejection.code.as_str() {
+            "not_found" => StatusCode::NOT_FOUND,
+            "conflict" | "insufficient_stock" => StatusCode::CONFLICT,
+            "internal" => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        let details = (!rejection.details.is_null()).then_some(rejection.details);
+        Self {
+            status,
+            code: "rejected",
+            message: format!("{}: {}", rejection.code, rejection.message),
+            details,
+            retry_after: None,
+        }
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(error: BusError) -> Self {
+        match error {
+            BusError::Rejected(rejection) => rejection.into(),
+            BusError::Timeout { subject, .. } => Self {
+                retry_after: Some(1),
+                ..Self::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    format!("{subject} did not answer in time"),
+                )
+            },
+            BusError::Unavailable { subject, .. } => {
+                Self::unavailable(format!("{subject} is unavailable"))
+            }
+            other => Self::internal(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stock_rejection_becomes_a_conflict_with_its_details() {
+        let rejection = Rejection::new("insufficient_stock", "only 2 left")
+            .with_details(json!({ "product_id": "p" }));
+        let error = ApiError::from(BusError::Rejected(rejection));
+        assert_eq!(error.status, StatusCode::CONFLICT);
+        assert_eq!(error.details, Some(json!({ "product_id": "p" })));
+    }
+}

@@ -1,0 +1,455 @@
+//! The routes of `catalog`, under `/api/v1/products`.
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::FromRequestParts,
+    http::{StatusCode, header, request::Parts},
+    response::IntoResponse,
+    routing::get,
+};
+use banyan_kit::{
+    ApiError, ApiResult, Page, Paged,
+    auth::Caller,
+    extract::{Cx, Json, Path, Query},
+    timestamp,
+};
+use banyan_message::Money;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    State,
+    domain::{self, Category, NewProduct, ProductChanges},
+    store::{self, ProductRow},
+};
+
+pub(crate) fn routes(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/api/v1/products", get(list).post(create))
+        .route("/api/v1/products/{id}", get(get_product).put(update))
+        .with_state(state)
+}
+
+type AppState = axum::extract::State<Arc<State>>;
+
+/// A caller with the admin role. Extracted before the path and the body, so that a caller who
+/// may not write is answered 401 or 403 whatever else the request holds.
+#[derive(Debug, Clone, Copy)]
+struct Admin;
+
+impl<S: Send + Sync> FromRequestParts<S> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require_admin()?;
+        Ok(Admin)
+    }
+}
+
+/// A product as anyone sees it.
+#[derive(Debug, Serialize)]
+struct ProductView {
+    id: Uuid,
+    sku: String,
+    name: String,
+    description: String,
+    category: String,
+    price: Money,
+    in_stock: bool,
+    available: i64,
+    created_at: String,
+    updated_at: String,
+}
+
+impl From<ProductRow> for ProductView {
+    fn from(row: ProductRow) -> Self {
+        Self {
+            id: row.id(),
+            price: row.price(),
+            in_stock: row.available > 0,
+            available: row.available,
+            created_at: timestamp(row.created_at),
+            updated_at: timestamp(row.updated_at),
+            sku: row.sku,
+            name: row.name,
+            description: row.description,
+            category: row.category,
+        }
+    }
+}
+
+/// `?category=&page=&per_page=`. [`Page`] refuses fields it does not know, so the listing has a
+/// query type of its own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Listing {
+    category: Option<String>,
+    page: Option<u32>,
+    per_page: Option<u32>,
+}
+
+/// `GET /api/v1/products`: public; oldest first, optionally of one category.
+async fn list(
+    axum::extract::State(state): AppState,
+    Query(listing): Query<Listing>,
+) -> ApiResult<Json<Paged<ProductView>>> {
+    let defaults = Page::default();
+    let page = Page {
+        page: listing.page.unwrap_or(defaults.page),
+        per_page: listing.per_page.unwrap_or(defaults.per_page),
+    }
+    .validate()?;
+    let category = listing
+        .category
+        .as_deref()
+        .map(Category::parse)
+        .transpose()?;
+    let (rows, total) = store::list(state.outbox.db(), category.as_ref(), page).await?;
+    Ok(Json(Paged {
+        items: rows.into_iter().map(ProductView::from).collect(),
+        page: page.page,
+        per_page: page.per_page,
+        total,
+    }))
+}
+
+fn not_found(id: Uuid) -> ApiError {
+    ApiError::not_found(format!("product {id} does not exist"))
+}
+
+/// `GET /api/v1/products/{id}`: public.
+async fn get_product(
+    axum::extract::State(state): AppState,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<ProductView>> {
+    let product = store::find(state.outbox.db(), id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    Ok(Json(product.into()))
+}
+
+/// `POST /api/v1/products`: admins only.
+async fn create(
+    axum::extract::State(state): AppState,
+    _admin: Admin,
+    cx: Cx,
+    Json(product): Json<NewProduct>,
+) -> ApiResult<impl IntoResponse> {
+    let product = domain::create(&state.outbox, &cx, product).await?;
+    let location = format!("/api/v1/products/{}", product.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(ProductView::from(product)),
+    ))
+}
+
+/// `PUT /api/v1/products/{id}`: admins only; any of name, description, category and price.
+async fn update(
+    axum::extract::State(state): AppState,
+    _admin: Admin,
+    cx: Cx,
+    Path(id): Path<Uuid>,
+    Json(changes): Json<ProductChanges>,
+) -> ApiResult<Json<ProductView>> {
+    let product = domain::update(&state.outbox, &cx, id, changes)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    Ok(Json(product.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::test_support::{self, call, with_auth};
+
+    struct App {
+        router: Router,
+        admin: String,
+        customer: String,
+        _db: test_support::TestDb,
+    }
+
+    async fn app() -> App {
+        let db = test_support::open().await;
+        let state = Arc::new(State {
+            outbox: db.outbox.clone(),
+        });
+        let (router, admin, customer) = with_auth(routes(state));
+        App {
+            router,
+            admin,
+            customer,
+            _db: db,
+        }
+    }
+
+    fn teapot(sku: &str) -> Value {
+        json!({
+            "sku": sku,
+            "name": "Teapot",
+            "category": "kitchen",
+            "price": { "amount_minor": 1999, "currency": "EUR" }
+        })
+    }
+
+    #[tokio::test]
+    async fn an_admin_creates_a_product_that_anyone_can_read() {
+        let app = app().await;
+        let (status, headers, created) = call(
+            &app.router,
+            "POST",
+            "/api/v1/products",
+            Some(&app.admin),
+            Some(teapot("T-1")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let location = headers["location"].to_str().unwrap();
+        assert_eq!(
+            location,
+            format!("/api/v1/products/{}", created["id"].as_str().unwrap())
+        );
+        assert_eq!(created["description"], "");
+        assert_eq!(created["in_stock"], false);
+        assert_eq!(created["available"], 0);
+        assert_eq!(
+            created["price"],
+            json!({ "amount_minor": 1999, "currency": "EUR" })
+        );
+        let (status, _, read) = call(&app.router, "GET", location, None, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(read, created);
+    }
+
+    #[tokio::test]
+    async fn writes_need_an_admin_and_come_before_any_look_at_the_body() {
+        let app = app().await;
+        let (status, _, _) = call(
+            &app.router,
+            "POST",
+            "/api/v1/products",
+            None,
+            Some(teapot("T")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _, body) = call(
+            &app.router,
+            "POST",
+            "/api/v1/products",
+            Some(&app.customer),
+            Some(json!({ "nonsense": true })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["error"]["code"], "forbidden");
+        let uri = format!("/api/v1/products/{}", Uuid::now_v7());
+        let (status, _, _) = call(
+            &app.router,
+            "PUT",
+            &uri,
+            Some(&app.customer),
+            Some(json!({ "name": "x" })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_answered_with_a_client_error_never_a_server_error() {
+        let app = app().await;
+        let admin = Some(app.admin.as_str());
+        let cases: Vec<(&str, String, Option<Value>, StatusCode)> = vec![
+            (
+                "GET",
+                "/api/v1/products/not-a-uuid".into(),
+                None,
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "GET",
+                format!("/api/v1/products/{}", Uuid::now_v7()),
+                None,
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                "GET",
+                "/api/v1/products?colour=red".into(),
+                None,
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "GET",
+                "/api/v1/products?page=abc".into(),
+                None,
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "GET",
+                "/api/v1/products?page=-1".into(),
+                None,
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "GET",
+                "/api/v1/products?page=0".into(),
+                None,
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "GET",
+                "/api/v1/products?per_page=101".into(),
+                None,
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "GET",
+                "/api/v1/products?category=Kitchen".into(),
+                None,
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "GET",
+                "/api/v1/products?category=".into(),
+                None,
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "POST",
+                "/api/v1/products".into(),
+                Some(json!({ "sku": "x" })),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "POST",
+                "/api/v1/products".into(),
+                Some(
+                    json!({ "sku": "a b", "name": "n", "category": "c", "price": { "amount_minor": 1, "currency": "EUR" } }),
+                ),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "POST",
+                "/api/v1/products".into(),
+                Some(
+                    json!({ "sku": "ab", "name": "n", "category": "c", "price": { "amount_minor": -1, "currency": "EUR" } }),
+                ),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "POST",
+                "/api/v1/products".into(),
+                Some(
+                    json!({ "sku": "ab", "name": "n", "category": "c", "price": { "amount_minor": 1e30, "currency": "EUR" } }),
+                ),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "POST",
+                "/api/v1/products".into(),
+                Some(
+                    json!({ "sku": "ab", "name": "n", "category": "c", "price": { "amount_minor": 1, "currency": "euro" } }),
+                ),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "PUT",
+                format!("/api/v1/products/{}", Uuid::now_v7()),
+                Some(json!({})),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "PUT",
+                format!("/api/v1/products/{}", Uuid::now_v7()),
+                Some(json!({ "name": "n" })),
+                StatusCode::NOT_FOUND,
+            ),
+        ];
+        for (method, uri, body, expected) in cases {
+            let (status, _, answer) = call(&app.router, method, &uri, admin, body).await;
+            assert_eq!(status, expected, "{method} {uri}: {answer}");
+            assert!(
+                answer["error"]["code"].is_string(),
+                "{method} {uri}: {answer}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_product_with_the_same_sku_is_a_conflict() {
+        let app = app().await;
+        let admin = Some(app.admin.as_str());
+        let (status, _, _) = call(
+            &app.router,
+            "POST",
+            "/api/v1/products",
+            admin,
+            Some(teapot("DUP")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, _, body) = call(
+            &app.router,
+            "POST",
+            "/api/v1/products",
+            admin,
+            Some(teapot("DUP")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(body["error"]["code"], "already_exists");
+    }
+
+    #[tokio::test]
+    async fn products_are_listed_by_page_and_category_and_changed_by_admins() {
+        let app = app().await;
+        let admin = Some(app.admin.as_str());
+        for (sku, category) in [("A", "kitchen"), ("B", "garden"), ("C", "kitchen")] {
+            let mut product = teapot(sku);
+            product["category"] = json!(category);
+            call(
+                &app.router,
+                "POST",
+                "/api/v1/products",
+                admin,
+                Some(product),
+            )
+            .await;
+        }
+        let (status, _, page) = call(
+            &app.router,
+            "GET",
+            "/api/v1/products?category=kitchen&per_page=1&page=2",
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(page["total"], 2);
+        assert_eq!(page["page"], 2);
+        assert_eq!(page["items"][0]["sku"], "C");
+        let id = page["items"][0]["id"].as_str().unwrap().to_owned();
+        let (status, _, changed) = call(
+            &app.router,
+            "PUT",
+            &format!("/api/v1/products/{id}"),
+            admin,
+            Some(json!({ "price": { "amount_minor": 2500, "currency": "EUR" }, "description": "Holds tea." })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{changed}");
+        assert_eq!(changed["price"]["amount_minor"], 2500);
+        assert_eq!(changed["name"], "Teapot");
+        assert_eq!(changed["description"], "Holds tea.");
+        let (_, _, all) = call(&app.router, "GET", "/api/v1/products", None, None).await;
+        assert_eq!(all["total"], 3);
+        assert_eq!(all["per_page"], 20);
+    }
+}

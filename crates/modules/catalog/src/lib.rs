@@ -1,0 +1,183 @@
+//! `catalog`: products, categories and prices.
+//!
+//! Owns the `products` table. Emits `ProductCreated` and `PriceChanged`; answers
+//! `GetProducts`, from which orders snapshot a product's name and price. Shows whether a
+//! product is in stock from a read model fed by inventory's `StockChanged` events: it never
+//! asks inventory on the read path.
+//!
+//! # Layout (the same in every module crate)
+//! - `domain`: validated values (`Sku`, `ProductName`, `Description`, `Category`, `Price`)
+//!   and the rules of creating and changing a product.
+//! - `store`: every SQL statement of the module.
+//! - `http`: the routes under `/api/v1/products`.
+//! - `messages`: bus request handlers and event subscriptions.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod domain;
+mod http;
+mod messages;
+mod store;
+
+use std::sync::Arc;
+
+use axum::Router;
+use banyan_db::sqlx::migrate::Migrator;
+use banyan_kit::{Module, ModuleContext};
+use futures::future::BoxFuture;
+
+pub use banyan_catalog_contract as contract;
+
+/// The catalog module, as the app mounts it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Catalog;
+
+static MIGRATIONS: Migrator = sqlx::migrate!("../../../migrations/catalog");
+
+impl Module for Catalog {
+    fn name(&self) -> &'static str {
+        "catalog"
+    }
+
+    fn migrations(&self) -> &'static Migrator {
+        &MIGRATIONS
+    }
+
+    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<Router>> {
+        Box::pin(async move {
+            let state = Arc::new(State {
+                outbox: ctx.outbox.clone(),
+            });
+            messages::register(&ctx.bus, &state);
+            Ok(http::routes(state))
+        })
+    }
+}
+
+/// What the module's handlers share.
+#[derive(Debug)]
+struct State {
+    outbox: banyan_bus::Outbox,
+}
+
+#[cfg(test)]
+mod test_support {
+    //! A real module database (SQLite, in a temporary directory) for the tests that run SQL.
+
+    use banyan_bus::{Bus, BusConfig, MESSAGING_MIGRATIONS, Outbox};
+    use banyan_db::{DatabaseConfig, Db};
+
+    /// A bus and the outbox of a fresh catalog database; the directory lives as long as the
+    /// value.
+    pub(crate) struct TestDb {
+        pub(crate) bus: Bus,
+        pub(crate) outbox: Outbox,
+        _dir: tempfile::TempDir,
+    }
+
+    /// Opens a fresh catalog database: SQLite in a temporary directory, or, when
+    /// `BANYAN_TEST_POSTGRES_URL` names a PostgreSQL server, a new database on it (named
+    /// `banyan_test_<uuid>`, left for the server's owner to drop).
+    pub(crate) async fn open() -> TestDb {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config = match std::env::var("BANYAN_TEST_POSTGRES_URL") {
+            Ok(server) => DatabaseConfig {
+                url: fresh_postgres_database(&server).await,
+                role_per_module: false,
+                ..DatabaseConfig::default()
+            },
+            Err(_) => DatabaseConfig {
+                url: format!("sqlite://{}", dir.path().display()),
+                ..DatabaseConfig::default()
+            },
+        };
+        let db = Db::open(
+            "catalog",
+            &config,
+            &[&*MESSAGING_MIGRATIONS, &super::MIGRATIONS],
+        )
+        .await
+        .expect("the catalog database opens");
+        let bus = Bus::new(BusConfig::default());
+        TestDb {
+            outbox: Outbox::start(&bus, db),
+            bus,
+            _dir: dir,
+        }
+    }
+
+    async fn fresh_postgres_database(server: &str) -> String {
+        use banyan_db::sqlx::{self, Executor};
+
+        sqlx::any::install_default_drivers();
+        let name = format!("banyan_test_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(server)
+            .await
+            .expect("the test PostgreSQL server answers");
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("a test database");
+        let mut url = url::Url::parse(server).expect("BANYAN_TEST_POSTGRES_URL is a URL");
+        url.set_path(&name);
+        url.to_string()
+    }
+
+    /// Calls `router` as a client would; answers the status, the headers and the JSON body
+    /// (`Null` when there is none). `token` is sent as a bearer token.
+    pub(crate) async fn call(
+        router: &axum::Router,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (
+        axum::http::StatusCode,
+        axum::http::HeaderMap,
+        serde_json::Value,
+    ) {
+        use tower::ServiceExt;
+
+        let mut request = axum::http::Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = match body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.to_string())),
+            None => request.body(axum::body::Body::empty()),
+        }
+        .expect("a valid request");
+        let response = router.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("a readable body");
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, headers, json)
+    }
+
+    /// The module's routes with an authenticator installed, as the app installs it, and a
+    /// token for an admin and one for a customer.
+    pub(crate) fn with_auth(router: axum::Router) -> (axum::Router, String, String) {
+        use banyan_kit::auth::{Authenticator, Role};
+
+        let auth = Authenticator::new(
+            b"test-secret-test-secret-test-secret",
+            std::time::Duration::from_secs(60),
+        );
+        let admin = auth
+            .issue(uuid::Uuid::now_v7(), Role::Admin)
+            .expect("a token");
+        let customer = auth
+            .issue(uuid::Uuid::now_v7(), Role::Customer)
+            .expect("a token");
+        (
+            router.layer(axum::Extension(auth)),
+            admin.access_token,
+            customer.access_token,
+        )
+    }
+}

@@ -1,0 +1,213 @@
+//! Every SQL statement of the catalog module. Portable SQL: SQLite and PostgreSQL alike.
+
+use banyan_db::{Db, now_millis, sqlx};
+use banyan_kit::Page;
+use banyan_message::{Currency, Money};
+use sqlx::{AnyConnection, FromRow};
+use uuid::Uuid;
+
+use crate::domain::{Category, Sku, ValidProduct};
+
+#[derive(Debug, Clone, FromRow)]
+pub(crate) struct ProductRow {
+    pub(crate) id: String,
+    pub(crate) sku: String,
+    pub(crate) name: String,
+    pub(crate) description: String,
+    pub(crate) category: String,
+    pub(crate) price_minor: i64,
+    pub(crate) currency: String,
+    pub(crate) available: i64,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+}
+
+impl ProductRow {
+    pub(crate) fn id(&self) -> Uuid {
+        Uuid::parse_str(&self.id).unwrap_or_default()
+    }
+
+    /// The price; the currency was checked before it was stored.
+    pub(crate) fn price(&self) -> Money {
+        Money::new(
+            self.price_minor,
+            Currency::parse(&self.currency).unwrap_or(Currency::EUR),
+        )
+    }
+}
+
+const COLUMNS: &str = "id, sku, name, description, category, price_minor, currency, available, \
+                       created_at, updated_at";
+
+/// At most this many ids go into one `IN (...)` list.
+const IN_CHUNK: usize = 500;
+
+pub(crate) async fn sku_taken(conn: &mut AnyConnection, sku: &Sku) -> Result<bool, sqlx::Error> {
+    let found: Option<(String,)> = sqlx::query_as("SELECT id FROM products WHERE sku = $1")
+        .bind(sku.as_str())
+        .fetch_optional(conn)
+        .await?;
+    Ok(found.is_some())
+}
+
+pub(crate) async fn insert(
+    conn: &mut AnyConnection,
+    product: &ValidProduct,
+) -> Result<ProductRow, sqlx::Error> {
+    let now = now_millis();
+    let price = product.price.money();
+    let row = ProductRow {
+        id: Uuid::now_v7().to_string(),
+        sku: product.sku.as_str().to_owned(),
+        name: product.name.as_str().to_owned(),
+        description: product.description.as_str().to_owned(),
+        category: product.category.as_str().to_owned(),
+        price_minor: price.amount_minor,
+        currency: price.currency.as_str().to_owned(),
+        available: 0,
+        created_at: now,
+        updated_at: now,
+    };
+    sqlx::query(
+        "INSERT INTO products (id, sku, name, description, category, price_minor, currency, \
+         available, stock_version, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $9)",
+    )
+    .bind(&row.id)
+    .bind(&row.sku)
+    .bind(&row.name)
+    .bind(&row.description)
+    .bind(&row.category)
+    .bind(row.price_minor)
+    .bind(&row.currency)
+    .bind(row.created_at)
+    .bind(row.updated_at)
+    .execute(conn)
+    .await?;
+    Ok(row)
+}
+
+pub(crate) async fn find(db: &Db, id: Uuid) -> Result<Option<ProductRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM products WHERE id = $1"
+    )))
+    .bind(id.to_string())
+    .fetch_optional(db.reader())
+    .await
+}
+
+/// The products among `ids` that exist, in no particular order.
+pub(crate) async fn find_many(db: &Db, ids: &[Uuid]) -> Result<Vec<ProductRow>, sqlx::Error> {
+    let mut rows = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(IN_CHUNK) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM products WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(id.to_string());
+        }
+        rows.extend(query.fetch_all(db.reader()).await?);
+    }
+    Ok(rows)
+}
+
+/// One page of products, oldest first, of one category or of all.
+pub(crate) async fn list(
+    db: &Db,
+    category: Option<&Category>,
+    page: Page,
+) -> Result<(Vec<ProductRow>, i64), sqlx::Error> {
+    let (rows, (total,)): (Vec<ProductRow>, (i64,)) = match category {
+        Some(category) => (
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM products WHERE category = $1 ORDER BY id LIMIT $2 OFFSET $3"
+            )))
+            .bind(category.as_str())
+            .bind(page.limit())
+            .bind(page.offset())
+            .fetch_all(db.reader())
+            .await?,
+            sqlx::query_as("SELECT COUNT(*) FROM products WHERE category = $1")
+                .bind(category.as_str())
+                .fetch_one(db.reader())
+                .await?,
+        ),
+        None => (
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM products ORDER BY id LIMIT $1 OFFSET $2"
+            )))
+            .bind(page.limit())
+            .bind(page.offset())
+            .fetch_all(db.reader())
+            .await?,
+            sqlx::query_as("SELECT COUNT(*) FROM products")
+                .fetch_one(db.reader())
+                .await?,
+        ),
+    };
+    Ok((rows, total))
+}
+
+/// Reads a product for a change, taking its row lock on PostgreSQL (an `UPDATE` that changes
+/// nothing but `updated_at`, the portable spelling of `SELECT ... FOR UPDATE`). On SQLite the
+/// unit of work already holds the write lock.
+pub(crate) async fn lock(
+    conn: &mut AnyConnection,
+    id: Uuid,
+) -> Result<Option<ProductRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE products SET updated_at = $1 WHERE id = $2 RETURNING {COLUMNS}"
+    )))
+    .bind(now_millis())
+    .bind(id.to_string())
+    .fetch_optional(conn)
+    .await
+}
+
+/// Writes a product's editable values; the row must exist (see [`lock`]).
+pub(crate) async fn update(
+    conn: &mut AnyConnection,
+    id: Uuid,
+    name: &str,
+    description: &str,
+    category: &str,
+    price: Money,
+) -> Result<ProductRow, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE products SET name = $1, description = $2, category = $3, price_minor = $4, \
+         currency = $5, updated_at = $6 WHERE id = $7 RETURNING {COLUMNS}"
+    )))
+    .bind(name)
+    .bind(description)
+    .bind(category)
+    .bind(price.amount_minor)
+    .bind(price.currency.as_str())
+    .bind(now_millis())
+    .bind(id.to_string())
+    .fetch_one(conn)
+    .await
+}
+
+/// Records inventory's view of a product's stock if `version` is newer than the last applied.
+/// `false` if the product is unknown here or the event is stale.
+pub(crate) async fn apply_stock(
+    conn: &mut AnyConnection,
+    id: Uuid,
+    available: i64,
+    version: i64,
+) -> Result<bool, sqlx::Error> {
+    let applied = sqlx::query(
+        "UPDATE products SET available = $1, stock_version = $2 \
+         WHERE id = $3 AND stock_version < $2",
+    )
+    .bind(available)
+    .bind(version)
+    .bind(id.to_string())
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(applied == 1)
+}

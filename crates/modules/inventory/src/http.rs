@@ -1,0 +1,216 @@
+//! The routes of `inventory`, under `/api/v1/inventory`.
+
+use std::sync::Arc;
+
+use axum::{Router, extract::FromRequestParts, http::request::Parts, routing::get};
+use banyan_kit::{
+    ApiError, ApiResult,
+    auth::Caller,
+    extract::{Cx, Json, Path},
+    timestamp,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    State,
+    domain::{self, OnHand},
+    store::{self, StockRow},
+};
+
+pub(crate) fn routes(state: Arc<State>) -> Router {
+    Router::new()
+        .route(
+            "/api/v1/inventory/{product_id}",
+            get(get_stock).put(set_stock),
+        )
+        .with_state(state)
+}
+
+type AppState = axum::extract::State<Arc<State>>;
+
+/// A caller with the admin role. Extracted before the path and the body, so that a caller who
+/// may not write is answered 401 or 403 whatever else the request holds.
+#[derive(Debug, Clone, Copy)]
+struct Admin;
+
+impl<S: Send + Sync> FromRequestParts<S> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require_admin()?;
+        Ok(Admin)
+    }
+}
+
+/// A product's stock as anyone sees it.
+#[derive(Debug, Serialize)]
+struct StockView {
+    product_id: Uuid,
+    on_hand: i64,
+    reserved: i64,
+    available: i64,
+    updated_at: String,
+}
+
+impl From<StockRow> for StockView {
+    fn from(row: StockRow) -> Self {
+        Self {
+            product_id: row.product_id(),
+            on_hand: row.on_hand,
+            reserved: row.reserved,
+            available: row.available(),
+            updated_at: timestamp(row.updated_at),
+        }
+    }
+}
+
+/// `GET /api/v1/inventory/{product_id}`: public; 404 for a product never stocked.
+async fn get_stock(
+    axum::extract::State(state): AppState,
+    Path(product_id): Path<Uuid>,
+) -> ApiResult<Json<StockView>> {
+    let row = store::find(state.outbox.db(), product_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("product {product_id} has no stock record")))?;
+    Ok(Json(row.into()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StockChange {
+    on_hand: i64,
+}
+
+/// `PUT /api/v1/inventory/{product_id}`: admins only; sets what is on hand, creating the
+/// product's stock if missing.
+async fn set_stock(
+    axum::extract::State(state): AppState,
+    _admin: Admin,
+    cx: Cx,
+    Path(product_id): Path<Uuid>,
+    Json(change): Json<StockChange>,
+) -> ApiResult<Json<StockView>> {
+    let on_hand = OnHand::parse(change.on_hand)?;
+    let row = domain::set_on_hand(&state.outbox, &cx, product_id, on_hand).await?;
+    Ok(Json(row.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::test_support::{self, call, with_auth};
+
+    #[tokio::test]
+    async fn stock_is_set_by_admins_and_read_by_anyone() {
+        let db = test_support::open().await;
+        let state = Arc::new(State {
+            outbox: db.outbox.clone(),
+        });
+        let (router, admin, customer) = with_auth(routes(state));
+        let uri = format!("/api/v1/inventory/{}", Uuid::now_v7());
+        let (status, _, _) = call(&router, "GET", &uri, None, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _, _) = call(
+            &router,
+            "PUT",
+            &uri,
+            Some(&customer),
+            Some(json!({ "on_hand": 3 })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _, set) = call(
+            &router,
+            "PUT",
+            &uri,
+            Some(&admin),
+            Some(json!({ "on_hand": 3 })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{set}");
+        assert_eq!(
+            (
+                set["on_hand"].clone(),
+                set["reserved"].clone(),
+                set["available"].clone()
+            ),
+            (json!(3), json!(0), json!(3))
+        );
+        let (status, _, read) = call(&router, "GET", &uri, None, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(read, set);
+    }
+
+    #[tokio::test]
+    async fn bad_stock_input_is_answered_with_a_client_error_never_a_server_error() {
+        let db = test_support::open().await;
+        let state = Arc::new(State {
+            outbox: db.outbox.clone(),
+        });
+        let (router, admin, _) = with_auth(routes(state));
+        let uri = format!("/api/v1/inventory/{}", Uuid::now_v7());
+        let cases: Vec<(&str, &str, Option<Value>, StatusCode)> = vec![
+            (
+                "GET",
+                "/api/v1/inventory/nope",
+                None,
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "PUT",
+                "/api/v1/inventory/nope",
+                Some(json!({ "on_hand": 1 })),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "PUT",
+                &uri,
+                Some(json!({ "on_hand": -1 })),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "PUT",
+                &uri,
+                Some(json!({ "on_hand": 1_000_000_001 })),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "PUT",
+                &uri,
+                Some(json!({ "on_hand": 1.5 })),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "PUT",
+                &uri,
+                Some(json!({ "on_hand": "3" })),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "PUT",
+                &uri,
+                Some(json!({ "on_hand": 1, "reserved": 0 })),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "PUT",
+                &uri,
+                Some(json!({})),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+        ];
+        for (method, uri, body, expected) in cases {
+            let (status, _, answer) = call(&router, method, uri, Some(&admin), body).await;
+            assert_eq!(status, expected, "{method} {uri}: {answer}");
+            assert!(
+                answer["error"]["code"].is_string(),
+                "{method} {uri}: {answer}"
+            );
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! The end-to-end harness: a real Banyan server on a free port, a fresh database per test
+//! (a SQLite directory or a PostgreSQL database of its own), and typed helpers to call it.
+//!
+//! The suites in `tests/tests/` talk to the server only over HTTP (and, where the issue asks
+//! for it, over the bus the server exposes), so they run unchanged in every topology.
+//!
+//! - `TEST_LOG=1` shows the server's logs.
+//! - PostgreSQL comes from `BANYAN_TEST_POSTGRES_URL` (default: the local server). If it
+//!   cannot be reached the test fails, unless `BANYAN_SKIP_POSTGRES=1` is set outside CI.
+
+pub mod process;
+
+use std::{net::SocketAddr, time::Duration};
+
+use banyan_app::{Server, config};
+use banyan_db::sqlx::{self, Executor};
+use reqwest::{Method, StatusCode, header::HeaderMap};
+use serde_json::{Value, json};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+pub use banyan_app;
+
+pub const ADMIN_USERNAME: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// Where a test's data lives; removed when the test ends.
+#[derive(Debug)]
+pub enum Storage {
+    Sqlite(tempfile::TempDir),
+    Postgres(PgDatabase),
+}
+
+impl Storage {
+    /// A fresh, empty place for one test's data; `None` when PostgreSQL is skipped.
+    pub async fn fresh(engine: Engine) -> Option<Self> {
+        match engine {
+            Engine::Sqlite => Some(Storage::Sqlite(
+                tempfile::tempdir().expect("a temporary directory"),
+            )),
+            Engine::Postgres => PgDatabase::create().await.map(Storage::Postgres),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            Storage::Sqlite(dir) => format!("sqlite://{}", dir.path().display()),
+            Storage::Postgres(db) => db.url.clone(),
+        }
+    }
+}
+
+/// A PostgreSQL database made for one test and dropped after it.
+#[derive(Debug)]
+pub struct PgDatabase {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+pub fn postgres_admin_url() -> String {
+    std::env::var("BANYAN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+impl PgDatabase {
+    pub async fn create() -> Option<Self> {
+        sqlx::any::install_default_drivers();
+        let admin_url = postgres_admin_url();
+        let admin = match sqlx::AnyPool::connect(&admin_url).await {
+            Ok(pool) => pool,
+            Err(error) => {
+                let skip = std::env::var("BANYAN_SKIP_POSTGRES").is_ok_and(|v| v == "1");
+                if std::env::var_os("CI").is_none() && skip {
+                    eprintln!("SKIPPED: PostgreSQL unreachable at {admin_url}: {error}");
+                    return None;
+                }
+                panic!(
+                    "PostgreSQL is unreachable at {admin_url}: {error}. Start it, or set \
+                     BANYAN_SKIP_POSTGRES=1 to skip its tests (never in CI)."
+                );
+            }
+        };
+        let name = format!("banyan_test_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("create a test database");
+        admin.close().await;
+        let mut url = reqwest::Url::parse(&admin_url).expect("a valid PostgreSQL URL");
+        url.set_path(&name);
+        Some(Self {
+            name,
+            url: url.to_string(),
+            admin_url,
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime; a thread of its own may block.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(admin) = sqlx::AnyPool::connect(&admin_url).await {
+                    let _ = admin
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .await;
+                    admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The settings every test server starts from: the shipped defaults, a bootstrap admin, and a
+/// relay quick enough that recovery paths finish in a test's time.
+pub fn test_figment(database_url: &str) -> figment::Figment {
+    let mut figment = config::layers(&[]);
+    figment = config::with(figment, "database.url", database_url);
+    figment = config::with(figment, "database.max_connections", 4);
+    figment = config::with(figment, "bus.relay_interval_ms", 50);
+    figment = config::with(figment, "bus.relay_lease_ms", 2_000);
+    figment = config::with(figment, "bus.backoff_base_ms", 5);
+    figment = config::with(figment, "bus.backoff_max_ms", 50);
+    config::with(
+        figment,
+        "modules.users.bootstrap_admin",
+        json!({ "username": ADMIN_USERNAME, "email": "admin@example.test", "password": ADMIN_PASSWORD }),
+    )
+}
+
+/// A running Banyan server and a client for it.
+#[derive(Debug)]
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub engine: Engine,
+    pub client: reqwest::Client,
+    pub bus: banyan_bus::Bus,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    pub storage: Storage,
+}
+
+/// An HTTP answer: status, headers and the JSON body (`Null` when empty).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    /// The `error.code` of a JSON error body.
+    pub fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl TestApp {
+    /// Starts a server on a fresh database; `None` when PostgreSQL is skipped.
+    pub async fn spawn(engine: Engine) -> Option<Self> {
+        Self::spawn_with(engine, |f| f).await
+    }
+
+    /// Starts a server with settings adjusted by `adjust`.
+    pub async fn spawn_with(
+        engine: Engine,
+        adjust: impl FnOnce(figment::Figment) -> figment::Figment,
+    ) -> Option<Self> {
+        let storage = Storage::fresh(engine).await?;
+        let figment = adjust(test_figment(&storage.url()));
+        let settings = config::load(&figment).expect("test settings load");
+        if std::env::var_os("TEST_LOG").is_some() {
+            banyan_app::telemetry::init(&settings.log);
+        }
+        let server = Server::build(settings, figment)
+            .await
+            .expect("the server builds");
+        let bus = server.bus().clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let addr = listener.local_addr().expect("a bound address");
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let server = tokio::spawn(server.run(listener, async {
+            let _ = stop.await;
+        }));
+        Some(Self {
+            addr,
+            engine,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("an HTTP client"),
+            bus,
+            shutdown: Some(shutdown),
+            server: Some(server),
+            storage,
+        })
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("the server task ends")
+                .expect("the server stops cleanly");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends a request with an optional bearer token and JSON body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        send(request).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.call(Method::PUT, path, token, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Reply {
+        self.call(Method::DELETE, path, token, None).await
+    }
+
+    /// Logs in; panics on failure.
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        let reply = self
+            .post(
+                "/api/v1/users/login",
+                None,
+                json!({ "username": username, "password": password }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "login of {username}: {}", reply.text);
+        reply.body["access_token"]
+            .as_str()
+            .expect("a token")
+            .to_owned()
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.login(ADMIN_USERNAME, ADMIN_PASSWORD).await
+    }
+
+    /// Registers a customer and logs them in: `(user id, token)`.
+    pub async fn customer(&self, username: &str) -> (String, String) {
+        let password = format!("{username}-secret-pw");
+        let reply = self
+            .post(
+                "/api/v1/users",
+                None,
+                json!({ "username": username, "email": format!("{username}@example.test"), "password": password }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "register {username}: {}", reply.text);
+        let id = reply.body["id"].as_str().expect("an id").to_owned();
+        (id, self.login(username, &password).await)
+    }
+
+    /// Creates a product as admin; returns its id.
+    pub async fn product(&self, admin: &str, sku: &str, category: &str, price_minor: i64) -> String {
+        let reply = self
+            .post(
+                "/api/v1/products",
+                Some(admin),
+                json!({
+                    "sku": sku,
+                    "name": format!("Product {sku}"),
+                    "category": category,
+                    "price": { "amount_minor": price_minor, "currency": "EUR" },
+                }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "create {sku}: {}", reply.text);
+        reply.body["id"].as_str().expect("an id").to_owned()
+    }
+
+    /// Sets a product's stock as admin.
+    pub async fn stock(&self, admin: &str, product: &str, on_hand: i64) -> Reply {
+        self.put(
+            &format!("/api/v1/inventory/{product}"),
+            Some(admin),
+            json!({ "on_hand": on_hand }),
+        )
+        .await
+    }
+}
+
+pub async fn send(request: reqwest::RequestBuilder) -> Reply {
+    let response = request.send().await.expect("the server answers");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("a body");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    };
+    Reply {
+        status,
+        headers,
+        body,
+        text,
+    }
+}
+
+/// Waits until `check` holds, polling; panics with `what` after 30 s. Tests wait for
+/// outcomes this way and never assert on how long something took.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Declares each named scenario `async fn name(app: &TestApp)` as two tests, one per engine:
+/// `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let app = $crate::TestApp::spawn($crate::Engine::Sqlite)
+                        .await
+                        .expect("SQLite is always available");
+                    super::$name(&app).await;
+                    app.stop().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(app) = $crate::TestApp::spawn($crate::Engine::Postgres).await else {
+                        return;
+                    };
+                    super::$name(&app).await;
+                    app.stop().await;
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,149 @@
+//! Real `banyan` processes, for the tests that must kill one.
+//!
+//! The binary is the one `cargo test --workspace` builds for the `banyan-app` package, found
+//! next to the test executable (`target/<profile>/banyan`).
+
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::Notify,
+};
+
+/// The `banyan` executable of this build.
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("BANYAN_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // target/<profile>/deps/<test> -> target/<profile>/banyan
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test executable lives in target/<profile>/deps");
+    let binary = profile_dir.join(format!("banyan{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+        binary.display()
+    );
+    binary
+}
+
+/// A running `banyan` process with its stderr (the JSON logs) captured line by line.
+#[derive(Debug)]
+pub struct BanyanProcess {
+    child: Child,
+    pub addr: std::net::SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+    new_line: Arc<Notify>,
+}
+
+impl BanyanProcess {
+    /// Starts `banyan serve --addr 127.0.0.1:0` with `env`, and waits until it serves.
+    pub async fn start(env: &[(&str, String)]) -> Self {
+        let mut command = Command::new(binary());
+        command
+            .args(["serve", "--addr", "127.0.0.1:0", "--log-format", "json"])
+            .env("BANYAN_LOG__LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("banyan starts");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let new_line = Arc::new(Notify::new());
+        {
+            let (lines, new_line) = (lines.clone(), new_line.clone());
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    if std::env::var_os("TEST_LOG").is_some() {
+                        eprintln!("[banyan] {line}");
+                    }
+                    lines.lock().expect("log lines").push(line);
+                    new_line.notify_waiters();
+                }
+                new_line.notify_waiters();
+            });
+        }
+        let mut process = Self {
+            child,
+            addr: "127.0.0.1:0".parse().expect("an address"),
+            lines,
+            new_line,
+        };
+        let serving = process.wait_for_line("Banyan is serving.").await;
+        let log: serde_json::Value = serde_json::from_str(&serving).expect("a JSON log line");
+        process.addr = log["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .expect("the serving line names the address");
+        process
+    }
+
+    /// Waits for a stderr line containing `needle` and returns it. Panics if the process
+    /// exits first or nothing comes within 60 s.
+    pub async fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let notified = self.new_line.notified();
+            if let Some(line) = self
+                .lines
+                .lock()
+                .expect("log lines")
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return line.clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("banyan exited ({status}) before logging {needle:?}:\n{}", self.output());
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "banyan did not log {needle:?}:\n{}",
+                self.output()
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+        }
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn output(&self) -> String {
+        self.lines.lock().expect("log lines").join("\n")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// SIGKILL: no cleanup, no drain, exactly like a crash.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("SIGKILL delivered");
+    }
+
+    /// SIGTERM, then wait for the graceful exit.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("a running process");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM delivered");
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("banyan exits after SIGTERM")
+            .expect("an exit status")
+    }
+}
