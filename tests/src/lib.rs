@@ -107,7 +107,9 @@ impl Drop for PgDatabase {
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
         // Drop runs inside the test's runtime; a thread of its own may block.
         let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build()
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
             else {
                 return;
             };
@@ -129,7 +131,7 @@ impl Drop for PgDatabase {
 /// The settings every test server starts from: the shipped defaults, a bootstrap admin, and a
 /// relay quick enough that recovery paths finish in a test's time.
 pub fn test_figment(database_url: &str) -> figment::Figment {
-    let mut figment = config::layers(&[]);
+    let mut figment = config::layers(&[]).expect("the default layers");
     figment = config::with(figment, "database.url", database_url);
     figment = config::with(figment, "database.max_connections", 4);
     figment = config::with(figment, "bus.relay_interval_ms", 50);
@@ -274,7 +276,12 @@ impl TestApp {
                 json!({ "username": username, "password": password }),
             )
             .await;
-        assert_eq!(reply.status, StatusCode::OK, "login of {username}: {}", reply.text);
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "login of {username}: {}",
+            reply.text
+        );
         reply.body["access_token"]
             .as_str()
             .expect("a token")
@@ -295,13 +302,24 @@ impl TestApp {
                 json!({ "username": username, "email": format!("{username}@example.test"), "password": password }),
             )
             .await;
-        assert_eq!(reply.status, StatusCode::CREATED, "register {username}: {}", reply.text);
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "register {username}: {}",
+            reply.text
+        );
         let id = reply.body["id"].as_str().expect("an id").to_owned();
         (id, self.login(username, &password).await)
     }
 
     /// Creates a product as admin; returns its id.
-    pub async fn product(&self, admin: &str, sku: &str, category: &str, price_minor: i64) -> String {
+    pub async fn product(
+        &self,
+        admin: &str,
+        sku: &str,
+        category: &str,
+        price_minor: i64,
+    ) -> String {
         let reply = self
             .post(
                 "/api/v1/products",
@@ -314,7 +332,12 @@ impl TestApp {
                 }),
             )
             .await;
-        assert_eq!(reply.status, StatusCode::CREATED, "create {sku}: {}", reply.text);
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "create {sku}: {}",
+            reply.text
+        );
         reply.body["id"].as_str().expect("an id").to_owned()
     }
 

@@ -108,7 +108,10 @@ impl BanyanProcess {
                 return line.clone();
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("banyan exited ({status}) before logging {needle:?}:\n{}", self.output());
+                panic!(
+                    "banyan exited ({status}) before logging {needle:?}:\n{}",
+                    self.output()
+                );
             }
             assert!(
                 tokio::time::Instant::now() < deadline,

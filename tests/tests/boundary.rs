@@ -1,5 +1,7 @@
 //! The module boundary, enforced twice: by Cargo's dependency graph and by PostgreSQL roles.
 
+#![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
+
 use std::process::Command;
 
 use banyan_db::{DatabaseConfig, Db, sqlx};
@@ -13,9 +15,16 @@ fn workspace_packages() -> Vec<Value> {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let metadata: Value = serde_json::from_slice(&output.stdout).expect("metadata is JSON");
-    metadata["packages"].as_array().expect("a package list").clone()
+    metadata["packages"]
+        .as_array()
+        .expect("a package list")
+        .clone()
 }
 
 fn kind(package: &Value) -> &'static str {
@@ -51,7 +60,10 @@ fn no_module_crate_depends_on_another_module_crate() {
             }
         }
     }
-    assert!(violations.is_empty(), "module boundary crossed: {violations:?}");
+    assert!(
+        violations.is_empty(),
+        "module boundary crossed: {violations:?}"
+    );
 }
 
 #[test]
@@ -59,7 +71,10 @@ fn a_contract_crate_holds_only_the_published_language() {
     // Contracts may use the message kit, serde, uuid and other contracts: nothing with logic,
     // storage or transport in it.
     let allowed = ["banyan-message", "serde", "serde_json", "uuid"];
-    for package in workspace_packages().iter().filter(|p| kind(p) == "contract") {
+    for package in workspace_packages()
+        .iter()
+        .filter(|p| kind(p) == "contract")
+    {
         let name = package["name"].as_str().unwrap_or_default();
         for dependency in package["dependencies"].as_array().into_iter().flatten() {
             let dep = dependency["name"].as_str().unwrap_or_default();
@@ -80,8 +95,12 @@ async fn with_postgres_a_module_cannot_read_another_modules_schema() {
         url: database.url.clone(),
         ..DatabaseConfig::default()
     };
-    let users = Db::open("users", &config, &[]).await.expect("users storage");
-    let catalog = Db::open("catalog", &config, &[]).await.expect("catalog storage");
+    let users = Db::open("users", &config, &[])
+        .await
+        .expect("users storage");
+    let catalog = Db::open("catalog", &config, &[])
+        .await
+        .expect("catalog storage");
     let mut tx = catalog.begin().await.expect("a catalog transaction");
     sqlx::query("CREATE TABLE secrets (id TEXT PRIMARY KEY)")
         .execute(&mut *tx)
@@ -94,7 +113,10 @@ async fn with_postgres_a_module_cannot_read_another_modules_schema() {
         .execute(users.reader())
         .await
         .expect_err("users must not read catalog's schema");
-    let code = error.as_database_error().and_then(|e| e.code()).unwrap_or_default();
+    let code = error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .unwrap_or_default();
     assert_eq!(code, "42501", "permission denied expected, got {error}");
 
     // Unqualified: the users role's search path holds only its own schema.
@@ -102,7 +124,10 @@ async fn with_postgres_a_module_cannot_read_another_modules_schema() {
         .execute(users.reader())
         .await
         .expect_err("catalog's table is not visible to users");
-    let code = error.as_database_error().and_then(|e| e.code()).unwrap_or_default();
+    let code = error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .unwrap_or_default();
     assert_eq!(code, "42P01", "undefined table expected, got {error}");
 
     users.close().await;

@@ -1,5 +1,7 @@
 //! The catalog module over HTTP, on SQLite and on PostgreSQL.
 
+#![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
+
 use banyan_e2e::{TestApp, eventually, on_both_engines};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -31,7 +33,10 @@ async fn an_admin_creates_and_changes_a_product_and_anyone_reads_it(app: &TestAp
         created.headers["location"].to_str().unwrap(),
         format!("/api/v1/products/{id}")
     );
-    assert_eq!(created.body["price"], json!({ "amount_minor": 450, "currency": "EUR" }));
+    assert_eq!(
+        created.body["price"],
+        json!({ "amount_minor": 450, "currency": "EUR" })
+    );
     assert_eq!(created.body["in_stock"], false);
 
     let changed = app
@@ -53,10 +58,12 @@ async fn an_admin_creates_and_changes_a_product_and_anyone_reads_it(app: &TestAp
 async fn products_are_filtered_by_category_and_paged(app: &TestApp) {
     let admin = app.admin_token().await;
     for i in 0..5 {
-        app.product(&admin, &format!("TEA-{i}"), "tea", 100 + i).await;
+        app.product(&admin, &format!("TEA-{i}"), "tea", 100 + i)
+            .await;
     }
     for i in 0..3 {
-        app.product(&admin, &format!("COF-{i}"), "coffee", 200 + i).await;
+        app.product(&admin, &format!("COF-{i}"), "coffee", 200 + i)
+            .await;
     }
     let page = app
         .get("/api/v1/products?category=tea&page=2&per_page=2", None)
@@ -81,14 +88,20 @@ async fn products_are_filtered_by_category_and_paged(app: &TestApp) {
 async fn only_an_admin_writes_products(app: &TestApp) {
     let (_, customer) = app.customer("paula").await;
     let body = json!({ "sku": "X-1", "name": "X", "category": "x", "price": { "amount_minor": 1, "currency": "EUR" } });
-    let denied = app.post("/api/v1/products", Some(&customer), body.clone()).await;
+    let denied = app
+        .post("/api/v1/products", Some(&customer), body.clone())
+        .await;
     assert_eq!(denied.status, StatusCode::FORBIDDEN);
     let anonymous = app.post("/api/v1/products", None, body).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
     let admin = app.admin_token().await;
     let id = app.product(&admin, "X-2", "x", 1).await;
     let change = app
-        .put(&format!("/api/v1/products/{id}"), Some(&customer), json!({ "name": "Mine" }))
+        .put(
+            &format!("/api/v1/products/{id}"),
+            Some(&customer),
+            json!({ "name": "Mine" }),
+        )
         .await;
     assert_eq!(change.status, StatusCode::FORBIDDEN);
 }
@@ -116,7 +129,10 @@ async fn bad_product_input_gets_a_4xx_and_changes_nothing(app: &TestApp) {
     };
     let cases = [
         with("price", json!({ "amount_minor": -1, "currency": "EUR" })),
-        with("price", json!({ "amount_minor": 9_000_000_000_000_000_i64, "currency": "EUR" })),
+        with(
+            "price",
+            json!({ "amount_minor": 9_000_000_000_000_000_i64, "currency": "EUR" }),
+        ),
         with("price", json!({ "amount_minor": 1.5, "currency": "EUR" })),
         with("price", json!({ "amount_minor": 100, "currency": "euro" })),
         with("name", json!("")),
@@ -127,12 +143,23 @@ async fn bad_product_input_gets_a_4xx_and_changes_nothing(app: &TestApp) {
         with("id", json!("0190f0f0-0000-7000-8000-000000000000")),
     ];
     for body in cases {
-        let reply = app.post("/api/v1/products", Some(&admin), body.clone()).await;
-        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", reply.text);
+        let reply = app
+            .post("/api/v1/products", Some(&admin), body.clone())
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            reply.text
+        );
         assert!(reply.body["error"]["code"].is_string());
     }
     let listed = app.get("/api/v1/products", None).await;
-    assert_eq!(listed.body["total"], 0, "nothing was created: {}", listed.text);
+    assert_eq!(
+        listed.body["total"], 0,
+        "nothing was created: {}",
+        listed.text
+    );
 
     let unknown = app
         .get(&format!("/api/v1/products/{}", uuid::Uuid::now_v7()), None)
@@ -143,8 +170,14 @@ async fn bad_product_input_gets_a_4xx_and_changes_nothing(app: &TestApp) {
     assert_eq!(not_an_id.status, StatusCode::BAD_REQUEST);
     let bad_page = app.get("/api/v1/products?page=-1", None).await;
     assert!(bad_page.status.is_client_error(), "{}", bad_page.text);
-    let bad_category = app.get("/api/v1/products?category=%20DROP%20TABLE", None).await;
-    assert!(bad_category.status.is_client_error(), "{}", bad_category.text);
+    let bad_category = app
+        .get("/api/v1/products?category=%20DROP%20TABLE", None)
+        .await;
+    assert!(
+        bad_category.status.is_client_error(),
+        "{}",
+        bad_category.text
+    );
     let unknown_product_change = app
         .put(
             &format!("/api/v1/products/{}", uuid::Uuid::now_v7()),

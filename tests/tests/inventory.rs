@@ -1,5 +1,7 @@
 //! The inventory module over HTTP and over the bus, on SQLite and on PostgreSQL.
 
+#![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
+
 use banyan_bus::{BusError, Context};
 use banyan_catalog_contract::ProductId;
 use banyan_e2e::{TestApp, on_both_engines};
@@ -37,9 +39,18 @@ async fn bad_stock_input_gets_a_4xx(app: &TestApp) {
     let path = format!("/api/v1/inventory/{product}");
     let cases = [
         (json!({ "on_hand": -1 }), StatusCode::UNPROCESSABLE_ENTITY),
-        (json!({ "on_hand": 10_000_000_000_i64 }), StatusCode::UNPROCESSABLE_ENTITY),
-        (json!({ "on_hand": "ten" }), StatusCode::UNPROCESSABLE_ENTITY),
-        (json!({ "on_hand": 1, "reserved": 5 }), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({ "on_hand": 10_000_000_000_i64 }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({ "on_hand": "ten" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({ "on_hand": 1, "reserved": 5 }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
         (json!({}), StatusCode::UNPROCESSABLE_ENTITY),
     ];
     for (body, status) in cases {
@@ -48,13 +59,20 @@ async fn bad_stock_input_gets_a_4xx(app: &TestApp) {
         assert!(reply.body["error"]["code"].is_string());
     }
     assert_eq!(
-        app.put(&path, Some(&customer), json!({ "on_hand": 5 })).await.status,
+        app.put(&path, Some(&customer), json!({ "on_hand": 5 }))
+            .await
+            .status,
         StatusCode::FORBIDDEN
     );
-    assert_eq!(app.put(&path, None, json!({ "on_hand": 5 })).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.put(&path, None, json!({ "on_hand": 5 })).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(app.get(&path, None).await.status, StatusCode::NOT_FOUND);
     assert_eq!(
-        app.get("/api/v1/inventory/not-a-product", None).await.status,
+        app.get("/api/v1/inventory/not-a-product", None)
+            .await
+            .status,
         StatusCode::BAD_REQUEST
     );
 }
@@ -69,7 +87,12 @@ fn line(product: Uuid, quantity: i64) -> StockLine {
 async fn available(app: &TestApp, product: Uuid) -> i64 {
     let levels = app
         .bus
-        .request(&Context::root(), GetStock { product_ids: vec![ProductId(product)] })
+        .request(
+            &Context::root(),
+            GetStock {
+                product_ids: vec![ProductId(product)],
+            },
+        )
         .await
         .expect("stock levels");
     levels.first().map_or(0, |l| l.available)
@@ -136,12 +159,22 @@ async fn reserving_and_releasing_twice_changes_stock_once(app: &TestApp) {
     assert_eq!(read.body["reserved"], 2);
     let first = app
         .bus
-        .request(&cx, ReleaseStock { reservation_id: reservation })
+        .request(
+            &cx,
+            ReleaseStock {
+                reservation_id: reservation,
+            },
+        )
         .await
         .expect("released");
     let second = app
         .bus
-        .request(&cx, ReleaseStock { reservation_id: reservation })
+        .request(
+            &cx,
+            ReleaseStock {
+                reservation_id: reservation,
+            },
+        )
         .await
         .expect("released again");
     assert!(first.released);
@@ -165,5 +198,8 @@ async fn stock_cannot_be_set_below_what_is_reserved(app: &TestApp) {
         .expect("reserved");
     let below = app.stock(&admin, &product.to_string(), 3).await;
     assert_eq!(below.status, StatusCode::CONFLICT, "{}", below.text);
-    assert_eq!(app.stock(&admin, &product.to_string(), 4).await.status, StatusCode::OK);
+    assert_eq!(
+        app.stock(&admin, &product.to_string(), 4).await.status,
+        StatusCode::OK
+    );
 }

@@ -14,7 +14,11 @@ use crate::{
 };
 
 #[derive(Debug, Parser)]
-#[command(name = "banyan", version, about = "A modular-monolith shop that grows into services.")]
+#[command(
+    name = "banyan",
+    version,
+    about = "A modular-monolith shop that grows into services."
+)]
 struct Cli {
     /// Extra configuration files, layered in order over config/default.toml.
     #[arg(long = "config", value_name = "FILE", global = true)]
@@ -64,7 +68,13 @@ enum DeadLetterCommand {
 
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut figment = config::layers(&cli.config);
+    let mut figment = match config::layers(&cli.config) {
+        Ok(figment) => figment,
+        Err(error) => {
+            eprintln!("banyan: cannot start: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
     if let Command::Serve(args) = &command {
         if let Some(addr) = args.addr {
@@ -112,7 +122,10 @@ async fn serve(settings: config::Settings, figment: figment::Figment) -> anyhow:
     server.run(listener, server::shutdown_signal()).await
 }
 
-async fn dead_letters(settings: config::Settings, command: DeadLetterCommand) -> anyhow::Result<()> {
+async fn dead_letters(
+    settings: config::Settings,
+    command: DeadLetterCommand,
+) -> anyhow::Result<()> {
     let open = |module: &'static str| {
         let settings = settings.clone();
         async move {
@@ -122,27 +135,36 @@ async fn dead_letters(settings: config::Settings, command: DeadLetterCommand) ->
                 .map(|m| m.migrations())
                 .ok_or_else(|| anyhow::anyhow!("no module named {module}"))?;
             Ok::<_, anyhow::Error>(
-                Db::open(module, &settings.database, &[&*banyan_bus::MESSAGING_MIGRATIONS, migrations]).await?,
+                Db::open(
+                    module,
+                    &settings.database,
+                    &[&*banyan_bus::MESSAGING_MIGRATIONS, migrations],
+                )
+                .await?,
             )
         }
     };
     let names: Vec<&'static str> = server::all_modules().iter().map(|m| m.name()).collect();
     let find = |name: &str| {
-        names
-            .iter()
-            .copied()
-            .find(|n| *n == name)
-            .ok_or_else(|| anyhow::anyhow!("no module named {name}; modules are {}", names.join(", ")))
+        names.iter().copied().find(|n| *n == name).ok_or_else(|| {
+            anyhow::anyhow!("no module named {name}; modules are {}", names.join(", "))
+        })
     };
     match command {
-        DeadLetterCommand::List { module, status, limit } => {
+        DeadLetterCommand::List {
+            module,
+            status,
+            limit,
+        } => {
             let modules = match module {
                 Some(name) => vec![find(&name)?],
                 None => names.clone(),
             };
             let mut letters = Vec::new();
             for module in modules {
-                letters.extend(dead_letter::list(&open(module).await?, status.as_deref(), limit).await?);
+                letters.extend(
+                    dead_letter::list(&open(module).await?, status.as_deref(), limit).await?,
+                );
             }
             println!("{}", serde_json::to_string_pretty(&letters)?);
         }

@@ -85,16 +85,26 @@ pub enum ConfigError {
 
 /// The layers: defaults, then each `--config` file (which must exist), then `BANYAN_*`
 /// variables. CLI flags are merged on top by the caller.
-pub fn layers(files: &[PathBuf]) -> Figment {
+pub fn layers(files: &[PathBuf]) -> Result<Figment, ConfigError> {
     let mut figment = Figment::from(Toml::string(DEFAULTS));
     for file in files {
+        if !file.is_file() {
+            return Err(ConfigError::Load(format!(
+                "configuration file {} does not exist or is not a file",
+                file.display()
+            )));
+        }
         figment = figment.merge(Toml::file_exact(file));
     }
-    figment.merge(
+    Ok(figment.merge(
         Env::prefixed("BANYAN_")
             .split("__")
-            .filter(|key| SECTIONS.iter().any(|s| key.as_str().split('.').next() == Some(s))),
-    )
+            // Keys are not lower-cased yet when the filter sees them.
+            .filter(|key| {
+                let section = key.as_str().split('.').next().unwrap_or_default();
+                SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
+            }),
+    ))
 }
 
 /// Sets one key on top of every layer (for CLI flags and tests).
@@ -113,7 +123,10 @@ pub fn load(figment: &Figment) -> Result<Settings, ConfigError> {
                     let origin = e
                         .metadata
                         .as_ref()
-                        .map(|m| format!(" (from {})", m.name))
+                        .map(|m| match &m.source {
+                            Some(source) => format!(" (from {} {source})", m.name),
+                            None => format!(" (from {})", m.name),
+                        })
                         .unwrap_or_default();
                     if key.is_empty() {
                         format!("configuration error: {}{origin}", e.kind)
@@ -136,16 +149,25 @@ impl Settings {
             reason: reason.into(),
         };
         if !(1_024..=64 * 1024 * 1024).contains(&self.server.max_body_bytes) {
-            return Err(invalid("server.max_body_bytes", "must be between 1 KiB and 64 MiB"));
+            return Err(invalid(
+                "server.max_body_bytes",
+                "must be between 1 KiB and 64 MiB",
+            ));
         }
         if self.server.request_timeout_ms == 0 {
-            return Err(invalid("server.request_timeout_ms", "must be greater than 0"));
+            return Err(invalid(
+                "server.request_timeout_ms",
+                "must be greater than 0",
+            ));
         }
         if self.auth.jwt_secret.len() < 32 {
             return Err(invalid("auth.jwt_secret", "must be at least 32 bytes"));
         }
         if !(60..=30 * 24 * 3600).contains(&self.auth.token_ttl_secs) {
-            return Err(invalid("auth.token_ttl_secs", "must be between 60 s and 30 days"));
+            return Err(invalid(
+                "auth.token_ttl_secs",
+                "must be between 60 s and 30 days",
+            ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid("log.level", "is not a valid tracing filter"));
@@ -153,7 +175,9 @@ impl Settings {
         self.database
             .validate()
             .map_err(|(key, e)| invalid(&key, &e.to_string()))?;
-        self.bus.validate().map_err(|(key, reason)| invalid(key, &reason))?;
+        self.bus
+            .validate()
+            .map_err(|(key, reason)| invalid(key, &reason))?;
         Ok(())
     }
 }
@@ -171,7 +195,11 @@ mod tests {
 
     #[test]
     fn a_bad_value_is_reported_with_its_key() {
-        let figment = with(Figment::from(Toml::string(DEFAULTS)), "server.addr", "nowhere");
+        let figment = with(
+            Figment::from(Toml::string(DEFAULTS)),
+            "server.addr",
+            "nowhere",
+        );
         let error = load(&figment).unwrap_err().to_string();
         assert!(error.contains("server.addr"), "{error}");
 
@@ -179,7 +207,11 @@ mod tests {
         let error = load(&figment).unwrap_err().to_string();
         assert!(error.contains("bus.event_queue"), "{error}");
 
-        let figment = with(Figment::from(Toml::string(DEFAULTS)), "database.url", "mysql://x");
+        let figment = with(
+            Figment::from(Toml::string(DEFAULTS)),
+            "database.url",
+            "mysql://x",
+        );
         let error = load(&figment).unwrap_err().to_string();
         assert!(error.contains("database.url"), "{error}");
     }

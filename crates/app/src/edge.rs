@@ -18,8 +18,15 @@ const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// Gives the request its causal [`Context`]: the correlation id from `x-request-id` (or a new
 /// one), the trace from `traceparent`. Every log line inside carries them; the response echoes
 /// `x-request-id`. Also bounds the request's time and logs its outcome once.
+/// The edge's limits, from `[server]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) timeout: std::time::Duration,
+    pub(crate) max_body_bytes: u64,
+}
+
 pub(crate) async fn context(
-    axum::extract::State(timeout): axum::extract::State<std::time::Duration>,
+    axum::extract::State(limits): axum::extract::State<Limits>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -46,14 +53,31 @@ pub(crate) async fn context(
     );
     request.extensions_mut().insert(cx);
     let started = Instant::now();
-    let mut response = match tokio::time::timeout(timeout, next.run(request).instrument(span.clone())).await {
-        Ok(response) => response,
-        Err(_) => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            "the request took too long and was abandoned",
+    // A declared length over the limit is refused before a byte of the body is read. Bodies
+    // without a declared length are cut off at the same limit as they are read.
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut response = if declared.is_some_and(|length| length > limits.max_body_bytes) {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {} bytes", limits.max_body_bytes),
         )
-        .into_response(),
+        .into_response()
+    } else {
+        match tokio::time::timeout(limits.timeout, next.run(request).instrument(span.clone())).await
+        {
+            Ok(response) => response,
+            Err(_) => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "the request took too long and was abandoned",
+            )
+            .into_response(),
+        }
     };
     let status = response.status();
     let elapsed_ms = started.elapsed().as_secs_f64() * 1_000.0;

@@ -89,7 +89,10 @@ impl Server {
             .layer(DefaultBodyLimit::max(settings.server.max_body_bytes))
             .layer(edge::authenticator_layer(auth))
             .layer(middleware::from_fn_with_state(
-                settings.server.request_timeout(),
+                edge::Limits {
+                    timeout: settings.server.request_timeout(),
+                    max_body_bytes: settings.server.max_body_bytes as u64,
+                },
                 edge::context,
             ))
             .layer(CatchPanicLayer::custom(edge::panic_response));
@@ -228,21 +231,27 @@ async fn list_dead_letters(
     if let Some(status) = &filter.status
         && !STATUSES.contains(&status.as_str())
     {
-        return Err(ApiError::invalid("status", "must be dead, replay_requested, replaying or replayed"));
+        return Err(ApiError::invalid(
+            "status",
+            "must be dead, replay_requested, replaying or replayed",
+        ));
     }
     let mut letters = Vec::new();
     for (name, module) in hosted.iter() {
         if filter.module.as_deref().is_some_and(|m| m != *name) {
             continue;
         }
-        letters.extend(dead_letter::list(&module.db, filter.status.as_deref(), filter.limit).await?);
+        letters
+            .extend(dead_letter::list(&module.db, filter.status.as_deref(), filter.limit).await?);
     }
     if let Some(module) = &filter.module
         && !hosted.contains_key(module.as_str())
     {
-        return Err(ApiError::not_found(format!("module {module} is not hosted here")));
+        return Err(ApiError::not_found(format!(
+            "module {module} is not hosted here"
+        )));
     }
-    letters.sort_by(|a, b| b.failed_at_ms.cmp(&a.failed_at_ms));
+    letters.sort_by_key(|letter| std::cmp::Reverse(letter.failed_at_ms));
     letters.truncate(filter.limit as usize);
     Ok(Json(json!({ "items": letters })))
 }

@@ -5,26 +5,42 @@ use std::process::Command;
 fn banyan() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_banyan"));
     let data = tempfile::tempdir().expect("a temporary directory");
-    command.env("BANYAN_DATABASE__URL", format!("sqlite://{}", data.path().display()));
+    command.env(
+        "BANYAN_DATABASE__URL",
+        format!("sqlite://{}", data.path().display()),
+    );
     command
 }
 
 fn refuses(command: &mut Command, key: &str) {
     let output = command.output().expect("banyan runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "exit status; stderr: {stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "exit status; stderr: {stderr}"
+    );
     assert!(stderr.contains(key), "the message names `{key}`: {stderr}");
 }
 
 #[test]
 fn a_value_out_of_range_stops_start_up_naming_its_key() {
-    refuses(banyan().env("BANYAN_BUS__EVENT_QUEUE", "0"), "bus.event_queue");
+    refuses(
+        banyan().env("BANYAN_BUS__EVENT_QUEUE", "0"),
+        "bus.event_queue",
+    );
 }
 
 #[test]
 fn a_value_of_the_wrong_type_stops_start_up_naming_its_key() {
-    refuses(banyan().env("BANYAN_SERVER__ADDR", "nowhere"), "server.addr");
-    refuses(banyan().env("BANYAN_BUS__MAX_ATTEMPTS", "many"), "bus.max_attempts");
+    refuses(
+        banyan().env("BANYAN_SERVER__ADDR", "nowhere"),
+        "server.addr",
+    );
+    refuses(
+        banyan().env("BANYAN_BUS__MAX_ATTEMPTS", "many"),
+        "bus.max_attempts",
+    );
 }
 
 #[test]
@@ -37,10 +53,16 @@ fn an_unknown_key_in_a_config_file_stops_start_up_naming_it() {
 
 #[test]
 fn a_missing_config_file_stops_start_up_naming_it() {
-    refuses(banyan().args(["--config", "/nonexistent/banyan.toml"]), "/nonexistent/banyan.toml");
+    refuses(
+        banyan().args(["--config", "/nonexistent/banyan.toml"]),
+        "/nonexistent/banyan.toml",
+    );
 }
 
 #[test]
 fn a_database_url_of_an_unknown_kind_stops_start_up_naming_its_key() {
-    refuses(banyan().args(["serve", "--database-url", "mysql://x/y"]), "database.url");
+    refuses(
+        banyan().args(["serve", "--database-url", "mysql://x/y"]),
+        "database.url",
+    );
 }

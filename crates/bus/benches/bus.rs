@@ -99,8 +99,8 @@ fn main() {
     let full = args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test");
     let settings = if full {
         Settings {
-            rounds: 7,
-            iterations: 20_000,
+            rounds: 11,
+            iterations: 30_000,
             full,
         }
     } else {
@@ -115,7 +115,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("building the runtime");
-    runtime.block_on(run(settings));
+    // Callers run on a runtime worker, as request handlers of a server do (`block_on` would
+    // drive them from the main thread, outside the runtime's workers).
+    runtime
+        .block_on(async { tokio::spawn(run(settings)).await })
+        .expect("the benchmark panicked");
 }
 
 async fn run(settings: Settings) {
@@ -133,32 +137,42 @@ async fn run(settings: Settings) {
         }
     );
 
-    let cases = [
-        ("bare mpsc+oneshot round trip", bare_case()),
-        ("bus request→reply (in process)", bus_request_case()),
-        ("bus publish→handled", bus_publish_case()),
+    let names = [
+        "bare mpsc+oneshot round trip",
+        "bus request→reply (in process)",
+        "bus publish→handled",
     ];
-    // Warm up every path (allocations, worker wake-ups) before measuring.
-    for (_, case) in &cases {
-        case.measure(settings.iterations.min(2_000)).await;
-    }
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); cases.len()];
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); names.len()];
     for _ in 0..settings.rounds {
-        for (at, (_, case)) in cases.iter().enumerate() {
+        // Fresh cases every round: where the runtime places their tasks differs from one setup
+        // to the next, and the rounds should sample that too.
+        for (at, build) in [bare_case, bus_request_case, bus_publish_case]
+            .iter()
+            .enumerate()
+        {
+            let case = build();
+            case.measure(settings.iterations.min(2_000)).await; // warm-up
             samples[at].push(case.measure(settings.iterations).await);
+            case.stop().await;
         }
     }
     let medians: Vec<Sample> = samples.iter().map(|s| median_sample(s)).collect();
 
     println!();
     println!(
-        "{:<34} {:>10} {:>10} {:>18}",
-        "case", "p50 µs", "p99 µs", "throughput ops/s"
+        "{:<32} {:>8} {:>8} {:>17} {:>17}",
+        "case", "p50 µs", "p99 µs", "throughput ops/s", "p50 min–max µs"
     );
-    for ((name, _), m) in cases.iter().zip(&medians) {
+    for ((name, m), rounds) in names.iter().zip(&medians).zip(&samples) {
+        let (low, high) = rounds.iter().fold((f64::MAX, 0.0_f64), |(lo, hi), s| {
+            (lo.min(s.p50_us), hi.max(s.p50_us))
+        });
         println!(
-            "{name:<34} {:>10.2} {:>10.2} {:>18.0}",
-            m.p50_us, m.p99_us, m.ops_per_s
+            "{name:<32} {:>8.2} {:>8.2} {:>17.0} {:>17}",
+            m.p50_us,
+            m.p99_us,
+            m.ops_per_s,
+            format!("{low:.2}–{high:.2}")
         );
     }
     let (bare, bus) = (medians[0], medians[1]);
@@ -174,6 +188,8 @@ async fn run(settings: Settings) {
 struct Case {
     op: Op,
     throughput: Throughput,
+    /// The bus under test, shut down after its round.
+    bus: Option<Bus>,
 }
 
 enum Throughput {
@@ -190,6 +206,12 @@ struct Counter {
 }
 
 impl Case {
+    async fn stop(self) {
+        if let Some(bus) = self.bus {
+            assert!(bus.shutdown().await, "the bus did not drain");
+        }
+    }
+
     async fn measure(&self, iterations: usize) -> Sample {
         let (p50, p99) = latency(&self.op, iterations).await;
         let elapsed = match &self.throughput {
@@ -222,6 +244,7 @@ fn bare_case() -> Case {
     Case {
         op,
         throughput: Throughput::Concurrent,
+        bus: None,
     }
 }
 
@@ -229,16 +252,20 @@ fn bus_request_case() -> Case {
     let bus = Bus::new(BusConfig::default());
     bus.handle::<Ping, _, _>("bench", |_, Ping(n)| async move { Ok(n + 1) });
     let cx = Context::root();
-    let op: Op = Arc::new(move |n| {
-        let (bus, cx) = (bus.clone(), cx.clone());
-        Box::pin(async move {
-            let answer = bus.request(&cx, Ping(n)).await.expect("request failed");
-            assert_eq!(answer, n + 1);
-        })
+    let op: Op = Arc::new({
+        let bus = bus.clone();
+        move |n| {
+            let (bus, cx) = (bus.clone(), cx.clone());
+            Box::pin(async move {
+                let answer = bus.request(&cx, Ping(n)).await.expect("request failed");
+                assert_eq!(answer, n + 1);
+            })
+        }
     });
     Case {
         op,
         throughput: Throughput::Concurrent,
+        bus: Some(bus),
     }
 }
 
@@ -284,7 +311,11 @@ fn bus_publish_case() -> Case {
     });
     Case {
         op,
-        throughput: Throughput::Published { bus, counted },
+        throughput: Throughput::Published {
+            bus: bus.clone(),
+            counted,
+        },
+        bus: Some(bus),
     }
 }
 

@@ -15,14 +15,13 @@ use std::{
 use banyan_db::Db;
 use banyan_message::{Event, Rejection, Request, module_of};
 use futures::{FutureExt, future::BoxFuture};
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
-    BusConfig, BusError, Context, Envelope, HandlerError,
-    dead_letter,
+    BusConfig, BusError, Context, Envelope, HandlerError, dead_letter,
     transport::{RemoteReply, Transport},
 };
 
@@ -88,8 +87,11 @@ impl Bus {
 
     // ---------------------------------------------------------------- request / reply
 
-    /// Registers the handler of request `R` in this process, served by
-    /// `config.request_workers` workers sharing one bounded queue.
+    /// Registers the handler of request `R` in this process.
+    ///
+    /// In process a request runs its handler on the caller's own task: no hop to a worker, no
+    /// serialization. At most `config.request_concurrency` of them run at once; callers beyond
+    /// that wait their turn (a fair semaphore), which is the bus's backpressure for requests.
     ///
     /// # Panics
     /// If `R` already has a handler: that is a wiring mistake, caught at start-up.
@@ -99,38 +101,14 @@ impl Bus {
         F: Fn(Context, R) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R::Response, Rejection>> + Send + 'static,
     {
-        let (sender, receiver) =
-            async_channel::bounded::<RequestJob<R>>(self.inner.config.request_queue);
-        let handler = Arc::new(handler);
-        for _ in 0..self.inner.config.request_workers {
-            let receiver = receiver.clone();
-            let handler = handler.clone();
-            self.inner.workers.spawn(async move {
-                // Ends when the queue is closed *and* empty: shutdown drains what was accepted.
-                while let Ok(job) = receiver.recv().await {
-                    if job.reply.is_closed() {
-                        continue; // The caller's deadline passed while the job waited.
-                    }
-                    let span = tracing::info_span!(
-                        "request",
-                        module,
-                        subject = R::SUBJECT,
-                        correlation_id = %job.envelope.correlation_id,
-                        message_id = %job.envelope.message_id,
-                    );
-                    let cx = Context::caused_by(&job.envelope);
-                    let outcome = AssertUnwindSafe(handler(cx, job.request).instrument(span))
-                        .catch_unwind()
-                        .await
-                        .unwrap_or_else(|_| {
-                            tracing::error!(subject = R::SUBJECT, "Request handler panicked.");
-                            Err(Rejection::new("internal", "the handler failed"))
-                        });
-                    let _ = job.reply.send(outcome);
-                }
-            });
-        }
-        let endpoint: Arc<dyn RequestEndpoint> = Arc::new(TypedEndpoint::<R> { sender });
+        let handler: BoxedRequestHandler<R> =
+            Arc::new(move |cx, request| Box::pin(handler(cx, request)));
+        let endpoint: Arc<dyn RequestEndpoint> = Arc::new(TypedEndpoint::<R> {
+            module,
+            handler,
+            permits: Arc::new(Semaphore::new(self.inner.config.request_concurrency)),
+            in_flight: self.inner.workers.clone(),
+        });
         let previous = self
             .inner
             .requests
@@ -171,43 +149,22 @@ impl Bus {
             .unwrap_or_else(|e| e.into_inner())
             .get(R::SUBJECT)
             .cloned();
-        let envelope = cx.envelope(R::SUBJECT);
         if let Some(endpoint) = local {
             let Some(endpoint) = endpoint.as_any().downcast_ref::<TypedEndpoint<R>>() else {
                 return Err(codec(R::SUBJECT, "handler registered with another type"));
             };
-            let (reply, answer) = oneshot::channel();
-            let job = RequestJob {
-                envelope,
-                request,
-                reply,
-            };
-            let exchange = async {
-                endpoint
-                    .sender
-                    .send(job)
-                    .await
-                    .map_err(|_| unavailable(R::SUBJECT, "the handler is shutting down"))?;
-                answer
-                    .await
-                    .map_err(|_| unavailable(R::SUBJECT, "the handler stopped"))
-            };
-            return match tokio::time::timeout(deadline, exchange).await {
-                Ok(Ok(answer)) => answer.map_err(BusError::Rejected),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(BusError::Timeout {
-                    subject: R::SUBJECT.into(),
-                    after: deadline,
-                }),
-            };
+            let message_id = Uuid::now_v7();
+            return endpoint
+                .call(cx.handling(message_id), message_id, request, deadline)
+                .await;
         }
+        let envelope = cx.envelope(R::SUBJECT);
         let Some(remote) = self.remote_for(R::SUBJECT) else {
             return Err(BusError::NoHandler {
                 subject: R::SUBJECT.into(),
             });
         };
-        let body =
-            serde_json::to_vec(&request).map_err(|e| codec(R::SUBJECT, &e.to_string()))?;
+        let body = serde_json::to_vec(&request).map_err(|e| codec(R::SUBJECT, &e.to_string()))?;
         let call = remote.request(envelope, body.into(), deadline);
         let reply = match tokio::time::timeout(deadline, call).await {
             Ok(reply) => reply?,
@@ -246,14 +203,7 @@ impl Bus {
                 subject: envelope.subject,
             });
         };
-        let subject = envelope.subject.clone();
-        match tokio::time::timeout(deadline, endpoint.call_json(envelope, body)).await {
-            Ok(reply) => reply,
-            Err(_) => Err(BusError::Timeout {
-                subject,
-                after: deadline,
-            }),
-        }
+        endpoint.call_json(envelope, body, deadline).await
     }
 
     /// Routes the requests of `module` (and events it must see) through `transport`: the
@@ -382,7 +332,10 @@ impl Bus {
         mode: Mode,
     ) -> Result<Dispatch, BusError> {
         if self.inner.closing.is_cancelled() {
-            return Err(unavailable(&message.envelope.subject, "the bus is shutting down"));
+            return Err(unavailable(
+                &message.envelope.subject,
+                "the bus is shutting down",
+            ));
         }
         let subscribers: Vec<Subscription> = self
             .inner
@@ -476,7 +429,8 @@ impl Bus {
         ack.expect(subscribers.len());
         for subscription in subscribers {
             let partitions = &subscription.group.partitions;
-            let partition = &partitions[(partition_key(aggregate) % partitions.len() as u64) as usize];
+            let partition =
+                &partitions[(partition_key(aggregate) % partitions.len() as u64) as usize];
             let delivery = Delivery {
                 envelope: Arc::new(envelope.clone()),
                 payload: None,
@@ -649,11 +603,11 @@ pub(crate) fn partition_key(aggregate: Uuid) -> u64 {
 
 // -------------------------------------------------------------------- requests, inside
 
-struct RequestJob<R: Request> {
-    envelope: Envelope,
-    request: R,
-    reply: oneshot::Sender<Result<R::Response, Rejection>>,
-}
+type BoxedRequestHandler<R> = Arc<
+    dyn Fn(Context, R) -> BoxFuture<'static, Result<<R as Request>::Response, Rejection>>
+        + Send
+        + Sync,
+>;
 
 /// A registered request handler, seen without its type: typed callers downcast it,
 /// remote callers go through JSON.
@@ -663,12 +617,59 @@ trait RequestEndpoint: Send + Sync {
         &'a self,
         envelope: Envelope,
         body: &'a [u8],
+        deadline: Duration,
     ) -> BoxFuture<'a, Result<RemoteReply, BusError>>;
     fn close(&self);
 }
 
 struct TypedEndpoint<R: Request> {
-    sender: async_channel::Sender<RequestJob<R>>,
+    module: &'static str,
+    handler: BoxedRequestHandler<R>,
+    /// How many of these requests may run at once; closed at shutdown so no new one starts.
+    permits: Arc<Semaphore>,
+    /// Shutdown waits until every handler that started has finished.
+    in_flight: TaskTracker,
+}
+
+impl<R: Request> TypedEndpoint<R> {
+    async fn call(
+        &self,
+        cx: Context,
+        message_id: Uuid,
+        request: R,
+        deadline: Duration,
+    ) -> Result<R::Response, BusError> {
+        let work = async {
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| unavailable(R::SUBJECT, "the bus is shutting down"))?;
+            let _in_flight = self.in_flight.token();
+            let span = tracing::info_span!(
+                "request",
+                module = self.module,
+                subject = R::SUBJECT,
+                correlation_id = %cx.correlation_id(),
+                message_id = %message_id,
+            );
+            AssertUnwindSafe((self.handler)(cx, request).instrument(span))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::error!(subject = R::SUBJECT, "Request handler panicked.");
+                    Err(Rejection::new("internal", "the handler failed"))
+                })
+                .map_err(BusError::Rejected)
+        };
+        match tokio::time::timeout(deadline, work).await {
+            Ok(answer) => answer,
+            Err(_) => Err(BusError::Timeout {
+                subject: R::SUBJECT.into(),
+                after: deadline,
+            }),
+        }
+    }
 }
 
 impl<R: Request> RequestEndpoint for TypedEndpoint<R> {
@@ -680,33 +681,24 @@ impl<R: Request> RequestEndpoint for TypedEndpoint<R> {
         &'a self,
         envelope: Envelope,
         body: &'a [u8],
+        deadline: Duration,
     ) -> BoxFuture<'a, Result<RemoteReply, BusError>> {
         Box::pin(async move {
             let request: R =
                 serde_json::from_slice(body).map_err(|e| codec(R::SUBJECT, &e.to_string()))?;
-            let (reply, answer) = oneshot::channel();
-            self.sender
-                .send(RequestJob {
-                    envelope,
-                    request,
-                    reply,
-                })
-                .await
-                .map_err(|_| unavailable(R::SUBJECT, "the handler is shutting down"))?;
-            match answer
-                .await
-                .map_err(|_| unavailable(R::SUBJECT, "the handler stopped"))?
-            {
+            let cx = Context::caused_by(&envelope);
+            match self.call(cx, envelope.message_id, request, deadline).await {
                 Ok(response) => serde_json::to_vec(&response)
                     .map(|body| RemoteReply::Ok(body.into()))
                     .map_err(|e| codec(R::SUBJECT, &e.to_string())),
-                Err(rejection) => Ok(RemoteReply::Rejected(rejection)),
+                Err(BusError::Rejected(rejection)) => Ok(RemoteReply::Rejected(rejection)),
+                Err(other) => Err(other),
             }
         })
     }
 
     fn close(&self) {
-        self.sender.close();
+        self.permits.close();
     }
 }
 
@@ -935,9 +927,9 @@ impl EventWorker {
                     return;
                 }
                 Err(error) => {
-                    span.in_scope(|| {
-                        tracing::warn!(attempt, %error, "Event handler failed; retrying.")
-                    });
+                    span.in_scope(
+                        || tracing::warn!(attempt, %error, "Event handler failed; retrying."),
+                    );
                     let pause = config.backoff(attempt);
                     tokio::select! {
                         () = tokio::time::sleep(pause) => {}

@@ -10,10 +10,8 @@ use serde::Deserialize;
 pub struct BusConfig {
     /// Deadline of a `request` unless the caller gives one.
     pub request_timeout_ms: u64,
-    /// Workers per request handler: how many requests of one kind run at once.
-    pub request_workers: usize,
-    /// Requests of one kind that may wait for a worker before senders wait too.
-    pub request_queue: usize,
+    /// How many requests of one kind may run at once; further callers wait their turn.
+    pub request_concurrency: usize,
     /// Workers per subscribing module. Events of one aggregate always go to the same worker,
     /// so they are handled in order.
     pub event_partitions: usize,
@@ -39,8 +37,7 @@ impl Default for BusConfig {
     fn default() -> Self {
         Self {
             request_timeout_ms: 5_000,
-            request_workers: 64,
-            request_queue: 1_024,
+            request_concurrency: 256,
             event_partitions: 8,
             event_queue: 1_024,
             max_attempts: 5,
@@ -73,8 +70,7 @@ impl BusConfig {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let positive = [
             ("bus.request_timeout_ms", self.request_timeout_ms),
-            ("bus.request_workers", self.request_workers as u64),
-            ("bus.request_queue", self.request_queue as u64),
+            ("bus.request_concurrency", self.request_concurrency as u64),
             ("bus.event_partitions", self.event_partitions as u64),
             ("bus.event_queue", self.event_queue as u64),
             ("bus.max_attempts", u64::from(self.max_attempts)),

@@ -44,7 +44,8 @@ pub(crate) async fn record(
     error: &str,
     attempts: u32,
 ) -> Result<(), sqlx::Error> {
-    let envelope_json = serde_json::to_string(envelope).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    let envelope_json =
+        serde_json::to_string(envelope).map_err(|e| sqlx::Error::Encode(e.into()))?;
     let mut tx = db.begin().await?;
     sqlx::query(
         "INSERT INTO dead_letters \
@@ -97,7 +98,11 @@ pub(crate) async fn mark_replayed(db: &Db, letter: Uuid) -> Result<(), sqlx::Err
 
 /// Lists a module's dead letters, newest first; `status` filters (`dead`, `replay_requested`,
 /// `replaying`, `replayed`).
-pub async fn list(db: &Db, status: Option<&str>, limit: i64) -> Result<Vec<DeadLetter>, sqlx::Error> {
+pub async fn list(
+    db: &Db,
+    status: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT id, message_id, subject, envelope, payload, error, attempts, status, failed_at, \
          replayed_at FROM dead_letters WHERE ($1 = '' OR status = $1) \
@@ -123,7 +128,8 @@ pub async fn list(db: &Db, status: Option<&str>, limit: i64) -> Result<Vec<DeadL
                 status: row.try_get("status")?,
                 failed_at_ms: row.try_get("failed_at")?,
                 replayed_at_ms: row.try_get("replayed_at")?,
-                payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+                payload: serde_json::from_str(&payload)
+                    .unwrap_or(serde_json::Value::String(payload)),
             })
         })
         .collect()

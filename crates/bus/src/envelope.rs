@@ -38,9 +38,7 @@ impl CorrelationId {
     /// Accepts a client-supplied id if it is short printable ASCII, so it is safe in logs and
     /// headers; anything else is refused rather than trusted.
     pub fn parse(raw: &str) -> Option<Self> {
-        let ok = !raw.is_empty()
-            && raw.len() <= 128
-            && raw.bytes().all(|b| b.is_ascii_graphic());
+        let ok = !raw.is_empty() && raw.len() <= 128 && raw.bytes().all(|b| b.is_ascii_graphic());
         ok.then(|| Self(raw.into()))
     }
 
@@ -170,6 +168,16 @@ impl Context {
         self.trace
     }
 
+    /// The context a handler runs in when it handles message `message_id` sent from this
+    /// context in process: the envelope's causality without building the envelope.
+    pub(crate) fn handling(&self, message_id: Uuid) -> Self {
+        Self {
+            correlation_id: self.correlation_id.clone(),
+            causation_id: Some(message_id),
+            trace: self.trace.child(),
+        }
+    }
+
     /// The envelope of a new message sent from this context.
     pub fn envelope(&self, subject: &str) -> Envelope {
         Envelope {
@@ -193,7 +201,10 @@ mod tests {
         let parsed = TraceContext::parse(header).unwrap();
         assert_eq!(parsed.to_string(), header);
         assert!(TraceContext::parse("00-zz-00f067aa0ba902b7-01").is_none());
-        assert!(TraceContext::parse("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
+        assert!(
+            TraceContext::parse("00-00000000000000000000000000000000-00f067aa0ba902b7-01")
+                .is_none()
+        );
     }
 
     #[test]

@@ -40,7 +40,10 @@ impl BusError {
 
     /// Whether trying again later might succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, BusError::Timeout { .. } | BusError::Unavailable { .. })
+        matches!(
+            self,
+            BusError::Timeout { .. } | BusError::Unavailable { .. }
+        )
     }
 }
 

@@ -96,7 +96,12 @@ impl Outbox {
         for event in staged {
             let message_id = event.envelope.message_id;
             let ack = self.ack_for(message_id);
-            match self.inner.bus.dispatch(&event, Some(&ack), Mode::TryNow).await {
+            match self
+                .inner
+                .bus
+                .dispatch(&event, Some(&ack), Mode::TryNow)
+                .await
+            {
                 Ok(Dispatch::Queued) => {}
                 Ok(Dispatch::Full) | Err(_) => {
                     // Let the relay take it on its next pass instead of after the lease.
@@ -240,6 +245,10 @@ impl Relay {
         let inner = &self.outbox.inner;
         let interval = Duration::from_millis(inner.bus.config().relay_interval_ms);
         let mut done = Vec::new();
+        // A fixed cadence that completions do not reset: under steady traffic the relay still
+        // makes its passes.
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Replays a crash interrupted are asked for again.
         if let Err(error) = dead_letter::reset_interrupted_replays(&inner.db).await {
             tracing::warn!(%error, "Could not resume interrupted dead-letter replays.");
@@ -256,7 +265,7 @@ impl Relay {
                     continue;
                 }
                 () = inner.wake.notified() => {}
-                () = tokio::time::sleep(interval) => {}
+                _ = tick.tick() => {}
             }
             if inner.bus.is_closing() {
                 continue;
@@ -343,7 +352,11 @@ impl Relay {
         // Oldest first, so one aggregate's events go out in their order.
         events.sort_by_key(|e| e.envelope.message_id);
         if !events.is_empty() {
-            tracing::info!(module = inner.db.module(), count = events.len(), "Relay resending outbox events.");
+            tracing::info!(
+                module = inner.db.module(),
+                count = events.len(),
+                "Relay resending outbox events."
+            );
         }
         for event in events {
             let ack = self.outbox.ack_for(event.envelope.message_id);
@@ -362,7 +375,14 @@ impl Relay {
         for letter in dead_letter::claim_replays(&inner.db, 100).await? {
             tracing::info!(module = inner.db.module(), letter = %letter.id, subject = %letter.envelope.subject, "Replaying a dead letter.");
             if let Err(error) = inner.bus.replay(inner.db.module(), &letter).await {
-                tracing::warn!(%error, "Could not replay a dead letter.");
+                tracing::warn!(%error, "Could not replay a dead letter; it is dead again.");
+                dead_letter::record_failed_replay(
+                    &inner.db,
+                    letter.id,
+                    &format!("replay failed: {error}"),
+                    0,
+                )
+                .await?;
             }
         }
         Ok(())

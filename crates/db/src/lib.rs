@@ -212,10 +212,14 @@ impl Db {
         dir: PathBuf,
     ) -> Result<Self, DbError> {
         std::fs::create_dir_all(&dir).map_err(|e| {
-            DbError::Config(format!("cannot create data directory {}: {e}", dir.display()))
+            DbError::Config(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
         })?;
         let path = dir.join(format!("{module}.db"));
-        let options = AnyConnectOptions::from_str(&format!("sqlite://{}?mode=rwc", path.display()))?;
+        let options =
+            AnyConnectOptions::from_str(&format!("sqlite://{}?mode=rwc", path.display()))?;
         // WAL lets readers run beside the writer; the busy timeout covers other processes
         // (a second instance of the module) holding the write lock for a moment.
         let pragmas = match config.sqlite_synchronous {

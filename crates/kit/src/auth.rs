@@ -89,8 +89,9 @@ impl Authenticator {
             iat: now,
             exp: now + self.ttl.as_secs(),
         };
-        let access_token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(ApiError::internal)?;
+        let access_token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+                .map_err(ApiError::internal)?;
         Ok(Token {
             access_token,
             token_type: "Bearer",
@@ -152,7 +153,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .to_str()
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
+            })?;
         authenticator.verify(token.trim())
     }
 }
@@ -169,7 +172,8 @@ mod tests {
         let caller = auth.verify(&token.access_token).unwrap();
         assert_eq!(caller.user_id, user);
         assert!(caller.is_admin());
-        let other = Authenticator::new(b"another-secret-another-secret-xx", Duration::from_secs(60));
+        let other =
+            Authenticator::new(b"another-secret-another-secret-xx", Duration::from_secs(60));
         assert!(other.verify(&token.access_token).is_err());
     }
 }

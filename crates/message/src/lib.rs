@@ -149,9 +149,7 @@ impl Currency {
 
     pub fn parse(raw: &str) -> Result<Self, String> {
         match raw.as_bytes() {
-            [a, b, c] if [a, b, c].iter().all(|b| b.is_ascii_uppercase()) => {
-                Ok(Self([*a, *b, *c]))
-            }
+            [a, b, c] if [a, b, c].iter().all(|b| b.is_ascii_uppercase()) => Ok(Self([*a, *b, *c])),
             _ => Err(format!(
                 "`{raw}` is not a currency code (three upper-case letters, like EUR)"
             )),
@@ -201,7 +199,10 @@ impl Money {
 
     /// `self * quantity`, or `None` on overflow.
     pub fn times(self, quantity: i64) -> Option<Money> {
-        Some(Self::new(self.amount_minor.checked_mul(quantity)?, self.currency))
+        Some(Self::new(
+            self.amount_minor.checked_mul(quantity)?,
+            self.currency,
+        ))
     }
 
     /// The sum, or `None` on overflow or mixed currencies.
@@ -221,7 +222,8 @@ mod tests {
         for bad in ["eur", "EU", "EURO", "E1R", ""] {
             assert!(Currency::parse(bad).is_err(), "{bad}");
         }
-        let money: Money = serde_json::from_str(r#"{"amount_minor":1999,"currency":"EUR"}"#).unwrap();
+        let money: Money =
+            serde_json::from_str(r#"{"amount_minor":1999,"currency":"EUR"}"#).unwrap();
         assert_eq!(money, Money::new(1999, Currency::EUR));
         assert!(serde_json::from_str::<Money>(r#"{"amount_minor":1,"currency":"eur"}"#).is_err());
     }
