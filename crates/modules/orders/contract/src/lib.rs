@@ -1,0 +1,127 @@
+//! What other modules may know of `orders`: the order events of the checkout saga and the
+//! queries that read orders. Nothing else.
+
+use banyan_message::{Event, Message, Money, Request};
+use serde::{Deserialize, Serialize};
+
+pub use banyan_catalog_contract::ProductId;
+pub use banyan_users_contract::UserId;
+
+banyan_message::define_id!(
+    /// Identifies an order. Inventory uses it as the reservation id, payments as the charge's
+    /// idempotency key.
+    OrderId
+);
+
+/// One line of an order, with the product's name and unit price as they were when it was
+/// ordered (a snapshot: later price changes do not touch it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    pub product_id: ProductId,
+    pub name: String,
+    pub unit_price: Money,
+    pub quantity: i64,
+}
+
+/// A customer placed an order; it is `pending` until the saga ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    pub order_id: OrderId,
+    pub user_id: UserId,
+    pub lines: Vec<OrderLine>,
+    pub total: Money,
+    /// What pays: a token of the simulated provider (see payments).
+    pub payment_method: String,
+    /// Whether the order was made from the customer's cart: only then is the cart cleared
+    /// (of the ordered quantities).
+    pub from_cart: bool,
+}
+
+impl Message for OrderPlaced {
+    const SUBJECT: &'static str = "orders.order_placed.v1";
+}
+
+impl Event for OrderPlaced {
+    fn aggregate_id(&self) -> uuid::Uuid {
+        self.order_id.0
+    }
+}
+
+/// The order is paid and its stock is held: it is `confirmed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderConfirmed {
+    pub order_id: OrderId,
+    pub user_id: UserId,
+    pub total: Money,
+}
+
+impl Message for OrderConfirmed {
+    const SUBJECT: &'static str = "orders.order_confirmed.v1";
+}
+
+impl Event for OrderConfirmed {
+    fn aggregate_id(&self) -> uuid::Uuid {
+        self.order_id.0
+    }
+}
+
+/// The order is `cancelled`; `reason` says why (`out_of_stock`, `payment_declined`,
+/// `payment_over_limit`, `payment_failed`, `cancelled_by_admin`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    pub order_id: OrderId,
+    pub user_id: UserId,
+    pub reason: String,
+}
+
+impl Message for OrderCancelled {
+    const SUBJECT: &'static str = "orders.order_cancelled.v1";
+}
+
+impl Event for OrderCancelled {
+    fn aggregate_id(&self) -> uuid::Uuid {
+        self.order_id.0
+    }
+}
+
+/// An order as other modules see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderSummary {
+    pub order_id: OrderId,
+    pub user_id: UserId,
+    /// `pending`, `confirmed` or `cancelled`.
+    pub status: String,
+    pub cancel_reason: Option<String>,
+    pub lines: Vec<OrderLine>,
+    pub total: Money,
+    pub created_at_ms: i64,
+}
+
+/// One order. Rejected with `not_found` for an unknown id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetOrder {
+    pub order_id: OrderId,
+}
+
+impl Message for GetOrder {
+    const SUBJECT: &'static str = "orders.get_order.v1";
+}
+
+impl Request for GetOrder {
+    type Response = OrderSummary;
+}
+
+/// A user's orders, newest first, at most `limit` (1 to 100).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListOrders {
+    pub user_id: UserId,
+    pub limit: u32,
+}
+
+impl Message for ListOrders {
+    const SUBJECT: &'static str = "orders.list_orders.v1";
+}
+
+impl Request for ListOrders {
+    type Response = Vec<OrderSummary>;
+}
