@@ -352,6 +352,95 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Places an order; with `wait_ms` the answer comes when the saga ends (or at the deadline).
+    pub async fn order(&self, token: &str, body: Value, wait_ms: Option<u64>) -> Reply {
+        let path = match wait_ms {
+            Some(ms) => format!("/api/v1/orders?wait_ms={ms}"),
+            None => "/api/v1/orders".to_owned(),
+        };
+        self.post(&path, Some(token), body).await
+    }
+
+    /// Orders `quantity` of one product and waits for the saga's outcome.
+    pub async fn checkout(&self, token: &str, product: &str, quantity: i64, method: &str) -> Value {
+        let reply = self
+            .order(
+                token,
+                json!({ "lines": [{ "product_id": product, "quantity": quantity }], "payment_method": method }),
+                Some(30_000),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "checkout: {}",
+            reply.text
+        );
+        reply.body
+    }
+
+    /// Polls an order until it is confirmed or cancelled, and returns it.
+    pub async fn terminal_order(&self, token: &str, order: &str) -> Value {
+        let path = format!("/api/v1/orders/{order}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let reply = self.get(&path, Some(token)).await;
+            if matches!(
+                reply.body["status"].as_str(),
+                Some("confirmed" | "cancelled")
+            ) {
+                return reply.body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "order {order} never reached a terminal state: {}",
+                reply.text
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// `(on_hand, reserved, available)` of a product.
+    pub async fn stock_of(&self, product: &str) -> (i64, i64, i64) {
+        let reply = self
+            .get(&format!("/api/v1/inventory/{product}"), None)
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "stock of {product}: {}",
+            reply.text
+        );
+        let n = |k: &str| reply.body[k].as_i64().expect("a count");
+        (n("on_hand"), n("reserved"), n("available"))
+    }
+
+    /// The kinds of a user's notifications, oldest first.
+    pub async fn notification_kinds(&self, token: &str, user: &str) -> Vec<String> {
+        let reply = self
+            .get(
+                &format!("/api/v1/notifications?user_id={user}&per_page=100"),
+                Some(token),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "notifications: {}",
+            reply.text
+        );
+        let mut kinds: Vec<String> = reply.body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|n| n["kind"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        kinds.reverse();
+        kinds
+    }
+}
+
 pub async fn send(request: reqwest::RequestBuilder) -> Reply {
     let response = request.send().await.expect("the server answers");
     let status = response.status();

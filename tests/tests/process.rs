@@ -211,3 +211,186 @@ async fn logs_carry_the_correlation_id_and_never_a_password_or_hash() {
         "the edge's log line carries it too"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_during_a_burst_of_checkouts_finishes_every_accepted_order_after_restart() {
+    use std::sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    };
+    let data = tempfile::tempdir().expect("a data directory");
+    let env = environment(data.path());
+    let client = reqwest::Client::new();
+    let first = BanyanProcess::start(&env).await;
+    let admin = login(&client, &first, ADMIN_USERNAME, ADMIN_PASSWORD).await;
+
+    // Three products with 60 each: 200 orders of one item must run some out.
+    let mut products = Vec::new();
+    for i in 0..3 {
+        let created = send(
+            client
+                .post(first.url("/api/v1/products"))
+                .bearer_auth(&admin)
+                .json(
+                    &json!({ "sku": format!("BURST-{i}"), "name": "Burst", "category": "misc",
+                               "price": { "amount_minor": 100 + i, "currency": "EUR" } }),
+                ),
+        )
+        .await;
+        let id = created.body["id"].as_str().expect("a product").to_owned();
+        let stocked = send(
+            client
+                .put(first.url(&format!("/api/v1/inventory/{id}")))
+                .bearer_auth(&admin)
+                .json(&json!({ "on_hand": 60 })),
+        )
+        .await;
+        assert_eq!(stocked.status, 200);
+        products.push(id);
+    }
+    let mut customers = Vec::new();
+    for i in 0..5 {
+        let name = format!("burst{i}");
+        let password = format!("{name}-password");
+        let registered = send(
+            client
+                .post(first.url("/api/v1/users"))
+                .json(&json!({ "username": name, "email": format!("{name}@example.test"), "password": password })),
+        )
+        .await;
+        let id = registered.body["id"].as_str().expect("a user").to_owned();
+        customers.push((id, login(&client, &first, &name, &password).await));
+    }
+
+    // The burst: 200 checkouts, 16 at a time; the process dies after the 60th is accepted.
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let killed = Arc::new(AtomicBool::new(false));
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let url = first.url("/api/v1/orders");
+    let burst = {
+        let client = client.clone();
+        let (accepted, killed, enough, products, customers) = (
+            accepted.clone(),
+            killed.clone(),
+            enough.clone(),
+            products.clone(),
+            customers.clone(),
+        );
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            futures::stream::iter(0..200usize)
+                .for_each_concurrent(16, |i| {
+                    let (client, url, accepted, killed, enough) = (
+                        client.clone(),
+                        url.clone(),
+                        accepted.clone(),
+                        killed.clone(),
+                        enough.clone(),
+                    );
+                    let product = products[i % products.len()].clone();
+                    let token = customers[i % customers.len()].1.clone();
+                    async move {
+                        if killed.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let method = if i % 7 == 0 {
+                            "tok_declined"
+                        } else {
+                            "tok_visa"
+                        };
+                        let sent = client
+                            .post(&url)
+                            .bearer_auth(&token)
+                            .json(
+                                &json!({ "lines": [{ "product_id": product, "quantity": 1 }],
+                                           "payment_method": method }),
+                            )
+                            .send()
+                            .await;
+                        if let Ok(response) = sent
+                            && response.status() == 202
+                            && let Ok(body) = response.json::<Value>().await
+                        {
+                            let mut accepted = accepted.lock().expect("accepted orders");
+                            accepted.push(body["id"].as_str().expect("an order id").to_owned());
+                            if accepted.len() == 60 {
+                                enough.notify_one();
+                            }
+                        }
+                    }
+                })
+                .await;
+        })
+    };
+    enough.notified().await;
+    killed.store(true, Ordering::SeqCst);
+    first.kill().await;
+    burst.await.expect("the burst ends");
+    let accepted = accepted.lock().expect("accepted orders").clone();
+    assert!(accepted.len() >= 60);
+
+    // After a restart every order, accepted or not yet answered, reaches a terminal state.
+    let restarted = BanyanProcess::start(&env).await;
+    let mut all_orders: Vec<Value> = Vec::new();
+    for (user, token) in &customers {
+        let path = restarted.url(&format!("/api/v1/orders/user/{user}?per_page=100"));
+        let terminal = |orders: &[Value]| {
+            orders
+                .iter()
+                .all(|o| matches!(o["status"].as_str(), Some("confirmed" | "cancelled")))
+        };
+        let list = || async {
+            let reply = send(client.get(&path).bearer_auth(token)).await;
+            reply.body["items"].as_array().cloned().unwrap_or_default()
+        };
+        eventually(
+            "every order of the customer is confirmed or cancelled",
+            || async { terminal(&list().await) },
+        )
+        .await;
+        all_orders.extend(list().await);
+    }
+    let known: std::collections::HashSet<&str> =
+        all_orders.iter().filter_map(|o| o["id"].as_str()).collect();
+    for id in &accepted {
+        assert!(known.contains(id.as_str()), "accepted order {id} was lost");
+    }
+
+    // Stock agrees with the confirmed orders, and nothing stays reserved.
+    for product in &products {
+        let sold: i64 = all_orders
+            .iter()
+            .filter(|o| o["status"] == "confirmed")
+            .flat_map(|o| o["lines"].as_array().cloned().unwrap_or_default())
+            .filter(|l| l["product_id"] == product.as_str())
+            .map(|l| l["quantity"].as_i64().unwrap_or_default())
+            .sum();
+        let path = restarted.url(&format!("/api/v1/inventory/{product}"));
+        eventually("stock settles", || async {
+            let stock = send(client.get(&path)).await.body;
+            stock["reserved"] == 0 && stock["on_hand"] == 60 - sold
+        })
+        .await;
+    }
+    assert!(restarted.terminate().await.success());
+
+    // One payment per order at most; a completed one for exactly the confirmed orders.
+    let payments = module_db(data.path(), "payments").await;
+    assert_eq!(
+        count(&payments, "SELECT COUNT(*) FROM (SELECT order_id FROM payments GROUP BY order_id HAVING COUNT(*) > 1) twice").await,
+        0,
+        "an order was charged twice"
+    );
+    let confirmed = all_orders
+        .iter()
+        .filter(|o| o["status"] == "confirmed")
+        .count() as i64;
+    assert_eq!(
+        count(
+            &payments,
+            "SELECT COUNT(*) FROM payments WHERE status = 'completed'"
+        )
+        .await,
+        confirmed
+    );
+}

@@ -31,6 +31,8 @@ struct Cli {
 enum Command {
     /// Run the shop (the default).
     Serve(ServeArgs),
+    /// Fill a fresh shop with a catalog, stock, an admin and a customer (idempotent).
+    Seed,
     /// List and replay events that failed every delivery attempt.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
@@ -101,6 +103,7 @@ pub async fn main() -> ExitCode {
     telemetry::init(&settings.log);
     let outcome = match command {
         Command::Serve(_) => serve(settings, figment).await,
+        Command::Seed => crate::seed::run(settings, figment).await,
         Command::DeadLetters(command) => dead_letters(settings, command).await,
     };
     match outcome {

@@ -34,6 +34,9 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub addr: SocketAddr,
+    /// The modules this process hosts (default: all of them).
+    #[serde(default)]
+    pub modules: Option<Vec<String>>,
     pub max_body_bytes: usize,
     pub request_timeout_ms: u64,
 }
@@ -153,6 +156,21 @@ impl Settings {
                 "server.max_body_bytes",
                 "must be between 1 KiB and 64 MiB",
             ));
+        }
+        if let Some(modules) = &self.server.modules {
+            let known: Vec<&str> = crate::server::all_modules()
+                .iter()
+                .map(|m| m.name())
+                .collect();
+            if let Some(unknown) = modules.iter().find(|m| !known.contains(&m.as_str())) {
+                return Err(invalid(
+                    "server.modules",
+                    &format!(
+                        "no module named `{unknown}`; modules are {}",
+                        known.join(", ")
+                    ),
+                ));
+            }
         }
         if self.server.request_timeout_ms == 0 {
             return Err(invalid(

@@ -7,12 +7,14 @@
 //!   handlers, routes) and serves it with graceful shutdown.
 //! - `edge`: middleware every request passes: correlation id and trace context, timeout,
 //!   one log line per request, JSON errors for unknown routes and panics.
-//! - `cli`: `banyan serve`, `banyan dead-letters list|replay`.
+//! - `cli`: `banyan serve`, `banyan seed`, `banyan dead-letters list|replay`.
+//! - `seed`: demo data through the modules' own routes.
 //! - `telemetry`: JSON logs.
 
 pub mod cli;
 pub mod config;
 mod edge;
+mod seed;
 pub mod server;
 pub mod telemetry;
 

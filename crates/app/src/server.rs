@@ -30,6 +30,10 @@ pub fn all_modules() -> Vec<Box<dyn Module>> {
         Box::new(banyan_users::Users),
         Box::new(banyan_catalog::Catalog),
         Box::new(banyan_inventory::Inventory),
+        Box::new(banyan_cart::Cart),
+        Box::new(banyan_orders::Orders),
+        Box::new(banyan_payments::Payments),
+        Box::new(banyan_notifications::Notifications),
     ]
 }
 
@@ -60,7 +64,14 @@ impl Server {
         );
         let mut hosted = BTreeMap::new();
         let mut routes = Router::new();
-        for module in all_modules() {
+        let hosted_here = |name: &str| {
+            settings
+                .server
+                .modules
+                .as_ref()
+                .is_none_or(|modules| modules.iter().any(|m| m == name))
+        };
+        for module in all_modules().into_iter().filter(|m| hosted_here(m.name())) {
             let name = module.name();
             let db = Db::open(
                 name,
@@ -115,6 +126,14 @@ impl Server {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Stops without serving: drains the bus and closes the databases.
+    pub async fn stop(self) {
+        self.bus.shutdown().await;
+        for hosted in self.hosted.values() {
+            hosted.db.close().await;
+        }
     }
 
     /// Serves until `shutdown` resolves, then stops taking requests, drains the bus and

@@ -351,27 +351,34 @@ impl Bus {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let copies = if self.inner.config.chaos_duplicate_deliveries {
+            2
+        } else {
+            1
+        };
         if let Some(ack) = ack {
-            ack.expect(subscribers.len() + forwarders.len());
+            ack.expect(subscribers.len() * copies + forwarders.len());
         }
         for subscription in subscribers {
             let partitions = &subscription.group.partitions;
             let partition = &partitions[(message.key % partitions.len() as u64) as usize];
-            let delivery = Delivery {
-                envelope: message.envelope.clone(),
-                payload: message.payload.clone(),
-                json: message.json.clone(),
-                handler: subscription.handler.clone(),
-                ack: ack.cloned(),
-                replay_of: None,
-            };
-            match mode {
-                Mode::Wait => partition.send(delivery).await.map_err(|_| {
-                    unavailable(&message.envelope.subject, "the subscriber is shutting down")
-                })?,
-                Mode::TryNow => {
-                    if partition.try_send(delivery).is_err() {
-                        return Ok(Dispatch::Full);
+            for _ in 0..copies {
+                let delivery = Delivery {
+                    envelope: message.envelope.clone(),
+                    payload: message.payload.clone(),
+                    json: message.json.clone(),
+                    handler: subscription.handler.clone(),
+                    ack: ack.cloned(),
+                    replay_of: None,
+                };
+                match mode {
+                    Mode::Wait => partition.send(delivery).await.map_err(|_| {
+                        unavailable(&message.envelope.subject, "the subscriber is shutting down")
+                    })?,
+                    Mode::TryNow => {
+                        if partition.try_send(delivery).is_err() {
+                            return Ok(Dispatch::Full);
+                        }
                     }
                 }
             }

@@ -31,6 +31,9 @@ pub struct BusConfig {
     pub relay_batch: usize,
     /// How long shutdown waits for in-flight work.
     pub drain_timeout_ms: u64,
+    /// Chaos: deliver every event twice to every subscriber, to show that each effect still
+    /// happens once. Off in production; tests and chaos runs turn it on.
+    pub chaos_duplicate_deliveries: bool,
 }
 
 impl Default for BusConfig {
@@ -47,6 +50,7 @@ impl Default for BusConfig {
             relay_lease_ms: 30_000,
             relay_batch: 256,
             drain_timeout_ms: 10_000,
+            chaos_duplicate_deliveries: false,
         }
     }
 }

@@ -1,1 +1,275 @@
-//! `cart`: under construction.
+//! `cart`: customers' carts.
+//!
+//! Owns the `cart_lines` table. A customer has one cart, named by their user id: its lines of
+//! products (1 to 1000 of each, at most 100 lines), oldest first. A product must be in the
+//! catalog to be added (asked over the bus, `GetProducts`). Answers `GetCart`, which orders
+//! read to make an order from the cart; listens to `OrderPlaced` and, for an order made from
+//! the cart, takes the ordered quantities out of it. Emits nothing.
+//!
+//! # Layout (the same in every module crate)
+//! - `domain`: validated values (`Quantity`, `OrderedQuantities`) and the operations
+//!   `add_item` and `take_ordered`.
+//! - `store`: every SQL statement of the module.
+//! - `http`: the routes under `/api/v1/carts`.
+//! - `messages`: bus request handlers and event subscriptions.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod domain;
+mod http;
+mod messages;
+mod store;
+
+use std::sync::Arc;
+
+use axum::Router;
+use banyan_db::sqlx::migrate::Migrator;
+use banyan_kit::{Module, ModuleContext};
+use futures::future::BoxFuture;
+
+pub use banyan_cart_contract as contract;
+
+/// The cart module, as the app mounts it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cart;
+
+static MIGRATIONS: Migrator = sqlx::migrate!("../../../migrations/cart");
+
+impl Module for Cart {
+    fn name(&self) -> &'static str {
+        "cart"
+    }
+
+    fn migrations(&self) -> &'static Migrator {
+        &MIGRATIONS
+    }
+
+    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<Router>> {
+        Box::pin(async move {
+            let state = Arc::new(State {
+                outbox: ctx.outbox.clone(),
+                bus: ctx.bus.clone(),
+            });
+            messages::register(&ctx.bus, &state);
+            Ok(http::routes(state))
+        })
+    }
+}
+
+/// What the module's handlers share.
+#[derive(Debug)]
+struct State {
+    outbox: banyan_bus::Outbox,
+    /// To ask catalog whether a product exists before it goes into a cart.
+    bus: banyan_bus::Bus,
+}
+
+#[cfg(test)]
+mod test_support {
+    //! A real module database (SQLite, in a temporary directory) for the tests that run SQL.
+
+    use std::{collections::HashSet, sync::Arc};
+
+    use banyan_bus::{Bus, BusConfig, MESSAGING_MIGRATIONS, Outbox, Rejection};
+    use banyan_catalog_contract::{GetProducts, ProductId, ProductSnapshot};
+    use banyan_db::{DatabaseConfig, Db};
+    use banyan_message::{Currency, Money};
+
+    use crate::State;
+
+    /// A bus and the outbox of a fresh cart database; the directory lives as long as the
+    /// value.
+    pub(crate) struct TestDb {
+        pub(crate) bus: Bus,
+        pub(crate) outbox: Outbox,
+        _dir: tempfile::TempDir,
+        /// The server's URL and the database's name, when on PostgreSQL.
+        postgres: Option<(String, String)>,
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let Some((server, name)) = self.postgres.take() else {
+                return;
+            };
+            // Drop cannot await and runs inside the test's runtime: use a thread of its own.
+            let cleanup = std::thread::spawn(move || {
+                use banyan_db::sqlx::{self, Connection, Executor};
+
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                runtime.block_on(async {
+                    if let Ok(mut admin) = sqlx::AnyConnection::connect(&server).await {
+                        let drop_it = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                        if let Err(error) = admin.execute(sqlx::AssertSqlSafe(drop_it)).await {
+                            eprintln!("could not drop test database {name}: {error}");
+                        }
+                        let _ = admin.close().await;
+                    }
+                });
+            });
+            let _ = cleanup.join();
+        }
+    }
+
+    /// Opens a fresh cart database: SQLite in a temporary directory, or, when
+    /// `BANYAN_TEST_POSTGRES_URL` names a PostgreSQL server, a new database on it (named
+    /// `banyan_test_<uuid>`, dropped with the value).
+    pub(crate) async fn open() -> TestDb {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let server = std::env::var("BANYAN_TEST_POSTGRES_URL").ok();
+        let mut postgres = None;
+        let config = match &server {
+            Some(server) => DatabaseConfig {
+                url: fresh_postgres_database(server, &mut postgres).await,
+                role_per_module: false,
+                ..DatabaseConfig::default()
+            },
+            None => DatabaseConfig {
+                url: format!("sqlite://{}", dir.path().display()),
+                ..DatabaseConfig::default()
+            },
+        };
+        let db = Db::open(
+            "cart",
+            &config,
+            &[&*MESSAGING_MIGRATIONS, &super::MIGRATIONS],
+        )
+        .await
+        .expect("the cart database opens");
+        let bus = Bus::new(BusConfig::default());
+        TestDb {
+            outbox: Outbox::start(&bus, db),
+            bus,
+            _dir: dir,
+            postgres,
+        }
+    }
+
+    /// A cart database with the module's handlers on its bus, and a stand-in catalog that
+    /// knows `products` (and answers `unknown_product` for any other).
+    pub(crate) async fn started(products: &[ProductId]) -> (TestDb, Arc<State>) {
+        let db = open().await;
+        let state = Arc::new(State {
+            outbox: db.outbox.clone(),
+            bus: db.bus.clone(),
+        });
+        crate::messages::register(&db.bus, &state);
+        let known: Arc<HashSet<ProductId>> = Arc::new(products.iter().copied().collect());
+        db.bus
+            .handle::<GetProducts, _, _>("catalog", move |_cx, request| {
+                let known = known.clone();
+                async move {
+                    let unknown: Vec<ProductId> = request
+                        .product_ids
+                        .iter()
+                        .filter(|id| !known.contains(id))
+                        .copied()
+                        .collect();
+                    if !unknown.is_empty() {
+                        return Err(Rejection::new("unknown_product", "unknown product ids")
+                            .with_details(serde_json::json!({ "product_ids": unknown })));
+                    }
+                    Ok(request
+                        .product_ids
+                        .iter()
+                        .map(|&product_id| ProductSnapshot {
+                            product_id,
+                            sku: "SKU".into(),
+                            name: "Teapot".into(),
+                            category: "kitchen".into(),
+                            price: Money::new(1999, Currency::EUR),
+                        })
+                        .collect())
+                }
+            });
+        (db, state)
+    }
+
+    /// Creates a database on `server`, notes it in `created` for the drop, and answers its URL.
+    async fn fresh_postgres_database(
+        server: &str,
+        created: &mut Option<(String, String)>,
+    ) -> String {
+        use banyan_db::sqlx::{self, Executor};
+
+        sqlx::any::install_default_drivers();
+        let name = format!("banyan_test_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(server)
+            .await
+            .expect("the test PostgreSQL server answers");
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("a test database");
+        let mut url = url::Url::parse(server).expect("BANYAN_TEST_POSTGRES_URL is a URL");
+        url.set_path(&name);
+        let _ = sqlx::Connection::close(admin).await;
+        *created = Some((server.to_owned(), name));
+        url.to_string()
+    }
+
+    /// Calls `router` as a client would; answers the status, the headers and the JSON body
+    /// (`Null` when there is none). `token` is sent as a bearer token.
+    pub(crate) async fn call(
+        router: &axum::Router,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (
+        axum::http::StatusCode,
+        axum::http::HeaderMap,
+        serde_json::Value,
+    ) {
+        use tower::ServiceExt;
+
+        let mut request = axum::http::Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = match body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.to_string())),
+            None => request.body(axum::body::Body::empty()),
+        }
+        .expect("a valid request");
+        let response = router.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("a readable body");
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, headers, json)
+    }
+
+    /// The module's routes with an authenticator installed, as the app installs it, and that
+    /// authenticator, to issue tokens for chosen users.
+    pub(crate) fn with_auth(
+        router: axum::Router,
+    ) -> (
+        axum::Router,
+        std::sync::Arc<banyan_kit::auth::Authenticator>,
+    ) {
+        let auth = banyan_kit::auth::Authenticator::new(
+            b"test-secret-test-secret-test-secret",
+            std::time::Duration::from_secs(60),
+        );
+        (router.layer(axum::Extension(auth.clone())), auth)
+    }
+
+    /// A bearer token for `user` with `role`.
+    pub(crate) fn token(
+        auth: &banyan_kit::auth::Authenticator,
+        user: uuid::Uuid,
+        role: banyan_kit::auth::Role,
+    ) -> String {
+        auth.issue(user, role).expect("a token").access_token
+    }
+}

@@ -1,13 +1,14 @@
 //! Stock, reservations and the rules on their values.
 //!
-//! [`reserve`] and [`release`] work inside a caller's [`UnitOfWork`], so that a request
-//! handler and (later) an event handler can both use them: the event handler records its inbox
-//! entry in the same transaction. The caller commits.
+//! [`reserve`], [`release`], [`cancel`] and [`commit_reservation`] work inside a caller's
+//! [`UnitOfWork`], so that a request handler and an event handler of the order saga can both
+//! use them: the event handler records its inbox entry in the same transaction. The caller
+//! commits.
 
 use std::collections::BTreeMap;
 
 use banyan_bus::{Context, Outbox, Rejection, UnitOfWork};
-use banyan_db::sqlx::{self, Connection};
+use banyan_db::sqlx::{self, AnyConnection, Connection};
 use banyan_inventory_contract::{
     InventoryReleased, InventoryReserved, ProductId, Shortage, StockLine,
 };
@@ -118,6 +119,11 @@ impl ReservationLines {
             .map(Self)
     }
 
+    /// How many products the reservation holds (never 0).
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = (ProductId, Quantity)> + '_ {
         self.0.iter().copied()
     }
@@ -158,23 +164,22 @@ pub(crate) async fn reserve(
     if let Some(outcome) = existing(uow, reservation_id).await? {
         return Ok(outcome);
     }
-    // A savepoint: if any line is short, every line taken so far is given back without
-    // abandoning the caller's unit of work (which may hold its inbox entry).
-    let mut attempt = Connection::begin(&mut **uow).await?;
-    let mut taken: Vec<StockRow> = Vec::new();
-    let mut shortages: Vec<Shortage> = Vec::new();
-    for (product_id, quantity) in lines.iter() {
-        match store::take(&mut attempt, product_id.0, quantity.get()).await? {
-            Some(row) => taken.push(row),
-            None => shortages.push(Shortage {
-                product_id,
-                requested: quantity.get(),
-                available: store::available(&mut attempt, product_id.0).await?,
-            }),
+    let (taken, shortages) = if lines.len() == 1 {
+        // One line: a take that fails changes nothing, so there is nothing to undo.
+        hold(uow, reservation_id, lines).await?
+    } else {
+        // A savepoint: if any line is short, every line taken so far is given back without
+        // abandoning the caller's unit of work (which may hold its inbox entry).
+        let mut attempt = Connection::begin(&mut **uow).await?;
+        let held = hold(&mut attempt, reservation_id, lines).await?;
+        if held.1.is_empty() {
+            attempt.commit().await?;
+        } else {
+            attempt.rollback().await?;
         }
-    }
+        held
+    };
     if !shortages.is_empty() {
-        attempt.rollback().await?;
         // On PostgreSQL a request racing with this one under the same id may have taken the
         // stock meanwhile: then this reservation is made, not short.
         if let Some(outcome) = existing(uow, reservation_id).await? {
@@ -182,11 +187,6 @@ pub(crate) async fn reserve(
         }
         return Ok(ReserveOutcome::Short(shortages));
     }
-    for (product_id, quantity) in lines.iter() {
-        store::insert_reservation_line(&mut attempt, reservation_id, product_id.0, quantity.get())
-            .await?;
-    }
-    attempt.commit().await?;
     let reserved = lines.to_stock_lines();
     uow.emit(
         cx,
@@ -202,7 +202,57 @@ pub(crate) async fn reserve(
     Ok(ReserveOutcome::Reserved(reserved))
 }
 
-/// What an existing reservation under `reservation_id` amounts to, if there is one.
+/// Takes every line and, if all were available, records the reservation's lines. Answers the
+/// rows taken and the shortages; when there are shortages the caller must undo what was taken
+/// (nothing was, for a single line).
+async fn hold(
+    conn: &mut AnyConnection,
+    reservation_id: Uuid,
+    lines: &ReservationLines,
+) -> Result<(Vec<StockRow>, Vec<Shortage>), sqlx::Error> {
+    let mut taken: Vec<StockRow> = Vec::with_capacity(lines.len());
+    let mut shortages: Vec<Shortage> = Vec::new();
+    for (product_id, quantity) in lines.iter() {
+        match store::take(conn, product_id.0, quantity.get()).await? {
+            Some(row) => taken.push(row),
+            None => shortages.push(Shortage {
+                product_id,
+                requested: quantity.get(),
+                available: store::available(conn, product_id.0).await?,
+            }),
+        }
+    }
+    if shortages.is_empty() {
+        store::insert_reservation_lines(conn, reservation_id, &lines.to_stock_lines()).await?;
+    }
+    Ok((taken, shortages))
+}
+
+/// The shortages that announce lines which cannot make a reservation at all (more than
+/// [`Quantity::MAX`] of one product, no lines, too many): each product asked for, with what
+/// it has available. Changes nothing.
+pub(crate) async fn unreservable(
+    conn: &mut AnyConnection,
+    lines: &[StockLine],
+) -> Result<Vec<Shortage>, sqlx::Error> {
+    let mut merged: BTreeMap<ProductId, i64> = BTreeMap::new();
+    for line in lines {
+        let total = merged.entry(line.product_id).or_default();
+        *total = total.saturating_add(line.quantity);
+    }
+    let mut shortages = Vec::with_capacity(merged.len());
+    for (product_id, requested) in merged {
+        shortages.push(Shortage {
+            product_id,
+            requested,
+            available: store::available(conn, product_id.0).await?,
+        });
+    }
+    Ok(shortages)
+}
+
+/// What an existing reservation under `reservation_id` amounts to, if there is one. A
+/// committed reservation counts as held: its stock is gone with its order.
 async fn existing(
     uow: &mut UnitOfWork,
     reservation_id: Uuid,
@@ -244,6 +294,45 @@ pub(crate) async fn release(
     uow.emit(cx, InventoryReleased { reservation_id }).await?;
     for event in changed {
         uow.emit(cx, event).await?;
+    }
+    Ok(true)
+}
+
+/// Gives a held reservation back for good: as [`release`], and if nothing was ever reserved
+/// under the id (its order was cancelled before inventory saw it placed), marks the id so
+/// that a later [`reserve`] under it holds nothing. `false` if nothing was held.
+pub(crate) async fn cancel(
+    uow: &mut UnitOfWork,
+    cx: &Context,
+    reservation_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    if release(uow, cx, reservation_id).await? {
+        return Ok(true);
+    }
+    store::insert_tombstone(uow, reservation_id).await?;
+    Ok(false)
+}
+
+/// The order of a held reservation is confirmed: its stock leaves the shelf, taken off both
+/// `on_hand` and `reserved` of each product, and the reservation is `committed`. `false` if
+/// nothing was held under that id (unknown, released, or committed before): then nothing
+/// changes.
+pub(crate) async fn commit_reservation(
+    uow: &mut UnitOfWork,
+    cx: &Context,
+    reservation_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let mut lines = store::mark_committed(uow, reservation_id).await?;
+    if lines.is_empty() {
+        return Ok(false);
+    }
+    // One lock order everywhere (see `ReservationLines`).
+    lines.sort_by(|a, b| a.product_id.cmp(&b.product_id));
+    for line in &lines {
+        let line = line.line();
+        if let Some(row) = store::take_off_hand(uow, line.product_id.0, line.quantity).await? {
+            uow.emit(cx, row.changed()).await?;
+        }
     }
     Ok(true)
 }

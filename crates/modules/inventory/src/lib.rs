@@ -3,8 +3,13 @@
 //! Owns the `stock` and `reservations` tables. A reservation holds every line or none, is
 //! named by its caller's id (orders use the order id) so that asking twice changes nothing,
 //! and never takes more than is on hand: `0 <= reserved <= on_hand` for every product.
-//! Emits `StockChanged` on every change of a product's stock, `InventoryReserved` and
-//! `InventoryReleased`; answers `ReserveStock`, `ReleaseStock` and `GetStock`.
+//! Emits `StockChanged` on every change of a product's stock, `InventoryReserved`,
+//! `InventoryReservationFailed` and `InventoryReleased`; answers `ReserveStock`,
+//! `ReleaseStock` and `GetStock`.
+//!
+//! Its part of the order saga: `OrderPlaced` reserves the order's lines (all or none) under
+//! the order id; `PaymentFailed` and `OrderCancelled` release them; `OrderConfirmed` commits
+//! them (the stock leaves `on_hand` and `reserved` alike, the reservation is `committed`).
 //!
 //! # Layout (the same in every module crate)
 //! - `domain`: validated values (`OnHand`, `Quantity`, `ReservationLines`) and the

@@ -1,15 +1,18 @@
-//! What `inventory` answers on the bus.
+//! What `inventory` answers on the bus, and its part of the order saga.
 
 use std::{
     collections::{BTreeSet, HashMap},
     sync::Arc,
 };
 
-use banyan_bus::{Bus, Context, Rejection};
+use banyan_bus::{Bus, Context, Delivered, Event, HandlerError, Rejection};
 use banyan_db::sqlx;
 use banyan_inventory_contract::{
-    GetStock, ReleaseStock, Released, Reservation, ReserveStock, StockLevel,
+    GetStock, InventoryReservationFailed, ReleaseStock, Released, Reservation, ReserveStock,
+    StockLevel, StockLine,
 };
+use banyan_orders_contract::{OrderCancelled, OrderConfirmed, OrderPlaced};
+use banyan_payments_contract::PaymentFailed;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -35,6 +38,132 @@ pub(crate) fn register(bus: &Bus, state: &Arc<State>) {
         let state = stock_state.clone();
         async move { get_stock(&state, request).await }
     });
+    subscribe::<OrderPlaced, _>(bus, state, on_order_placed);
+    subscribe::<PaymentFailed, _>(bus, state, on_payment_failed);
+    subscribe::<OrderCancelled, _>(bus, state, on_order_cancelled);
+    subscribe::<OrderConfirmed, _>(bus, state, on_order_confirmed);
+}
+
+/// Subscribes `handler` to `E` in the module's group. Each handler is one transaction: its
+/// inbox entry, its effect and its events commit together or not at all.
+fn subscribe<E, Fut>(bus: &Bus, state: &Arc<State>, handler: fn(Arc<State>, Delivered<E>) -> Fut)
+where
+    E: Event,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    let state = state.clone();
+    bus.subscribe::<E, _, _>("inventory", move |delivered| {
+        handler(state.clone(), delivered)
+    });
+}
+
+/// Reserves the order's lines under the order id, all or none, and announces the outcome:
+/// `InventoryReserved` (with a `StockChanged` per product) or `InventoryReservationFailed`
+/// (nothing held). An id already used (reserved before, or its order cancelled first) changes
+/// nothing and announces nothing.
+async fn on_order_placed(
+    state: Arc<State>,
+    delivered: Delivered<OrderPlaced>,
+) -> Result<(), HandlerError> {
+    let mut uow = state.outbox.begin().await?;
+    if !uow.first_delivery(&delivered).await? {
+        return Ok(());
+    }
+    let cx = delivered.context();
+    let reservation_id = delivered.order_id.0;
+    let lines: Vec<StockLine> = delivered
+        .lines
+        .iter()
+        .map(|line| StockLine {
+            product_id: line.product_id,
+            quantity: line.quantity,
+        })
+        .collect();
+    let outcome = match ReservationLines::parse(&lines) {
+        Ok(lines) => domain::reserve(&mut uow, cx, reservation_id, &lines).await?,
+        Err(invalid) => {
+            tracing::warn!(%reservation_id, field = %invalid.field, reason = %invalid.reason, "Order lines cannot be reserved; announcing the reservation as failed.");
+            ReserveOutcome::Short(domain::unreservable(&mut uow, &lines).await?)
+        }
+    };
+    if let ReserveOutcome::Short(shortages) = &outcome {
+        let failed = InventoryReservationFailed {
+            reservation_id,
+            shortages: shortages.clone(),
+        };
+        uow.emit(cx, failed).await?;
+    }
+    uow.commit().await?;
+    match outcome {
+        ReserveOutcome::Reserved(lines) => {
+            tracing::debug!(%reservation_id, lines = lines.len(), "Order stock reserved.");
+        }
+        ReserveOutcome::Short(shortages) => {
+            tracing::info!(%reservation_id, short = shortages.len(), "Order stock short; nothing reserved.");
+        }
+        ReserveOutcome::AlreadyReserved(_) | ReserveOutcome::AlreadyReleased(_) => {
+            tracing::debug!(%reservation_id, "Order stock reserved or released before; nothing changed.");
+        }
+    }
+    Ok(())
+}
+
+/// The charge failed: the order's stock goes back.
+async fn on_payment_failed(
+    state: Arc<State>,
+    delivered: Delivered<PaymentFailed>,
+) -> Result<(), HandlerError> {
+    let mut uow = state.outbox.begin().await?;
+    if !uow.first_delivery(&delivered).await? {
+        return Ok(());
+    }
+    let reservation_id = delivered.order_id;
+    let released = domain::release(&mut uow, delivered.context(), reservation_id).await?;
+    uow.commit().await?;
+    if released {
+        tracing::debug!(%reservation_id, "Reservation released: the payment failed.");
+    }
+    Ok(())
+}
+
+/// The order is cancelled: its stock goes back if held; if inventory has not reserved it
+/// yet, it never will.
+async fn on_order_cancelled(
+    state: Arc<State>,
+    delivered: Delivered<OrderCancelled>,
+) -> Result<(), HandlerError> {
+    let mut uow = state.outbox.begin().await?;
+    if !uow.first_delivery(&delivered).await? {
+        return Ok(());
+    }
+    let reservation_id = delivered.order_id.0;
+    let released = domain::cancel(&mut uow, delivered.context(), reservation_id).await?;
+    uow.commit().await?;
+    if released {
+        tracing::debug!(%reservation_id, "Reservation released: the order was cancelled.");
+    }
+    Ok(())
+}
+
+/// The order is confirmed: its reserved stock leaves the shelf.
+async fn on_order_confirmed(
+    state: Arc<State>,
+    delivered: Delivered<OrderConfirmed>,
+) -> Result<(), HandlerError> {
+    let mut uow = state.outbox.begin().await?;
+    if !uow.first_delivery(&delivered).await? {
+        return Ok(());
+    }
+    let reservation_id = delivered.order_id.0;
+    let committed =
+        domain::commit_reservation(&mut uow, delivered.context(), reservation_id).await?;
+    uow.commit().await?;
+    if committed {
+        tracing::debug!(%reservation_id, "Reservation committed: the order was confirmed.");
+    } else {
+        tracing::debug!(%reservation_id, "Nothing held to commit for a confirmed order.");
+    }
+    Ok(())
 }
 
 fn internal(error: sqlx::Error) -> Rejection {
@@ -160,10 +289,13 @@ async fn get_stock(state: &State, request: GetStock) -> Result<Vec<StockLevel>, 
 mod tests {
     use std::{sync::Mutex, time::Duration};
 
-    use banyan_bus::{BusError, Delivered, Event, Message};
+    use banyan_bus::{BusError, Envelope, Message};
     use banyan_inventory_contract::{
-        InventoryReleased, InventoryReserved, ProductId, Shortage, StockChanged, StockLine,
+        InventoryReleased, InventoryReserved, ProductId, Shortage, StockChanged,
     };
+    use banyan_message::{Currency, Money};
+    use banyan_orders_contract::{OrderId, OrderLine, UserId};
+    use banyan_payments_contract::PaymentId;
 
     use super::*;
     use crate::{
@@ -190,6 +322,7 @@ mod tests {
         record::<StockChanged>(&db.bus, &seen);
         record::<InventoryReserved>(&db.bus, &seen);
         record::<InventoryReleased>(&db.bus, &seen);
+        record::<InventoryReservationFailed>(&db.bus, &seen);
         (db, state, seen)
     }
 
@@ -436,5 +569,191 @@ mod tests {
         };
         assert_eq!(rejection.code, "validation_failed");
         assert_eq!(rejection.details["field"], "lines[0].quantity");
+    }
+
+    // ------------------------------------------------------------------ the order saga
+
+    /// Delivers `event` as the bus would and waits until it is handled: with a fresh message
+    /// id, or with `again`'s (a redelivery).
+    async fn deliver<E: Event>(db: &TestDb, event: &E, again: Option<&Envelope>) -> Envelope {
+        let envelope = again
+            .cloned()
+            .unwrap_or_else(|| Context::root().envelope(E::SUBJECT));
+        let json = serde_json::to_string(event).unwrap();
+        db.bus
+            .deliver_remote_event(envelope.clone(), json.into(), event.aggregate_id())
+            .await
+            .unwrap();
+        envelope
+    }
+
+    fn placed(order_id: OrderId, lines: &[(ProductId, i64)]) -> OrderPlaced {
+        let price = Money::new(500, Currency::EUR);
+        OrderPlaced {
+            order_id,
+            user_id: UserId::new(),
+            lines: lines
+                .iter()
+                .map(|&(product_id, quantity)| OrderLine {
+                    product_id,
+                    name: "Teapot".into(),
+                    unit_price: price,
+                    quantity,
+                })
+                .collect(),
+            total: price,
+            payment_method: "tok_visa".into(),
+            from_cart: false,
+        }
+    }
+
+    fn confirmed(order_id: OrderId) -> OrderConfirmed {
+        OrderConfirmed {
+            order_id,
+            user_id: UserId::new(),
+            total: Money::new(500, Currency::EUR),
+        }
+    }
+
+    fn cancelled(order_id: OrderId) -> OrderCancelled {
+        OrderCancelled {
+            order_id,
+            user_id: UserId::new(),
+            reason: "cancelled_by_admin".into(),
+        }
+    }
+
+    fn payment_failed(order_id: OrderId) -> PaymentFailed {
+        PaymentFailed {
+            payment_id: PaymentId::new(),
+            order_id: order_id.0,
+            amount: Money::new(500, Currency::EUR),
+            reason: "payment_declined".into(),
+        }
+    }
+
+    /// The statuses of a reservation's lines, by product id.
+    async fn statuses(db: &TestDb, reservation_id: Uuid) -> Vec<String> {
+        let mut conn = db.outbox.db().reader().acquire().await.unwrap();
+        store::reservation(&mut conn, reservation_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| row.status)
+            .collect()
+    }
+
+    fn count(subjects: &[String], subject: &str) -> usize {
+        subjects.iter().filter(|s| *s == subject).count()
+    }
+
+    #[tokio::test]
+    async fn a_placed_order_is_reserved_once_and_its_confirmation_takes_the_stock_off_the_shelf() {
+        let (db, state, seen) = started().await;
+        let (p, q) = (ProductId::new(), ProductId::new());
+        stock(&state, p, 10).await;
+        stock(&state, q, 5).await;
+        let order = OrderId::new();
+        let event = placed(order, &[(p, 2), (q, 1), (p, 1)]);
+        let envelope = deliver(&db, &event, None).await;
+        deliver(&db, &event, Some(&envelope)).await;
+        // The same order placed again under another message id changes nothing either.
+        deliver(&db, &event, None).await;
+        let (p_row, q_row) = (level(&db, p).await, level(&db, q).await);
+        assert_eq!((p_row.on_hand, p_row.reserved, p_row.version), (10, 3, 2));
+        assert_eq!((q_row.on_hand, q_row.reserved, q_row.version), (5, 1, 2));
+        let subjects = seen_count(&seen, 5).await;
+        assert_eq!(count(&subjects, InventoryReserved::SUBJECT), 1);
+
+        deliver(&db, &confirmed(order), None).await;
+        deliver(&db, &confirmed(order), None).await;
+        let (p_row, q_row) = (level(&db, p).await, level(&db, q).await);
+        assert_eq!((p_row.on_hand, p_row.reserved, p_row.version), (7, 0, 3));
+        assert_eq!((q_row.on_hand, q_row.reserved, q_row.version), (4, 0, 3));
+        assert_eq!(statuses(&db, order.0).await, vec!["committed"; 2]);
+        let subjects = seen_count(&seen, 7).await;
+        assert_eq!(count(&subjects, StockChanged::SUBJECT), 6);
+
+        // A committed reservation is not given back: not by a cancellation, not on request.
+        deliver(&db, &cancelled(order), None).await;
+        assert!(!release(&db, order.0).await.released);
+        assert_eq!(level(&db, p).await.on_hand, 7);
+        assert_eq!(statuses(&db, order.0).await, vec!["committed"; 2]);
+    }
+
+    #[tokio::test]
+    async fn a_placed_order_with_too_little_stock_is_announced_as_failed_and_holds_nothing() {
+        let (db, state, seen) = started().await;
+        let (p, q) = (ProductId::new(), ProductId::new());
+        stock(&state, p, 1).await;
+        stock(&state, q, 5).await;
+        let order = OrderId::new();
+        deliver(&db, &placed(order, &[(q, 2), (p, 2)]), None).await;
+        let q_row = level(&db, q).await;
+        assert_eq!((q_row.reserved, q_row.version), (0, 1), "q is untouched");
+        assert!(statuses(&db, order.0).await.is_empty());
+        // One line alone, short too.
+        deliver(&db, &placed(OrderId::new(), &[(p, 3)]), None).await;
+        assert_eq!(level(&db, p).await.version, 1);
+        let subjects = seen_count(&seen, 4).await;
+        assert_eq!(count(&subjects, InventoryReservationFailed::SUBJECT), 2);
+        assert_eq!(count(&subjects, InventoryReserved::SUBJECT), 0);
+        // What was announced: the short product, with what it had.
+        let Err(BusError::Rejected(rejection)) = reserve(&db, Uuid::now_v7(), &[(p, 2)]).await
+        else {
+            panic!("still short");
+        };
+        let shortages: Vec<Shortage> =
+            serde_json::from_value(rejection.details["shortages"].clone()).unwrap();
+        assert_eq!(shortages[0].available, 1);
+    }
+
+    #[tokio::test]
+    async fn order_lines_that_cannot_make_a_reservation_are_announced_as_failed() {
+        let (db, state, seen) = started().await;
+        let p = ProductId::new();
+        stock(&state, p, 100_000).await;
+        let too_many: Vec<(ProductId, i64)> = (0..11).map(|_| (p, 1_000)).collect();
+        deliver(&db, &placed(OrderId::new(), &too_many), None).await;
+        assert_eq!(level(&db, p).await.reserved, 0);
+        let subjects = seen_count(&seen, 2).await;
+        assert_eq!(count(&subjects, InventoryReservationFailed::SUBJECT), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_payment_gives_the_order_stock_back_once() {
+        let (db, state, seen) = started().await;
+        let p = ProductId::new();
+        stock(&state, p, 4).await;
+        let order = OrderId::new();
+        deliver(&db, &placed(order, &[(p, 4)]), None).await;
+        assert_eq!(level(&db, p).await.available(), 0);
+        deliver(&db, &payment_failed(order), None).await;
+        deliver(&db, &payment_failed(order), None).await;
+        // The order is cancelled next: nothing more to give back.
+        deliver(&db, &cancelled(order), None).await;
+        let row = level(&db, p).await;
+        assert_eq!((row.on_hand, row.reserved, row.version), (4, 0, 3));
+        assert_eq!(statuses(&db, order.0).await, vec!["released"]);
+        // Confirming a released reservation takes nothing.
+        deliver(&db, &confirmed(order), None).await;
+        assert_eq!(level(&db, p).await.on_hand, 4);
+        let subjects = seen_count(&seen, 5).await;
+        assert_eq!(count(&subjects, InventoryReleased::SUBJECT), 1);
+        assert_eq!(subjects.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn an_order_cancelled_before_inventory_saw_it_placed_never_holds_stock() {
+        let (db, state, seen) = started().await;
+        let p = ProductId::new();
+        stock(&state, p, 4).await;
+        let order = OrderId::new();
+        deliver(&db, &cancelled(order), None).await;
+        deliver(&db, &placed(order, &[(p, 1)]), None).await;
+        let row = level(&db, p).await;
+        assert_eq!((row.reserved, row.version), (0, 1));
+        let subjects = seen_count(&seen, 1).await;
+        assert_eq!(subjects, vec![StockChanged::SUBJECT]);
     }
 }

@@ -9,6 +9,12 @@ use uuid::Uuid;
 pub(crate) const RESERVED: &str = "reserved";
 /// `reservations.status` of a line given back.
 pub(crate) const RELEASED: &str = "released";
+/// `reservations.status` of a line whose stock left with its order (taken off `on_hand`).
+pub(crate) const COMMITTED: &str = "committed";
+
+/// The product id of a tombstone: the one line, of quantity 0 and status `released`, that
+/// marks a reservation id cancelled before anything was reserved under it.
+const TOMBSTONE_PRODUCT: &str = "00000000-0000-0000-0000-000000000000";
 
 #[derive(Debug, Clone, FromRow)]
 pub(crate) struct StockRow {
@@ -194,24 +200,52 @@ pub(crate) async fn reservation(
     .await
 }
 
-pub(crate) async fn insert_reservation_line(
+/// Records the lines of a new reservation as held, in one statement.
+pub(crate) async fn insert_reservation_lines(
     conn: &mut AnyConnection,
     reservation_id: Uuid,
-    product_id: Uuid,
-    quantity: i64,
+    lines: &[StockLine],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    // $1 to $3 are shared by every row; each line adds its product id and quantity.
+    let values: Vec<String> = (0..lines.len())
+        .map(|i| format!("($1, ${}, ${}, $2, $3)", 4 + 2 * i, 5 + 2 * i))
+        .collect();
+    let sql = format!(
         "INSERT INTO reservations (reservation_id, product_id, quantity, status, created_at) \
-         VALUES ($1, $2, $3, $4, $5)",
+         VALUES {}",
+        values.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(reservation_id.to_string())
+        .bind(RESERVED)
+        .bind(now_millis());
+    for line in lines {
+        query = query.bind(line.product_id.to_string()).bind(line.quantity);
+    }
+    query.execute(conn).await?;
+    Ok(())
+}
+
+/// Marks `reservation_id` released if nothing was ever recorded under it, so that a
+/// reservation asked for later under that id (an order cancelled before inventory saw it
+/// placed) holds nothing. `false` if the id already had lines.
+pub(crate) async fn insert_tombstone(
+    conn: &mut AnyConnection,
+    reservation_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO reservations (reservation_id, product_id, quantity, status, created_at) \
+         SELECT $1, $2, 0, $3, $4 \
+         WHERE NOT EXISTS (SELECT 1 FROM reservations WHERE reservation_id = $1)",
     )
     .bind(reservation_id.to_string())
-    .bind(product_id.to_string())
-    .bind(quantity)
-    .bind(RESERVED)
+    .bind(TOMBSTONE_PRODUCT)
+    .bind(RELEASED)
     .bind(now_millis())
     .execute(conn)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
 }
 
 /// Marks a reservation's held lines released; returns the lines that were held.
@@ -227,5 +261,42 @@ pub(crate) async fn mark_released(
     .bind(reservation_id.to_string())
     .bind(RESERVED)
     .fetch_all(conn)
+    .await
+}
+
+/// Marks a reservation's held lines committed; returns the lines that were held.
+pub(crate) async fn mark_committed(
+    conn: &mut AnyConnection,
+    reservation_id: Uuid,
+) -> Result<Vec<ReservationRow>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE reservations SET status = $1 WHERE reservation_id = $2 AND status = $3 \
+         RETURNING product_id, quantity, status",
+    )
+    .bind(COMMITTED)
+    .bind(reservation_id.to_string())
+    .bind(RESERVED)
+    .fetch_all(conn)
+    .await
+}
+
+/// Takes `quantity` of a product that was reserved off the shelf: off `on_hand` and off
+/// `reserved` alike (neither below zero, so `reserved <= on_hand` still holds).
+pub(crate) async fn take_off_hand(
+    conn: &mut AnyConnection,
+    product_id: Uuid,
+    quantity: i64,
+) -> Result<Option<StockRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE stock SET on_hand = CASE WHEN on_hand > $1 THEN on_hand - $1 ELSE 0 END, \
+         reserved = CASE WHEN reserved > $1 THEN reserved - $1 ELSE 0 END, \
+         version = version + 1, updated_at = $2 \
+         WHERE product_id = $3 \
+         RETURNING {COLUMNS}"
+    )))
+    .bind(quantity)
+    .bind(now_millis())
+    .bind(product_id.to_string())
+    .fetch_optional(conn)
     .await
 }

@@ -1,1 +1,438 @@
-//! `orders`: under construction.
+//! `orders`: orders with price snapshots, the hub of the checkout saga.
+//!
+//! Owns the `orders` and `order_lines` tables. An order is placed `pending` with the name and
+//! unit price of each product as the catalog gives them at that moment (read over the bus
+//! before the write transaction opens, as is the cart for an order made from it), and
+//! announced with `OrderPlaced`. The saga (choreography) ends it: `PaymentCompleted` confirms
+//! it (`OrderConfirmed`); `PaymentFailed` or `InventoryReservationFailed` cancels it with a
+//! reason (`OrderCancelled`). A client may wait for that outcome on `POST /api/v1/orders`.
+//! Answers `GetOrder` and `ListOrders`.
+//!
+//! # Layout (the same in every module crate)
+//! - `domain`: validated values (`Quantity`, `RequestedLines`, `PaymentMethod`, `Status`),
+//!   pricing, and the operations `prepare`, `place`, `end_saga` and `change_status`.
+//! - `store`: every SQL statement of the module.
+//! - `http`: the routes under `/api/v1/orders`.
+//! - `messages`: bus request handlers and the saga's event subscriptions.
+//! - `waiters`: the clients waiting for a saga's outcome, woken by `messages`.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod domain;
+mod http;
+mod messages;
+mod store;
+mod waiters;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::Router;
+use banyan_db::sqlx::migrate::Migrator;
+use banyan_kit::{Module, ModuleContext};
+use futures::future::BoxFuture;
+use serde::Deserialize;
+
+pub use banyan_orders_contract as contract;
+
+/// The orders module, as the app mounts it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Orders;
+
+static MIGRATIONS: Migrator = sqlx::migrate!("../../../migrations/orders");
+
+/// `[modules.orders]` settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Settings {
+    /// How often a client waiting for a saga's outcome re-reads its order, in milliseconds:
+    /// how soon it learns of an outcome reached in another process.
+    wait_poll_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { wait_poll_ms: 100 }
+    }
+}
+
+/// How long before the edge's request timeout a waiting `POST` gives up, so that it answers
+/// 202 with the pending order rather than being cut off with a 504.
+const WAIT_MARGIN: Duration = Duration::from_millis(500);
+
+impl Module for Orders {
+    fn name(&self) -> &'static str {
+        "orders"
+    }
+
+    fn migrations(&self) -> &'static Migrator {
+        &MIGRATIONS
+    }
+
+    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<Router>> {
+        Box::pin(async move {
+            let settings: Settings = ctx.settings()?;
+            if !(1..=10_000).contains(&settings.wait_poll_ms) {
+                anyhow::bail!("modules.orders.wait_poll_ms must be 1 to 10000");
+            }
+            let request_timeout = ctx
+                .config
+                .extract_inner::<u64>("server.request_timeout_ms")
+                .ok()
+                .map(Duration::from_millis);
+            let state = Arc::new(State {
+                outbox: ctx.outbox.clone(),
+                bus: ctx.bus.clone(),
+                waiters: Arc::default(),
+                poll: Duration::from_millis(settings.wait_poll_ms),
+                max_wait: max_wait(request_timeout),
+            });
+            messages::register(&ctx.bus, &state);
+            Ok(http::routes(state))
+        })
+    }
+}
+
+/// The longest a `POST` may wait for an outcome, given the edge's request timeout.
+fn max_wait(request_timeout: Option<Duration>) -> Duration {
+    let most = Duration::from_secs(30);
+    request_timeout.map_or(most, |timeout| {
+        most.min(timeout.saturating_sub(WAIT_MARGIN))
+    })
+}
+
+/// What the module's handlers share.
+#[derive(Debug)]
+struct State {
+    outbox: banyan_bus::Outbox,
+    /// For the cart and catalog requests of placing an order.
+    bus: banyan_bus::Bus,
+    waiters: Arc<waiters::Waiters>,
+    /// How often a waiting client re-reads its order.
+    poll: Duration,
+    /// The longest a client may wait for an outcome.
+    max_wait: Duration,
+}
+
+#[cfg(test)]
+mod test_support {
+    //! A real module database (SQLite, in a temporary directory) for the tests that run SQL.
+
+    use banyan_bus::{Bus, BusConfig, MESSAGING_MIGRATIONS, Outbox};
+    use banyan_db::{DatabaseConfig, Db};
+
+    /// A bus and the outbox of a fresh orders database; the directory lives as long as the
+    /// value.
+    pub(crate) struct TestDb {
+        pub(crate) bus: Bus,
+        pub(crate) outbox: Outbox,
+        _dir: tempfile::TempDir,
+        /// The server's URL and the database's name, when on PostgreSQL.
+        postgres: Option<(String, String)>,
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let Some((server, name)) = self.postgres.take() else {
+                return;
+            };
+            // Drop cannot await and runs inside the test's runtime: use a thread of its own.
+            let cleanup = std::thread::spawn(move || {
+                use banyan_db::sqlx::{self, Connection, Executor};
+
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                runtime.block_on(async {
+                    if let Ok(mut admin) = sqlx::AnyConnection::connect(&server).await {
+                        let drop_it = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                        if let Err(error) = admin.execute(sqlx::AssertSqlSafe(drop_it)).await {
+                            eprintln!("could not drop test database {name}: {error}");
+                        }
+                        let _ = admin.close().await;
+                    }
+                });
+            });
+            let _ = cleanup.join();
+        }
+    }
+
+    /// Opens a fresh orders database: SQLite in a temporary directory, or, when
+    /// `BANYAN_TEST_POSTGRES_URL` names a PostgreSQL server, a new database on it (named
+    /// `banyan_test_<uuid>`, dropped with the value).
+    pub(crate) async fn open() -> TestDb {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let server = std::env::var("BANYAN_TEST_POSTGRES_URL").ok();
+        let mut postgres = None;
+        let config = match &server {
+            Some(server) => DatabaseConfig {
+                url: fresh_postgres_database(server, &mut postgres).await,
+                role_per_module: false,
+                ..DatabaseConfig::default()
+            },
+            None => DatabaseConfig {
+                url: format!("sqlite://{}", dir.path().display()),
+                ..DatabaseConfig::default()
+            },
+        };
+        let db = Db::open(
+            "orders",
+            &config,
+            &[&*MESSAGING_MIGRATIONS, &super::MIGRATIONS],
+        )
+        .await
+        .expect("the orders database opens");
+        let bus = Bus::new(BusConfig::default());
+        TestDb {
+            outbox: Outbox::start(&bus, db),
+            bus,
+            _dir: dir,
+            postgres,
+        }
+    }
+
+    /// Creates a database on `server`, notes it in `created` for the drop, and answers its URL.
+    async fn fresh_postgres_database(
+        server: &str,
+        created: &mut Option<(String, String)>,
+    ) -> String {
+        use banyan_db::sqlx::{self, Executor};
+
+        sqlx::any::install_default_drivers();
+        let name = format!("banyan_test_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(server)
+            .await
+            .expect("the test PostgreSQL server answers");
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("a test database");
+        let mut url = url::Url::parse(server).expect("BANYAN_TEST_POSTGRES_URL is a URL");
+        url.set_path(&name);
+        let _ = sqlx::Connection::close(admin).await;
+        *created = Some((server.to_owned(), name));
+        url.to_string()
+    }
+
+    /// Calls `router` as a client would; answers the status, the headers and the JSON body
+    /// (`Null` when there is none). `token` is sent as a bearer token.
+    pub(crate) async fn call(
+        router: &axum::Router,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (
+        axum::http::StatusCode,
+        axum::http::HeaderMap,
+        serde_json::Value,
+    ) {
+        use tower::ServiceExt;
+
+        let mut request = axum::http::Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = match body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.to_string())),
+            None => request.body(axum::body::Body::empty()),
+        }
+        .expect("a valid request");
+        let response = router.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("a readable body");
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, headers, json)
+    }
+
+    /// The users a test acts as: an admin and two customers, with their tokens.
+    #[derive(Debug, Clone)]
+    pub(crate) struct Users {
+        pub(crate) admin: String,
+        pub(crate) alice: (uuid::Uuid, String),
+        pub(crate) bob: (uuid::Uuid, String),
+    }
+
+    /// The module's routes with an authenticator installed, as the app installs it.
+    pub(crate) fn with_auth(router: axum::Router) -> (axum::Router, Users) {
+        use banyan_kit::auth::{Authenticator, Role};
+
+        let auth = Authenticator::new(
+            b"test-secret-test-secret-test-secret",
+            std::time::Duration::from_secs(60),
+        );
+        let token = |id, role| auth.issue(id, role).expect("a token").access_token;
+        let (alice, bob) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let users = Users {
+            admin: token(uuid::Uuid::now_v7(), Role::Admin),
+            alice: (alice, token(alice, Role::Customer)),
+            bob: (bob, token(bob, Role::Customer)),
+        };
+        (router.layer(axum::Extension(auth)), users)
+    }
+}
+
+#[cfg(test)]
+mod harness {
+    //! The module started on a real bus and database, with stand-ins for the catalog and the
+    //! cart that answer from maps the test fills.
+
+    use std::{
+        collections::HashMap,
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use banyan_bus::{Envelope, Event, Rejection};
+    use banyan_cart_contract::{CartContents, CartLine, GetCart};
+    use banyan_catalog_contract::{GetProducts, ProductId, ProductSnapshot};
+    use banyan_message::{Currency, Money};
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use crate::{
+        State,
+        test_support::{self, TestDb, Users},
+    };
+
+    pub(crate) type Shared<T> = Arc<Mutex<T>>;
+
+    pub(crate) struct Harness {
+        pub(crate) db: TestDb,
+        pub(crate) state: Arc<State>,
+        pub(crate) router: axum::Router,
+        pub(crate) users: Users,
+        pub(crate) products: Shared<HashMap<ProductId, ProductSnapshot>>,
+        pub(crate) carts: Shared<HashMap<Uuid, Vec<CartLine>>>,
+    }
+
+    pub(crate) async fn start() -> Harness {
+        let db = test_support::open().await;
+        let state = Arc::new(State {
+            outbox: db.outbox.clone(),
+            bus: db.bus.clone(),
+            waiters: Arc::default(),
+            poll: Duration::from_millis(100),
+            max_wait: Duration::from_secs(30),
+        });
+        crate::messages::register(&db.bus, &state);
+        let products: Shared<HashMap<ProductId, ProductSnapshot>> = Arc::default();
+        let catalog = products.clone();
+        db.bus
+            .handle::<GetProducts, _, _>("catalog", move |_cx, request| {
+                let catalog = catalog.clone();
+                async move {
+                    let catalog = catalog.lock().unwrap();
+                    let unknown: Vec<ProductId> = request
+                        .product_ids
+                        .iter()
+                        .filter(|id| !catalog.contains_key(id))
+                        .copied()
+                        .collect();
+                    if !unknown.is_empty() {
+                        return Err(Rejection::new("unknown_product", "unknown product ids")
+                            .with_details(json!({ "product_ids": unknown })));
+                    }
+                    Ok(request
+                        .product_ids
+                        .iter()
+                        .filter_map(|id| catalog.get(id).cloned())
+                        .collect())
+                }
+            });
+        let carts: Shared<HashMap<Uuid, Vec<CartLine>>> = Arc::default();
+        let cart = carts.clone();
+        db.bus.handle::<GetCart, _, _>("cart", move |_cx, request| {
+            let lines = cart
+                .lock()
+                .unwrap()
+                .get(&request.user_id.0)
+                .cloned()
+                .unwrap_or_default();
+            async move {
+                Ok(CartContents {
+                    user_id: request.user_id,
+                    lines,
+                })
+            }
+        });
+        let (router, users) = test_support::with_auth(crate::http::routes(state.clone()));
+        Harness {
+            db,
+            state,
+            router,
+            users,
+            products,
+            carts,
+        }
+    }
+
+    impl Harness {
+        /// A product in the catalog at `amount_minor` of `currency`.
+        pub(crate) fn product(&self, name: &str, amount_minor: i64, currency: &str) -> ProductId {
+            let id = ProductId::new();
+            self.products.lock().unwrap().insert(
+                id,
+                ProductSnapshot {
+                    product_id: id,
+                    sku: name.to_uppercase(),
+                    name: name.into(),
+                    category: "kitchen".into(),
+                    price: Money::new(amount_minor, Currency::parse(currency).unwrap()),
+                },
+            );
+            id
+        }
+
+        /// Delivers `event` to the module as the bus would (from JSON), and waits until it
+        /// was handled. The same `envelope` again is a redelivery.
+        pub(crate) async fn deliver<E: Event>(&self, event: &E, envelope: &Envelope) {
+            let json = serde_json::to_string(event).unwrap();
+            self.db
+                .bus
+                .deliver_remote_event(envelope.clone(), json.into(), event.aggregate_id())
+                .await
+                .unwrap();
+        }
+
+        /// Records every event `E` the module emits.
+        pub(crate) fn record<E: Event + Clone>(&self) -> Shared<Vec<E>> {
+            let seen: Shared<Vec<E>> = Arc::default();
+            let sink = seen.clone();
+            self.db.bus.subscribe::<E, _, _>(
+                "observer",
+                move |delivered: banyan_bus::Delivered<E>| {
+                    sink.lock().unwrap().push((*delivered.event).clone());
+                    async { Ok(()) }
+                },
+            );
+            seen
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_ends_before_the_edge_would_cut_the_request_off() {
+        assert_eq!(max_wait(None), Duration::from_secs(30));
+        assert_eq!(
+            max_wait(Some(Duration::from_secs(30))),
+            Duration::from_millis(29_500)
+        );
+        assert_eq!(
+            max_wait(Some(Duration::from_secs(5))),
+            Duration::from_millis(4_500)
+        );
+        assert_eq!(max_wait(Some(Duration::from_millis(100))), Duration::ZERO);
+    }
+}

@@ -1,1 +1,320 @@
-//! `payments`: under construction.
+//! `payments`: charging orders through a simulated payment provider.
+//!
+//! Owns the `payment_intents`, `early_reservations` and `payments` tables. Records what each
+//! order asks to be charged from `OrderPlaced`, and charges it once its stock is held
+//! (`InventoryReserved`): exactly once per order, `UNIQUE (order_id)` sees to that even when
+//! events arrive twice or at once. Emits `PaymentCompleted` or `PaymentFailed`; answers
+//! `GetPayment`.
+//!
+//! The provider is simulated, deterministic and configured under `[modules.payments]`: a
+//! declined payment method, an amount limit, and a failure rate for chaos runs whose failures
+//! fall on the same orders every time (decided by the order id).
+//!
+//! # Layout (the same in every module crate)
+//! - `domain`: the provider's rules (`Provider`), the intent to charge, and the charge.
+//! - `store`: every SQL statement of the module.
+//! - `http`: the route under `/api/v1/payments`.
+//! - `messages`: bus request handlers and event subscriptions.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod domain;
+mod http;
+mod messages;
+mod store;
+
+use std::sync::Arc;
+
+use axum::Router;
+use banyan_db::sqlx::migrate::Migrator;
+use banyan_kit::{Module, ModuleContext};
+use futures::future::BoxFuture;
+use serde::Deserialize;
+
+pub use banyan_payments_contract as contract;
+
+/// The payments module, as the app mounts it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Payments;
+
+static MIGRATIONS: Migrator = sqlx::migrate!("../../../migrations/payments");
+
+/// `[modules.payments]` settings: the simulated provider's rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Settings {
+    /// Payment methods the provider declines (`payment_declined`): the declining test card.
+    declined_methods: Vec<String>,
+    /// The largest amount, in minor units, the provider charges; above it a charge fails with
+    /// `payment_over_limit`.
+    amount_limit_minor: i64,
+    /// The fraction of charges that fail with `payment_failed`, 0 to 1 (chaos runs). Which
+    /// orders fail follows from their ids: the same order always gets the same outcome.
+    failure_rate: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            declined_methods: vec![domain::Provider::DECLINED_METHOD.to_owned()],
+            amount_limit_minor: domain::Provider::AMOUNT_LIMIT_MINOR,
+            failure_rate: 0.0,
+        }
+    }
+}
+
+impl Settings {
+    /// The provider these settings describe; an error names the first bad key.
+    fn provider(self) -> anyhow::Result<domain::Provider> {
+        domain::Provider::new(
+            self.declined_methods,
+            self.amount_limit_minor,
+            self.failure_rate,
+        )
+        .map_err(|invalid| {
+            anyhow::anyhow!(
+                "invalid setting modules.payments.{}: {}",
+                invalid.key,
+                invalid.reason
+            )
+        })
+    }
+}
+
+impl Module for Payments {
+    fn name(&self) -> &'static str {
+        "payments"
+    }
+
+    fn migrations(&self) -> &'static Migrator {
+        &MIGRATIONS
+    }
+
+    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<Router>> {
+        Box::pin(async move {
+            let settings: Settings = ctx.settings()?;
+            let state = Arc::new(State {
+                outbox: ctx.outbox.clone(),
+                provider: settings.provider()?,
+            });
+            messages::register(&ctx.bus, &state);
+            Ok(http::routes(state))
+        })
+    }
+}
+
+/// What the module's handlers share.
+#[derive(Debug)]
+struct State {
+    outbox: banyan_bus::Outbox,
+    provider: domain::Provider,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml: &str) -> anyhow::Result<domain::Provider> {
+        use figment::providers::{Format, Toml};
+
+        let settings: Settings = figment::Figment::from(Toml::string(toml))
+            .extract()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        settings.provider()
+    }
+
+    #[test]
+    fn settings_default_to_a_declining_test_card_a_high_limit_and_no_chaos() {
+        let settings = Settings::default();
+        assert_eq!(settings.declined_methods, vec!["tok_declined"]);
+        assert_eq!(settings.amount_limit_minor, 100_000_000);
+        assert_eq!(settings.failure_rate, 0.0);
+        assert!(parse("").is_ok());
+        assert!(parse("failure_rate = 1\namount_limit_minor = 0").is_ok());
+    }
+
+    #[test]
+    fn a_bad_setting_is_an_error_naming_its_key() {
+        for (toml, key) in [
+            ("failure_rate = 1.5", "modules.payments.failure_rate"),
+            ("failure_rate = -0.1", "modules.payments.failure_rate"),
+            (
+                "amount_limit_minor = -1",
+                "modules.payments.amount_limit_minor",
+            ),
+            (
+                "declined_methods = [\"\"]",
+                "modules.payments.declined_methods",
+            ),
+        ] {
+            let error = parse(toml).unwrap_err().to_string();
+            assert!(error.contains(key), "{toml}: {error}");
+        }
+        let error = parse("failure_rat = 0.5").unwrap_err().to_string();
+        assert!(error.contains("failure_rat"), "{error}");
+    }
+}
+
+#[cfg(test)]
+mod test_support {
+    //! A real module database (SQLite, in a temporary directory) for the tests that run SQL.
+
+    use banyan_bus::{Bus, BusConfig, MESSAGING_MIGRATIONS, Outbox};
+    use banyan_db::{DatabaseConfig, Db};
+
+    /// A bus and the outbox of a fresh payments database; the directory lives as long as the
+    /// value.
+    pub(crate) struct TestDb {
+        pub(crate) bus: Bus,
+        pub(crate) outbox: Outbox,
+        _dir: tempfile::TempDir,
+        /// The server's URL and the database's name, when on PostgreSQL.
+        postgres: Option<(String, String)>,
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let Some((server, name)) = self.postgres.take() else {
+                return;
+            };
+            // Drop cannot await and runs inside the test's runtime: use a thread of its own.
+            let cleanup = std::thread::spawn(move || {
+                use banyan_db::sqlx::{self, Connection, Executor};
+
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                runtime.block_on(async {
+                    if let Ok(mut admin) = sqlx::AnyConnection::connect(&server).await {
+                        let drop_it = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                        if let Err(error) = admin.execute(sqlx::AssertSqlSafe(drop_it)).await {
+                            eprintln!("could not drop test database {name}: {error}");
+                        }
+                        let _ = admin.close().await;
+                    }
+                });
+            });
+            let _ = cleanup.join();
+        }
+    }
+
+    /// Opens a fresh payments database: SQLite in a temporary directory, or, when
+    /// `BANYAN_TEST_POSTGRES_URL` names a PostgreSQL server, a new database on it (named
+    /// `banyan_test_<uuid>`, dropped with the value).
+    pub(crate) async fn open() -> TestDb {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let server = std::env::var("BANYAN_TEST_POSTGRES_URL").ok();
+        let mut postgres = None;
+        let config = match &server {
+            Some(server) => DatabaseConfig {
+                url: fresh_postgres_database(server, &mut postgres).await,
+                role_per_module: false,
+                ..DatabaseConfig::default()
+            },
+            None => DatabaseConfig {
+                url: format!("sqlite://{}", dir.path().display()),
+                ..DatabaseConfig::default()
+            },
+        };
+        let db = Db::open(
+            "payments",
+            &config,
+            &[&*MESSAGING_MIGRATIONS, &super::MIGRATIONS],
+        )
+        .await
+        .expect("the payments database opens");
+        let bus = Bus::new(BusConfig::default());
+        TestDb {
+            outbox: Outbox::start(&bus, db),
+            bus,
+            _dir: dir,
+            postgres,
+        }
+    }
+
+    /// Creates a database on `server`, notes it in `created` for the drop, and answers its URL.
+    async fn fresh_postgres_database(
+        server: &str,
+        created: &mut Option<(String, String)>,
+    ) -> String {
+        use banyan_db::sqlx::{self, Executor};
+
+        sqlx::any::install_default_drivers();
+        let name = format!("banyan_test_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(server)
+            .await
+            .expect("the test PostgreSQL server answers");
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("a test database");
+        let mut url = url::Url::parse(server).expect("BANYAN_TEST_POSTGRES_URL is a URL");
+        url.set_path(&name);
+        let _ = sqlx::Connection::close(admin).await;
+        *created = Some((server.to_owned(), name));
+        url.to_string()
+    }
+
+    /// Calls `router` as a client would; answers the status, the headers and the JSON body
+    /// (`Null` when there is none). `token` is sent as a bearer token.
+    pub(crate) async fn call(
+        router: &axum::Router,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (
+        axum::http::StatusCode,
+        axum::http::HeaderMap,
+        serde_json::Value,
+    ) {
+        use tower::ServiceExt;
+
+        let mut request = axum::http::Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = match body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.to_string())),
+            None => request.body(axum::body::Body::empty()),
+        }
+        .expect("a valid request");
+        let response = router.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("a readable body");
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, headers, json)
+    }
+
+    /// The module's routes with an authenticator installed, as the app installs it, and the
+    /// authenticator, to issue tokens for the users a test chooses.
+    pub(crate) fn with_auth(
+        router: axum::Router,
+    ) -> (
+        axum::Router,
+        std::sync::Arc<banyan_kit::auth::Authenticator>,
+    ) {
+        let auth = banyan_kit::auth::Authenticator::new(
+            b"test-secret-test-secret-test-secret",
+            std::time::Duration::from_secs(60),
+        );
+        (router.layer(axum::Extension(auth.clone())), auth)
+    }
+
+    /// A token for `user` with `role`.
+    pub(crate) fn token(
+        auth: &banyan_kit::auth::Authenticator,
+        user: uuid::Uuid,
+        role: banyan_kit::auth::Role,
+    ) -> String {
+        auth.issue(user, role).expect("a token").access_token
+    }
+}

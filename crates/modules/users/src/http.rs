@@ -14,6 +14,8 @@ use banyan_kit::{
     extract::{Cx, Json, Path, Query},
     timestamp,
 };
+use banyan_orders_contract::{ListOrders, OrderSummary};
+use banyan_users_contract::UserId;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -31,6 +33,7 @@ pub(crate) fn routes(state: Arc<State>) -> Router {
             "/api/v1/users/{id}",
             get(get_user).put(update).delete(delete),
         )
+        .route("/api/v1/users/{id}/overview", get(overview))
         .with_state(state)
 }
 
@@ -211,4 +214,46 @@ async fn delete(
     uow.commit().await?;
     tracing::info!(user_id = %id, "Account deleted.");
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize)]
+struct Overview {
+    user: UserView,
+    orders: Vec<OrderSummary>,
+    /// True when the orders module did not answer in time: the overview shows the user
+    /// without their orders rather than failing.
+    orders_unavailable: bool,
+}
+
+/// `GET /api/v1/users/{id}/overview`: the account and its latest orders (API composition).
+async fn overview(
+    axum::extract::State(state): AppState,
+    caller: Caller,
+    cx: Cx,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Overview>> {
+    owned(&caller, id)?;
+    let user = store::find(state.outbox.db(), id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    let asked = ListOrders {
+        user_id: UserId(id),
+        limit: 20,
+    };
+    let (orders, orders_unavailable) = match state
+        .bus
+        .request_within(&cx, asked, state.overview_timeout)
+        .await
+    {
+        Ok(orders) => (orders, false),
+        Err(error) => {
+            tracing::warn!(%error, "Orders did not answer; the overview goes without them.");
+            (Vec::new(), true)
+        }
+    };
+    Ok(Json(Overview {
+        user: user.into(),
+        orders,
+        orders_unavailable,
+    }))
 }

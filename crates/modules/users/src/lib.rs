@@ -2,7 +2,8 @@
 //!
 //! Owns the `users` table and the password hashes (argon2id), which never leave this crate:
 //! not in a response, a log line, an event or a bus reply. Emits `UserRegistered`; answers
-//! `GetUser`. Issues the JWTs every other module checks.
+//! `GetUser`. Issues the JWTs every other module checks. Composes the user overview from its
+//! own data and the orders module's answer (`ListOrders`), degrading when orders is away.
 //!
 //! # Layout (the same in every module crate)
 //! - `domain`: validated values (`Username`, `Email`, `Password`) and the rules.
@@ -39,6 +40,8 @@ struct Settings {
     /// An admin account created at start if no account has its username: how the first admin
     /// comes to exist (see README).
     bootstrap_admin: Option<domain::NewAccount>,
+    /// How long the overview waits for orders before answering without them.
+    overview_orders_timeout_ms: Option<u64>,
 }
 
 impl Module for Users {
@@ -53,9 +56,15 @@ impl Module for Users {
     fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<Router>> {
         Box::pin(async move {
             let settings: Settings = ctx.settings()?;
+            let overview_timeout = settings.overview_orders_timeout_ms.unwrap_or(500);
+            if !(1..=60_000).contains(&overview_timeout) {
+                anyhow::bail!("modules.users.overview_orders_timeout_ms must be 1 to 60000");
+            }
             let state = Arc::new(State {
                 outbox: ctx.outbox.clone(),
                 auth: ctx.auth.clone(),
+                bus: ctx.bus.clone(),
+                overview_timeout: std::time::Duration::from_millis(overview_timeout),
             });
             if let Some(admin) = settings.bootstrap_admin {
                 domain::ensure_admin(&state.outbox, &Context::root(), admin).await?;
@@ -71,4 +80,6 @@ impl Module for Users {
 struct State {
     outbox: banyan_bus::Outbox,
     auth: Arc<banyan_kit::auth::Authenticator>,
+    bus: banyan_bus::Bus,
+    overview_timeout: std::time::Duration,
 }

@@ -1,0 +1,341 @@
+//! The routes of `cart`, under `/api/v1/carts`.
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    http::StatusCode,
+    routing::{delete, get, post},
+};
+use banyan_kit::{
+    ApiError, ApiResult,
+    auth::Caller,
+    extract::{Cx, Json, Path},
+    timestamp,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    State,
+    domain::{self, Quantity},
+    store::{self, LineRow},
+};
+
+pub(crate) fn routes(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/api/v1/carts/{user_id}", get(get_cart))
+        .route(
+            "/api/v1/carts/{user_id}/items",
+            post(add_item).delete(clear),
+        )
+        .route(
+            "/api/v1/carts/{user_id}/items/{product_id}",
+            delete(remove_item),
+        )
+        .with_state(state)
+}
+
+type AppState = axum::extract::State<Arc<State>>;
+
+/// A cart as its owner (or an admin) sees it: its lines, oldest first.
+#[derive(Debug, Serialize)]
+struct CartView {
+    user_id: Uuid,
+    lines: Vec<LineView>,
+}
+
+#[derive(Debug, Serialize)]
+struct LineView {
+    product_id: Uuid,
+    quantity: i64,
+    added_at: String,
+}
+
+impl From<LineRow> for LineView {
+    fn from(row: LineRow) -> Self {
+        Self {
+            product_id: row.product_id(),
+            quantity: row.quantity,
+            added_at: timestamp(row.added_at),
+        }
+    }
+}
+
+async fn view(state: &State, user_id: Uuid) -> ApiResult<Json<CartView>> {
+    let lines = store::lines(state.outbox.db(), user_id).await?;
+    Ok(Json(CartView {
+        user_id,
+        lines: lines.into_iter().map(LineView::from).collect(),
+    }))
+}
+
+/// Someone else's cart is answered 404, as if it did not exist: its existence is not the
+/// caller's business.
+fn owned(caller: &Caller, user_id: Uuid) -> ApiResult<()> {
+    if caller.may_act_for(user_id) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "the cart of user {user_id} does not exist"
+        )))
+    }
+}
+
+/// `GET /api/v1/carts/{user_id}`: the owner or an admin; a cart never filled is empty.
+async fn get_cart(
+    axum::extract::State(state): AppState,
+    caller: Caller,
+    Path(user_id): Path<Uuid>,
+) -> ApiResult<Json<CartView>> {
+    owned(&caller, user_id)?;
+    view(&state, user_id).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewItem {
+    product_id: Uuid,
+    quantity: i64,
+}
+
+/// `POST /api/v1/carts/{user_id}/items`: adds to the product's line (creating it); answers
+/// the cart.
+async fn add_item(
+    axum::extract::State(state): AppState,
+    caller: Caller,
+    cx: Cx,
+    Path(user_id): Path<Uuid>,
+    Json(item): Json<NewItem>,
+) -> ApiResult<Json<CartView>> {
+    owned(&caller, user_id)?;
+    let quantity = Quantity::parse(item.quantity)?;
+    domain::add_item(
+        &state.outbox,
+        &state.bus,
+        &cx,
+        user_id,
+        item.product_id,
+        quantity,
+    )
+    .await?;
+    view(&state, user_id).await
+}
+
+/// `DELETE /api/v1/carts/{user_id}/items/{product_id}`: removes the line; 404 if there is
+/// none. Answers the cart.
+async fn remove_item(
+    axum::extract::State(state): AppState,
+    caller: Caller,
+    Path((user_id, product_id)): Path<(Uuid, Uuid)>,
+) -> ApiResult<Json<CartView>> {
+    owned(&caller, user_id)?;
+    let mut uow = state.outbox.begin().await?;
+    if !store::remove(&mut uow, user_id, product_id).await? {
+        return Err(ApiError::not_found(format!(
+            "product {product_id} is not in the cart"
+        )));
+    }
+    uow.commit().await?;
+    view(&state, user_id).await
+}
+
+/// `DELETE /api/v1/carts/{user_id}/items`: empties the cart (already empty is fine).
+async fn clear(
+    axum::extract::State(state): AppState,
+    caller: Caller,
+    Path(user_id): Path<Uuid>,
+) -> ApiResult<StatusCode> {
+    owned(&caller, user_id)?;
+    let mut uow = state.outbox.begin().await?;
+    store::clear(&mut uow, user_id).await?;
+    uow.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use banyan_catalog_contract::ProductId;
+    use banyan_kit::auth::Role;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::test_support::{call, started, token, with_auth};
+
+    #[tokio::test]
+    async fn a_customer_fills_and_empties_their_own_cart() {
+        let (a, b) = (ProductId::new(), ProductId::new());
+        let (_db, state) = started(&[a, b]).await;
+        let (router, auth) = with_auth(routes(state));
+        let user = Uuid::now_v7();
+        let me = token(&auth, user, Role::Customer);
+        let cart = format!("/api/v1/carts/{user}");
+        let items = format!("{cart}/items");
+        let (status, _, empty) = call(&router, "GET", &cart, Some(&me), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(empty, json!({ "user_id": user, "lines": [] }));
+        let body = |product: ProductId, quantity: i64| {
+            Some(json!({ "product_id": product, "quantity": quantity }))
+        };
+        let (status, _, one) = call(&router, "POST", &items, Some(&me), body(a, 2)).await;
+        assert_eq!(status, StatusCode::OK, "{one}");
+        assert_eq!(one["lines"][0]["product_id"], json!(a));
+        assert_eq!(one["lines"][0]["quantity"], 2);
+        assert!(one["lines"][0]["added_at"].is_string());
+        call(&router, "POST", &items, Some(&me), body(b, 1)).await;
+        let (_, _, more) = call(&router, "POST", &items, Some(&me), body(a, 3)).await;
+        let quantities: Vec<(Value, Value)> = more["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|line| (line["product_id"].clone(), line["quantity"].clone()))
+            .collect();
+        assert_eq!(quantities, vec![(json!(a), json!(5)), (json!(b), json!(1))]);
+        let line = format!("{items}/{a}");
+        let (status, _, after) = call(&router, "DELETE", &line, Some(&me), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(after["lines"].as_array().unwrap().len(), 1);
+        let (status, _, gone) = call(&router, "DELETE", &line, Some(&me), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{gone}");
+        let (status, _, _) = call(&router, "DELETE", &items, Some(&me), None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let (_, _, cleared) = call(&router, "GET", &cart, Some(&me), None).await;
+        assert_eq!(cleared["lines"], json!([]));
+    }
+
+    #[tokio::test]
+    async fn someone_elses_cart_does_not_exist_for_a_customer_but_does_for_an_admin() {
+        let a = ProductId::new();
+        let (_db, state) = started(&[a]).await;
+        let (router, auth) = with_auth(routes(state));
+        let (owner, stranger) = (Uuid::now_v7(), Uuid::now_v7());
+        let stranger = token(&auth, stranger, Role::Customer);
+        let admin = token(&auth, Uuid::now_v7(), Role::Admin);
+        let cart = format!("/api/v1/carts/{owner}");
+        let items = format!("{cart}/items");
+        let add = Some(json!({ "product_id": a, "quantity": 1 }));
+        for (method, uri, body) in [
+            ("GET", cart.clone(), None),
+            ("POST", items.clone(), add.clone()),
+            ("DELETE", format!("{items}/{a}"), None),
+            ("DELETE", items.clone(), None),
+        ] {
+            let (status, _, answer) = call(&router, method, &uri, None, body.clone()).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri}: {answer}");
+            let (status, _, answer) =
+                call(&router, method, &uri, Some(&stranger), body.clone()).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{method} {uri}: {answer}");
+        }
+        let (status, _, added) = call(&router, "POST", &items, Some(&admin), add).await;
+        assert_eq!(status, StatusCode::OK, "{added}");
+        let (status, _, read) = call(&router, "GET", &cart, Some(&admin), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(read["lines"][0]["quantity"], 1);
+    }
+
+    #[tokio::test]
+    async fn bad_cart_input_is_answered_with_a_client_error_never_a_server_error() {
+        let a = ProductId::new();
+        let (_db, state) = started(&[a]).await;
+        let (router, auth) = with_auth(routes(state));
+        let user = Uuid::now_v7();
+        let me = token(&auth, user, Role::Customer);
+        let items = format!("/api/v1/carts/{user}/items");
+        let ghost = ProductId::new();
+        let cases: Vec<(&str, String, Option<Value>, StatusCode)> = vec![
+            (
+                "GET",
+                "/api/v1/carts/nope".into(),
+                None,
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "DELETE",
+                format!("{items}/nope"),
+                None,
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "POST",
+                items.clone(),
+                Some(json!({ "product_id": a, "quantity": 0 })),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "POST",
+                items.clone(),
+                Some(json!({ "product_id": a, "quantity": -3 })),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "POST",
+                items.clone(),
+                Some(json!({ "product_id": a, "quantity": 1001 })),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "POST",
+                items.clone(),
+                Some(json!({ "product_id": a, "quantity": 1.5 })),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "POST",
+                items.clone(),
+                Some(json!({ "product_id": a, "quantity": 1e30 })),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "POST",
+                items.clone(),
+                Some(json!({ "product_id": a, "quantity": u64::MAX })),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "POST",
+                items.clone(),
+                Some(json!({ "product_id": "nope", "quantity": 1 })),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "POST",
+                items.clone(),
+                Some(json!({ "product_id": a, "quantity": 1, "price": 1 })),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "POST",
+                items.clone(),
+                Some(json!({ "product_id": ghost, "quantity": 1 })),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+        ];
+        for (method, uri, body, expected) in cases {
+            let (status, _, answer) = call(&router, method, &uri, Some(&me), body).await;
+            assert_eq!(status, expected, "{method} {uri}: {answer}");
+            assert!(
+                answer["error"]["code"].is_string(),
+                "{method} {uri}: {answer}"
+            );
+        }
+        let (_, _, answer) = call(
+            &router,
+            "POST",
+            &items,
+            Some(&me),
+            Some(json!({ "product_id": ghost, "quantity": 1 })),
+        )
+        .await;
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&ghost.to_string()), "{message}");
+        let (_, _, cart) = call(
+            &router,
+            "GET",
+            &format!("/api/v1/carts/{user}"),
+            Some(&me),
+            None,
+        )
+        .await;
+        assert_eq!(cart["lines"], json!([]), "nothing bad was added");
+    }
+}

@@ -1,0 +1,788 @@
+//! The routes of `orders`, under `/api/v1/orders`.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::FromRequestParts,
+    http::{StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+};
+use banyan_kit::{
+    ApiError, ApiResult, Page, Paged,
+    auth::Caller,
+    extract::{Cx, Json, Path, Query},
+    timestamp,
+};
+use banyan_message::Money;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::{
+    State,
+    domain::{self, PlaceOrder, Status},
+    store::{self, LineRow, Order},
+    waiters::Watch,
+};
+
+pub(crate) fn routes(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/api/v1/orders", post(place))
+        .route("/api/v1/orders/{id}", get(get_order))
+        .route("/api/v1/orders/{id}/status", put(change_status))
+        .route("/api/v1/orders/user/{user_id}", get(list_for_user))
+        .with_state(state)
+}
+
+type AppState = axum::extract::State<Arc<State>>;
+
+/// A caller with the admin role. Extracted before the path and the body, so that a caller who
+/// may not write is answered 401 or 403 whatever else the request holds.
+#[derive(Debug, Clone, Copy)]
+struct Admin;
+
+impl<S: Send + Sync> FromRequestParts<S> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require_admin()?;
+        Ok(Admin)
+    }
+}
+
+/// An order as its owner (or an admin) sees it.
+#[derive(Debug, Serialize)]
+struct OrderView {
+    id: Uuid,
+    user_id: Uuid,
+    status: String,
+    /// Why it was cancelled; `null` unless it was.
+    cancel_reason: Option<String>,
+    lines: Vec<LineView>,
+    total: Money,
+    payment_method: String,
+    from_cart: bool,
+    created_at: String,
+    updated_at: String,
+}
+
+#[derive(Debug, Serialize)]
+struct LineView {
+    product_id: Uuid,
+    name: String,
+    unit_price: Money,
+    quantity: i64,
+    line_total: Money,
+}
+
+impl From<&LineRow> for LineView {
+    fn from(line: &LineRow) -> Self {
+        Self {
+            product_id: line.product_id(),
+            name: line.name.clone(),
+            unit_price: line.unit_price(),
+            quantity: line.quantity,
+            line_total: line.line_total(),
+        }
+    }
+}
+
+impl From<Order> for OrderView {
+    fn from(order: Order) -> Self {
+        let row = order.row;
+        Self {
+            id: row.id(),
+            user_id: row.user_id(),
+            total: row.total(),
+            lines: order.lines.iter().map(LineView::from).collect(),
+            cancel_reason: if row.status() == Status::Cancelled {
+                row.cancel_reason
+            } else {
+                None
+            },
+            status: row.status,
+            payment_method: row.payment_method,
+            from_cart: row.from_cart != 0,
+            created_at: timestamp(row.created_at),
+            updated_at: timestamp(row.updated_at),
+        }
+    }
+}
+
+/// `?wait_ms=`: how long to wait for the saga's outcome before answering.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Placing {
+    wait_ms: Option<u64>,
+}
+
+/// The longest wait a client may ask for.
+const MAX_WAIT_MS: u64 = 30_000;
+
+/// `POST /api/v1/orders`: places an order for the caller. Without `wait_ms`: 202 with the
+/// pending order. With it: 201 with the confirmed or cancelled order once the saga ends, or
+/// 202 with the pending order if it has not ended by then.
+async fn place(
+    axum::extract::State(state): AppState,
+    caller: Caller,
+    cx: Cx,
+    Query(placing): Query<Placing>,
+    Json(request): Json<PlaceOrder>,
+) -> ApiResult<Response> {
+    let wait = placing
+        .wait_ms
+        .map(|ms| {
+            if ms > MAX_WAIT_MS {
+                return Err(ApiError::invalid("wait_ms", "must be 0 to 30000"));
+            }
+            Ok(Duration::from_millis(ms).min(state.max_wait))
+        })
+        .transpose()?;
+    let order = domain::prepare(&state.bus, &cx, caller.user_id, request).await?;
+    let order_id = order.id.0;
+    // Listening before the commit: an outcome that comes at once is not missed. A wait of
+    // zero has passed already: it is answered as if there were none.
+    let waiting = wait
+        .filter(|wait| !wait.is_zero())
+        .map(|wait| (state.waiters.watch(order_id), wait));
+    let placed = domain::place(&state.outbox, &cx, order).await?;
+    let (status, order) = match waiting {
+        Some((watch, wait)) => match await_outcome(&state, watch, order_id, wait).await {
+            Some(ended) => (StatusCode::CREATED, ended),
+            None => (StatusCode::ACCEPTED, placed),
+        },
+        None => (StatusCode::ACCEPTED, placed),
+    };
+    let location = format!("/api/v1/orders/{order_id}");
+    Ok((
+        status,
+        [(header::LOCATION, location)],
+        Json(OrderView::from(order)),
+    )
+        .into_response())
+}
+
+/// Waits until the order has left `pending` or `wait` has passed. Woken by the saga's
+/// handlers in this process; re-reads the order every `poll` in case the saga ends elsewhere.
+/// `None` if the order is still pending at the deadline.
+///
+/// The order is placed by then, so a failed read is not an error for the client (who might
+/// place it again): it is logged, and the wait goes on to its deadline.
+async fn await_outcome(
+    state: &State,
+    mut watch: Watch,
+    order_id: Uuid,
+    wait: Duration,
+) -> Option<Order> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let at_deadline = tokio::select! {
+            () = watch.signalled() => false,
+            () = tokio::time::sleep(state.poll) => false,
+            () = tokio::time::sleep_until(deadline) => true,
+        };
+        match store::find(state.outbox.db(), order_id).await {
+            Ok(Some(order)) if order.row.status() != Status::Pending => return Some(order),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%order_id, %error, "Could not read a placed order while waiting for its outcome.");
+            }
+        }
+        if at_deadline || Instant::now() >= deadline {
+            return None;
+        }
+    }
+}
+
+/// Someone else's order is answered 404, as if it did not exist: its existence is not the
+/// caller's business.
+async fn get_order(
+    axum::extract::State(state): AppState,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<OrderView>> {
+    let order = store::find(state.outbox.db(), id)
+        .await?
+        .filter(|order| caller.may_act_for(order.row.user_id()))
+        .ok_or_else(|| domain::order_not_found(id))?;
+    Ok(Json(order.into()))
+}
+
+/// `GET /api/v1/orders/user/{user_id}?page=&per_page=`: the owner's or an admin's; newest
+/// first.
+async fn list_for_user(
+    axum::extract::State(state): AppState,
+    caller: Caller,
+    Path(user_id): Path<Uuid>,
+    Query(page): Query<Page>,
+) -> ApiResult<Json<Paged<OrderView>>> {
+    if !caller.may_act_for(user_id) {
+        return Err(ApiError::not_found(format!(
+            "user {user_id} does not exist"
+        )));
+    }
+    let page = page.validate()?;
+    let db = state.outbox.db();
+    let orders = store::list_for_user(db, user_id, page.limit(), page.offset()).await?;
+    let total = store::count_for_user(db, user_id).await?;
+    Ok(Json(Paged {
+        items: orders.into_iter().map(OrderView::from).collect(),
+        page: page.page,
+        per_page: page.per_page,
+        total,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusChange {
+    status: String,
+}
+
+/// `PUT /api/v1/orders/{id}/status`: admins only; confirmed → shipped → delivered.
+async fn change_status(
+    axum::extract::State(state): AppState,
+    _admin: Admin,
+    Path(id): Path<Uuid>,
+    Json(change): Json<StatusChange>,
+) -> ApiResult<Json<OrderView>> {
+    let to = Status::parse(&change.status).ok_or_else(|| {
+        ApiError::invalid(
+            "status",
+            "must be one of pending, confirmed, cancelled, shipped, delivered \
+             (an admin may set shipped or delivered)",
+        )
+    })?;
+    domain::change_status(&state.outbox, id, to).await?;
+    let order = store::find(state.outbox.db(), id)
+        .await?
+        .ok_or_else(|| domain::order_not_found(id))?;
+    Ok(Json(order.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use banyan_bus::{Context, Message};
+    use banyan_cart_contract::CartLine;
+    use banyan_inventory_contract::InventoryReservationFailed;
+    use banyan_orders_contract::{OrderCancelled, OrderConfirmed, OrderPlaced};
+    use banyan_payments_contract::{PaymentCompleted, PaymentId};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::{
+        domain::Outcome,
+        harness::{self, Harness},
+        test_support::call,
+    };
+
+    async fn post(h: &Harness, uri: &str, token: &str, body: Value) -> (StatusCode, String, Value) {
+        let (status, headers, body) = call(&h.router, "POST", uri, Some(token), Some(body)).await;
+        let location = headers
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (status, location, body)
+    }
+
+    fn order_id(view: &Value) -> Uuid {
+        view["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_order_is_placed_pending_with_price_snapshots_and_read_by_its_owner_only() {
+        let h = harness::start().await;
+        let placed_events = h.record::<OrderPlaced>();
+        let teapot = h.product("Teapot", 1999, "EUR");
+        let cup = h.product("Cup", 450, "EUR");
+        let (alice, alice_token) = h.users.alice.clone();
+        let body = json!({
+            "lines": [
+                { "product_id": teapot, "quantity": 1 },
+                { "product_id": cup, "quantity": 2 },
+                { "product_id": teapot, "quantity": 1 },
+            ]
+        });
+        let (status, location, view) = post(&h, "/api/v1/orders", &alice_token, body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{view}");
+        let id = order_id(&view);
+        assert_eq!(location, format!("/api/v1/orders/{id}"));
+        assert_eq!(view["status"], "pending");
+        assert_eq!(view["cancel_reason"], Value::Null);
+        assert_eq!(view["user_id"], alice.to_string());
+        assert_eq!(view["payment_method"], "tok_visa");
+        assert_eq!(view["from_cart"], false);
+        assert_eq!(
+            view["total"],
+            json!({ "amount_minor": 2 * 1999 + 2 * 450, "currency": "EUR" })
+        );
+        assert_eq!(view["lines"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            view["lines"][0],
+            json!({
+                "product_id": teapot,
+                "name": "Teapot",
+                "unit_price": { "amount_minor": 1999, "currency": "EUR" },
+                "quantity": 2,
+                "line_total": { "amount_minor": 3998, "currency": "EUR" },
+            })
+        );
+        assert!(view["created_at"].as_str().unwrap().ends_with('Z'));
+
+        // A later price change does not touch the order.
+        h.product("Teapot again", 1, "EUR");
+        let (status, _, read) = call(&h.router, "GET", &location, Some(&alice_token), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(read, view);
+        let (status, _, _) = call(&h.router, "GET", &location, Some(&h.users.bob.1), None).await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "someone else's order does not exist"
+        );
+        let (status, _, _) = call(&h.router, "GET", &location, Some(&h.users.admin), None).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, _) = call(&h.router, "GET", &location, None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+        for _ in 0..100 {
+            if !placed_events.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let placed = placed_events.lock().unwrap().clone();
+        assert_eq!(placed.len(), 1);
+        assert_eq!(placed[0].order_id.0, id);
+        assert_eq!(placed[0].total.amount_minor, 4898);
+        assert_eq!(placed[0].lines[0].quantity, 2);
+        assert!(!placed[0].from_cart);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_client_gets_the_confirmed_order_when_the_payment_completes() {
+        let h = harness::start().await;
+        let confirmed = h.record::<OrderConfirmed>();
+        // Payments, played by a subscriber that charges every order at once.
+        let bus = h.db.bus.clone();
+        h.db.bus.subscribe::<OrderPlaced, _, _>(
+            "payments",
+            move |placed: banyan_bus::Delivered<OrderPlaced>| {
+                let bus = bus.clone();
+                async move {
+                    let paid = PaymentCompleted {
+                        payment_id: PaymentId::new(),
+                        order_id: placed.order_id.0,
+                        amount: placed.total,
+                    };
+                    bus.publish(placed.context(), paid).await?;
+                    Ok(())
+                }
+            },
+        );
+        let teapot = h.product("Teapot", 1999, "EUR");
+        let body = json!({ "lines": [{ "product_id": teapot, "quantity": 3 }], "payment_method": "tok_mastercard" });
+        let (status, location, view) =
+            post(&h, "/api/v1/orders?wait_ms=10000", &h.users.alice.1, body).await;
+        assert_eq!(status, StatusCode::CREATED, "{view}");
+        assert_eq!(view["status"], "confirmed");
+        assert_eq!(view["payment_method"], "tok_mastercard");
+        assert_eq!(location, format!("/api/v1/orders/{}", order_id(&view)));
+        for _ in 0..100 {
+            if !confirmed.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let confirmed = confirmed.lock().unwrap().clone();
+        assert_eq!(confirmed.len(), 1);
+        assert_eq!(confirmed[0].order_id.0, order_id(&view));
+        assert_eq!(confirmed[0].total.amount_minor, 3 * 1999);
+        assert_eq!(h.state.waiters.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_wait_that_outlasts_the_saga_answers_202_with_the_pending_order() {
+        let h = harness::start().await;
+        let teapot = h.product("Teapot", 1999, "EUR");
+        let body = json!({ "lines": [{ "product_id": teapot, "quantity": 1 }] });
+        for uri in ["/api/v1/orders?wait_ms=250", "/api/v1/orders?wait_ms=0"] {
+            let (status, location, view) = post(&h, uri, &h.users.alice.1, body.clone()).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{uri}");
+            assert_eq!(view["status"], "pending");
+            assert!(location.ends_with(view["id"].as_str().unwrap()));
+            assert_eq!(h.state.waiters.len(), 0, "the waiter is gone");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wait_sees_an_outcome_reached_in_another_process_by_reading_the_database() {
+        let h = harness::start().await;
+        let teapot = h.product("Teapot", 1999, "EUR");
+        let router = h.router.clone();
+        let token = h.users.alice.1.clone();
+        let waiting = tokio::spawn(async move {
+            let body = json!({ "lines": [{ "product_id": teapot, "quantity": 1 }] });
+            call(
+                &router,
+                "POST",
+                "/api/v1/orders?wait_ms=10000",
+                Some(&token),
+                Some(body),
+            )
+            .await
+        });
+        // Find the order, then end it the way a handler elsewhere would: without a signal here.
+        let id = loop {
+            let page = store::list_for_user(h.state.outbox.db(), h.users.alice.0, 1, 0)
+                .await
+                .unwrap();
+            if let Some(order) = page.first() {
+                break order.row.id();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let mut uow = h.state.outbox.begin().await.unwrap();
+        domain::end_saga(
+            &mut uow,
+            &Context::root(),
+            id,
+            Outcome::Cancel("payment_declined".into()),
+        )
+        .await
+        .unwrap();
+        uow.commit().await.unwrap();
+        let (status, _, view) = waiting.await.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{view}");
+        assert_eq!(view["status"], "cancelled");
+        assert_eq!(view["cancel_reason"], "payment_declined");
+    }
+
+    #[tokio::test]
+    async fn an_out_of_stock_order_is_cancelled_once_however_often_the_event_comes() {
+        let h = harness::start().await;
+        let cancelled = h.record::<OrderCancelled>();
+        let teapot = h.product("Teapot", 1999, "EUR");
+        let body = json!({ "lines": [{ "product_id": teapot, "quantity": 1 }] });
+        let (_, location, view) = post(&h, "/api/v1/orders", &h.users.alice.1, body).await;
+        let id = order_id(&view);
+        let failed = InventoryReservationFailed {
+            reservation_id: id,
+            shortages: vec![],
+        };
+        let envelope = Context::root().envelope(InventoryReservationFailed::SUBJECT);
+        h.deliver(&failed, &envelope).await;
+        h.deliver(&failed, &envelope).await;
+        // A second, distinct event (a late payment) finds the order ended and leaves it.
+        let late = PaymentCompleted {
+            payment_id: PaymentId::new(),
+            order_id: id,
+            amount: Money::new(1999, banyan_message::Currency::EUR),
+        };
+        h.deliver(&late, &Context::root().envelope(PaymentCompleted::SUBJECT))
+            .await;
+        // An event about an order nobody placed is skipped, not retried.
+        let stray = InventoryReservationFailed {
+            reservation_id: Uuid::now_v7(),
+            shortages: vec![],
+        };
+        h.deliver(
+            &stray,
+            &Context::root().envelope(InventoryReservationFailed::SUBJECT),
+        )
+        .await;
+        let (status, _, read) =
+            call(&h.router, "GET", &location, Some(&h.users.alice.1), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(read["status"], "cancelled");
+        assert_eq!(read["cancel_reason"], "out_of_stock");
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let cancelled = cancelled.lock().unwrap().clone();
+        assert_eq!(cancelled.len(), 1, "{cancelled:?}");
+        assert_eq!(cancelled[0].reason, "out_of_stock");
+        assert_eq!(cancelled[0].user_id.0, h.users.alice.0);
+    }
+
+    #[tokio::test]
+    async fn an_order_from_the_cart_takes_its_lines_and_an_empty_cart_is_refused() {
+        let h = harness::start().await;
+        let (alice, token) = h.users.alice.clone();
+        let body = json!({ "from_cart": true });
+        let (status, _, error) = post(&h, "/api/v1/orders", &token, body.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(error["error"]["code"], "validation_failed");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("empty")
+        );
+        let teapot = h.product("Teapot", 1999, "EUR");
+        h.carts.lock().unwrap().insert(
+            alice,
+            vec![CartLine {
+                product_id: teapot,
+                quantity: 2,
+            }],
+        );
+        let (status, _, view) = post(&h, "/api/v1/orders", &token, body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{view}");
+        assert_eq!(view["from_cart"], true);
+        assert_eq!(view["lines"][0]["quantity"], 2);
+        assert_eq!(view["total"]["amount_minor"], 3998);
+    }
+
+    #[tokio::test]
+    async fn bad_orders_are_answered_with_a_client_error_never_a_server_error() {
+        let h = harness::start().await;
+        let teapot = h.product("Teapot", 1999, "EUR");
+        let dollars = h.product("Mug", 500, "USD");
+        let ghost = Uuid::now_v7();
+        let line =
+            |quantity: Value| json!({ "lines": [{ "product_id": teapot, "quantity": quantity }] });
+        let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+        let cases: Vec<(&str, Value, StatusCode)> = vec![
+            ("/api/v1/orders", json!({}), unprocessable),
+            ("/api/v1/orders", json!({ "lines": [] }), unprocessable),
+            (
+                "/api/v1/orders",
+                json!({ "from_cart": false }),
+                unprocessable,
+            ),
+            (
+                "/api/v1/orders",
+                json!({ "lines": [{ "product_id": teapot, "quantity": 1 }], "from_cart": true }),
+                unprocessable,
+            ),
+            ("/api/v1/orders", line(json!(0)), unprocessable),
+            ("/api/v1/orders", line(json!(-1)), unprocessable),
+            ("/api/v1/orders", line(json!(1001)), unprocessable),
+            ("/api/v1/orders", line(json!(1.5)), unprocessable),
+            ("/api/v1/orders", line(json!("3")), unprocessable),
+            ("/api/v1/orders", line(json!(u64::MAX)), unprocessable),
+            (
+                "/api/v1/orders",
+                json!({ "lines": [{ "product_id": teapot, "quantity": 1, "unit_price": 1 }] }),
+                unprocessable,
+            ),
+            (
+                "/api/v1/orders",
+                json!({ "lines": [{ "product_id": teapot, "quantity": 1 }], "total": 1 }),
+                unprocessable,
+            ),
+            (
+                "/api/v1/orders",
+                json!({ "lines": [{ "product_id": teapot, "quantity": 1 }], "status": "confirmed" }),
+                unprocessable,
+            ),
+            (
+                "/api/v1/orders",
+                json!({ "lines": [{ "product_id": teapot, "quantity": 1 }], "user_id": ghost }),
+                unprocessable,
+            ),
+            (
+                "/api/v1/orders",
+                json!({ "lines": [{ "product_id": "nope", "quantity": 1 }] }),
+                unprocessable,
+            ),
+            (
+                "/api/v1/orders",
+                json!({ "lines": [{ "product_id": teapot, "quantity": 1 }], "payment_method": "Tok Visa" }),
+                unprocessable,
+            ),
+            (
+                "/api/v1/orders",
+                json!({ "lines": [{ "product_id": teapot, "quantity": 1 }, { "product_id": dollars, "quantity": 1 }] }),
+                unprocessable,
+            ),
+            (
+                "/api/v1/orders?wait_ms=abc",
+                line(json!(1)),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "/api/v1/orders?wait_ms=-1",
+                line(json!(1)),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "/api/v1/orders?wait_ms=30001",
+                line(json!(1)),
+                unprocessable,
+            ),
+            (
+                "/api/v1/orders?wait=1",
+                line(json!(1)),
+                StatusCode::BAD_REQUEST,
+            ),
+        ];
+        for (uri, body, expected) in cases {
+            let (status, _, answer) = post(&h, uri, &h.users.alice.1, body.clone()).await;
+            assert_eq!(status, expected, "{uri} {body}: {answer}");
+            assert!(
+                answer["error"]["code"].is_string(),
+                "{uri} {body}: {answer}"
+            );
+        }
+        let (status, _, _) = call(
+            &h.router,
+            "POST",
+            "/api/v1/orders",
+            None,
+            Some(line(json!(1))),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+        // An unknown product is named.
+        let body = json!({ "lines": [{ "product_id": teapot, "quantity": 1 }, { "product_id": ghost, "quantity": 1 }] });
+        let (status, _, answer) = post(&h, "/api/v1/orders", &h.users.alice.1, body).await;
+        assert_eq!(status, unprocessable);
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&ghost.to_string()),
+            "{answer}"
+        );
+        assert_eq!(answer["error"]["details"]["product_ids"], json!([ghost]));
+
+        // Nothing was written by any of them.
+        let page = store::list_for_user(h.state.outbox.db(), h.users.alice.0, 100, 0)
+            .await
+            .unwrap();
+        assert!(page.is_empty());
+    }
+
+    async fn confirm(h: &Harness, id: Uuid) {
+        let paid = PaymentCompleted {
+            payment_id: PaymentId::new(),
+            order_id: id,
+            amount: Money::new(1, banyan_message::Currency::EUR),
+        };
+        h.deliver(&paid, &Context::root().envelope(PaymentCompleted::SUBJECT))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn admins_move_confirmed_orders_to_shipped_then_delivered_and_nothing_else() {
+        let h = harness::start().await;
+        let teapot = h.product("Teapot", 1999, "EUR");
+        let body = json!({ "lines": [{ "product_id": teapot, "quantity": 1 }] });
+        let (_, location, view) = post(&h, "/api/v1/orders", &h.users.alice.1, body).await;
+        let uri = format!("{location}/status");
+        let admin = h.users.admin.clone();
+        let set = |status: &str| json!({ "status": status });
+        let put = |token: Option<String>, body: Value| {
+            let (router, uri) = (h.router.clone(), uri.clone());
+            async move { call(&router, "PUT", &uri, token.as_deref(), Some(body)).await }
+        };
+        assert_eq!(put(None, set("shipped")).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            put(Some(h.users.alice.1.clone()), set("shipped")).await.0,
+            StatusCode::FORBIDDEN
+        );
+        let (status, _, answer) = put(Some(admin.clone()), set("shipped")).await;
+        assert_eq!(status, StatusCode::CONFLICT, "a pending order cannot ship");
+        assert_eq!(answer["error"]["code"], "invalid_transition");
+        confirm(&h, order_id(&view)).await;
+        assert_eq!(
+            put(Some(admin.clone()), set("lost")).await.0,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            put(Some(admin.clone()), json!({ "status": "shipped", "x": 1 }))
+                .await
+                .0,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            put(Some(admin.clone()), set("delivered")).await.0,
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            put(Some(admin.clone()), set("cancelled")).await.0,
+            StatusCode::CONFLICT
+        );
+        let (status, _, shipped) = put(Some(admin.clone()), set("shipped")).await;
+        assert_eq!(status, StatusCode::OK, "{shipped}");
+        assert_eq!(shipped["status"], "shipped");
+        assert_eq!(
+            put(Some(admin.clone()), set("shipped")).await.0,
+            StatusCode::CONFLICT
+        );
+        let (status, _, delivered) = put(Some(admin.clone()), set("delivered")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(delivered["status"], "delivered");
+        assert_eq!(
+            put(Some(admin.clone()), set("confirmed")).await.0,
+            StatusCode::CONFLICT
+        );
+        let ghost = format!("/api/v1/orders/{}/status", Uuid::now_v7());
+        let (status, _, _) =
+            call(&h.router, "PUT", &ghost, Some(&admin), Some(set("shipped"))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _, _) = call(
+            &h.router,
+            "PUT",
+            "/api/v1/orders/nope/status",
+            Some(&admin),
+            Some(set("shipped")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn a_users_orders_are_listed_newest_first_to_them_and_admins_only() {
+        let h = harness::start().await;
+        let teapot = h.product("Teapot", 1999, "EUR");
+        let (alice, token) = h.users.alice.clone();
+        let mut ids = Vec::new();
+        for quantity in 1..=3 {
+            let body = json!({ "lines": [{ "product_id": teapot, "quantity": quantity }] });
+            let (_, _, view) = post(&h, "/api/v1/orders", &token, body).await;
+            ids.push(order_id(&view));
+        }
+        let uri = format!("/api/v1/orders/user/{alice}?page=1&per_page=2");
+        let (status, _, page) = call(&h.router, "GET", &uri, Some(&token), None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(page["total"], 3);
+        assert_eq!(page["page"], 1);
+        assert_eq!(page["per_page"], 2);
+        let listed: Vec<Uuid> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(order_id)
+            .collect();
+        assert_eq!(listed, vec![ids[2], ids[1]]);
+        assert_eq!(page["items"][0]["lines"][0]["quantity"], 3);
+        let uri2 = format!("/api/v1/orders/user/{alice}?page=2&per_page=2");
+        let (_, _, second) = call(&h.router, "GET", &uri2, Some(&h.users.admin), None).await;
+        let listed: Vec<Uuid> = second["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(order_id)
+            .collect();
+        assert_eq!(listed, vec![ids[0]]);
+        let (status, _, _) = call(&h.router, "GET", &uri, Some(&h.users.bob.1), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        for bad in ["per_page=0", "per_page=101", "page=0"] {
+            let uri = format!("/api/v1/orders/user/{alice}?{bad}");
+            let (status, _, _) = call(&h.router, "GET", &uri, Some(&token), None).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        }
+        let uri = format!("/api/v1/orders/user/{alice}?sort=asc");
+        let (status, _, _) = call(&h.router, "GET", &uri, Some(&token), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+}
