@@ -415,6 +415,29 @@ impl Bus {
         json: Arc<str>,
         aggregate: Uuid,
     ) -> Result<(), BusError> {
+        self.deliver_remote(envelope, json, aggregate, None).await
+    }
+
+    /// Like [`deliver_remote_event`](Self::deliver_remote_event), to one subscribing module
+    /// only: a broker that keeps one consumer per module hands each module its own copy.
+    pub async fn deliver_remote_event_to(
+        &self,
+        group: &str,
+        envelope: Envelope,
+        json: Arc<str>,
+        aggregate: Uuid,
+    ) -> Result<(), BusError> {
+        self.deliver_remote(envelope, json, aggregate, Some(group))
+            .await
+    }
+
+    async fn deliver_remote(
+        &self,
+        envelope: Envelope,
+        json: Arc<str>,
+        aggregate: Uuid,
+        only: Option<&str>,
+    ) -> Result<(), BusError> {
         let (done, finished) = oneshot::channel();
         let done = std::sync::Mutex::new(Some(done));
         let ack = Ack::new(move || {
@@ -429,7 +452,10 @@ impl Bus {
             .unwrap_or_else(|e| e.into_inner())
             .get(envelope.subject.as_str())
             .cloned()
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| only.is_none_or(|group| s.group.name == group))
+            .collect::<Vec<_>>();
         if subscribers.is_empty() {
             return Ok(());
         }
@@ -506,6 +532,74 @@ impl Bus {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .is_empty()
+    }
+
+    /// The event subjects module `group` subscribes to in this process (for transports that
+    /// must ask a broker for exactly those).
+    pub fn subscriptions_of(&self, group: &str) -> Vec<&'static str> {
+        let mut subjects: Vec<&'static str> = self
+            .inner
+            .subscriptions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, subs)| subs.iter().any(|s| s.group.name == group))
+            .map(|(subject, _)| *subject)
+            .collect();
+        subjects.sort_unstable();
+        subjects
+    }
+
+    /// Records a message that arrived from the wire but cannot be delivered at all (bad JSON,
+    /// unknown subject or version) in module `group`'s dead letters, so an operator sees it.
+    /// Returns `false` when the group has no store here.
+    pub async fn dead_letter_received(
+        &self,
+        group: &str,
+        envelope: &Envelope,
+        payload: &str,
+        error: &str,
+    ) -> Result<bool, banyan_db::sqlx::Error> {
+        let store = self
+            .inner
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(group)
+            .and_then(|g| g.store.get().cloned());
+        let Some(db) = store else {
+            return Ok(false);
+        };
+        dead_letter::record(&db, group, envelope, payload, error, 1).await?;
+        Ok(true)
+    }
+
+    /// The subscribing modules of this process.
+    pub fn groups(&self) -> Vec<&'static str> {
+        let mut groups: Vec<&'static str> = self
+            .inner
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        groups.sort_unstable();
+        groups
+    }
+
+    /// The request subjects handled in this process.
+    pub fn handled_subjects(&self) -> Vec<&'static str> {
+        let mut subjects: Vec<&'static str> = self
+            .inner
+            .requests
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        subjects.sort_unstable();
+        subjects
     }
 
     /// Events waiting in the queues of module `group`, for metrics and tests.
