@@ -225,6 +225,15 @@ impl Bus {
             .push(transport);
     }
 
+    fn has_forwarders(&self) -> bool {
+        !self
+            .inner
+            .event_forwarders
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
     fn remote_for(&self, subject: &str) -> Option<Arc<dyn Transport>> {
         self.inner
             .remotes
@@ -312,12 +321,22 @@ impl Bus {
     /// subscriber is behind (backpressure). Not durable: an event that must survive a crash
     /// goes through an [`Outbox`](crate::Outbox) instead.
     pub async fn publish<E: Event>(&self, cx: &Context, event: E) -> Result<(), BusError> {
-        let key = partition_key(event.aggregate_id());
+        let aggregate = event.aggregate_id();
+        let json = if self.has_forwarders() {
+            Some(
+                serde_json::to_string(&event)
+                    .map_err(|e| codec(E::SUBJECT, &e.to_string()))?
+                    .into(),
+            )
+        } else {
+            None
+        };
         let message = OutgoingEvent {
             envelope: Arc::new(cx.envelope(E::SUBJECT)),
             payload: Some(Arc::new(event)),
-            json: None,
-            key,
+            json,
+            aggregate,
+            key: partition_key(aggregate),
         };
         self.dispatch(&message, None, Mode::Wait).await.map(|_| ())
     }
@@ -389,10 +408,11 @@ impl Bus {
                 None => return Err(codec(&message.envelope.subject, "event has no JSON form")),
             };
             let envelope = (*message.envelope).clone();
+            let aggregate = message.aggregate;
             let ack = ack.cloned();
             // Forwarding waits on the network: never in the publisher's path.
             self.inner.background.spawn(async move {
-                match forwarder.publish(envelope, json).await {
+                match forwarder.publish(envelope, json, aggregate).await {
                     Ok(()) => {
                         if let Some(ack) = ack {
                             ack.done();
@@ -839,6 +859,7 @@ pub(crate) struct OutgoingEvent {
     pub(crate) envelope: Arc<Envelope>,
     pub(crate) payload: Option<SharedPayload>,
     pub(crate) json: Option<Arc<str>>,
+    pub(crate) aggregate: Uuid,
     pub(crate) key: u64,
 }
 

@@ -15,6 +15,9 @@
 //!   after commit; the inbox that makes redelivery harmless.
 //! - [`dead_letter`]: deliveries that failed every attempt, listed and replayed.
 //! - [`Transport`]: the seam the HTTP and NATS adapters implement.
+//! - [`http`]: the HTTP adapter (requests as JSON POSTs, events pushed to subscribers).
+//! - [`nats`]: the NATS adapter (requests on per-module subjects with queue groups, events on
+//!   a JetStream stream with one durable consumer per subscribing module).
 //! - [`failpoint`]: named places where tests stop a real process to kill it.
 //! - [`MESSAGING_MIGRATIONS`]: the outbox, inbox and dead-letter tables, migrated into every
 //!   module's schema with their own history table.
@@ -25,6 +28,8 @@ pub mod dead_letter;
 mod envelope;
 mod error;
 pub mod failpoint;
+pub mod http;
+pub mod nats;
 mod outbox;
 mod transport;
 

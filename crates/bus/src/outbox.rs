@@ -174,6 +174,7 @@ impl UnitOfWork {
             envelope: Arc::new(envelope),
             payload: Some(Arc::new(event)),
             json: Some(json),
+            aggregate,
             key: partition_key(aggregate),
         });
         Ok(())
@@ -346,6 +347,7 @@ impl Relay {
                 envelope: Arc::new(envelope),
                 payload: None,
                 json: Some(payload.into()),
+                aggregate,
                 key: partition_key(aggregate),
             });
         }

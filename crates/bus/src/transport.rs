@@ -30,5 +30,11 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Hands an event to the subscribers in other processes. `Ok` means the transport has
     /// taken responsibility for it (a broker acknowledged it, or every endpoint accepted it).
-    fn publish(&self, envelope: Envelope, json: Arc<str>) -> BoxFuture<'_, Result<(), BusError>>;
+    /// `aggregate` is the event's aggregate id: receivers partition by it to keep its order.
+    fn publish(
+        &self,
+        envelope: Envelope,
+        json: Arc<str>,
+        aggregate: uuid::Uuid,
+    ) -> BoxFuture<'_, Result<(), BusError>>;
 }

@@ -212,7 +212,12 @@ impl Transport for Loopback {
         })
     }
 
-    fn publish(&self, envelope: Envelope, _json: Arc<str>) -> BoxFuture<'_, Result<(), BusError>> {
+    fn publish(
+        &self,
+        envelope: Envelope,
+        _json: Arc<str>,
+        _aggregate: uuid::Uuid,
+    ) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
             Err(BusError::Unavailable {
                 subject: envelope.subject,
