@@ -1,0 +1,650 @@
+//! The HTTP adapter over real sockets on 127.0.0.1: requests and rejections, the shared
+//! secret, round robin over instances, events pushed to a subscribing module (once, through
+//! its inbox), poison events, and a publish that gives up on a module that is down.
+
+mod support;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use banyan_bus::{
+    Bus, BusConfig, BusError, Context, CorrelationId, Event, Message, Outbox, Rejection, Request,
+    Transport, dead_letter,
+    http::{
+        self, AGGREGATE_ID, HttpTransport, HttpTransportConfig, StaticInstances, StaticSubscribers,
+        routes,
+    },
+};
+use banyan_db::Db;
+use serde::{Deserialize, Serialize};
+use support::{TestStorage, applied, apply_once, rows, wait_until};
+use uuid::Uuid;
+
+const SECRET: &str = "test-shared-secret-0123456789";
+
+// ------------------------------------------------------------------------------ messages
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Add {
+    a: i64,
+    b: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Sum {
+    sum: i64,
+    /// Which server instance answered.
+    instance: String,
+    /// The correlation id the handler saw.
+    correlation_id: String,
+}
+
+impl Message for Add {
+    const SUBJECT: &str = "calc.add.v1";
+}
+
+impl Request for Add {
+    type Response = Sum;
+}
+
+/// A request nothing handles, in a module that is remote.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Divide {
+    a: i64,
+    b: i64,
+}
+
+impl Message for Divide {
+    const SUBJECT: &str = "calc.divide.v1";
+}
+
+impl Request for Divide {
+    type Response = i64;
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OrderPlaced {
+    order: Uuid,
+}
+
+impl Message for OrderPlaced {
+    const SUBJECT: &str = "orders.placed.v1";
+}
+
+impl Event for OrderPlaced {
+    fn aggregate_id(&self) -> Uuid {
+        self.order
+    }
+}
+
+// ------------------------------------------------------------------------------ helpers
+
+/// Serves `bus`'s endpoints on a fresh port of 127.0.0.1; returns the base URL.
+async fn serve(bus: &Bus) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding a port for the server");
+    let address = listener.local_addr().expect("the server's address");
+    let app = routes(bus.clone(), SECRET.into());
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("serving the bus");
+    });
+    format!("http://{address}")
+}
+
+/// A base URL where nothing listens: a port that was free a moment ago.
+async fn dead_instance() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a port");
+    let address = listener.local_addr().expect("its address");
+    drop(listener);
+    format!("http://{address}")
+}
+
+/// A server bus whose `calc.add.v1` handler answers as `instance`, counting its calls.
+/// Negative operands are rejected with details.
+fn calc_server(instance: &'static str) -> (Bus, Arc<AtomicUsize>) {
+    let bus = Bus::new(BusConfig::default());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    bus.handle::<Add, _, _>("calc", move |cx, add| {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            if add.a < 0 || add.b < 0 {
+                return Err(Rejection::new("negative", "operands must not be negative")
+                    .with_details(serde_json::json!({ "a": add.a, "b": add.b })));
+            }
+            Ok(Sum {
+                sum: add.a + add.b,
+                instance: instance.to_owned(),
+                correlation_id: cx.correlation_id().to_string(),
+            })
+        }
+    });
+    (bus, calls)
+}
+
+fn transport(
+    instances: Vec<(&str, Vec<String>)>,
+    subscribers: Vec<(&str, Vec<&str>)>,
+    secret: &str,
+    config: HttpTransportConfig,
+) -> Arc<HttpTransport> {
+    Arc::new(
+        HttpTransport::new(
+            Arc::new(StaticInstances::new(instances)),
+            Arc::new(StaticSubscribers::new(subscribers)),
+            secret,
+            config,
+        )
+        .expect("building the HTTP transport"),
+    )
+}
+
+/// A client bus that reaches module `calc` over HTTP at `instances`.
+fn calc_client(instances: Vec<String>) -> Bus {
+    let client = Bus::new(BusConfig::default());
+    client.set_remote(
+        "calc",
+        transport(
+            vec![("calc", instances)],
+            vec![],
+            SECRET,
+            HttpTransportConfig::default(),
+        ),
+    );
+    client
+}
+
+/// A server bus hosting module `shipping`, which subscribes to `OrderPlaced` and applies it
+/// once (inbox), with its database and outbox (so its dead letters have a store).
+async fn shipping_server(storage: &TestStorage) -> (Bus, Db, String) {
+    let bus = Bus::new(BusConfig::default());
+    let db = storage.open("shipping").await;
+    let outbox = Outbox::start(&bus, db.clone());
+    bus.subscribe::<OrderPlaced, _, _>("shipping", move |delivered| {
+        let outbox = outbox.clone();
+        async move { apply_once(&outbox, &delivered).await }
+    });
+    let base = serve(&bus).await;
+    (bus, db, base)
+}
+
+/// A transport that sends `orders.placed.v1` to module `shipping` at `instances`.
+fn events_to_shipping(instances: Vec<String>, config: HttpTransportConfig) -> Arc<HttpTransport> {
+    transport(
+        vec![("shipping", instances)],
+        vec![("orders.placed.v1", vec!["shipping"])],
+        SECRET,
+        config,
+    )
+}
+
+/// A raw event POST with a full envelope, as another process would send it.
+async fn raw_event(base: &str, subject: &str, module: &str, body: &'static str) -> (u16, String) {
+    let envelope = Context::root().envelope(subject);
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{base}{}?module={module}",
+            http::event_path(subject)
+        ))
+        .headers(http::envelope_headers(&envelope).expect("envelope headers"))
+        .header(AGGREGATE_ID, Uuid::now_v7().to_string())
+        .header("authorization", format!("Bearer {SECRET}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("posting an event");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("reading the answer"))
+}
+
+fn status_of(body: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(body).expect("a JSON answer");
+    value["status"].as_str().unwrap_or_default().to_owned()
+}
+
+// ------------------------------------------------------------------------------ requests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_http_gets_its_answer_and_a_rejection_intact() {
+    let (server, calls) = calc_server("one");
+    let base = serve(&server).await;
+    let client = calc_client(vec![base]);
+    let cx = Context::new(CorrelationId::parse("req-http-1").unwrap(), None);
+
+    let sum = client.request(&cx, Add { a: 2, b: 3 }).await.unwrap();
+    assert_eq!(sum.sum, 5);
+    assert_eq!(
+        sum.correlation_id, "req-http-1",
+        "the correlation id crossed"
+    );
+
+    let error = client.request(&cx, Add { a: -1, b: 3 }).await.unwrap_err();
+    assert_eq!(
+        error,
+        BusError::Rejected(
+            Rejection::new("negative", "operands must not be negative")
+                .with_details(serde_json::json!({ "a": -1, "b": 3 }))
+        )
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // A subject of the remote module that nothing serves there.
+    let error = client
+        .request(&cx, Divide { a: 1, b: 0 })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, BusError::NoHandler { ref subject } if subject == "calc.divide.v1"),
+        "{error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_outlives_its_deadline_over_http_is_a_timeout() {
+    let server = Bus::new(BusConfig::default());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    server.handle::<Add, _, _>("calc", move |cx, add| {
+        let gate = gate.clone();
+        async move {
+            gate.notified().await;
+            Ok(Sum {
+                sum: add.a + add.b,
+                instance: "slow".into(),
+                correlation_id: cx.correlation_id().to_string(),
+            })
+        }
+    });
+    let client = calc_client(vec![serve(&server).await]);
+    let deadline = std::time::Duration::from_millis(100);
+    let error = client
+        .request_within(&Context::root(), Add { a: 1, b: 1 }, deadline)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, BusError::Timeout { ref subject, .. } if subject == "calc.add.v1"),
+        "{error:?}"
+    );
+    release.notify_waiters();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_or_wrongly_authenticated_call_is_refused_with_401_and_no_handler_runs()
+{
+    let (server, calls) = calc_server("one");
+    let storage = TestStorage::sqlite();
+    let (_events_server, shipping_db, events_base) = shipping_server(&storage).await;
+    let base = serve(&server).await;
+    let raw = reqwest::Client::new();
+    let envelope = Context::root().envelope("calc.add.v1");
+    let wrong_same_length = format!("Bearer {}", "x".repeat(SECRET.len()));
+    let credentials = [
+        None,
+        Some("Bearer wrong"),
+        Some(wrong_same_length.as_str()),
+        Some(SECRET),
+        Some("Basic dGVzdDp0ZXN0"),
+    ];
+
+    for authorization in credentials {
+        let mut call = raw
+            .post(format!("{base}{}", http::request_path("calc.add.v1")))
+            .headers(http::envelope_headers(&envelope).unwrap())
+            .body(r#"{"a":1,"b":2}"#);
+        if let Some(authorization) = authorization {
+            call = call.header("authorization", authorization);
+        }
+        let response = call.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 401, "{authorization:?}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["kind"], "unauthorized");
+
+        let mut push = raw
+            .post(format!(
+                "{events_base}{}?module=shipping",
+                http::event_path("orders.placed.v1")
+            ))
+            .headers(http::envelope_headers(&envelope).unwrap())
+            .header(AGGREGATE_ID, Uuid::now_v7().to_string())
+            .body(format!(r#"{{"order":"{}"}}"#, Uuid::now_v7()));
+        if let Some(authorization) = authorization {
+            push = push.header("authorization", authorization);
+        }
+        assert_eq!(push.send().await.unwrap().status().as_u16(), 401);
+    }
+
+    // The transport with a wrong secret gets an error, not an answer.
+    let client = Bus::new(BusConfig::default());
+    client.set_remote(
+        "calc",
+        transport(
+            vec![("calc", vec![base.clone()])],
+            vec![],
+            "not-the-secret",
+            HttpTransportConfig::default(),
+        ),
+    );
+    let error = client
+        .request(&Context::root(), Add { a: 1, b: 2 })
+        .await
+        .unwrap_err();
+    assert!(matches!(error, BusError::Unavailable { .. }), "{error:?}");
+
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "no handler ran");
+    assert_eq!(applied(&shipping_db).await, 0, "no event was applied");
+    assert_eq!(rows(&shipping_db, "inbox").await, 0);
+
+    // The same call with the secret is answered: the refusals were about the secret alone.
+    let response = raw
+        .post(format!("{base}{}", http::request_path("calc.add.v1")))
+        .headers(http::envelope_headers(&envelope).unwrap())
+        .header("authorization", format!("Bearer {SECRET}"))
+        .body(r#"{"a":1,"b":2}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let sum: Sum = response.json().await.unwrap();
+    assert_eq!(sum.sum, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_with_a_bad_envelope_or_an_oversized_body_is_refused_with_json() {
+    let (server, calls) = calc_server("one");
+    let base = serve(&server).await;
+    let raw = reqwest::Client::new();
+    let url = format!("{base}{}", http::request_path("calc.add.v1"));
+    let bearer = format!("Bearer {SECRET}");
+
+    // No envelope at all.
+    let response = raw
+        .post(&url)
+        .header("authorization", &bearer)
+        .body(r#"{"a":1,"b":2}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["kind"], "codec");
+    assert!(
+        body["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(http::MESSAGE_ID),
+        "{body}"
+    );
+
+    // A body that is not the request.
+    let envelope = Context::root().envelope("calc.add.v1");
+    let response = raw
+        .post(&url)
+        .headers(http::envelope_headers(&envelope).unwrap())
+        .header("authorization", &bearer)
+        .body(r#"{"a":"one"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["kind"], "codec");
+
+    // Over the size limit.
+    let response = raw
+        .post(&url)
+        .headers(http::envelope_headers(&envelope).unwrap())
+        .header("authorization", &bearer)
+        .body(vec![b' '; http::MAX_BODY_BYTES + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["kind"], "codec");
+
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "no handler ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_balanced_round_robin_over_two_instances_and_a_dead_instance_is_skipped() {
+    let (one, one_calls) = calc_server("one");
+    let (two, two_calls) = calc_server("two");
+    let (one_base, two_base) = (serve(&one).await, serve(&two).await);
+    let cx = Context::root();
+
+    // Two live instances share the requests evenly, in turn.
+    let client = calc_client(vec![one_base.clone(), two_base.clone()]);
+    let mut answered_by = Vec::new();
+    for i in 0..10 {
+        answered_by.push(
+            client
+                .request(&cx, Add { a: i, b: 1 })
+                .await
+                .unwrap()
+                .instance,
+        );
+    }
+    for pair in answered_by.windows(2) {
+        assert_ne!(
+            pair[0], pair[1],
+            "consecutive requests alternate: {answered_by:?}"
+        );
+    }
+    assert_eq!(one_calls.load(Ordering::SeqCst), 5);
+    assert_eq!(two_calls.load(Ordering::SeqCst), 5);
+
+    // A dead instance among them: every request is still answered, by the live ones.
+    let client = calc_client(vec![one_base, dead_instance().await, two_base]);
+    for i in 0..9 {
+        let sum = client.request(&cx, Add { a: i, b: 1 }).await.unwrap();
+        assert_eq!(sum.sum, i + 1);
+    }
+    assert!(
+        one_calls.load(Ordering::SeqCst) > 5,
+        "instance one took part"
+    );
+    assert!(
+        two_calls.load(Ordering::SeqCst) > 5,
+        "instance two took part"
+    );
+    assert_eq!(
+        one_calls.load(Ordering::SeqCst) + two_calls.load(Ordering::SeqCst),
+        19
+    );
+
+    // Only dead instances: unavailable, and nothing ran.
+    let client = calc_client(vec![dead_instance().await, dead_instance().await]);
+    let error = client.request(&cx, Add { a: 1, b: 1 }).await.unwrap_err();
+    assert!(matches!(error, BusError::Unavailable { .. }), "{error:?}");
+    // No instance at all: unavailable too.
+    let client = calc_client(vec![]);
+    let error = client.request(&cx, Add { a: 1, b: 1 }).await.unwrap_err();
+    assert!(matches!(error, BusError::Unavailable { .. }), "{error:?}");
+}
+
+// ------------------------------------------------------------------------------ events
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_pushed_over_http_is_handled_once_and_a_second_push_of_the_same_envelope_changes_nothing()
+ {
+    let storage = TestStorage::sqlite();
+    let (_server, db, base) = shipping_server(&storage).await;
+    let transport = events_to_shipping(vec![base], HttpTransportConfig::default());
+
+    let order = Uuid::now_v7();
+    let envelope = Context::root().envelope(OrderPlaced::SUBJECT);
+    let json: Arc<str> = serde_json::to_string(&OrderPlaced { order })
+        .unwrap()
+        .into();
+    transport
+        .publish(envelope.clone(), json.clone(), order)
+        .await
+        .expect("the first push");
+    assert_eq!(
+        applied(&db).await,
+        1,
+        "handled before the push was answered"
+    );
+    transport
+        .publish(envelope, json, order)
+        .await
+        .expect("the second push");
+    assert_eq!(applied(&db).await, 1, "the second push changed nothing");
+    assert_eq!(rows(&db, "inbox").await, 1);
+
+    // An event nobody elsewhere subscribes to needs no push at all.
+    let other = Context::root().envelope("orders.cancelled.v1");
+    transport
+        .publish(other, "{}".into(), Uuid::now_v7())
+        .await
+        .expect("nothing to push");
+
+    // Published on a bus that forwards its events: it arrives the same way.
+    let client = Bus::new(BusConfig::default());
+    client.forward_events_to(transport);
+    client
+        .publish(
+            &Context::root(),
+            OrderPlaced {
+                order: Uuid::now_v7(),
+            },
+        )
+        .await
+        .unwrap();
+    wait_until("the forwarded event is applied", async || {
+        applied(&db).await == 2
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_emitted_in_a_unit_of_work_reaches_the_remote_module_and_leaves_the_outbox() {
+    let storage = TestStorage::sqlite();
+    let (_server, shipping_db, base) = shipping_server(&storage).await;
+    let orders = Bus::new(BusConfig::default());
+    orders.forward_events_to(events_to_shipping(
+        vec![base],
+        HttpTransportConfig::default(),
+    ));
+    let orders_db = storage.open("orders").await;
+    let outbox = Outbox::start(&orders, orders_db.clone());
+
+    let mut uow = outbox.begin().await.unwrap();
+    uow.emit(
+        &Context::root(),
+        OrderPlaced {
+            order: Uuid::now_v7(),
+        },
+    )
+    .await
+    .unwrap();
+    uow.commit().await.unwrap();
+
+    wait_until("shipping applied the event", async || {
+        applied(&shipping_db).await == 1
+    })
+    .await;
+    wait_until("the outbox row is deleted", async || {
+        rows(&orders_db, "outbox").await == 0
+    })
+    .await;
+    assert_eq!(applied(&shipping_db).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_is_answered_dead_lettered_is_listed_and_the_server_keeps_handling_good_events()
+ {
+    let storage = TestStorage::sqlite();
+    let (_server, db, base) = shipping_server(&storage).await;
+
+    let (status, body) = raw_event(&base, "orders.placed.v1", "shipping", "{not json").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(status_of(&body), "dead_lettered");
+
+    let (status, body) = raw_event(
+        &base,
+        "orders.placed.v9",
+        "shipping",
+        r#"{"order":"0190c1d2-0000-7000-8000-000000000000","shiny":true}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(status_of(&body), "dead_lettered");
+
+    // Valid JSON of the wrong shape: the subscriber's worker cannot decode it and
+    // dead-letters it; the push is answered 200 all the same, so it is not sent again.
+    let (status, body) = raw_event(&base, "orders.placed.v1", "shipping", r#"{"order":42}"#).await;
+    assert_eq!(status, 200, "{body}");
+
+    let letters = dead_letter::list(&db, Some("dead"), 10).await.unwrap();
+    let mut subjects: Vec<&str> = letters.iter().map(|l| l.subject.as_str()).collect();
+    subjects.sort_unstable();
+    assert_eq!(
+        subjects,
+        ["orders.placed.v1", "orders.placed.v1", "orders.placed.v9"]
+    );
+    assert!(
+        letters.iter().all(|l| l.module == "shipping"),
+        "{letters:?}"
+    );
+
+    // A module that is not hosted there is not dead-lettered but refused (a wiring mistake).
+    let (status, _) = raw_event(&base, "orders.placed.v1", "billing", "{}").await;
+    assert_eq!(status, 404);
+
+    // Good events still go through.
+    let transport = events_to_shipping(vec![base], HttpTransportConfig::default());
+    let order = Uuid::now_v7();
+    transport
+        .publish(
+            Context::root().envelope(OrderPlaced::SUBJECT),
+            serde_json::to_string(&OrderPlaced { order })
+                .unwrap()
+                .into(),
+            order,
+        )
+        .await
+        .expect("a good event after the poison");
+    assert_eq!(applied(&db).await, 1);
+    assert_eq!(
+        dead_letter::list(&db, Some("dead"), 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_to_a_module_whose_instance_is_down_returns_unavailable_after_its_retries() {
+    let config = HttpTransportConfig {
+        publish_attempts: 3,
+        backoff_base_ms: 5,
+        backoff_max_ms: 20,
+        ..HttpTransportConfig::default()
+    };
+    let transport = events_to_shipping(vec![dead_instance().await], config);
+    let order = Uuid::now_v7();
+    let error = transport
+        .publish(
+            Context::root().envelope(OrderPlaced::SUBJECT),
+            serde_json::to_string(&OrderPlaced { order })
+                .unwrap()
+                .into(),
+            order,
+        )
+        .await
+        .unwrap_err();
+    match error {
+        BusError::Unavailable { subject, reason } => {
+            assert_eq!(subject, "orders.placed.v1");
+            assert!(reason.contains("3 attempts"), "{reason}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
