@@ -428,7 +428,8 @@ impl Bus {
     }
 
     /// Delivers an event that arrived from another process to this process's subscribers,
-    /// decoding it in each. Returns once every local subscriber has handled or dead-lettered it.
+    /// decoding it in each. Returns once every local subscriber has handled or dead-lettered it;
+    /// `NoHandler` if nothing here subscribes to it.
     pub async fn deliver_remote_event(
         &self,
         envelope: Envelope,
@@ -477,7 +478,10 @@ impl Bus {
             .filter(|s| only.is_none_or(|group| s.group.name == group))
             .collect::<Vec<_>>();
         if subscribers.is_empty() {
-            return Ok(());
+            // Never a silent drop: the transport decides what an unwanted event means.
+            return Err(BusError::NoHandler {
+                subject: envelope.subject,
+            });
         }
         ack.expect(subscribers.len());
         for subscription in subscribers {

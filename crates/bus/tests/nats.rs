@@ -26,7 +26,7 @@ use banyan_bus::{
 use banyan_db::{DatabaseConfig, Db};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use support::{PATIENCE, wait_until};
+use support::{PATIENCE, wait_until, wait_until_within};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -835,9 +835,12 @@ async fn the_adapter_survives_the_nats_server_going_away_for_a_while() {
     })
     .await;
 
+    // Reconnect backoffs make recovery take seconds, more on a loaded machine.
+    const RECOVERY: Duration = Duration::from_secs(180);
+
     // NATS goes away: calls fail as Unavailable (the outbox keeps events to send later).
     private.kill().await;
-    wait_until("a request fails as Unavailable", async || {
+    wait_until_within(RECOVERY, "a request fails as Unavailable", async || {
         let call = caller.request_within(&cx, echo("during"), Duration::from_secs(1));
         matches!(call.await, Err(BusError::Unavailable { .. }))
     })
@@ -853,20 +856,20 @@ async fn the_adapter_survives_the_nats_server_going_away_for_a_while() {
 
     // NATS comes back (same port, same JetStream store): everything resumes by itself.
     private.run().await.expect("restarting nats-server");
-    wait_until("requests are answered again", async || {
+    wait_until_within(RECOVERY, "requests are answered again", async || {
         let call = caller.request_within(&cx, echo("after"), Duration::from_secs(2));
         call.await.is_ok()
     })
     .await;
     // The relay would send the same event again until it is stored: same message id.
-    wait_until("the event is stored", async || {
+    wait_until_within(RECOVERY, "the event is stored", async || {
         transport
             .publish(envelope.clone(), json.clone(), aggregate)
             .await
             .is_ok()
     })
     .await;
-    wait_until("the consumer took the event", async || {
+    wait_until_within(RECOVERY, "the consumer took the event", async || {
         handled.load(Ordering::SeqCst) == 2
     })
     .await;

@@ -23,14 +23,25 @@ use uuid::Uuid;
 pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Polls `condition` until it holds; fails the test, naming `what`, after [`PATIENCE`].
-pub(crate) async fn wait_until(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, condition: impl AsyncFnMut() -> bool) {
+    wait_until_within(PATIENCE, what, condition).await;
+}
+
+/// [`wait_until`] with a longer hang guard, for recoveries that involve reconnect backoffs
+/// (a broker coming back) and so may take tens of seconds on a loaded machine.
+#[allow(dead_code)] // Not every test binary that includes this module uses it.
+pub(crate) async fn wait_until_within(
+    patience: Duration,
+    what: &str,
+    mut condition: impl AsyncFnMut() -> bool,
+) {
     let started = Instant::now();
     loop {
         if condition().await {
             return;
         }
-        if started.elapsed() > PATIENCE {
-            panic!("gave up after {PATIENCE:?} waiting until {what}");
+        if started.elapsed() > patience {
+            panic!("gave up after {patience:?} waiting until {what}");
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
