@@ -4,22 +4,31 @@ use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
 
 use axum::{
     Router,
+    body::Bytes,
     extract::{DefaultBodyLimit, State},
-    http::StatusCode,
+    http::{StatusCode, header},
     middleware,
-    routing::{get, post},
+    response::IntoResponse,
+    routing::get,
 };
 use banyan_bus::{Bus, Outbox, dead_letter};
 use banyan_db::Db;
 use banyan_kit::{
-    ApiError, ApiResult, Module, ModuleContext,
-    auth::{Authenticator, Caller},
+    ApiError, ApiResult, ErrorBody, Module, ModuleContext,
+    auth::{self, Authenticator, Caller},
     extract::{Json, Path, Query},
 };
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::{
+    IntoParams, ToSchema,
+    openapi::{
+        ComponentsBuilder, InfoBuilder, OpenApi, OpenApiBuilder,
+        tag::{Tag, TagBuilder},
+    },
+};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{config::Settings, edge};
@@ -63,7 +72,8 @@ impl Server {
             Duration::from_secs(settings.auth.token_ttl_secs),
         );
         let mut hosted = BTreeMap::new();
-        let mut routes = Router::new();
+        let mut routes = OpenApiRouter::with_openapi(document_base());
+        let mut started = Vec::new();
         let hosted_here = |name: &str| {
             settings
                 .server
@@ -87,13 +97,22 @@ impl Server {
                 auth: auth.clone(),
                 config: figment.clone(),
             };
-            routes = routes.merge(module.start(ctx).await?);
+            let module_routes = module.start(ctx).await?;
+            check_schema_names(routes.get_openapi(), module_routes.get_openapi(), name)?;
+            routes = routes.merge(module_routes);
             hosted.insert(name, Hosted { db, outbox });
+            started.push(name);
             tracing::info!(module = name, "Module started.");
         }
         let hosted = Arc::new(hosted);
+        let operations = operations_routes(hosted.clone());
+        check_schema_names(routes.get_openapi(), operations.get_openapi(), "app")?;
+        // Every route above came with its operation: the document is what is mounted.
+        let (routes, mut openapi) = routes.merge(operations).split_for_parts();
+        openapi.tags = Some(document_tags(started));
+        let document = Bytes::from(openapi.to_json()?);
         let router = routes
-            .merge(operations_routes(hosted.clone()))
+            .route(OPENAPI_PATH, get(move || serve_document(document.clone())))
             .fallback(edge::not_found)
             .method_not_allowed_fallback(edge::method_not_allowed)
             // Outermost last: the edge sees every request first and every response last.
@@ -157,6 +176,98 @@ impl Server {
     }
 }
 
+/// Where the OpenAPI document of the routes this process serves is served.
+pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
+
+/// The tag of the app's own operations.
+const OPERATIONS_TAG: &str = "operations";
+
+/// What each tag of the document holds: a module's operations (tagged with its name), or the
+/// app's own.
+const TAG_DESCRIPTIONS: [(&str, &str); 8] = [
+    ("users", "Accounts, credentials and login."),
+    ("catalog", "Products, categories and prices."),
+    ("inventory", "Stock on hand and reserved."),
+    ("cart", "Customers' carts."),
+    ("orders", "Orders and the checkout saga."),
+    ("payments", "Payments of orders (a simulated provider)."),
+    ("notifications", "Notifications sent to users."),
+    (
+        OPERATIONS_TAG,
+        "Liveness, readiness and the dead letters of the bus.",
+    ),
+];
+
+/// The tags of the document: one per module hosted here, named after it, then the app's own.
+fn document_tags<'m>(hosted: impl IntoIterator<Item = &'m str>) -> Vec<Tag> {
+    hosted
+        .into_iter()
+        .chain([OPERATIONS_TAG])
+        .map(|name| {
+            let description = TAG_DESCRIPTIONS
+                .iter()
+                .find(|(tag, _)| *tag == name)
+                .map(|(_, description)| *description);
+            TagBuilder::new()
+                .name(name)
+                .description(description)
+                .build()
+        })
+        .collect()
+}
+
+/// What the document says before any route is added: title, version and the `bearer`
+/// security scheme that protected operations name.
+fn document_base() -> OpenApi {
+    OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("Banyan")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some(
+                    "An e-commerce backend: a modular monolith whose modules each serve their \
+                     part of this API. Errors are always JSON (`ErrorBody`) with a stable \
+                     `error.code`. Any request may also be answered 504 (`timeout`) when it \
+                     outlasts the server's request timeout, 413 when its body is too large, and \
+                     an unknown route or method 404 / 405. Every response carries \
+                     `x-request-id`.",
+                ))
+                .build(),
+        )
+        .components(Some(
+            ComponentsBuilder::new()
+                .security_scheme(auth::BEARER_SCHEME, auth::bearer_security_scheme())
+                .build(),
+        ))
+        .build()
+}
+
+/// Merging keeps the first schema of a name and drops the other: two different schemas of one
+/// name (two modules' `LineView`s, say) would leave one module's document wrong. Refused.
+fn check_schema_names(so_far: &OpenApi, added: &OpenApi, by: &str) -> anyhow::Result<()> {
+    let (Some(so_far), Some(added)) = (&so_far.components, &added.components) else {
+        return Ok(());
+    };
+    for (name, schema) in &added.schemas {
+        if so_far
+            .schemas
+            .get(name)
+            .is_some_and(|existing| existing != schema)
+        {
+            anyhow::bail!(
+                "the OpenAPI schema {name} of {by} differs from another of the same name; \
+                 rename one of them"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `GET /api-docs/openapi.json`: the document, serialized once at start.
+async fn serve_document(document: Bytes) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], document)
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
@@ -180,35 +291,85 @@ pub async fn shutdown_signal() {
 
 type Hosts = Arc<BTreeMap<&'static str, Hosted>>;
 
-/// Liveness, readiness and the operator's dead-letter endpoints.
-fn operations_routes(hosted: Hosts) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/api/v1/admin/dead-letters", get(list_dead_letters))
-        .route(
-            "/api/v1/admin/dead-letters/{module}/{id}/replay",
-            post(replay_dead_letter),
-        )
+/// Liveness, readiness and the operator's dead-letter endpoints (tag `operations`).
+fn operations_routes(hosted: Hosts) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(list_dead_letters))
+        .routes(routes!(replay_dead_letter))
         .with_state(hosted)
 }
 
+/// The process is up.
+#[derive(Debug, Serialize, ToSchema)]
+struct Health {
+    /// Always `ok`.
+    #[schema(value_type = String, example = "ok")]
+    status: &'static str,
+}
+
 /// `GET /health`: the process is up.
-async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = OPERATIONS_TAG,
+    operation_id = "health",
+    summary = "Liveness",
+    responses((status = 200, description = "The process is up.", body = Health))
+)]
+async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Whether every hosted module can work.
+#[derive(Debug, Serialize, ToSchema)]
+struct Readiness {
+    /// `ready` or `not_ready`.
+    #[schema(value_type = String, example = "ready")]
+    status: &'static str,
+    /// Each hosted module, by name.
+    #[schema(value_type = BTreeMap<String, ModuleReadiness>)]
+    modules: BTreeMap<&'static str, ModuleReadiness>,
+}
+
+/// One hosted module's readiness.
+#[derive(Debug, Serialize, ToSchema)]
+struct ModuleReadiness {
+    /// `ok` or `unreachable`.
+    #[schema(value_type = String, example = "ok")]
+    database: &'static str,
+    /// Events committed and not yet delivered to every subscriber; `null` if it could not be
+    /// counted.
+    outbox_pending: Option<i64>,
 }
 
 /// `GET /ready`: every hosted module's database answers. 503 otherwise, naming the module.
-async fn ready(State(hosted): State<Hosts>) -> (StatusCode, Json<Value>) {
-    let mut checks = serde_json::Map::new();
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = OPERATIONS_TAG,
+    operation_id = "ready",
+    summary = "Readiness",
+    description = "Every hosted module's database answers, with each module's outbox backlog.",
+    responses(
+        (status = 200, description = "Ready.", body = Readiness),
+        (status = 503, description = "A module's database does not answer (`not_ready`).", body = Readiness),
+    )
+)]
+async fn ready(State(hosted): State<Hosts>) -> (StatusCode, Json<Readiness>) {
+    let mut modules = BTreeMap::new();
     let mut all_ready = true;
     for (name, module) in hosted.iter() {
         let ok = module.db.ping().await;
         all_ready &= ok;
         let pending = module.outbox.pending().await.ok();
-        checks.insert(
-            (*name).to_owned(),
-            json!({ "database": if ok { "ok" } else { "unreachable" }, "outbox_pending": pending }),
+        modules.insert(
+            *name,
+            ModuleReadiness {
+                database: if ok { "ok" } else { "unreachable" },
+                outbox_pending: pending,
+            },
         );
     }
     let status = if all_ready {
@@ -218,16 +379,24 @@ async fn ready(State(hosted): State<Hosts>) -> (StatusCode, Json<Value>) {
     };
     (
         status,
-        Json(json!({ "status": if all_ready { "ready" } else { "not_ready" }, "modules": checks })),
+        Json(Readiness {
+            status: if all_ready { "ready" } else { "not_ready" },
+            modules,
+        }),
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct DeadLetterFilter {
+    /// Only this module's letters (404 if it is not hosted here).
     module: Option<String>,
+    /// Only letters in this status: `dead`, `replay_requested`, `replaying` or `replayed`.
     status: Option<String>,
+    /// At most this many, 1 to 1000; 100 by default.
     #[serde(default = "default_limit")]
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: i64,
 }
 
@@ -237,12 +406,68 @@ fn default_limit() -> i64 {
 
 const STATUSES: [&str; 4] = ["dead", "replay_requested", "replaying", "replayed"];
 
+/// Dead letters, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+struct DeadLetters {
+    #[schema(value_type = Vec<DeadLetterDoc>)]
+    items: Vec<dead_letter::DeadLetter>,
+}
+
+/// An event that failed every delivery attempt to one subscribing module.
+// The schema of the bus's `DeadLetter`, which carries no schema of its own. Never built; a test
+// checks it against the real type's JSON.
+#[derive(ToSchema)]
+#[schema(as = DeadLetter)]
+#[allow(dead_code)]
+struct DeadLetterDoc {
+    id: Uuid,
+    /// The subscribing module that failed to handle it.
+    module: String,
+    message_id: Uuid,
+    /// The event's subject, such as `orders.order_placed.v1`.
+    subject: String,
+    correlation_id: String,
+    /// The last error.
+    error: String,
+    attempts: i64,
+    /// `dead`, `replay_requested`, `replaying` or `replayed`.
+    status: String,
+    /// Milliseconds since the epoch.
+    failed_at_ms: i64,
+    /// Milliseconds since the epoch; `null` until replayed.
+    replayed_at_ms: Option<i64>,
+    /// The event, as JSON.
+    #[schema(value_type = Object)]
+    payload: serde_json::Value,
+}
+
 /// `GET /api/v1/admin/dead-letters?module=&status=&limit=`: admins only.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/dead-letters",
+    tag = OPERATIONS_TAG,
+    operation_id = "list_dead_letters",
+    summary = "List dead letters",
+    description = "Admins only. Events that failed every delivery attempt, newest first, from \
+        every module hosted by this process.",
+    params(DeadLetterFilter),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The dead letters.", body = DeadLetters),
+        (status = 400, description = "An unknown or unparsable query parameter (`invalid_query`).", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "The caller is not an admin.", body = ErrorBody),
+        (status = 404, description = "The module is not hosted here.", body = ErrorBody),
+        (status = 422, description = "`limit` out of range or an unknown `status`.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "A database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn list_dead_letters(
     State(hosted): State<Hosts>,
     caller: Caller,
     Query(filter): Query<DeadLetterFilter>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DeadLetters>> {
     caller.require_admin()?;
     if !(1..=1_000).contains(&filter.limit) {
         return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
@@ -272,15 +497,50 @@ async fn list_dead_letters(
     }
     letters.sort_by_key(|letter| std::cmp::Reverse(letter.failed_at_ms));
     letters.truncate(filter.limit as usize);
-    Ok(Json(json!({ "items": letters })))
+    Ok(Json(DeadLetters { items: letters }))
+}
+
+/// A replay, asked for.
+#[derive(Debug, Serialize, ToSchema)]
+struct ReplayRequested {
+    /// The dead letter's id.
+    id: Uuid,
+    module: String,
+    /// Always `replay_requested`: the relay of the process hosting the module redelivers it.
+    #[schema(value_type = String, example = "replay_requested")]
+    status: &'static str,
 }
 
 /// `POST /api/v1/admin/dead-letters/{module}/{id}/replay`: asks for a redelivery; 202.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/dead-letters/{module}/{id}/replay",
+    tag = OPERATIONS_TAG,
+    operation_id = "replay_dead_letter",
+    summary = "Replay a dead letter",
+    description = "Admins only. Asks for the letter to be delivered again to its module; the \
+        relay of the process hosting the module carries it out. Takes no body.",
+    params(
+        ("module" = String, Path, description = "The module the letter belongs to, such as `orders`."),
+        ("id" = Uuid, Path, description = "The dead letter's id."),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "The replay is asked for.", body = ReplayRequested),
+        (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "The caller is not an admin.", body = ErrorBody),
+        (status = 404, description = "The module is not hosted here, or it has no such letter \
+            awaiting replay.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn replay_dead_letter(
     State(hosted): State<Hosts>,
     caller: Caller,
     Path((module, id)): Path<(String, Uuid)>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<ReplayRequested>)> {
     caller.require_admin()?;
     let hosted_module = hosted
         .get(module.as_str())
@@ -292,6 +552,69 @@ async fn replay_dead_letter(
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "id": id, "module": module, "status": "replay_requested" })),
+        Json(ReplayRequested {
+            id,
+            module,
+            status: "replay_requested",
+        }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use utoipa::PartialSchema;
+
+    use super::*;
+
+    fn keys(value: &serde_json::Value) -> Vec<String> {
+        let mut keys: Vec<String> = value
+            .as_object()
+            .expect("an object")
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn the_documented_dead_letter_is_the_bus_types_json() {
+        let letter = dead_letter::DeadLetter {
+            id: Uuid::now_v7(),
+            module: "orders".into(),
+            message_id: Uuid::now_v7(),
+            subject: "payments.payment_completed.v1".into(),
+            correlation_id: "c".into(),
+            error: "boom".into(),
+            attempts: 5,
+            status: "dead".into(),
+            failed_at_ms: 1,
+            replayed_at_ms: None,
+            payload: json!({}),
+        };
+        let schema = serde_json::to_value(DeadLetterDoc::schema()).expect("JSON");
+        assert_eq!(
+            keys(&schema["properties"]),
+            keys(&serde_json::to_value(&letter).expect("JSON"))
+        );
+        assert_eq!(<DeadLetterDoc as ToSchema>::name(), "DeadLetter");
+    }
+
+    #[test]
+    fn the_document_names_every_module_and_the_bearer_scheme() {
+        let modules: Vec<&str> = all_modules().iter().map(|m| m.name()).collect();
+        let tags = document_tags(modules.iter().copied());
+        assert_eq!(tags.len(), modules.len() + 1);
+        for (tag, name) in tags.iter().zip(modules.iter().chain([&OPERATIONS_TAG])) {
+            assert_eq!(tag.name, *name);
+            assert!(tag.description.is_some(), "{name} has no description");
+        }
+        let components = document_base().components.expect("components");
+        assert!(
+            components
+                .security_schemes
+                .contains_key(auth::BEARER_SCHEME)
+        );
+    }
 }

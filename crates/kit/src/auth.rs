@@ -8,12 +8,34 @@ use std::{sync::Arc, time::Duration};
 use axum::{extract::FromRequestParts, http::request::Parts};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use utoipa::{
+    ToSchema,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
 use uuid::Uuid;
 
 use crate::ApiError;
 
+/// The name of the security scheme that operations needing a token name in the API document
+/// (`security(("bearer" = []))`): an `Authorization: Bearer <JWT>` header.
+pub const BEARER_SCHEME: &str = "bearer";
+
+/// The security scheme [`BEARER_SCHEME`] names: HTTP bearer authentication with a JWT, as
+/// [`Caller`] checks it.
+pub fn bearer_security_scheme() -> SecurityScheme {
+    SecurityScheme::Http(
+        HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("JWT")
+            .description(Some(
+                "A token from `POST /api/v1/users/login`, sent as `Authorization: Bearer <token>`.",
+            ))
+            .build(),
+    )
+}
+
 /// What a user may do beyond their own data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Customer,
@@ -62,10 +84,14 @@ impl std::fmt::Debug for Authenticator {
 }
 
 /// An issued token.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Token {
+    /// The JWT to send as `Authorization: Bearer <access_token>`.
     pub access_token: String,
+    /// Always `Bearer`.
+    #[schema(value_type = String, example = "Bearer")]
     pub token_type: &'static str,
+    /// Seconds until the token expires.
     pub expires_in: u64,
 }
 

@@ -6,7 +6,9 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use banyan_bus::{BusError, Rejection};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
@@ -90,13 +92,48 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer: `{"error": {"code", "message", "details"?}}`.
+// What `ApiError` serializes to, and the schema every error response of the API document names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({ "error": { "code": "not_found", "message": "order 0196f1c2-5b1e-7c4a-9d2e-3f4a5b6c7d8e does not exist" } }))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorDetail {
+    /// Stable, for branching on: `bad_request`, `malformed_json`, `invalid_path`,
+    /// `invalid_query`, `validation_failed`, `unauthorized`, `forbidden`, `not_found`,
+    /// `already_exists`, `invalid_transition`, `rejected`, `method_not_allowed`,
+    /// `payload_too_large`, `unsupported_media_type`, `timeout`, `unavailable`, `internal`...
+    pub code: String,
+    /// For people.
+    pub message: String,
+    /// Structured data about the error, when there is any (which field, which product).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Value>)]
+    pub details: Option<Value>,
+}
+
+impl From<&ApiError> for ErrorBody {
+    fn from(error: &ApiError) -> Self {
+        Self {
+            error: ErrorDetail {
+                code: error.code.to_owned(),
+                message: error.message.clone(),
+                details: error.details.clone(),
+            },
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "code": self.code, "message": self.message });
-        if let Some(details) = self.details {
-            body["details"] = details;
-        }
-        let mut response = (self.status, Json(json!({ "error": body }))).into_response();
+        let body = ErrorBody::from(&self);
+        let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
@@ -169,5 +206,28 @@ mod tests {
         let error = ApiError::from(BusError::Rejected(rejection));
         assert_eq!(error.status, StatusCode::CONFLICT);
         assert_eq!(error.details, Some(json!({ "product_id": "p" })));
+    }
+
+    async fn body_of(error: ApiError) -> Value {
+        let response = error.into_response();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("a body");
+        serde_json::from_slice(&bytes).expect("JSON")
+    }
+
+    #[tokio::test]
+    async fn an_error_answers_the_documented_body_and_details_only_when_there_are_some() {
+        let bare = body_of(ApiError::not_found("no such thing")).await;
+        assert_eq!(
+            bare,
+            json!({ "error": { "code": "not_found", "message": "no such thing" } })
+        );
+        let detailed = body_of(ApiError::invalid("quantity", "must be 1 to 1000")).await;
+        assert_eq!(detailed["error"]["details"]["field"], "quantity");
+        for body in [bare, detailed] {
+            let parsed: ErrorBody = serde_json::from_value(body.clone()).expect("an ErrorBody");
+            assert_eq!(serde_json::to_value(parsed).expect("JSON"), body);
+        }
     }
 }

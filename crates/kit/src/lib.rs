@@ -4,10 +4,12 @@
 //! - [`Module`], [`ModuleContext`]: the one registration point. The app starts each module
 //!   with its own database, its outbox and the bus, and mounts the router it returns.
 //! - [`ApiError`]: every error a client sees: a status and a JSON body
-//!   `{"error": {"code", "message", "details"?}}`, never an internal detail.
+//!   `{"error": {"code", "message", "details"?}}` ([`ErrorBody`], its schema in the API
+//!   document), never an internal detail.
 //! - [`extract`]: `Json`, `Path` and `Query` extractors whose rejections are `ApiError`s, and
 //!   [`extract::Cx`], the causal [`Context`](banyan_bus::Context) of the HTTP request.
-//! - [`auth`]: JWT issuing and checking, the `Caller` extractor, roles.
+//! - [`auth`]: JWT issuing and checking, the `Caller` extractor, roles, the `bearer` security
+//!   scheme of the API document.
 //! - [`Page`], [`Paged`]: pagination parameters and envelopes.
 //! - [`timestamp`]: how instants stored as milliseconds are shown (RFC 3339).
 
@@ -17,7 +19,7 @@ pub mod extract;
 mod module;
 mod page;
 
-pub use error::{ApiError, ApiResult};
+pub use error::{ApiError, ApiResult, ErrorBody, ErrorDetail};
 pub use module::{Module, ModuleContext};
 pub use page::{Page, Paged};
 

@@ -1,16 +1,22 @@
 //! Pagination.
 
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::ApiError;
 
 /// `?page=&per_page=` as clients send them: 1-based pages of at most 100 items.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
+    /// The page, from 1 (the default) to 1000000.
     #[serde(default = "first")]
+    #[param(minimum = 1, maximum = 1_000_000, default = 1)]
     pub page: u32,
+    /// Items per page, from 1 to 100; 20 by default.
     #[serde(default = "twenty")]
+    #[param(minimum = 1, maximum = 100, default = 20)]
     pub per_page: u32,
 }
 
@@ -54,10 +60,12 @@ impl Page {
 }
 
 /// One page of a listing.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Paged<T> {
     pub items: Vec<T>,
+    /// The page answered, from 1.
     pub page: u32,
     pub per_page: u32,
+    /// How many items there are in all the pages.
     pub total: i64,
 }

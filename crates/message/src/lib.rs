@@ -181,8 +181,28 @@ impl std::fmt::Display for Currency {
     }
 }
 
+/// In the HTTP API's document a currency is what it serializes as: a string of three upper-case
+/// letters.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Currency {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[A-Z]{3}$"))
+            .description(Some("An ISO 4217 currency code: three upper-case letters."))
+            .examples(["EUR"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Currency {}
+
 /// An amount of money in integer minor units (cents for EUR).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Money {
     pub amount_minor: i64,
@@ -216,6 +236,25 @@ impl Money {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(feature = "openapi")]
+    #[test]
+    fn the_schema_of_money_is_what_it_serializes_as() {
+        use utoipa::{PartialSchema, ToSchema};
+
+        let currency = serde_json::to_value(Currency::schema()).unwrap();
+        assert_eq!(currency["type"], "string");
+        assert_eq!(currency["pattern"], "^[A-Z]{3}$");
+        assert_eq!(Currency::name(), "Currency");
+        let money = serde_json::to_value(Money::schema()).unwrap();
+        let serialized = serde_json::to_value(Money::new(1999, Currency::EUR)).unwrap();
+        let mut documented: Vec<&String> =
+            money["properties"].as_object().unwrap().keys().collect();
+        let mut actual: Vec<&String> = serialized.as_object().unwrap().keys().collect();
+        documented.sort();
+        actual.sort();
+        assert_eq!(documented, actual);
+    }
+
     #[test]
     fn currencies_are_three_upper_case_letters() {
         assert!(Currency::parse("EUR").is_ok());

@@ -2,18 +2,16 @@
 
 use std::sync::Arc;
 
-use axum::{
-    Router,
-    http::StatusCode,
-    routing::{delete, get, post},
-};
+use axum::http::StatusCode;
 use banyan_kit::{
-    ApiError, ApiResult,
+    ApiError, ApiResult, ErrorBody,
     auth::Caller,
     extract::{Cx, Json, Path},
     timestamp,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
@@ -22,37 +20,35 @@ use crate::{
     store::{self, LineRow},
 };
 
-pub(crate) fn routes(state: Arc<State>) -> Router {
-    Router::new()
-        .route("/api/v1/carts/{user_id}", get(get_cart))
-        .route(
-            "/api/v1/carts/{user_id}/items",
-            post(add_item).delete(clear),
-        )
-        .route(
-            "/api/v1/carts/{user_id}/items/{product_id}",
-            delete(remove_item),
-        )
+/// The module's routes, each with its OpenAPI operation (tag `cart`).
+pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(get_cart))
+        .routes(routes!(add_item, clear))
+        .routes(routes!(remove_item))
         .with_state(state)
 }
 
 type AppState = axum::extract::State<Arc<State>>;
 
 /// A cart as its owner (or an admin) sees it: its lines, oldest first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct CartView {
     user_id: Uuid,
-    lines: Vec<LineView>,
+    lines: Vec<CartLineView>,
 }
 
-#[derive(Debug, Serialize)]
-struct LineView {
+/// One product in a cart.
+#[derive(Debug, Serialize, ToSchema)]
+struct CartLineView {
     product_id: Uuid,
+    /// 1 to 1000.
     quantity: i64,
+    /// RFC 3339.
     added_at: String,
 }
 
-impl From<LineRow> for LineView {
+impl From<LineRow> for CartLineView {
     fn from(row: LineRow) -> Self {
         Self {
             product_id: row.product_id(),
@@ -66,7 +62,7 @@ async fn view(state: &State, user_id: Uuid) -> ApiResult<Json<CartView>> {
     let lines = store::lines(state.outbox.db(), user_id).await?;
     Ok(Json(CartView {
         user_id,
-        lines: lines.into_iter().map(LineView::from).collect(),
+        lines: lines.into_iter().map(CartLineView::from).collect(),
     }))
 }
 
@@ -83,6 +79,25 @@ fn owned(caller: &Caller, user_id: Uuid) -> ApiResult<()> {
 }
 
 /// `GET /api/v1/carts/{user_id}`: the owner or an admin; a cart never filled is empty.
+#[utoipa::path(
+    get,
+    path = "/api/v1/carts/{user_id}",
+    tag = "cart",
+    operation_id = "get_cart",
+    summary = "Read a cart",
+    description = "The owner or an admin; a cart never filled is empty. Someone else's cart is \
+        answered 404.",
+    params(("user_id" = Uuid, Path, description = "The owner's id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The cart.", body = CartView),
+        (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 404, description = "Not the caller's cart.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn get_cart(
     axum::extract::State(state): AppState,
     caller: Caller,
@@ -92,15 +107,43 @@ async fn get_cart(
     view(&state, user_id).await
 }
 
-#[derive(Debug, Deserialize)]
+/// A product to add to the cart.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewItem {
+    /// A product in the catalog.
     product_id: Uuid,
+    /// 1 to 1000, and the line may not go beyond 1000.
     quantity: i64,
 }
 
 /// `POST /api/v1/carts/{user_id}/items`: adds to the product's line (creating it); answers
 /// the cart.
+#[utoipa::path(
+    post,
+    path = "/api/v1/carts/{user_id}/items",
+    tag = "cart",
+    operation_id = "add_cart_item",
+    summary = "Add a product to a cart",
+    description = "The owner or an admin. Adds to the product's line (creating it); the product \
+        must be in the catalog, a line holds at most 1000 and a cart at most 100 lines.",
+    params(("user_id" = Uuid, Path, description = "The owner's id.")),
+    request_body = NewItem,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The cart, with the product added.", body = CartView),
+        (status = 400, description = "The id is not a UUID, or the body is not JSON.", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 404, description = "Not the caller's cart.", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "An unknown product, a quantity out of range, a full cart, or \
+            a body of the wrong shape.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy, or the catalog is unavailable; try again.", body = ErrorBody),
+        (status = 504, description = "The catalog did not answer in time.", body = ErrorBody),
+    )
+)]
 async fn add_item(
     axum::extract::State(state): AppState,
     caller: Caller,
@@ -124,6 +167,27 @@ async fn add_item(
 
 /// `DELETE /api/v1/carts/{user_id}/items/{product_id}`: removes the line; 404 if there is
 /// none. Answers the cart.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/carts/{user_id}/items/{product_id}",
+    tag = "cart",
+    operation_id = "remove_cart_item",
+    summary = "Remove a product from a cart",
+    description = "The owner or an admin. Removes the product's line; answers the cart.",
+    params(
+        ("user_id" = Uuid, Path, description = "The owner's id."),
+        ("product_id" = Uuid, Path, description = "The product's id."),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The cart, without the product.", body = CartView),
+        (status = 400, description = "An id is not a UUID (`invalid_path`).", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 404, description = "Not the caller's cart, or the product is not in it.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn remove_item(
     axum::extract::State(state): AppState,
     caller: Caller,
@@ -141,6 +205,24 @@ async fn remove_item(
 }
 
 /// `DELETE /api/v1/carts/{user_id}/items`: empties the cart (already empty is fine).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/carts/{user_id}/items",
+    tag = "cart",
+    operation_id = "clear_cart",
+    summary = "Empty a cart",
+    description = "The owner or an admin. A cart already empty is fine.",
+    params(("user_id" = Uuid, Path, description = "The owner's id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Emptied."),
+        (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 404, description = "Not the caller's cart.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn clear(
     axum::extract::State(state): AppState,
     caller: Caller,

@@ -22,10 +22,10 @@ mod store;
 
 use std::sync::Arc;
 
-use axum::Router;
 use banyan_db::sqlx::migrate::Migrator;
 use banyan_kit::{Module, ModuleContext};
 use futures::future::BoxFuture;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use banyan_cart_contract as contract;
 
@@ -44,7 +44,7 @@ impl Module for Cart {
         &MIGRATIONS
     }
 
-    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<Router>> {
+    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<OpenApiRouter>> {
         Box::pin(async move {
             let state = Arc::new(State {
                 outbox: ctx.outbox.clone(),
@@ -252,7 +252,7 @@ mod test_support {
     /// The module's routes with an authenticator installed, as the app installs it, and that
     /// authenticator, to issue tokens for chosen users.
     pub(crate) fn with_auth(
-        router: axum::Router,
+        router: impl Into<axum::Router>,
     ) -> (
         axum::Router,
         std::sync::Arc<banyan_kit::auth::Authenticator>,
@@ -261,7 +261,7 @@ mod test_support {
             b"test-secret-test-secret-test-secret",
             std::time::Duration::from_secs(60),
         );
-        (router.layer(axum::Extension(auth.clone())), auth)
+        (router.into().layer(axum::Extension(auth.clone())), auth)
     }
 
     /// A bearer token for `user` with `role`.

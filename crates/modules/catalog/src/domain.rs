@@ -140,14 +140,18 @@ impl Price {
 }
 
 /// A new product as an admin gives it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewProduct {
+    /// The product's name outside Banyan; unique.
     pub(crate) sku: String,
     pub(crate) name: String,
+    /// Empty if not given.
     #[serde(default)]
     pub(crate) description: Option<String>,
+    /// A slug of 1 to 64 characters of `a-z 0-9 -`, such as `kitchen`.
     pub(crate) category: String,
+    /// 0 to 10^10 minor units.
     pub(crate) price: Money,
 }
 
@@ -175,7 +179,7 @@ impl NewProduct {
 
 /// Changes to a product as an admin gives them: any of the fields, at least one. The SKU is
 /// not among them: it names the product outside Banyan.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ProductChanges {
     pub(crate) name: Option<String>,

@@ -3,20 +3,20 @@
 use std::sync::Arc;
 
 use axum::{
-    Router,
     extract::FromRequestParts,
     http::{StatusCode, header, request::Parts},
     response::IntoResponse,
-    routing::get,
 };
 use banyan_kit::{
-    ApiError, ApiResult, Page, Paged,
+    ApiError, ApiResult, ErrorBody, Page, Paged,
     auth::Caller,
     extract::{Cx, Json, Path, Query},
     timestamp,
 };
 use banyan_message::Money;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
@@ -25,10 +25,11 @@ use crate::{
     store::{self, ProductRow},
 };
 
-pub(crate) fn routes(state: Arc<State>) -> Router {
-    Router::new()
-        .route("/api/v1/products", get(list).post(create))
-        .route("/api/v1/products/{id}", get(get_product).put(update))
+/// The module's routes, each with its OpenAPI operation (tag `catalog`).
+pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(get_product, update))
         .with_state(state)
 }
 
@@ -50,7 +51,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
 }
 
 /// A product as anyone sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct ProductView {
     id: Uuid,
     sku: String,
@@ -58,9 +59,13 @@ struct ProductView {
     description: String,
     category: String,
     price: Money,
+    /// Whether any is available (from inventory's events).
     in_stock: bool,
+    /// How many can be ordered: on hand less reserved.
     available: i64,
+    /// RFC 3339.
     created_at: String,
+    /// RFC 3339.
     updated_at: String,
 }
 
@@ -83,15 +88,37 @@ impl From<ProductRow> for ProductView {
 
 /// `?category=&page=&per_page=`. [`Page`] refuses fields it does not know, so the listing has a
 /// query type of its own.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Listing {
+    /// Only products of this category.
     category: Option<String>,
+    /// The page, from 1 (the default) to 1000000.
+    #[param(minimum = 1, maximum = 1_000_000, default = 1)]
     page: Option<u32>,
+    /// Items per page, from 1 to 100; 20 by default.
+    #[param(minimum = 1, maximum = 100, default = 20)]
     per_page: Option<u32>,
 }
 
 /// `GET /api/v1/products`: public; oldest first, optionally of one category.
+#[utoipa::path(
+    get,
+    path = "/api/v1/products",
+    tag = "catalog",
+    operation_id = "list_products",
+    summary = "List products",
+    description = "Public. Oldest first, a page at a time, optionally of one category.",
+    params(Listing),
+    responses(
+        (status = 200, description = "A page of products.", body = Paged<ProductView>),
+        (status = 400, description = "An unknown or unparsable query parameter (`invalid_query`).", body = ErrorBody),
+        (status = 422, description = "`page`, `per_page` or `category` invalid.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn list(
     axum::extract::State(state): AppState,
     Query(listing): Query<Listing>,
@@ -121,6 +148,22 @@ fn not_found(id: Uuid) -> ApiError {
 }
 
 /// `GET /api/v1/products/{id}`: public.
+#[utoipa::path(
+    get,
+    path = "/api/v1/products/{id}",
+    tag = "catalog",
+    operation_id = "get_product",
+    summary = "Read a product",
+    description = "Public; with whether it is in stock.",
+    params(("id" = Uuid, Path, description = "The product's id.")),
+    responses(
+        (status = 200, description = "The product.", body = ProductView),
+        (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
+        (status = 404, description = "No such product.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn get_product(
     axum::extract::State(state): AppState,
     Path(id): Path<Uuid>,
@@ -132,6 +175,29 @@ async fn get_product(
 }
 
 /// `POST /api/v1/products`: admins only.
+#[utoipa::path(
+    post,
+    path = "/api/v1/products",
+    tag = "catalog",
+    operation_id = "create_product",
+    summary = "Create a product",
+    description = "Admins only. Announces `ProductCreated`.",
+    request_body = NewProduct,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created.", body = ProductView,
+            headers(("location" = String, description = "The product's URL."))),
+        (status = 400, description = "The body is not JSON.", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "The caller is not an admin.", body = ErrorBody),
+        (status = 409, description = "The SKU is already taken (`already_exists`).", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or invalid (`validation_failed`).", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn create(
     axum::extract::State(state): AppState,
     _admin: Admin,
@@ -148,6 +214,30 @@ async fn create(
 }
 
 /// `PUT /api/v1/products/{id}`: admins only; any of name, description, category and price.
+#[utoipa::path(
+    put,
+    path = "/api/v1/products/{id}",
+    tag = "catalog",
+    operation_id = "update_product",
+    summary = "Change a product",
+    description = "Admins only; any of name, description, category and price (a new price \
+        announces `PriceChanged`).",
+    params(("id" = Uuid, Path, description = "The product's id.")),
+    request_body = ProductChanges,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The changed product.", body = ProductView),
+        (status = 400, description = "The id is not a UUID, or the body is not JSON.", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "The caller is not an admin.", body = ErrorBody),
+        (status = 404, description = "No such product.", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "No field given, an unknown field, or an invalid value.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn update(
     axum::extract::State(state): AppState,
     _admin: Admin,
@@ -170,7 +260,7 @@ mod tests {
     use crate::test_support::{self, call, with_auth};
 
     struct App {
-        router: Router,
+        router: axum::Router,
         admin: String,
         customer: String,
         _db: test_support::TestDb,

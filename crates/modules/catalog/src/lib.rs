@@ -21,10 +21,10 @@ mod store;
 
 use std::sync::Arc;
 
-use axum::Router;
 use banyan_db::sqlx::migrate::Migrator;
 use banyan_kit::{Module, ModuleContext};
 use futures::future::BoxFuture;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use banyan_catalog_contract as contract;
 
@@ -43,7 +43,7 @@ impl Module for Catalog {
         &MIGRATIONS
     }
 
-    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<Router>> {
+    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<OpenApiRouter>> {
         Box::pin(async move {
             let state = Arc::new(State {
                 outbox: ctx.outbox.clone(),
@@ -201,7 +201,7 @@ mod test_support {
 
     /// The module's routes with an authenticator installed, as the app installs it, and a
     /// token for an admin and one for a customer.
-    pub(crate) fn with_auth(router: axum::Router) -> (axum::Router, String, String) {
+    pub(crate) fn with_auth(router: impl Into<axum::Router>) -> (axum::Router, String, String) {
         use banyan_kit::auth::{Authenticator, Role};
 
         let auth = Authenticator::new(
@@ -215,7 +215,7 @@ mod test_support {
             .issue(uuid::Uuid::now_v7(), Role::Customer)
             .expect("a token");
         (
-            router.layer(axum::Extension(auth)),
+            router.into().layer(axum::Extension(auth)),
             admin.access_token,
             customer.access_token,
         )

@@ -2,14 +2,16 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::FromRequestParts, http::request::Parts, routing::get};
+use axum::{extract::FromRequestParts, http::request::Parts};
 use banyan_kit::{
-    ApiError, ApiResult,
+    ApiError, ApiResult, ErrorBody,
     auth::Caller,
     extract::{Cx, Json, Path},
     timestamp,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
@@ -18,12 +20,10 @@ use crate::{
     store::{self, StockRow},
 };
 
-pub(crate) fn routes(state: Arc<State>) -> Router {
-    Router::new()
-        .route(
-            "/api/v1/inventory/{product_id}",
-            get(get_stock).put(set_stock),
-        )
+/// The module's routes, each with its OpenAPI operation (tag `inventory`).
+pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(get_stock, set_stock))
         .with_state(state)
 }
 
@@ -45,12 +45,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
 }
 
 /// A product's stock as anyone sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct StockView {
     product_id: Uuid,
+    /// What is in the warehouse.
     on_hand: i64,
+    /// What pending orders hold.
     reserved: i64,
+    /// On hand less reserved.
     available: i64,
+    /// RFC 3339.
     updated_at: String,
 }
 
@@ -67,6 +71,22 @@ impl From<StockRow> for StockView {
 }
 
 /// `GET /api/v1/inventory/{product_id}`: public; 404 for a product never stocked.
+#[utoipa::path(
+    get,
+    path = "/api/v1/inventory/{product_id}",
+    tag = "inventory",
+    operation_id = "get_stock",
+    summary = "Read a product's stock",
+    description = "Public: on hand, reserved and available. 404 for a product never stocked.",
+    params(("product_id" = Uuid, Path, description = "The product's id.")),
+    responses(
+        (status = 200, description = "The stock.", body = StockView),
+        (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
+        (status = 404, description = "The product has no stock record.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn get_stock(
     axum::extract::State(state): AppState,
     Path(product_id): Path<Uuid>,
@@ -77,14 +97,39 @@ async fn get_stock(
     Ok(Json(row.into()))
 }
 
-#[derive(Debug, Deserialize)]
+/// The new count on hand.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StockChange {
+    /// 0 to 10^9, and not below what is reserved.
     on_hand: i64,
 }
 
 /// `PUT /api/v1/inventory/{product_id}`: admins only; sets what is on hand, creating the
 /// product's stock if missing.
+#[utoipa::path(
+    put,
+    path = "/api/v1/inventory/{product_id}",
+    tag = "inventory",
+    operation_id = "set_stock",
+    summary = "Set a product's stock on hand",
+    description = "Admins only. Creates the product's stock if missing; announces `StockChanged`.",
+    params(("product_id" = Uuid, Path, description = "The product's id.")),
+    request_body = StockChange,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The stock as set.", body = StockView),
+        (status = 400, description = "The id is not a UUID, or the body is not JSON.", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "The caller is not an admin.", body = ErrorBody),
+        (status = 409, description = "Below what is reserved (`below_reserved`, with details).", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "`on_hand` missing or out of range, or an unknown field.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn set_stock(
     axum::extract::State(state): AppState,
     _admin: Admin,

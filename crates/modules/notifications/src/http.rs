@@ -2,14 +2,15 @@
 
 use std::sync::Arc;
 
-use axum::{Router, routing::get};
 use banyan_kit::{
-    ApiError, ApiResult, Page, Paged,
+    ApiError, ApiResult, ErrorBody, Page, Paged,
     auth::Caller,
     extract::{Json, Query},
     timestamp,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
@@ -17,22 +18,23 @@ use crate::{
     store::{self, NotificationRow},
 };
 
-pub(crate) fn routes(state: Arc<State>) -> Router {
-    Router::new()
-        .route("/api/v1/notifications", get(list))
-        .with_state(state)
+/// The module's routes, each with its OpenAPI operation (tag `notifications`).
+pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
+    OpenApiRouter::new().routes(routes!(list)).with_state(state)
 }
 
 type AppState = axum::extract::State<Arc<State>>;
 
 /// A notification as its recipient (or an admin) sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct NotificationView {
     id: Uuid,
     user_id: Uuid,
+    /// `welcome`, `order_confirmed` or `order_cancelled`.
     kind: String,
     subject: String,
     body: String,
+    /// RFC 3339.
     sent_at: String,
 }
 
@@ -51,17 +53,44 @@ impl From<NotificationRow> for NotificationView {
 
 /// `?user_id=&page=&per_page=`. [`Page`] refuses fields it does not know, so the listing has a
 /// query type of its own.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Listing {
+    /// Whose notifications; the caller's own by default.
     user_id: Option<Uuid>,
+    /// The page, from 1 (the default) to 1000000.
+    #[param(minimum = 1, maximum = 1_000_000, default = 1)]
     page: Option<u32>,
+    /// Items per page, from 1 to 100; 20 by default.
+    #[param(minimum = 1, maximum = 100, default = 20)]
     per_page: Option<u32>,
 }
 
 /// `GET /api/v1/notifications`: a user's notifications, newest first, for that user or an
 /// admin; without `user_id`, the caller's own. Someone else's are answered 404, as if they
 /// did not exist.
+#[utoipa::path(
+    get,
+    path = "/api/v1/notifications",
+    tag = "notifications",
+    operation_id = "list_notifications",
+    summary = "List a user's notifications",
+    description = "The notifications sent to a user (welcome, order confirmation, cancellation), \
+        newest first, for that user or an admin; without `user_id`, the caller's own. Someone \
+        else's are answered 404.",
+    params(Listing),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of notifications.", body = Paged<NotificationView>),
+        (status = 400, description = "An unknown or unparsable query parameter (`invalid_query`).", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 404, description = "Not the caller's notifications.", body = ErrorBody),
+        (status = 422, description = "`page` or `per_page` out of range.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn list(
     axum::extract::State(state): AppState,
     caller: Caller,

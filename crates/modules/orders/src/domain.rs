@@ -278,18 +278,24 @@ fn rejected_ids(rejection: &Rejection) -> Vec<String> {
 
 /// An order as a client asks for it: either `lines` or `from_cart: true`. Nothing else: the
 /// price, total, status and owner are not the client's to set.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PlaceOrder {
+    /// 1 to 100 lines; lines of one product are merged. Not with `from_cart: true`.
     pub(crate) lines: Option<Vec<LineRequest>>,
+    /// Order what the caller's cart holds (which is then cleared of it).
     pub(crate) from_cart: Option<bool>,
+    /// A token of the simulated provider, 1 to 64 characters of `a-z 0-9 _`; `tok_visa` by
+    /// default, `tok_declined` is declined.
     pub(crate) payment_method: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A product and how many of it.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LineRequest {
     pub(crate) product_id: Uuid,
+    /// 1 to 1000.
     pub(crate) quantity: i64,
 }
 
@@ -439,10 +445,11 @@ pub(crate) enum Outcome {
 }
 
 /// What [`end_saga`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Ended {
-    /// The order was pending and now has the outcome; its event is in the unit of work.
-    Applied(Status),
+    /// The order was pending and now has the outcome (this row); its event is in the unit of
+    /// work.
+    Applied(OrderRow),
     /// The order had already left `pending` (it has this status): nothing changed.
     Already(Status),
     /// No such order: nothing changed.
@@ -494,7 +501,7 @@ pub(crate) async fn end_saga(
             .await?;
         }
     }
-    Ok(Ended::Applied(status))
+    Ok(Ended::Applied(ended))
 }
 
 /// Moves an order on (an admin's doing): confirmed → shipped → delivered. 404 for an unknown

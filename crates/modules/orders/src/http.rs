@@ -3,14 +3,12 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    Router,
     extract::FromRequestParts,
     http::{StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
-    routing::{get, post, put},
 };
 use banyan_kit::{
-    ApiError, ApiResult, Page, Paged,
+    ApiError, ApiResult, ErrorBody, Page, Paged,
     auth::Caller,
     extract::{Cx, Json, Path, Query},
     timestamp,
@@ -18,6 +16,8 @@ use banyan_kit::{
 use banyan_message::Money;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
@@ -27,12 +27,13 @@ use crate::{
     waiters::Watch,
 };
 
-pub(crate) fn routes(state: Arc<State>) -> Router {
-    Router::new()
-        .route("/api/v1/orders", post(place))
-        .route("/api/v1/orders/{id}", get(get_order))
-        .route("/api/v1/orders/{id}/status", put(change_status))
-        .route("/api/v1/orders/user/{user_id}", get(list_for_user))
+/// The module's routes, each with its OpenAPI operation (tag `orders`).
+pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(place))
+        .routes(routes!(get_order))
+        .routes(routes!(change_status))
+        .routes(routes!(list_for_user))
         .with_state(state)
 }
 
@@ -54,23 +55,30 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
 }
 
 /// An order as its owner (or an admin) sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct OrderView {
     id: Uuid,
     user_id: Uuid,
+    /// `pending`, `confirmed`, `cancelled`, `shipped` or `delivered`.
     status: String,
-    /// Why it was cancelled; `null` unless it was.
+    /// Why it was cancelled (`out_of_stock`, `payment_declined`, `payment_over_limit`,
+    /// `payment_failed`, `cancelled_by_admin`); `null` unless it was.
     cancel_reason: Option<String>,
-    lines: Vec<LineView>,
+    lines: Vec<OrderLineView>,
     total: Money,
     payment_method: String,
+    /// Whether it was ordered from the cart.
     from_cart: bool,
+    /// RFC 3339.
     created_at: String,
+    /// RFC 3339.
     updated_at: String,
 }
 
-#[derive(Debug, Serialize)]
-struct LineView {
+/// One line of an order, with the product's name and unit price as they were when it was
+/// ordered.
+#[derive(Debug, Serialize, ToSchema)]
+struct OrderLineView {
     product_id: Uuid,
     name: String,
     unit_price: Money,
@@ -78,7 +86,7 @@ struct LineView {
     line_total: Money,
 }
 
-impl From<&LineRow> for LineView {
+impl From<&LineRow> for OrderLineView {
     fn from(line: &LineRow) -> Self {
         Self {
             product_id: line.product_id(),
@@ -97,7 +105,7 @@ impl From<Order> for OrderView {
             id: row.id(),
             user_id: row.user_id(),
             total: row.total(),
-            lines: order.lines.iter().map(LineView::from).collect(),
+            lines: order.lines.iter().map(OrderLineView::from).collect(),
             cancel_reason: if row.status() == Status::Cancelled {
                 row.cancel_reason
             } else {
@@ -113,9 +121,13 @@ impl From<Order> for OrderView {
 }
 
 /// `?wait_ms=`: how long to wait for the saga's outcome before answering.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Placing {
+    /// How long to wait for the order's outcome, 0 to 30000 ms (bounded by the server's
+    /// setting). Without it (or with 0) the order is answered at once.
+    #[param(minimum = 0, maximum = 30_000)]
     wait_ms: Option<u64>,
 }
 
@@ -125,6 +137,35 @@ const MAX_WAIT_MS: u64 = 30_000;
 /// `POST /api/v1/orders`: places an order for the caller. Without `wait_ms`: 202 with the
 /// pending order. With it: 201 with the confirmed or cancelled order once the saga ends, or
 /// 202 with the pending order if it has not ended by then.
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders",
+    tag = "orders",
+    operation_id = "place_order",
+    summary = "Place an order",
+    description = "For the caller: `lines`, or `from_cart: true` to order the cart; optionally \
+        a `payment_method`. Prices come from the catalog. Without `wait_ms`: 202 with the \
+        pending order. With it: 201 with the confirmed or cancelled order once the checkout \
+        saga ends, or 202 with the pending order if it has not ended by then.",
+    params(Placing),
+    request_body = PlaceOrder,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The saga ended in time: the order, confirmed or cancelled.", body = OrderView,
+            headers(("location" = String, description = "The order's URL."))),
+        (status = 202, description = "Placed, still pending: poll the `Location`.", body = OrderView,
+            headers(("location" = String, description = "The order's URL."))),
+        (status = 400, description = "An unknown or unparsable query parameter, or the body is not JSON.", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "Invalid lines, an empty cart, unknown products, a bad \
+            payment method, `wait_ms` out of range, or a body of the wrong shape.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy, or the catalog or cart is unavailable; try again.", body = ErrorBody),
+        (status = 504, description = "The catalog or the cart did not answer in time.", body = ErrorBody),
+    )
+)]
 async fn place(
     axum::extract::State(state): AppState,
     caller: Caller,
@@ -150,7 +191,7 @@ async fn place(
         .map(|wait| (state.waiters.watch(order_id), wait));
     let placed = domain::place(&state.outbox, &cx, order).await?;
     let (status, order) = match waiting {
-        Some((watch, wait)) => match await_outcome(&state, watch, order_id, wait).await {
+        Some((watch, wait)) => match await_outcome(&state, watch, &placed, wait).await {
             Some(ended) => (StatusCode::CREATED, ended),
             None => (StatusCode::ACCEPTED, placed),
         },
@@ -166,21 +207,26 @@ async fn place(
 }
 
 /// Waits until the order has left `pending` or `wait` has passed. Woken by the saga's
-/// handlers in this process; re-reads the order every `poll` in case the saga ends elsewhere.
-/// `None` if the order is still pending at the deadline.
+/// handlers in this process (with the order's new row); re-reads the order every `poll` in
+/// case the saga ends elsewhere. `None` if the order is still pending at the deadline.
 ///
 /// The order is placed by then, so a failed read is not an error for the client (who might
 /// place it again): it is logged, and the wait goes on to its deadline.
 async fn await_outcome(
     state: &State,
     mut watch: Watch,
-    order_id: Uuid,
+    placed: &Order,
     wait: Duration,
 ) -> Option<Order> {
+    let order_id = placed.row.id();
     let deadline = Instant::now() + wait;
     loop {
         let at_deadline = tokio::select! {
-            () = watch.signalled() => false,
+            woken = watch.signalled() => match woken {
+                // Lines never change: the row is all that is new.
+                Some(row) => return Some(Order { row, lines: placed.lines.clone() }),
+                None => false,
+            },
             () = tokio::time::sleep(state.poll) => false,
             () = tokio::time::sleep_until(deadline) => true,
         };
@@ -199,6 +245,25 @@ async fn await_outcome(
 
 /// Someone else's order is answered 404, as if it did not exist: its existence is not the
 /// caller's business.
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders/{id}",
+    tag = "orders",
+    operation_id = "get_order",
+    summary = "Read an order",
+    description = "The owner or an admin, with its price snapshot. Someone else's order is \
+        answered 404.",
+    params(("id" = Uuid, Path, description = "The order's id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The order.", body = OrderView),
+        (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 404, description = "No such order, or not the caller's.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn get_order(
     axum::extract::State(state): AppState,
     caller: Caller,
@@ -213,6 +278,25 @@ async fn get_order(
 
 /// `GET /api/v1/orders/user/{user_id}?page=&per_page=`: the owner's or an admin's; newest
 /// first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders/user/{user_id}",
+    tag = "orders",
+    operation_id = "list_user_orders",
+    summary = "List a user's orders",
+    description = "The owner or an admin; newest first, a page at a time.",
+    params(("user_id" = Uuid, Path, description = "The user's id."), Page),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of orders.", body = Paged<OrderView>),
+        (status = 400, description = "The id is not a UUID, or an unknown or unparsable query parameter.", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 404, description = "Not the caller's orders.", body = ErrorBody),
+        (status = 422, description = "`page` or `per_page` out of range.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn list_for_user(
     axum::extract::State(state): AppState,
     caller: Caller,
@@ -236,13 +320,40 @@ async fn list_for_user(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+/// The status an order moves to.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StatusChange {
+    /// `shipped` (from confirmed) or `delivered` (from shipped).
+    #[schema(example = "shipped")]
     status: String,
 }
 
 /// `PUT /api/v1/orders/{id}/status`: admins only; confirmed → shipped → delivered.
+#[utoipa::path(
+    put,
+    path = "/api/v1/orders/{id}/status",
+    tag = "orders",
+    operation_id = "change_order_status",
+    summary = "Move an order on",
+    description = "Admins only: confirmed → shipped → delivered, one step at a time.",
+    params(("id" = Uuid, Path, description = "The order's id.")),
+    request_body = StatusChange,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The order, moved on.", body = OrderView),
+        (status = 400, description = "The id is not a UUID, or the body is not JSON.", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "The caller is not an admin.", body = ErrorBody),
+        (status = 404, description = "No such order.", body = ErrorBody),
+        (status = 409, description = "Not a move the order can make (`invalid_transition`, with details).", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "Not a status, or a body of the wrong shape.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn change_status(
     axum::extract::State(state): AppState,
     _admin: Admin,

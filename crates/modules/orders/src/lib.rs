@@ -26,11 +26,11 @@ mod waiters;
 
 use std::{sync::Arc, time::Duration};
 
-use axum::Router;
 use banyan_db::sqlx::migrate::Migrator;
 use banyan_kit::{Module, ModuleContext};
 use futures::future::BoxFuture;
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use banyan_orders_contract as contract;
 
@@ -68,7 +68,7 @@ impl Module for Orders {
         &MIGRATIONS
     }
 
-    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<Router>> {
+    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<OpenApiRouter>> {
         Box::pin(async move {
             let settings: Settings = ctx.settings()?;
             if !(1..=10_000).contains(&settings.wait_poll_ms) {
@@ -261,7 +261,7 @@ mod test_support {
     }
 
     /// The module's routes with an authenticator installed, as the app installs it.
-    pub(crate) fn with_auth(router: axum::Router) -> (axum::Router, Users) {
+    pub(crate) fn with_auth(router: impl Into<axum::Router>) -> (axum::Router, Users) {
         use banyan_kit::auth::{Authenticator, Role};
 
         let auth = Authenticator::new(
@@ -275,7 +275,7 @@ mod test_support {
             alice: (alice, token(alice, Role::Customer)),
             bob: (bob, token(bob, Role::Customer)),
         };
-        (router.layer(axum::Extension(auth)), users)
+        (router.into().layer(axum::Extension(auth)), users)
     }
 }
 

@@ -112,9 +112,9 @@ async fn end<E>(
     uow.commit().await?;
     let subject = delivered.envelope.subject.as_str();
     match ended {
-        Ended::Applied(status) => {
-            state.waiters.wake(order_id);
-            tracing::info!(%order_id, status = status.as_str(), subject, "Order saga ended.");
+        Ended::Applied(row) => {
+            tracing::info!(%order_id, status = %row.status, subject, "Order saga ended.");
+            state.waiters.wake(order_id, &row);
         }
         Ended::Already(status) => {
             tracing::debug!(%order_id, status = status.as_str(), subject, "Saga event ignored: the order already ended.");

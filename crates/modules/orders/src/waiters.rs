@@ -2,7 +2,8 @@
 //!
 //! A waiter registers before the order commits, so that an outcome that comes fast is not
 //! missed; the saga's event handlers [`wake`](Waiters::wake) the order's waiters after their
-//! own commit. When the saga ends in another process no handler here runs, so a waiter also
+//! own commit, handing them the order's row as it committed (so a waiter need not read it
+//! again). When the saga ends in another process no handler here runs, so a waiter also
 //! re-reads the order on a timer (see `http::await_outcome`): the signal is the fast path,
 //! the database the truth.
 
@@ -14,10 +15,14 @@ use std::{
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::store::OrderRow;
+
+type Waiting = HashMap<Uuid, Vec<oneshot::Sender<OrderRow>>>;
+
 /// Who waits for which order. Lives as long as the module; entries as long as their waiter.
 #[derive(Debug, Default)]
 pub(crate) struct Waiters {
-    waiting: Mutex<HashMap<Uuid, Vec<oneshot::Sender<()>>>>,
+    waiting: Mutex<Waiting>,
 }
 
 impl Waiters {
@@ -33,11 +38,12 @@ impl Waiters {
         }
     }
 
-    /// Tells every waiter of `order_id` that its saga moved on.
-    pub(crate) fn wake(&self, order_id: Uuid) {
+    /// Tells every waiter of `order_id` that its saga ended, with the order's row as it
+    /// committed.
+    pub(crate) fn wake(&self, order_id: Uuid, row: &OrderRow) {
         let senders = self.lock().remove(&order_id);
         for sender in senders.into_iter().flatten() {
-            let _ = sender.send(());
+            let _ = sender.send(row.clone());
         }
     }
 
@@ -47,7 +53,7 @@ impl Waiters {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<oneshot::Sender<()>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -56,21 +62,22 @@ impl Waiters {
 #[derive(Debug)]
 pub(crate) struct Watch {
     order_id: Uuid,
-    receiver: oneshot::Receiver<()>,
+    receiver: oneshot::Receiver<OrderRow>,
     /// Whether the signal came (a oneshot may not be polled after it completed).
     signalled: bool,
     waiters: Arc<Waiters>,
 }
 
 impl Watch {
-    /// Resolves when the order's waiters are woken; at once if they were before. After the
-    /// first signal it never resolves again: the caller re-reads the order instead.
-    pub(crate) async fn signalled(&mut self) {
+    /// Resolves when the order's waiters are woken (at once if they were before), with the
+    /// order's row. After the first signal it never resolves again.
+    pub(crate) async fn signalled(&mut self) -> Option<OrderRow> {
         if self.signalled {
             return std::future::pending().await;
         }
-        let _ = (&mut self.receiver).await;
+        let row = (&mut self.receiver).await.ok();
         self.signalled = true;
+        row
     }
 }
 
@@ -93,15 +100,31 @@ mod tests {
 
     use super::*;
 
+    fn row(id: Uuid, status: &str) -> OrderRow {
+        OrderRow {
+            id: id.to_string(),
+            user_id: Uuid::now_v7().to_string(),
+            status: status.into(),
+            cancel_reason: None,
+            total_minor: 1,
+            currency: "EUR".into(),
+            payment_method: "tok_visa".into(),
+            from_cart: 0,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
     #[tokio::test]
     async fn a_waiter_hears_a_wake_that_came_before_it_listened() {
         let waiters = Arc::new(Waiters::default());
         let id = Uuid::now_v7();
         let mut watch = waiters.watch(id);
-        waiters.wake(id);
-        tokio::time::timeout(Duration::from_secs(1), watch.signalled())
+        waiters.wake(id, &row(id, "confirmed"));
+        let woken = tokio::time::timeout(Duration::from_secs(1), watch.signalled())
             .await
             .expect("the signal was kept");
+        assert_eq!(woken.unwrap().status, "confirmed");
         assert_eq!(waiters.len(), 0);
     }
 
@@ -113,7 +136,8 @@ mod tests {
         let mut second = waiters.watch(id);
         drop(first);
         assert_eq!(waiters.len(), 1);
-        waiters.wake(Uuid::now_v7());
+        let other = Uuid::now_v7();
+        waiters.wake(other, &row(other, "confirmed"));
         assert!(
             tokio::time::timeout(Duration::from_millis(20), second.signalled())
                 .await

@@ -2,14 +2,15 @@
 
 use std::sync::Arc;
 
-use axum::{Router, routing::get};
 use banyan_kit::{
-    ApiError, ApiResult,
+    ApiError, ApiResult, ErrorBody,
     auth::Caller,
     extract::{Json, Path},
     timestamp,
 };
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
@@ -17,23 +18,27 @@ use crate::{
     store::{self, PaymentRow},
 };
 
-pub(crate) fn routes(state: Arc<State>) -> Router {
-    Router::new()
-        .route("/api/v1/payments/{order_id}", get(get_payment))
+/// The module's routes, each with its OpenAPI operation (tag `payments`).
+pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(get_payment))
         .with_state(state)
 }
 
 type AppState = axum::extract::State<Arc<State>>;
 
-/// An amount as the API shows it.
-#[derive(Debug, Serialize)]
+/// An amount as the API shows it (the shape of `Money`).
+#[derive(Debug, Serialize, ToSchema)]
 struct AmountView {
+    /// Integer minor units (cents for EUR).
     amount_minor: i64,
+    /// An ISO 4217 currency code.
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     currency: String,
 }
 
 /// A payment as its payer (or an admin) sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct PaymentBody {
     id: Uuid,
     order_id: Uuid,
@@ -43,6 +48,7 @@ struct PaymentBody {
     status: String,
     /// `payment_declined`, `payment_over_limit` or `payment_failed`; `null` when completed.
     failure_reason: Option<String>,
+    /// RFC 3339.
     created_at: String,
 }
 
@@ -65,6 +71,25 @@ impl From<PaymentRow> for PaymentBody {
 
 /// `GET /api/v1/payments/{order_id}`: the payer or an admin. Another user's payment answers
 /// 404, as does an order without one, so that existence does not leak.
+#[utoipa::path(
+    get,
+    path = "/api/v1/payments/{order_id}",
+    tag = "payments",
+    operation_id = "get_payment",
+    summary = "Read an order's payment",
+    description = "The payer or an admin. Another user's payment answers 404, as does an order \
+        without one, so that existence does not leak.",
+    params(("order_id" = Uuid, Path, description = "The order's id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The payment.", body = PaymentBody),
+        (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 404, description = "No payment for that order, or not the caller's.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn get_payment(
     axum::extract::State(state): AppState,
     caller: Caller,

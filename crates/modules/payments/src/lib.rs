@@ -25,11 +25,11 @@ mod store;
 
 use std::sync::Arc;
 
-use axum::Router;
 use banyan_db::sqlx::migrate::Migrator;
 use banyan_kit::{Module, ModuleContext};
 use futures::future::BoxFuture;
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use banyan_payments_contract as contract;
 
@@ -90,7 +90,7 @@ impl Module for Payments {
         &MIGRATIONS
     }
 
-    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<Router>> {
+    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<OpenApiRouter>> {
         Box::pin(async move {
             let settings: Settings = ctx.settings()?;
             let state = Arc::new(State {
@@ -297,7 +297,7 @@ mod test_support {
     /// The module's routes with an authenticator installed, as the app installs it, and the
     /// authenticator, to issue tokens for the users a test chooses.
     pub(crate) fn with_auth(
-        router: axum::Router,
+        router: impl Into<axum::Router>,
     ) -> (
         axum::Router,
         std::sync::Arc<banyan_kit::auth::Authenticator>,
@@ -306,7 +306,7 @@ mod test_support {
             b"test-secret-test-secret-test-secret",
             std::time::Duration::from_secs(60),
         );
-        (router.layer(axum::Extension(auth.clone())), auth)
+        (router.into().layer(axum::Extension(auth.clone())), auth)
     }
 
     /// A token for `user` with `role`.

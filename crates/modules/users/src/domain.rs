@@ -120,11 +120,14 @@ impl Password {
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3GJAzv0J5dq0yrpGpx9YVNwGF7lFqU6hqsYz0wkuNUU";
 
 /// A new account as a client asks for it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewAccount {
+    /// 3 to 32 characters of `a-z 0-9 _ . -`, compared without case.
     pub(crate) username: String,
     pub(crate) email: String,
+    /// 8 to 128 characters.
+    #[schema(value_type = String, format = Password)]
     pub(crate) password: Password,
 }
 

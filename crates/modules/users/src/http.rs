@@ -3,20 +3,21 @@
 use std::sync::Arc;
 
 use axum::{
-    Router,
     http::{StatusCode, header},
     response::IntoResponse,
-    routing::{get, post},
 };
 use banyan_kit::{
-    ApiError, ApiResult, Page, Paged,
+    ApiError, ApiResult, ErrorBody, Page, Paged,
     auth::{Caller, Role, Token},
     extract::{Cx, Json, Path, Query},
     timestamp,
 };
+use banyan_message::Money;
 use banyan_orders_contract::{ListOrders, OrderSummary};
 use banyan_users_contract::UserId;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
@@ -25,28 +26,30 @@ use crate::{
     store::{self, UserRow},
 };
 
-pub(crate) fn routes(state: Arc<State>) -> Router {
-    Router::new()
-        .route("/api/v1/users", post(register).get(list))
-        .route("/api/v1/users/login", post(login))
-        .route(
-            "/api/v1/users/{id}",
-            get(get_user).put(update).delete(delete),
-        )
-        .route("/api/v1/users/{id}/overview", get(overview))
+/// The module's routes, each with its OpenAPI operation (tag `users`).
+pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(register, list))
+        .routes(routes!(login))
+        .routes(routes!(get_user, update, delete))
+        .routes(routes!(overview))
         .with_state(state)
 }
 
 type AppState = axum::extract::State<Arc<State>>;
 
 /// An account as its owner (or an admin) sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct UserView {
     id: Uuid,
     username: String,
     email: String,
+    /// `customer` or `admin`.
+    #[schema(value_type = Role)]
     role: String,
+    /// RFC 3339.
     created_at: String,
+    /// RFC 3339.
     updated_at: String,
 }
 
@@ -64,6 +67,26 @@ impl From<UserRow> for UserView {
 }
 
 /// `POST /api/v1/users`: anyone may register; new accounts are customers.
+#[utoipa::path(
+    post,
+    path = "/api/v1/users",
+    tag = "users",
+    operation_id = "register_user",
+    summary = "Register an account",
+    description = "Anyone may register; new accounts are customers.",
+    request_body = NewAccount,
+    responses(
+        (status = 201, description = "Registered.", body = UserView,
+            headers(("location" = String, description = "The account's URL."))),
+        (status = 400, description = "The body is not JSON.", body = ErrorBody),
+        (status = 409, description = "The username or email is already taken (`already_exists`).", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or invalid (`validation_failed`).", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn register(
     axum::extract::State(state): AppState,
     cx: Cx,
@@ -78,15 +101,17 @@ async fn register(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Credentials {
     /// The username or the email address.
     username: String,
+    #[schema(value_type = String, format = Password)]
     password: Password,
 }
 
-#[derive(Debug, Serialize)]
+/// A token and whose it is.
+#[derive(Debug, Serialize, ToSchema)]
 struct LoginAnswer {
     #[serde(flatten)]
     token: Token,
@@ -96,6 +121,26 @@ struct LoginAnswer {
 
 /// `POST /api/v1/users/login`: a JWT for good credentials; one 401 for every bad combination,
 /// so the answer never says whether the user exists.
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/login",
+    tag = "users",
+    operation_id = "login",
+    summary = "Log in",
+    description = "A JWT for good credentials (the username or the email, and the password); \
+        one 401 for every bad combination, so the answer never says whether the user exists.",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "Logged in.", body = LoginAnswer),
+        (status = 400, description = "The body is not JSON.", body = ErrorBody),
+        (status = 401, description = "Invalid username or password.", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "A field is missing or unknown.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn login(
     axum::extract::State(state): AppState,
     Json(credentials): Json<Credentials>,
@@ -115,6 +160,25 @@ async fn login(
 }
 
 /// `GET /api/v1/users`: every account, for admins.
+#[utoipa::path(
+    get,
+    path = "/api/v1/users",
+    tag = "users",
+    operation_id = "list_users",
+    summary = "List accounts",
+    description = "Every account, oldest first, a page at a time. Admins only.",
+    params(Page),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of accounts.", body = Paged<UserView>),
+        (status = 400, description = "An unknown or unparsable query parameter (`invalid_query`).", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 403, description = "The caller is not an admin.", body = ErrorBody),
+        (status = 422, description = "`page` or `per_page` out of range.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn list(
     axum::extract::State(state): AppState,
     caller: Caller,
@@ -145,6 +209,25 @@ fn not_found(id: Uuid) -> ApiError {
     ApiError::not_found(format!("user {id} does not exist"))
 }
 
+/// `GET /api/v1/users/{id}`: the owner or an admin.
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{id}",
+    tag = "users",
+    operation_id = "get_user",
+    summary = "Read an account",
+    description = "The owner or an admin. Someone else's account is answered 404.",
+    params(("id" = Uuid, Path, description = "The user's id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The account.", body = UserView),
+        (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 404, description = "No such account, or not the caller's.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn get_user(
     axum::extract::State(state): AppState,
     caller: Caller,
@@ -157,15 +240,41 @@ async fn get_user(
     Ok(Json(user.into()))
 }
 
-#[derive(Debug, Deserialize)]
+/// An email, a password, or both.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AccountChanges {
     email: Option<String>,
+    /// 8 to 128 characters.
+    #[schema(value_type = Option<String>, format = Password)]
     password: Option<Password>,
 }
 
 /// `PUT /api/v1/users/{id}`: change the email or the password. The role is not a field a
 /// client may set.
+#[utoipa::path(
+    put,
+    path = "/api/v1/users/{id}",
+    tag = "users",
+    operation_id = "update_user",
+    summary = "Change an account's email or password",
+    description = "The owner or an admin. The role is not a field a client may set.",
+    params(("id" = Uuid, Path, description = "The user's id.")),
+    request_body = AccountChanges,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The changed account.", body = UserView),
+        (status = 400, description = "The id is not a UUID, or the body is not JSON.", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 404, description = "No such account, or not the caller's.", body = ErrorBody),
+        (status = 409, description = "The email is already taken (`already_exists`).", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "Neither field given, an unknown field, or an invalid value.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn update(
     axum::extract::State(state): AppState,
     caller: Caller,
@@ -201,6 +310,25 @@ async fn update(
     Ok(Json(user.into()))
 }
 
+/// `DELETE /api/v1/users/{id}`: the owner or an admin.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/{id}",
+    tag = "users",
+    operation_id = "delete_user",
+    summary = "Delete an account",
+    description = "The owner or an admin.",
+    params(("id" = Uuid, Path, description = "The user's id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 404, description = "No such account, or not the caller's.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn delete(
     axum::extract::State(state): AppState,
     caller: Caller,
@@ -216,16 +344,70 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Serialize)]
+/// An account and its latest orders.
+#[derive(Debug, Serialize, ToSchema)]
 struct Overview {
     user: UserView,
+    /// The latest 20, newest first.
+    #[schema(value_type = Vec<OrderSummaryDoc>)]
     orders: Vec<OrderSummary>,
     /// True when the orders module did not answer in time: the overview shows the user
     /// without their orders rather than failing.
     orders_unavailable: bool,
 }
 
+/// An order, as the orders module tells it.
+// The schema of orders' `OrderSummary`: a contract type, which carries no schema of its own.
+// Never built; a test checks it against the real type's JSON.
+#[derive(ToSchema)]
+#[schema(as = OrderSummary)]
+#[allow(dead_code)]
+struct OrderSummaryDoc {
+    order_id: Uuid,
+    user_id: Uuid,
+    /// `pending`, `confirmed`, `cancelled`, `shipped` or `delivered`.
+    status: String,
+    /// Why it was cancelled; `null` unless it was.
+    cancel_reason: Option<String>,
+    lines: Vec<OrderLineDoc>,
+    total: Money,
+    /// Milliseconds since the epoch.
+    created_at_ms: i64,
+}
+
+/// One line of an order, with the product's name and unit price as they were when it was
+/// ordered.
+// The schema of orders' `OrderLine` (see `OrderSummaryDoc`).
+#[derive(ToSchema)]
+#[schema(as = OrderLine)]
+#[allow(dead_code)]
+struct OrderLineDoc {
+    product_id: Uuid,
+    name: String,
+    unit_price: Money,
+    quantity: i64,
+}
+
 /// `GET /api/v1/users/{id}/overview`: the account and its latest orders (API composition).
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{id}/overview",
+    tag = "users",
+    operation_id = "user_overview",
+    summary = "An account and its latest orders",
+    description = "The owner or an admin. Composed from the account and the orders module's \
+        answer; `orders_unavailable: true` (and no orders) if orders does not answer in time.",
+    params(("id" = Uuid, Path, description = "The user's id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The overview.", body = Overview),
+        (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 404, description = "No such account, or not the caller's.", body = ErrorBody),
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+    )
+)]
 async fn overview(
     axum::extract::State(state): AppState,
     caller: Caller,
@@ -256,4 +438,67 @@ async fn overview(
         orders,
         orders_unavailable,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use banyan_message::{Currency, Money};
+    use banyan_orders_contract::{OrderId, OrderLine, ProductId};
+    use serde_json::Value;
+    use utoipa::PartialSchema;
+
+    use super::*;
+
+    /// The property names of a schema, sorted.
+    fn documented(schema: Value) -> Vec<String> {
+        let mut keys: Vec<String> = schema["properties"]
+            .as_object()
+            .expect("an object schema")
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    fn serialized(value: &impl Serialize) -> Vec<String> {
+        let mut keys: Vec<String> = serde_json::to_value(value)
+            .expect("JSON")
+            .as_object()
+            .expect("an object")
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn the_documented_order_summary_is_the_contract_types_json() {
+        let line = OrderLine {
+            product_id: ProductId::new(),
+            name: "Teapot".into(),
+            unit_price: Money::new(1999, Currency::EUR),
+            quantity: 2,
+        };
+        let summary = OrderSummary {
+            order_id: OrderId::new(),
+            user_id: UserId::new(),
+            status: "cancelled".into(),
+            cancel_reason: Some("payment_declined".into()),
+            lines: vec![line.clone()],
+            total: Money::new(3998, Currency::EUR),
+            created_at_ms: 1,
+        };
+        let schema = |s| serde_json::to_value(s).expect("JSON");
+        assert_eq!(
+            documented(schema(OrderSummaryDoc::schema())),
+            serialized(&summary)
+        );
+        assert_eq!(
+            documented(schema(OrderLineDoc::schema())),
+            serialized(&line)
+        );
+        assert_eq!(<OrderSummaryDoc as ToSchema>::name(), "OrderSummary");
+    }
 }

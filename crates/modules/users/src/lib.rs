@@ -18,12 +18,12 @@ mod store;
 
 use std::sync::Arc;
 
-use axum::Router;
 use banyan_bus::Context;
 use banyan_db::sqlx::migrate::Migrator;
 use banyan_kit::{Module, ModuleContext};
 use futures::future::BoxFuture;
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use banyan_users_contract as contract;
 
@@ -53,7 +53,7 @@ impl Module for Users {
         &MIGRATIONS
     }
 
-    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<Router>> {
+    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<OpenApiRouter>> {
         Box::pin(async move {
             let settings: Settings = ctx.settings()?;
             let overview_timeout = settings.overview_orders_timeout_ms.unwrap_or(500);
