@@ -394,3 +394,41 @@ async fn a_server_killed_during_a_burst_of_checkouts_finishes_every_accepted_ord
         confirmed
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_fills_a_fresh_shop_once_and_a_checkout_works_against_it() {
+    let data = tempfile::tempdir().expect("a data directory");
+    let url = format!("sqlite://{}", data.path().display());
+    for round in 0..2 {
+        let output = std::process::Command::new(banyan_e2e::process::binary())
+            .arg("seed")
+            .env("BANYAN_DATABASE__URL", &url)
+            .env("BANYAN_LOG__LEVEL", "warn")
+            .output()
+            .expect("banyan seed runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let expected = if round == 0 { "Seeded 8 new products" } else { "Seeded 0 new products" };
+        assert!(stdout.contains(expected), "{stdout}");
+    }
+    let server = BanyanProcess::start(&[("BANYAN_DATABASE__URL", url)]).await;
+    let client = reqwest::Client::new();
+    let token = login(&client, &server, "alice", "alice-password").await;
+    let teas = send(client.get(server.url("/api/v1/products?category=tea"))).await;
+    assert_eq!(teas.body["total"], 3);
+    let in_stock = teas.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|p| p["in_stock"] == true)
+        .expect("the seeded stock reached the catalog");
+    let order = send(
+        client
+            .post(server.url("/api/v1/orders?wait_ms=10000"))
+            .bearer_auth(&token)
+            .json(&json!({ "lines": [{ "product_id": in_stock["id"], "quantity": 1 }] })),
+    )
+    .await;
+    assert_eq!(order.body["status"], "confirmed", "{}", order.text);
+    assert!(server.terminate().await.success());
+}
