@@ -74,7 +74,7 @@ async fn bench(setup: &str, engine: Engine, synchronous: &str, quick: bool, rows
     let synchronous = synchronous.to_owned();
     let Some(app) = TestApp::spawn_with(engine, move |figment| {
         let figment = config::with(figment, "database.sqlite_synchronous", synchronous);
-        let figment = config::with(figment, "database.max_connections", 16);
+        let figment = config::with(figment, "database.max_connections", connections());
         config::with(figment, "log.level", "warn")
     })
     .await
@@ -114,6 +114,20 @@ async fn bench(setup: &str, engine: Engine, synchronous: &str, quick: bool, rows
     app.stop().await;
 }
 
+/// Connections per module pool: on SQLite each is a thread of the driver's, so fewer can be
+/// faster on two cores (`BANYAN_BENCH_CONNECTIONS`, default 4).
+fn connections() -> u32 {
+    std::env::var("BANYAN_BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4)
+}
+
+/// Which setups to run (`BANYAN_BENCH_SETUPS=sqlite-full,sqlite-normal,postgres`, default all).
+fn wanted(setup: &str) -> bool {
+    std::env::var("BANYAN_BENCH_SETUPS").map_or(true, |v| v.split(',').any(|s| s == setup))
+}
+
 fn main() {
     let quick =
         std::env::args().any(|a| a == "--quick") || !std::env::args().any(|a| a == "--bench");
@@ -124,28 +138,32 @@ fn main() {
         .unwrap();
     let mut rows = Vec::new();
     runtime.block_on(async {
-        bench(
-            "sqlite, synchronous=full (shipped)",
-            Engine::Sqlite,
-            "full",
-            quick,
-            &mut rows,
-        )
-        .await;
-        bench(
-            "sqlite, synchronous=normal",
-            Engine::Sqlite,
-            "normal",
-            quick,
-            &mut rows,
-        )
-        .await;
-        bench("postgresql", Engine::Postgres, "full", quick, &mut rows).await;
+        let setups = [
+            (
+                "sqlite-full",
+                "sqlite, synchronous=full (shipped)",
+                Engine::Sqlite,
+                "full",
+            ),
+            (
+                "sqlite-normal",
+                "sqlite, synchronous=normal",
+                Engine::Sqlite,
+                "normal",
+            ),
+            ("postgres", "postgresql", Engine::Postgres, "full"),
+        ];
+        for (key, setup, engine, synchronous) in setups {
+            if wanted(key) {
+                bench(setup, engine, synchronous, quick, &mut rows).await;
+            }
+        }
     });
     println!(
         "\nsetup: {} cores, server and clients in one process (tokio, 2 workers), loopback HTTP, \
-         one-line orders answered when the saga ends{}\n",
+         one-line orders answered when the saga ends, {} connections per module pool{}\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
+        connections(),
         if quick { " (quick run)" } else { "" }
     );
     println!(
