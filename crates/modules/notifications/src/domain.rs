@@ -154,17 +154,12 @@ pub(crate) async fn send(
     Ok(sent)
 }
 
-/// A notification's id: a UUIDv7 stamped with the time of the event that caused it, so that
-/// notifications list in the order their events happened, even when one was handled late (a
-/// retry, a replay, a busy partition).
+/// A notification's id is the message id of the event that caused it: one notification per
+/// event, and, the message id being a UUIDv7 made when the event was (monotonic within the
+/// publishing process), notifications list in the order their events happened even when one
+/// was handled late (a retry, a replay, a busy partition), and even within one millisecond.
 pub(crate) fn notification_id(cause: &Envelope) -> Uuid {
-    let ms = u64::try_from(cause.timestamp_ms).unwrap_or_default();
-    let nanos = u32::try_from((ms % 1_000) * 1_000_000).unwrap_or_default();
-    Uuid::new_v7(uuid::Timestamp::from_unix(
-        uuid::NoContext,
-        ms / 1_000,
-        nanos,
-    ))
+    cause.message_id
 }
 
 #[cfg(test)]
@@ -205,20 +200,19 @@ mod tests {
     }
 
     #[test]
-    fn notification_ids_sort_by_the_time_of_their_events() {
-        let mut earlier = banyan_bus::Context::root().envelope("users.user_registered.v1");
-        let mut later = earlier.clone();
-        earlier.timestamp_ms = 1_700_000_000_123;
-        later.timestamp_ms = 1_700_000_000_124;
-        let (a, b) = (notification_id(&earlier), notification_id(&later));
-        assert!(a.to_string() < b.to_string());
-        assert_ne!(
-            notification_id(&earlier),
-            a,
-            "ids of one instant still differ"
+    fn notification_ids_sort_in_the_order_their_events_were_made() {
+        let events: Vec<_> = (0..1_000)
+            .map(|_| banyan_bus::Context::root().envelope("users.user_registered.v1"))
+            .collect();
+        let ids: Vec<String> = events
+            .iter()
+            .map(|e| notification_id(e).to_string())
+            .collect();
+        assert!(
+            ids.windows(2).all(|pair| pair[0] < pair[1]),
+            "ids follow the events' order"
         );
-        let (seconds, nanos) = a.get_timestamp().unwrap().to_unix();
-        assert_eq!((seconds, nanos), (1_700_000_000, 123_000_000));
+        assert_eq!(notification_id(&events[0]), events[0].message_id);
     }
 
     #[test]
