@@ -48,9 +48,16 @@ pub struct BanyanProcess {
 impl BanyanProcess {
     /// Starts `banyan serve --addr 127.0.0.1:0` with `env`, and waits until it serves.
     pub async fn start(env: &[(&str, String)]) -> Self {
+        Self::start_with_args(&[], env).await
+    }
+
+    /// Starts `banyan serve --addr 127.0.0.1:0 <args>` with `env` (say `--config FILE
+    /// --process payments`), and waits until it serves.
+    pub async fn start_with_args(args: &[&str], env: &[(&str, String)]) -> Self {
         let mut command = Command::new(binary());
         command
             .args(["serve", "--addr", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
             .env("BANYAN_LOG__LEVEL", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -129,6 +136,16 @@ impl BanyanProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Every stderr line so far that parses as a JSON log line.
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.lines
+            .lock()
+            .expect("log lines")
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// SIGKILL: no cleanup, no drain, exactly like a crash.

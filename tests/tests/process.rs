@@ -407,8 +407,16 @@ async fn seed_fills_a_fresh_shop_once_and_a_checkout_works_against_it() {
             .output()
             .expect("banyan seed runs");
         let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let expected = if round == 0 { "Seeded 8 new products" } else { "Seeded 0 new products" };
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let expected = if round == 0 {
+            "Seeded 8 new products"
+        } else {
+            "Seeded 0 new products"
+        };
         assert!(stdout.contains(expected), "{stdout}");
     }
     let server = BanyanProcess::start(&[("BANYAN_DATABASE__URL", url)]).await;

@@ -49,6 +49,11 @@ struct ServeArgs {
     /// json or pretty (log.format).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// The process of the topology to run: `main` (the default) hosts every module not placed
+    /// elsewhere; another name hosts the modules `[topology.modules]` places in it
+    /// (topology.process).
+    #[arg(long, value_name = "NAME")]
+    process: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,6 +90,9 @@ pub async fn main() -> ExitCode {
         if let Some(url) = &args.database_url {
             figment = config::with(figment, "database.url", url);
         }
+        if let Some(process) = &args.process {
+            figment = config::with(figment, "topology.process", process);
+        }
         if let Some(format) = args.log_format {
             let format = match format {
                 LogFormat::Json => "json",
@@ -103,7 +111,12 @@ pub async fn main() -> ExitCode {
     telemetry::init(&settings.log);
     let outcome = match command {
         Command::Serve(_) => serve(settings, figment).await,
-        Command::Seed => crate::seed::run(settings, figment).await,
+        // Seeding runs every module in this one process, whatever the topology.
+        Command::Seed => {
+            let mut settings = settings;
+            settings.topology = crate::topology::TopologyConfig::default();
+            crate::seed::run(settings, figment).await
+        }
         Command::DeadLetters(command) => dead_letters(settings, command).await,
     };
     match outcome {

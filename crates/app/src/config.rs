@@ -10,12 +10,16 @@ use figment::{
 };
 use serde::Deserialize;
 
+use crate::topology::TopologyConfig;
+
 /// `config/default.toml`, compiled in so the binary runs from any directory.
 const DEFAULTS: &str = include_str!("../../../config/default.toml");
 
 /// Top-level sections; environment variables outside them (`BANYAN_FAILPOINTS`, test
 /// settings) are not configuration.
-const SECTIONS: [&str; 6] = ["server", "database", "bus", "auth", "log", "modules"];
+const SECTIONS: [&str; 7] = [
+    "server", "database", "bus", "auth", "log", "modules", "topology",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,13 +32,17 @@ pub struct Settings {
     /// Per-module sections, read by each module itself.
     #[serde(default)]
     pub modules: BTreeMap<String, figment::value::Value>,
+    /// Which process hosts each module and how it is reached (absent: all in this process).
+    #[serde(default)]
+    pub topology: TopologyConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub addr: SocketAddr,
-    /// The modules this process hosts (default: all of them).
+    /// The modules this process hosts (default: all of them; with a topology, all that it
+    /// places in this process).
     #[serde(default)]
     pub modules: Option<Vec<String>>,
     pub max_body_bytes: usize,
@@ -196,6 +204,13 @@ impl Settings {
         self.bus
             .validate()
             .map_err(|(key, reason)| invalid(key, &reason))?;
+        let known: Vec<&str> = crate::server::all_modules()
+            .iter()
+            .map(|m| m.name())
+            .collect();
+        self.topology
+            .validate(&known)
+            .map_err(|(key, reason)| invalid(&key, &reason))?;
         Ok(())
     }
 }
@@ -232,6 +247,69 @@ mod tests {
         );
         let error = load(&figment).unwrap_err().to_string();
         assert!(error.contains("database.url"), "{error}");
+    }
+
+    #[test]
+    fn a_topology_is_read_and_checked_by_key() {
+        let base = || {
+            let figment = with(
+                Figment::from(Toml::string(DEFAULTS)),
+                "topology.modules.payments",
+                serde_json::json!({ "process": "payments", "transport": "http" }),
+            );
+            with(
+                figment,
+                "topology.http.secret",
+                "0123456789abcdef0123456789abcdef",
+            )
+        };
+        let settings = load(&base()).unwrap();
+        assert!(settings.topology.is_active());
+        assert!(!settings.topology.hosts("payments"));
+
+        let error = load(&with(base(), "topology.process", "elsewhere"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("topology.process"), "{error}");
+        let error = load(&with(
+            base(),
+            "topology.modules.payments.transport",
+            "carrier-pigeon",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("topology.modules.payments.transport"),
+            "{error}"
+        );
+        let error = load(&with(base(), "topology.http.secret", "short"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("topology.http.secret"), "{error}");
+        assert!(
+            !error.contains("short"),
+            "the secret is not echoed: {error}"
+        );
+    }
+
+    #[test]
+    fn the_shipped_topologies_load() {
+        for file in [
+            "split-payments-http.toml",
+            "split-payments-nats.toml",
+            "split-inventory-payments-nats.toml",
+        ] {
+            let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../config")
+                .join(file);
+            let figment = Figment::from(Toml::string(DEFAULTS)).merge(Toml::file_exact(&path));
+            let settings = load(&figment).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(settings.topology.is_active(), "{file}");
+            for process in settings.topology.processes() {
+                let figment = with(figment.clone(), "topology.process", process);
+                load(&figment).unwrap_or_else(|e| panic!("{file} --process {process}: {e}"));
+            }
+        }
     }
 
     #[test]

@@ -95,7 +95,7 @@ pub(crate) async fn context(
 }
 
 /// Which module a path belongs to, for the log lines of the edge.
-fn module_of_path(path: &str) -> &'static str {
+pub(crate) fn module_of_path(path: &str) -> &'static str {
     let resource = path
         .strip_prefix("/api/v1/")
         .and_then(|rest| rest.split('/').next())

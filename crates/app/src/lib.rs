@@ -7,15 +7,22 @@
 //!   handlers, routes) and serves it with graceful shutdown.
 //! - `edge`: middleware every request passes: correlation id and trace context, timeout,
 //!   one log line per request, JSON errors for unknown routes and panics.
-//! - `cli`: `banyan serve`, `banyan seed`, `banyan dead-letters list|replay`.
+//! - `topology`: `[topology]`, which process hosts each module and which transport reaches it.
+//! - `registry`: the main process's registry of instances, and the other processes' side of it
+//!   (registration, heartbeat, the directory they route by).
+//! - `gateway`: the main process proxies the routes of modules hosted elsewhere.
+//! - `cli`: `banyan serve [--process <name>]`, `banyan seed`, `banyan dead-letters list|replay`.
 //! - `seed`: demo data through the modules' own routes.
 //! - `telemetry`: JSON logs.
 
 pub mod cli;
 pub mod config;
 mod edge;
+mod gateway;
+pub mod registry;
 mod seed;
 pub mod server;
 pub mod telemetry;
+pub mod topology;
 
 pub use server::Server;

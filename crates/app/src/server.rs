@@ -1,6 +1,11 @@
 //! One Banyan process: its modules, its bus, its HTTP server.
 
-use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{
     Router,
@@ -11,7 +16,11 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use banyan_bus::{Bus, Outbox, dead_letter};
+use banyan_bus::{
+    Bus, Outbox, Transport, dead_letter,
+    http::{HttpTransport, Instances, Subscribers},
+    nats::{self, NatsTransport, ServeHandle},
+};
 use banyan_db::Db;
 use banyan_kit::{
     ApiError, ApiResult, ErrorBody, Module, ModuleContext,
@@ -20,6 +29,7 @@ use banyan_kit::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::{
     IntoParams, ToSchema,
@@ -31,7 +41,16 @@ use utoipa::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use crate::{config::Settings, edge};
+use crate::{
+    config::Settings,
+    edge,
+    gateway::Gateway,
+    registry::{
+        Awareness, Directory, Heartbeat, HttpEvents, InstanceTransport, RegisteredModule,
+        Registration, Registry, RegistryState,
+    },
+    topology::{TopologyConfig, TransportKind},
+};
 
 /// Every module Banyan has, in the order they start.
 pub fn all_modules() -> Vec<Box<dyn Module>> {
@@ -60,6 +79,65 @@ pub struct Server {
     bus: Bus,
     hosted: Arc<BTreeMap<&'static str, Hosted>>,
     router: Router,
+    /// What runs beside the modules when the topology places some of them elsewhere.
+    split: Option<Split>,
+}
+
+/// A process of a split topology: its place in the registry and its transports.
+#[derive(Debug)]
+struct Split {
+    topology: Arc<TopologyConfig>,
+    instance_id: String,
+    /// The modules hosted here.
+    here: BTreeSet<&'static str>,
+    /// The main process keeps the registry...
+    registry: Option<Arc<Registry>>,
+    /// ...the others register with it.
+    heartbeat: Option<Arc<Heartbeat>>,
+    /// The NATS connection, when a module is reached over NATS...
+    nats_client: Option<async_nats::Client>,
+    /// ...and the server side on it, once the modules have started.
+    nats: Option<(ServeHandle, CancellationToken)>,
+}
+
+impl Split {
+    /// This process as the registry lists it.
+    fn registration(&self, bus: &Bus, base_url: String) -> Registration {
+        Registration {
+            instance_id: self.instance_id.clone(),
+            process: self.topology.process.clone(),
+            base_url,
+            modules: self
+                .here
+                .iter()
+                .map(|&name| RegisteredModule {
+                    name: name.to_owned(),
+                    transport: self
+                        .topology
+                        .transport_of(name)
+                        .map_or(InstanceTransport::InProcess, Into::into),
+                    subscriptions: bus
+                        .subscriptions_of(name)
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Stops taking NATS messages, once the bus has drained.
+    async fn stop_nats(&self) {
+        if let Some((handle, stop)) = &self.nats {
+            stop.cancel();
+            if tokio::time::timeout(Duration::from_secs(30), handle.stopped())
+                .await
+                .is_err()
+            {
+                tracing::warn!("The NATS server side did not stop in time.");
+            }
+        }
+    }
 }
 
 impl Server {
@@ -74,12 +152,24 @@ impl Server {
         let mut hosted = BTreeMap::new();
         let mut routes = OpenApiRouter::with_openapi(document_base());
         let mut started = Vec::new();
+        let topology = Arc::new(settings.topology.clone());
         let hosted_here = |name: &str| {
-            settings
-                .server
-                .modules
-                .as_ref()
-                .is_none_or(|modules| modules.iter().any(|m| m == name))
+            topology.hosts(name)
+                && settings
+                    .server
+                    .modules
+                    .as_ref()
+                    .is_none_or(|modules| modules.iter().any(|m| m == name))
+        };
+        let mut split = if topology.is_active() {
+            let here = all_modules()
+                .iter()
+                .map(|m| m.name())
+                .filter(|name| hosted_here(name))
+                .collect();
+            Some(wire_split(&bus, topology.clone(), here).await?)
+        } else {
+            None
         };
         for module in all_modules().into_iter().filter(|m| hosted_here(m.name())) {
             let name = module.name();
@@ -111,9 +201,40 @@ impl Server {
         let (routes, mut openapi) = routes.merge(operations).split_for_parts();
         openapi.tags = Some(document_tags(started));
         let document = Bytes::from(openapi.to_json()?);
-        let router = routes
-            .route(OPENAPI_PATH, get(move || serve_document(document.clone())))
-            .fallback(edge::not_found)
+        let mut routes = routes.route(OPENAPI_PATH, get(move || serve_document(document.clone())));
+        if let Some(split) = &mut split {
+            if let Some(client) = split.nats_client.clone() {
+                // Every handler and subscription is registered: serve them over NATS.
+                let stop = CancellationToken::new();
+                let handle =
+                    nats::serve(bus.clone(), client, topology.nats.clone(), stop.clone()).await?;
+                split.nats = Some((handle, stop));
+            }
+            routes = match &split.registry {
+                // The main process: the registry, and the gateway for the modules elsewhere.
+                Some(registry) => {
+                    let gateway = Arc::new(Gateway::new(
+                        topology.clone(),
+                        registry.clone(),
+                        settings.server.request_timeout(),
+                        Duration::from_millis(topology.http.connect_timeout_ms),
+                        settings.server.max_body_bytes,
+                    )?);
+                    routes
+                        .merge(crate::registry::routes(RegistryState {
+                            registry: registry.clone(),
+                            secret: topology.http.secret().into(),
+                        }))
+                        .fallback(move |request: axum::extract::Request| {
+                            gateway.clone().handle(request)
+                        })
+                }
+                None => routes.fallback(edge::not_found),
+            };
+        } else {
+            routes = routes.fallback(edge::not_found);
+        }
+        let mut router = routes
             .method_not_allowed_fallback(edge::method_not_allowed)
             // Outermost last: the edge sees every request first and every response last.
             .layer(DefaultBodyLimit::max(settings.server.max_body_bytes))
@@ -126,11 +247,20 @@ impl Server {
                 edge::context,
             ))
             .layer(CatchPanicLayer::custom(edge::panic_response));
+        if split.is_some() && topology.uses_http() {
+            // The bus's own endpoints: outside the edge (they carry their envelope, their
+            // shared secret and their own body limit) and outside the OpenAPI document.
+            router = router.merge(banyan_bus::http::routes(
+                bus.clone(),
+                topology.http.secret().into(),
+            ));
+        }
         Ok(Self {
             settings,
             bus,
             hosted,
             router,
+            split,
         })
     }
 
@@ -150,6 +280,9 @@ impl Server {
     /// Stops without serving: drains the bus and closes the databases.
     pub async fn stop(self) {
         self.bus.shutdown().await;
+        if let Some(split) = &self.split {
+            split.stop_nats().await;
+        }
         for hosted in self.hosted.values() {
             hosted.db.close().await;
         }
@@ -162,18 +295,162 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        tracing::info!(addr = %listener.local_addr()?, modules = ?self.hosted.keys().collect::<Vec<_>>(), "Banyan is serving.");
-        axum::serve(listener, self.router)
+        let addr = listener.local_addr()?;
+        let modules = self.hosted.keys().collect::<Vec<_>>();
+        let Some(split) = &self.split else {
+            tracing::info!(addr = %addr, modules = ?modules, "Banyan is serving.");
+            axum::serve(listener, self.router)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+            tracing::info!("HTTP server stopped; draining the bus.");
+            let drained = self.bus.shutdown().await;
+            for hosted in self.hosted.values() {
+                hosted.db.close().await;
+            }
+            tracing::info!(drained, "Banyan stopped.");
+            return Ok(());
+        };
+        let process = split.topology.process.clone();
+        tracing::info!(addr = %addr, modules = ?modules, process, "Banyan is serving.");
+        let registration = split.registration(&self.bus, split.topology.advertised(addr));
+        let stop_beating = CancellationToken::new();
+        let mut beating = None;
+        if let Some(registry) = &split.registry {
+            registry.register_own(registration);
+        } else if let Some(heartbeat) = &split.heartbeat {
+            beating = Some(tokio::spawn(
+                heartbeat.clone().run(registration, stop_beating.clone()),
+            ));
+        }
+        let leaving = split
+            .heartbeat
+            .clone()
+            .map(|h| (h, split.instance_id.clone()));
+        let stopping = stop_beating.clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Out of rotation first, so nothing new is routed here while it drains.
+            stopping.cancel();
+            if let Some((heartbeat, instance_id)) = leaving {
+                heartbeat.leave(&instance_id).await;
+            }
+        };
+        axum::serve(listener, self.router.clone())
             .with_graceful_shutdown(shutdown)
             .await?;
+        stop_beating.cancel();
+        if let Some(beating) = beating {
+            let _ = beating.await;
+        }
         tracing::info!("HTTP server stopped; draining the bus.");
         let drained = self.bus.shutdown().await;
+        split.stop_nats().await;
         for hosted in self.hosted.values() {
             hosted.db.close().await;
         }
         tracing::info!(drained, "Banyan stopped.");
         Ok(())
     }
+}
+
+/// Wires a process of a split topology before its modules start: the transports to the
+/// modules hosted elsewhere, where events go, and the registry (main) or its directory (the
+/// others). The NATS server side and the routes are added once the modules have started.
+async fn wire_split(
+    bus: &Bus,
+    topology: Arc<TopologyConfig>,
+    here: BTreeSet<&'static str>,
+) -> anyhow::Result<Split> {
+    let known: Vec<&'static str> = all_modules().iter().map(|m| m.name()).collect();
+    let instance_id = Uuid::now_v7().to_string();
+    let secret = topology.http.secret();
+    let (registry, directory) = if topology.is_main() {
+        let registry = Arc::new(Registry::new(topology.clone(), known.clone()));
+        (Some(registry), None)
+    } else {
+        let directory = Arc::new(Directory::new(
+            here.clone(),
+            known.clone(),
+            instance_id.clone(),
+        ));
+        (None, Some(directory))
+    };
+    let (instances, awareness): (Arc<dyn Instances>, Arc<dyn Awareness>) =
+        match (&registry, &directory) {
+            (Some(registry), _) => (registry.clone(), registry.clone()),
+            (None, Some(directory)) => (directory.clone(), directory.clone()),
+            (None, None) => unreachable!("a process has a registry or a directory"),
+        };
+    let http: Option<Arc<HttpEvents>> = if topology.uses_http() {
+        let subscribers: Arc<dyn Subscribers> = awareness.clone();
+        Some(Arc::new(HttpEvents {
+            transport: Arc::new(HttpTransport::new(
+                instances,
+                subscribers,
+                secret,
+                topology.http.transport_config(),
+            )?),
+            awareness,
+        }))
+    } else {
+        None
+    };
+    let nats_client = if topology.uses_nats() {
+        Some(nats::connect(&topology.nats.url).await?)
+    } else {
+        None
+    };
+    let nats: Option<Arc<dyn Transport>> = nats_client.clone().map(|client| {
+        Arc::new(NatsTransport::new(client, topology.nats.clone())) as Arc<dyn Transport>
+    });
+    for module in known.iter().filter(|m| !topology.hosts(m)) {
+        let kind = topology.route_to(module);
+        let transport = match kind {
+            TransportKind::Http => http.clone().map(|h| h as Arc<dyn Transport>),
+            TransportKind::Nats => nats.clone(),
+        }
+        .ok_or_else(|| anyhow::anyhow!("no {} transport for module {module}", kind.as_str()))?;
+        bus.set_remote(module, transport);
+        tracing::info!(
+            module,
+            transport = kind.as_str(),
+            process = topology.process_of(module),
+            "Module hosted elsewhere."
+        );
+    }
+    // Events: over NATS as soon as one module is reached over NATS (each subscribing module,
+    // here too, reads its JetStream consumer and nothing else); otherwise pushed over HTTP to
+    // the modules elsewhere that subscribe, local subscribers getting theirs in process.
+    if let Some(nats) = nats {
+        bus.forward_events_to(nats);
+        for module in &here {
+            bus.consume_through_transport(module);
+        }
+    } else if let Some(http) = http {
+        bus.forward_events_to(http);
+    }
+    let heartbeat = match directory {
+        Some(directory) => Some(Arc::new(Heartbeat {
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .connect_timeout(Duration::from_millis(topology.http.connect_timeout_ms))
+                .build()?,
+            registry_url: topology.registry_url.clone(),
+            secret: secret.into(),
+            directory,
+            period: topology.heartbeat(),
+        })),
+        None => None,
+    };
+    Ok(Split {
+        topology,
+        instance_id,
+        here,
+        registry,
+        heartbeat,
+        nats_client,
+        nats: None,
+    })
 }
 
 /// Where the OpenAPI document of the routes this process serves is served.

@@ -2,7 +2,7 @@
 
 use std::{
     any::Any,
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     future::Future,
     panic::AssertUnwindSafe,
     sync::{
@@ -54,6 +54,9 @@ struct Inner {
     remotes: RwLock<HashMap<String, Arc<dyn Transport>>>,
     /// Where events go that subscribers in other processes wait for.
     event_forwarders: RwLock<Vec<Arc<dyn Transport>>>,
+    /// Subscribing modules of this process that take their events from a forwarder's broker
+    /// only (see [`Bus::consume_through_transport`]), not from the local queues as well.
+    through_transport: RwLock<HashSet<String>>,
     /// Cancelled when shutdown starts: no new work is taken.
     closing: CancellationToken,
     /// Request and event workers; shutdown waits for them to drain their queues.
@@ -73,6 +76,7 @@ impl Bus {
                 groups: RwLock::default(),
                 remotes: RwLock::default(),
                 event_forwarders: RwLock::default(),
+                through_transport: RwLock::default(),
                 closing: CancellationToken::new(),
                 workers: TaskTracker::new(),
                 background: TaskTracker::new(),
@@ -225,6 +229,20 @@ impl Bus {
             .push(transport);
     }
 
+    /// Module `group` of this process receives its events through the transport's broker
+    /// only: a published event skips the group's local queue, because the broker (NATS
+    /// JetStream, whose durable consumer for the group this process also reads) hands it back.
+    /// Without this the group would get every locally published event twice (its inbox would
+    /// drop the second). Applies only while at least one forwarder is set, so an event is
+    /// never left with no way to the group.
+    pub fn consume_through_transport(&self, group: &str) {
+        self.inner
+            .through_transport
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(group.to_owned());
+    }
+
     fn has_forwarders(&self) -> bool {
         !self
             .inner
@@ -356,7 +374,7 @@ impl Bus {
                 "the bus is shutting down",
             ));
         }
-        let subscribers: Vec<Subscription> = self
+        let mut subscribers: Vec<Subscription> = self
             .inner
             .subscriptions
             .read()
@@ -370,6 +388,16 @@ impl Bus {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        if !forwarders.is_empty() {
+            let through = self
+                .inner
+                .through_transport
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            if !through.is_empty() {
+                subscribers.retain(|s| !through.contains(s.group.name));
+            }
+        }
         let copies = if self.inner.config.chaos_duplicate_deliveries {
             2
         } else {
@@ -1118,5 +1146,117 @@ impl EventWorker {
         {
             tracing::warn!(%error, "Could not mark a dead letter replayed.");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Happened {
+        id: Uuid,
+    }
+
+    impl banyan_message::Message for Happened {
+        const SUBJECT: &'static str = "test.happened.v1";
+    }
+
+    impl Event for Happened {
+        fn aggregate_id(&self) -> Uuid {
+            self.id
+        }
+    }
+
+    /// A broker stand-in that records what it was handed.
+    #[derive(Default)]
+    struct Recorder {
+        published: Mutex<Vec<String>>,
+    }
+
+    impl Transport for Recorder {
+        fn request(
+            &self,
+            envelope: Envelope,
+            _: Arc<[u8]>,
+            _: Duration,
+        ) -> BoxFuture<'_, Result<RemoteReply, BusError>> {
+            Box::pin(async move {
+                Err(BusError::NoHandler {
+                    subject: envelope.subject,
+                })
+            })
+        }
+
+        fn publish(
+            &self,
+            envelope: Envelope,
+            _: Arc<str>,
+            _: Uuid,
+        ) -> BoxFuture<'_, Result<(), BusError>> {
+            self.published
+                .lock()
+                .unwrap()
+                .push(envelope.subject.clone());
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn counting(bus: &Bus, group: &'static str) -> Arc<AtomicUsize> {
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        bus.subscribe::<Happened, _, _>(group, move |_| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        });
+        count
+    }
+
+    async fn settle(bus: &Bus) {
+        for _ in 0..200 {
+            if bus.queue_depth("a") == 0 && bus.queue_depth("b") == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    #[tokio::test]
+    async fn a_group_consuming_through_the_transport_skips_its_local_queue() {
+        let bus = Bus::new(BusConfig::default());
+        let (a, b) = (counting(&bus, "a"), counting(&bus, "b"));
+        let broker = Arc::new(Recorder::default());
+        bus.forward_events_to(broker.clone());
+        bus.consume_through_transport("a");
+        bus.publish(&Context::root(), Happened { id: Uuid::now_v7() })
+            .await
+            .unwrap();
+        settle(&bus).await;
+        assert_eq!(
+            a.load(Ordering::SeqCst),
+            0,
+            "a gets it from the broker only"
+        );
+        assert_eq!(b.load(Ordering::SeqCst), 1, "b still gets it in process");
+        assert_eq!(broker.published.lock().unwrap().len(), 1);
+        bus.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn without_a_forwarder_the_group_keeps_its_local_queue() {
+        let bus = Bus::new(BusConfig::default());
+        let a = counting(&bus, "a");
+        bus.consume_through_transport("a");
+        bus.publish(&Context::root(), Happened { id: Uuid::now_v7() })
+            .await
+            .unwrap();
+        settle(&bus).await;
+        assert_eq!(a.load(Ordering::SeqCst), 1, "never left without a way in");
+        bus.shutdown().await;
     }
 }

@@ -1,0 +1,186 @@
+//! The gateway: the main process keeps answering every `/api/v1/...` route; those of a module
+//! hosted in another process are proxied to a healthy instance of it, round robin.
+//!
+//! The request goes as it came (method, path, query, headers including `authorization`, body),
+//! with `x-request-id` set to the request's correlation id and `traceparent` to the gateway's
+//! span, so the correlation crosses the hop. The answer comes back as the instance gave it.
+//! An instance that refuses the connection is skipped (nothing was sent); no healthy instance,
+//! or none reachable, is a 503 with `Retry-After`.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    body::Body,
+    extract::Request,
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use banyan_bus::Context;
+use banyan_kit::ApiError;
+
+use crate::{edge, registry::Registry, topology::TopologyConfig};
+
+/// Proxies the routes of the modules hosted elsewhere.
+#[derive(Debug)]
+pub(crate) struct Gateway {
+    topology: Arc<TopologyConfig>,
+    registry: Arc<Registry>,
+    client: reqwest::Client,
+    max_body_bytes: usize,
+}
+
+/// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1), and `host`.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn forwardable(name: &HeaderName) -> bool {
+    !HOP_BY_HOP.contains(&name.as_str())
+}
+
+impl Gateway {
+    pub(crate) fn new(
+        topology: Arc<TopologyConfig>,
+        registry: Arc<Registry>,
+        timeout: Duration,
+        connect_timeout: Duration,
+        max_body_bytes: usize,
+    ) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(connect_timeout)
+            .timeout(timeout)
+            .build()?;
+        Ok(Self {
+            topology,
+            registry,
+            client,
+            max_body_bytes,
+        })
+    }
+
+    /// The fallback of the main process's router: proxies a moved module's route, or answers
+    /// 404 as the monolith does.
+    pub(crate) async fn handle(self: Arc<Self>, request: Request) -> Response {
+        let module = edge::module_of_path(request.uri().path());
+        if module == "app" || self.topology.hosts(module) {
+            return edge::not_found().await.into_response();
+        }
+        self.proxy(module, request)
+            .await
+            .unwrap_or_else(IntoResponse::into_response)
+    }
+
+    async fn proxy(&self, module: &str, request: Request) -> Result<Response, ApiError> {
+        let instances = self.registry.rotation(module);
+        if instances.is_empty() {
+            return Err(ApiError::unavailable(format!(
+                "no healthy instance of module {module} is registered"
+            )));
+        }
+        let cx = request.extensions().get::<Context>().cloned();
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, self.max_body_bytes)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("the body is larger than {} bytes", self.max_body_bytes),
+                )
+            })?;
+        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
+        for (name, value) in &parts.headers {
+            if forwardable(name) && name != header::HOST && name != header::CONTENT_LENGTH {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        if let Some(cx) = &cx {
+            if let Ok(id) = HeaderValue::from_str(cx.correlation_id().as_str()) {
+                headers.insert(edge::REQUEST_ID, id);
+            }
+            if let Ok(trace) = HeaderValue::from_str(&cx.trace().to_string()) {
+                headers.insert(HeaderName::from_static("traceparent"), trace);
+            }
+        }
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+        let mut refused = Vec::new();
+        for base in &instances {
+            let url = format!("{}{path_and_query}", base.trim_end_matches('/'));
+            let sent = self
+                .client
+                .request(parts.method.clone(), url)
+                .headers(headers.clone())
+                .body(body.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(answer) => return Ok(pass_back(answer).await),
+                // Not connected: nothing was sent, so the next instance is safe to try.
+                Err(error) if error.is_connect() => {
+                    tracing::warn!(module, instance = %base, %error, "Instance unreachable; trying the next.");
+                    refused.push(base.clone());
+                }
+                Err(error) if error.is_timeout() => {
+                    return Err(ApiError::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "timeout",
+                        format!("module {module} did not answer in time"),
+                    ));
+                }
+                Err(error) => {
+                    tracing::warn!(module, instance = %base, %error, "Proxied request failed.");
+                    return Err(ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "bad_gateway",
+                        format!("module {module} failed to answer"),
+                    ));
+                }
+            }
+        }
+        Err(ApiError::unavailable(format!(
+            "no instance of module {module} could be reached ({} tried)",
+            refused.len()
+        )))
+    }
+}
+
+/// The instance's answer as it is (without per-connection headers).
+async fn pass_back(answer: reqwest::Response) -> Response {
+    let status = answer.status();
+    let mut headers = HeaderMap::with_capacity(answer.headers().len());
+    for (name, value) in answer.headers() {
+        if forwardable(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    match answer.bytes().await {
+        Ok(bytes) => {
+            let mut response = Response::new(Body::from(bytes));
+            *response.status_mut() = status;
+            *response.headers_mut() = headers;
+            response
+        }
+        Err(error) => {
+            tracing::warn!(%error, "The proxied answer broke off.");
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                "the module's answer broke off",
+            )
+            .into_response()
+        }
+    }
+}

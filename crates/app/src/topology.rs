@@ -1,0 +1,473 @@
+//! The topology: which process hosts each module, and which transport reaches it.
+//!
+//! `[topology]` in the configuration. A module not listed under `topology.modules` runs in the
+//! main process. Every process runs the same binary with the same configuration and
+//! `banyan serve --process <name>` (`topology.process`, default `main`) picks its share:
+//!
+//! ```toml
+//! [topology.modules]
+//! payments = { process = "payments", transport = "http" }   # or "nats"
+//!
+//! [topology.http]
+//! secret = "at least 32 bytes, shared by every process"
+//! ```
+//!
+//! With no module placed outside `main` the topology is *inactive*: the process is exactly the
+//! monolith (no registry, no gateway, no transports).
+
+use std::{collections::BTreeMap, fmt, net::SocketAddr, time::Duration};
+
+use banyan_bus::{http::HttpTransportConfig, nats::NatsConfig};
+use serde::{Deserialize, Serialize};
+
+/// The process that hosts every module not placed elsewhere, serves the gateway and keeps the
+/// registry.
+pub const MAIN: &str = "main";
+
+/// How the modules of a process are reached from the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// JSON `POST`s to the hosting process's `/bus/v1/...` endpoints.
+    Http,
+    /// Core NATS requests and a JetStream stream for events.
+    Nats,
+}
+
+impl TransportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Http => "http",
+            TransportKind::Nats => "nats",
+        }
+    }
+}
+
+/// Where one module runs: `{ process = "payments", transport = "http" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    pub process: String,
+    pub transport: TransportKind,
+}
+
+/// `[topology]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopologyConfig {
+    /// The process this one is (`banyan serve --process <name>`); `main` by default.
+    pub process: String,
+    /// Modules placed outside `main`, by name.
+    pub modules: BTreeMap<String, Placement>,
+    /// The NATS adapter's settings, used when a module is reached over NATS.
+    pub nats: NatsConfig,
+    /// The shared secret and the HTTP adapter's settings.
+    pub http: HttpSettings,
+    /// Where the main process (registry and gateway) is reached by the other processes.
+    pub registry_url: String,
+    /// This process's own base URL as the others reach it; derived from the bound address
+    /// when absent.
+    pub advertise_url: Option<String>,
+    /// How often a process registers again (its heartbeat).
+    pub heartbeat_ms: u64,
+    /// An instance not heard from for this long is stale and leaves rotation.
+    pub instance_ttl_ms: u64,
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        Self {
+            process: MAIN.to_owned(),
+            modules: BTreeMap::new(),
+            nats: NatsConfig::default(),
+            http: HttpSettings::default(),
+            registry_url: "http://127.0.0.1:8080".to_owned(),
+            advertise_url: None,
+            heartbeat_ms: 1_000,
+            instance_ttl_ms: 3_000,
+        }
+    }
+}
+
+/// `[topology.http]`: the secret every call between processes carries, and the HTTP
+/// adapter's tunables (see [`HttpTransportConfig`]).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Sent as `authorization: Bearer <secret>` on bus calls and registrations; at least 32
+    /// bytes of visible ASCII. Required as soon as a module runs outside `main`.
+    pub secret: Option<String>,
+    pub connect_timeout_ms: u64,
+    pub event_timeout_ms: u64,
+    pub publish_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        let defaults = HttpTransportConfig::default();
+        Self {
+            secret: None,
+            connect_timeout_ms: defaults.connect_timeout_ms,
+            event_timeout_ms: defaults.event_timeout_ms,
+            publish_attempts: defaults.publish_attempts,
+            backoff_base_ms: defaults.backoff_base_ms,
+            backoff_max_ms: defaults.backoff_max_ms,
+        }
+    }
+}
+
+impl fmt::Debug for HttpSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpSettings")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("event_timeout_ms", &self.event_timeout_ms)
+            .field("publish_attempts", &self.publish_attempts)
+            .field("backoff_base_ms", &self.backoff_base_ms)
+            .field("backoff_max_ms", &self.backoff_max_ms)
+            .finish()
+    }
+}
+
+impl HttpSettings {
+    /// The adapter's own configuration.
+    pub fn transport_config(&self) -> HttpTransportConfig {
+        HttpTransportConfig {
+            connect_timeout_ms: self.connect_timeout_ms,
+            event_timeout_ms: self.event_timeout_ms,
+            publish_attempts: self.publish_attempts,
+            backoff_base_ms: self.backoff_base_ms,
+            backoff_max_ms: self.backoff_max_ms,
+        }
+    }
+
+    /// The shared secret (validated to exist whenever the topology is active).
+    pub fn secret(&self) -> &str {
+        self.secret.as_deref().unwrap_or_default()
+    }
+}
+
+impl TopologyConfig {
+    /// Whether some module runs outside `main`. If not, the process is the plain monolith.
+    pub fn is_active(&self) -> bool {
+        self.modules.values().any(|p| p.process != MAIN)
+    }
+
+    /// Whether this process is the main one.
+    pub fn is_main(&self) -> bool {
+        self.process == MAIN
+    }
+
+    /// The process that hosts `module`.
+    pub fn process_of(&self, module: &str) -> &str {
+        self.modules
+            .get(module)
+            .map_or(MAIN, |p| p.process.as_str())
+    }
+
+    /// Whether `module` runs in this process.
+    pub fn hosts(&self, module: &str) -> bool {
+        self.process_of(module) == self.process
+    }
+
+    /// The transport that reaches `module` from other processes; `None` for main's modules.
+    pub fn transport_of(&self, module: &str) -> Option<TransportKind> {
+        self.modules
+            .get(module)
+            .filter(|p| p.process != MAIN)
+            .map(|p| p.transport)
+    }
+
+    fn uses(&self, kind: TransportKind) -> bool {
+        self.modules
+            .values()
+            .any(|p| p.process != MAIN && p.transport == kind)
+    }
+
+    /// Whether some module is reached over NATS. Then every event travels over NATS.
+    pub fn uses_nats(&self) -> bool {
+        self.uses(TransportKind::Nats)
+    }
+
+    /// Whether some module is reached over HTTP. Then every process serves `/bus/v1/...`.
+    pub fn uses_http(&self) -> bool {
+        self.uses(TransportKind::Http)
+    }
+
+    /// How this process reaches `module`, which it does not host: the module's own transport
+    /// if it runs outside `main`; for main's modules, NATS if this process's own modules are
+    /// reached over NATS, HTTP otherwise.
+    pub fn route_to(&self, module: &str) -> TransportKind {
+        if let Some(kind) = self.transport_of(module) {
+            return kind;
+        }
+        let own_nats = self
+            .modules
+            .values()
+            .any(|p| p.process == self.process && p.transport == TransportKind::Nats);
+        if own_nats {
+            TransportKind::Nats
+        } else {
+            TransportKind::Http
+        }
+    }
+
+    /// The processes of the topology, `main` first.
+    pub fn processes(&self) -> Vec<&str> {
+        let mut processes = vec![MAIN];
+        for placement in self.modules.values() {
+            if !processes.contains(&placement.process.as_str()) {
+                processes.push(&placement.process);
+            }
+        }
+        processes
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    pub fn instance_ttl(&self) -> Duration {
+        Duration::from_millis(self.instance_ttl_ms)
+    }
+
+    /// This process's base URL for the others: `advertise_url`, or `http://<bound address>`
+    /// (an unspecified address becomes the loopback one).
+    pub fn advertised(&self, bound: SocketAddr) -> String {
+        if let Some(url) = &self.advertise_url {
+            return url.trim_end_matches('/').to_owned();
+        }
+        let mut addr = bound;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        format!("http://{addr}")
+    }
+
+    /// Checks the section against the module names; the error names the key.
+    pub fn validate(&self, known: &[&str]) -> Result<(), (String, String)> {
+        let invalid = |key: &str, reason: String| Err((key.to_owned(), reason));
+        for (module, placement) in &self.modules {
+            let key = format!("topology.modules.{module}");
+            if !known.contains(&module.as_str()) {
+                return invalid(
+                    &key,
+                    format!(
+                        "no module named `{module}`; modules are {}",
+                        known.join(", ")
+                    ),
+                );
+            }
+            if !is_process_name(&placement.process) {
+                return invalid(
+                    &format!("{key}.process"),
+                    "must be 1 to 64 of a-z, 0-9, `-` and `_`".into(),
+                );
+            }
+        }
+        if !is_process_name(&self.process) {
+            return invalid(
+                "topology.process",
+                "must be 1 to 64 of a-z, 0-9, `-` and `_`".into(),
+            );
+        }
+        if !self.processes().contains(&self.process.as_str()) {
+            return invalid(
+                "topology.process",
+                format!(
+                    "no module is placed in process `{}`; the processes are {}",
+                    self.process,
+                    self.processes().join(", ")
+                ),
+            );
+        }
+        if self.heartbeat_ms == 0 {
+            return invalid("topology.heartbeat_ms", "must be greater than 0".into());
+        }
+        if self.instance_ttl_ms <= self.heartbeat_ms {
+            return invalid(
+                "topology.instance_ttl_ms",
+                "must be greater than topology.heartbeat_ms".into(),
+            );
+        }
+        check_url(&self.registry_url).map_err(|r| ("topology.registry_url".to_owned(), r))?;
+        if let Some(url) = &self.advertise_url {
+            check_url(url).map_err(|r| ("topology.advertise_url".to_owned(), r))?;
+        }
+        let http = &self.http;
+        if http.connect_timeout_ms == 0 {
+            return invalid(
+                "topology.http.connect_timeout_ms",
+                "must be greater than 0".into(),
+            );
+        }
+        if http.event_timeout_ms == 0 {
+            return invalid(
+                "topology.http.event_timeout_ms",
+                "must be greater than 0".into(),
+            );
+        }
+        if http.publish_attempts == 0 {
+            return invalid(
+                "topology.http.publish_attempts",
+                "must be at least 1".into(),
+            );
+        }
+        if http.backoff_base_ms == 0 {
+            return invalid(
+                "topology.http.backoff_base_ms",
+                "must be greater than 0".into(),
+            );
+        }
+        if http.backoff_max_ms < http.backoff_base_ms {
+            return invalid(
+                "topology.http.backoff_max_ms",
+                "must be at least topology.http.backoff_base_ms".into(),
+            );
+        }
+        if let Some(secret) = &http.secret
+            && (secret.len() < 32 || !secret.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return invalid(
+                "topology.http.secret",
+                "must be at least 32 bytes of visible ASCII (no spaces)".into(),
+            );
+        }
+        if self.is_active() {
+            if http.secret.is_none() {
+                return invalid(
+                    "topology.http.secret",
+                    "must be set (at least 32 bytes) when a module runs outside the main process"
+                        .into(),
+                );
+            }
+            if self.uses_nats() {
+                self.nats
+                    .validate()
+                    .map_err(|(key, reason)| (format!("topology.{key}"), reason))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_process_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn check_url(raw: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be an http:// or https:// URL with a host".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KNOWN: [&str; 3] = ["orders", "payments", "inventory"];
+
+    fn topology(modules: &[(&str, &str, TransportKind)]) -> TopologyConfig {
+        TopologyConfig {
+            modules: modules
+                .iter()
+                .map(|(m, p, t)| {
+                    (
+                        (*m).to_owned(),
+                        Placement {
+                            process: (*p).to_owned(),
+                            transport: *t,
+                        },
+                    )
+                })
+                .collect(),
+            http: HttpSettings {
+                secret: Some("0123456789abcdef0123456789abcdef".into()),
+                ..HttpSettings::default()
+            },
+            ..TopologyConfig::default()
+        }
+    }
+
+    #[test]
+    fn no_placement_is_the_monolith() {
+        let topology = TopologyConfig::default();
+        assert!(!topology.is_active());
+        assert!(topology.hosts("payments"));
+        assert!(topology.validate(&KNOWN).is_ok());
+    }
+
+    #[test]
+    fn each_process_hosts_its_share_and_reaches_the_rest() {
+        let mut topology = topology(&[
+            ("payments", "payments", TransportKind::Http),
+            ("inventory", "stock", TransportKind::Nats),
+        ]);
+        assert!(topology.is_active() && topology.uses_http() && topology.uses_nats());
+        assert!(topology.hosts("orders") && !topology.hosts("payments"));
+        assert_eq!(topology.route_to("payments"), TransportKind::Http);
+        topology.process = "payments".into();
+        assert!(topology.hosts("payments") && !topology.hosts("orders"));
+        assert_eq!(topology.route_to("orders"), TransportKind::Http);
+        topology.process = "stock".into();
+        assert_eq!(topology.route_to("orders"), TransportKind::Nats);
+        assert_eq!(topology.processes(), vec!["main", "stock", "payments"]);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let key = |t: &TopologyConfig| t.validate(&KNOWN).unwrap_err().0;
+        let mut t = topology(&[("payment", "payments", TransportKind::Http)]);
+        assert_eq!(key(&t), "topology.modules.payment");
+        t = topology(&[("payments", "Pay Ments", TransportKind::Http)]);
+        assert_eq!(key(&t), "topology.modules.payments.process");
+        t = topology(&[("payments", "payments", TransportKind::Http)]);
+        t.process = "nowhere".into();
+        assert_eq!(key(&t), "topology.process");
+        t = topology(&[("payments", "payments", TransportKind::Http)]);
+        t.http.secret = None;
+        assert_eq!(key(&t), "topology.http.secret");
+        t.http.secret = Some("short".into());
+        assert_eq!(key(&t), "topology.http.secret");
+        t = topology(&[("payments", "payments", TransportKind::Http)]);
+        t.registry_url = "nowhere".into();
+        assert_eq!(key(&t), "topology.registry_url");
+        t = topology(&[("payments", "payments", TransportKind::Http)]);
+        t.instance_ttl_ms = t.heartbeat_ms;
+        assert_eq!(key(&t), "topology.instance_ttl_ms");
+        t = topology(&[("payments", "payments", TransportKind::Nats)]);
+        t.nats.stream = "a.b".into();
+        assert_eq!(key(&t), "topology.nats.stream");
+    }
+
+    #[test]
+    fn the_secret_never_shows_in_debug() {
+        let t = topology(&[("payments", "payments", TransportKind::Http)]);
+        let text = format!("{t:?}");
+        assert!(!text.contains("0123456789abcdef"), "{text}");
+        assert!(text.contains("<redacted>"));
+    }
+
+    #[test]
+    fn the_advertised_url_defaults_to_the_bound_address() {
+        let t = TopologyConfig::default();
+        assert_eq!(
+            t.advertised("0.0.0.0:9000".parse().unwrap()),
+            "http://127.0.0.1:9000"
+        );
+        assert_eq!(
+            t.advertised("10.1.2.3:9000".parse().unwrap()),
+            "http://10.1.2.3:9000"
+        );
+    }
+}
