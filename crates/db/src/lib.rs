@@ -29,6 +29,9 @@ use sqlx::{
 
 pub use sqlx;
 
+#[cfg(feature = "test-util")]
+pub mod testing;
+
 /// Where the modules' data lives.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

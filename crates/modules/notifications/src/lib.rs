@@ -69,65 +69,22 @@ mod test_support {
     //! A real module database (SQLite, in a temporary directory) for the tests that run SQL.
 
     use banyan_bus::{Bus, BusConfig, MESSAGING_MIGRATIONS, Outbox};
-    use banyan_db::{DatabaseConfig, Db};
+    use banyan_db::Db;
 
     /// A bus and the outbox of a fresh notifications database; the directory lives as long as the
     /// value.
     pub(crate) struct TestDb {
         pub(crate) bus: Bus,
         pub(crate) outbox: Outbox,
-        _dir: tempfile::TempDir,
-        /// The server's URL and the database's name, when on PostgreSQL.
-        postgres: Option<(String, String)>,
-    }
-
-    impl Drop for TestDb {
-        fn drop(&mut self) {
-            let Some((server, name)) = self.postgres.take() else {
-                return;
-            };
-            // Drop cannot await and runs inside the test's runtime: use a thread of its own.
-            let cleanup = std::thread::spawn(move || {
-                use banyan_db::sqlx::{self, Connection, Executor};
-
-                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                runtime.block_on(async {
-                    if let Ok(mut admin) = sqlx::AnyConnection::connect(&server).await {
-                        let drop_it = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                        if let Err(error) = admin.execute(sqlx::AssertSqlSafe(drop_it)).await {
-                            eprintln!("could not drop test database {name}: {error}");
-                        }
-                        let _ = admin.close().await;
-                    }
-                });
-            });
-            let _ = cleanup.join();
-        }
+        _storage: banyan_db::testing::TestDatabase,
     }
 
     /// Opens a fresh notifications database: SQLite in a temporary directory, or, when
     /// `BANYAN_TEST_POSTGRES_URL` names a PostgreSQL server, a new database on it (named
     /// `banyan_test_<uuid>`, dropped with the value); its bus is configured as given.
     pub(crate) async fn open_with(bus_config: BusConfig) -> TestDb {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let server = std::env::var("BANYAN_TEST_POSTGRES_URL").ok();
-        let mut postgres = None;
-        let config = match &server {
-            Some(server) => DatabaseConfig {
-                url: fresh_postgres_database(server, &mut postgres).await,
-                role_per_module: false,
-                ..DatabaseConfig::default()
-            },
-            None => DatabaseConfig {
-                url: format!("sqlite://{}", dir.path().display()),
-                ..DatabaseConfig::default()
-            },
-        };
+        let storage = banyan_db::testing::TestDatabase::new().await;
+        let config = storage.config().clone();
         let db = Db::open(
             "notifications",
             &config,
@@ -139,32 +96,8 @@ mod test_support {
         TestDb {
             outbox: Outbox::start(&bus, db),
             bus,
-            _dir: dir,
-            postgres,
+            _storage: storage,
         }
-    }
-
-    /// Creates a database on `server`, notes it in `created` for the drop, and answers its URL.
-    async fn fresh_postgres_database(
-        server: &str,
-        created: &mut Option<(String, String)>,
-    ) -> String {
-        use banyan_db::sqlx::{self, Executor};
-
-        sqlx::any::install_default_drivers();
-        let name = format!("banyan_test_{}", uuid::Uuid::now_v7().simple());
-        let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(server)
-            .await
-            .expect("the test PostgreSQL server answers");
-        admin
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .await
-            .expect("a test database");
-        let mut url = url::Url::parse(server).expect("BANYAN_TEST_POSTGRES_URL is a URL");
-        url.set_path(&name);
-        let _ = sqlx::Connection::close(admin).await;
-        *created = Some((server.to_owned(), name));
-        url.to_string()
     }
 
     /// Calls `router` as a client would; answers the status, the headers and the JSON body
