@@ -18,6 +18,8 @@ mod error;
 pub mod extract;
 mod module;
 mod page;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use error::{ApiError, ApiResult, ErrorBody, ErrorDetail};
 pub use module::{Module, ModuleContext};

@@ -102,61 +102,16 @@ mod test_support {
         }
     }
 
-    /// Calls `router` as a client would; answers the status, the headers and the JSON body
-    /// (`Null` when there is none). `token` is sent as a bearer token.
-    pub(crate) async fn call(
-        router: &axum::Router,
-        method: &str,
-        uri: &str,
-        token: Option<&str>,
-        body: Option<serde_json::Value>,
-    ) -> (
-        axum::http::StatusCode,
-        axum::http::HeaderMap,
-        serde_json::Value,
-    ) {
-        use tower::ServiceExt;
-
-        let mut request = axum::http::Request::builder().method(method).uri(uri);
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let request = match body {
-            Some(body) => request
-                .header("content-type", "application/json")
-                .body(axum::body::Body::from(body.to_string())),
-            None => request.body(axum::body::Body::empty()),
-        }
-        .expect("a valid request");
-        let response = router.clone().oneshot(request).await.expect("infallible");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .expect("a readable body");
-        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        (status, headers, json)
-    }
+    pub(crate) use banyan_kit::testing::call;
 
     /// The module's routes with an authenticator installed, as the app installs it, and a
     /// token for an admin and one for a customer.
     pub(crate) fn with_auth(router: impl Into<axum::Router>) -> (axum::Router, String, String) {
-        use banyan_kit::auth::{Authenticator, Role};
+        use banyan_kit::{auth::Role, testing::token};
 
-        let auth = Authenticator::new(
-            b"test-secret-test-secret-test-secret",
-            std::time::Duration::from_secs(60),
-        );
-        let admin = auth
-            .issue(uuid::Uuid::now_v7(), Role::Admin)
-            .expect("a token");
-        let customer = auth
-            .issue(uuid::Uuid::now_v7(), Role::Customer)
-            .expect("a token");
-        (
-            router.into().layer(axum::Extension(auth)),
-            admin.access_token,
-            customer.access_token,
-        )
+        let (router, auth) = banyan_kit::testing::with_auth(router);
+        let admin = token(&auth, uuid::Uuid::now_v7(), Role::Admin);
+        let customer = token(&auth, uuid::Uuid::now_v7(), Role::Customer);
+        (router, admin, customer)
     }
 }
