@@ -58,3 +58,36 @@ pub fn with_auth(router: impl Into<Router>) -> (Router, Arc<Authenticator>) {
 pub fn token(auth: &Authenticator, user: Uuid, role: Role) -> String {
     auth.issue(user, role).expect("a token").access_token
 }
+
+/// A module's storage for a test, as the app gives it: a fresh database (see
+/// [`banyan_db::testing::TestDatabase`]) with the module's and the bus's migrations, and a bus
+/// with the module's outbox relay running. The database is removed when this is dropped.
+#[derive(Debug)]
+pub struct TestModule {
+    pub bus: banyan_bus::Bus,
+    pub outbox: banyan_bus::Outbox,
+    _storage: banyan_db::testing::TestDatabase,
+}
+
+impl TestModule {
+    pub async fn open(
+        module: &'static str,
+        migrations: &'static banyan_db::sqlx::migrate::Migrator,
+        bus_config: banyan_bus::BusConfig,
+    ) -> Self {
+        let storage = banyan_db::testing::TestDatabase::new().await;
+        let db = banyan_db::Db::open(
+            module,
+            storage.config(),
+            &[&*banyan_bus::MESSAGING_MIGRATIONS, migrations],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the {module} database opens: {e}"));
+        let bus = banyan_bus::Bus::new(bus_config);
+        Self {
+            outbox: banyan_bus::Outbox::start(&bus, db),
+            bus,
+            _storage: storage,
+        }
+    }
+}

@@ -70,40 +70,17 @@ mod test_support {
 
     use std::{collections::HashSet, sync::Arc};
 
-    use banyan_bus::{Bus, BusConfig, MESSAGING_MIGRATIONS, Outbox, Rejection};
+    use banyan_bus::{BusConfig, Rejection};
     use banyan_catalog_contract::{GetProducts, ProductId, ProductSnapshot};
-    use banyan_db::Db;
     use banyan_message::{Currency, Money};
 
     use crate::State;
 
-    /// A bus and the outbox of a fresh cart database; the directory lives as long as the
-    /// value.
-    pub(crate) struct TestDb {
-        pub(crate) bus: Bus,
-        pub(crate) outbox: Outbox,
-        _storage: banyan_db::testing::TestDatabase,
-    }
+    pub(crate) use banyan_kit::testing::TestModule as TestDb;
 
-    /// Opens a fresh cart database: SQLite in a temporary directory, or, when
-    /// `BANYAN_TEST_POSTGRES_URL` names a PostgreSQL server, a new database on it (named
-    /// `banyan_test_<uuid>`, dropped with the value).
+    /// Opens a fresh cart database (see `banyan_kit::testing::TestModule`).
     pub(crate) async fn open() -> TestDb {
-        let storage = banyan_db::testing::TestDatabase::new().await;
-        let config = storage.config().clone();
-        let db = Db::open(
-            "cart",
-            &config,
-            &[&*MESSAGING_MIGRATIONS, &super::MIGRATIONS],
-        )
-        .await
-        .expect("the cart database opens");
-        let bus = Bus::new(BusConfig::default());
-        TestDb {
-            outbox: Outbox::start(&bus, db),
-            bus,
-            _storage: storage,
-        }
+        TestDb::open("cart", &super::MIGRATIONS, BusConfig::default()).await
     }
 
     /// A cart database with the module's handlers on its bus, and a stand-in catalog that

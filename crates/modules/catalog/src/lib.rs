@@ -64,36 +64,13 @@ struct State {
 mod test_support {
     //! A real module database (SQLite, in a temporary directory) for the tests that run SQL.
 
-    use banyan_bus::{Bus, BusConfig, MESSAGING_MIGRATIONS, Outbox};
-    use banyan_db::Db;
+    use banyan_bus::BusConfig;
 
-    /// A bus and the outbox of a fresh catalog database; the directory lives as long as the
-    /// value.
-    pub(crate) struct TestDb {
-        pub(crate) bus: Bus,
-        pub(crate) outbox: Outbox,
-        _storage: banyan_db::testing::TestDatabase,
-    }
+    pub(crate) use banyan_kit::testing::TestModule as TestDb;
 
-    /// Opens a fresh catalog database: SQLite in a temporary directory, or, when
-    /// `BANYAN_TEST_POSTGRES_URL` names a PostgreSQL server, a new database on it (named
-    /// `banyan_test_<uuid>`, dropped with the value).
+    /// Opens a fresh catalog database (see `banyan_kit::testing::TestModule`).
     pub(crate) async fn open() -> TestDb {
-        let storage = banyan_db::testing::TestDatabase::new().await;
-        let config = storage.config().clone();
-        let db = Db::open(
-            "catalog",
-            &config,
-            &[&*MESSAGING_MIGRATIONS, &super::MIGRATIONS],
-        )
-        .await
-        .expect("the catalog database opens");
-        let bus = Bus::new(BusConfig::default());
-        TestDb {
-            outbox: Outbox::start(&bus, db),
-            bus,
-            _storage: storage,
-        }
+        TestDb::open("catalog", &super::MIGRATIONS, BusConfig::default()).await
     }
 
     pub(crate) use banyan_kit::testing::call;
