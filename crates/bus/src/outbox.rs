@@ -13,7 +13,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use banyan_db::{Db, now_millis, sqlx};
+use banyan_db::{Db, Engine, now_millis, sqlx};
 use banyan_message::Event;
 use sqlx::{Any, AnyConnection, Row, Transaction};
 use tokio::sync::{Notify, mpsc};
@@ -182,10 +182,28 @@ impl UnitOfWork {
 
     /// Records that this module handles `delivered` now. `false` means it was handled before
     /// (a redelivery): the caller should return without applying it again.
-    pub async fn first_delivery<E>(
+    ///
+    /// It also serializes this transaction with every other of the module's handlers working
+    /// on the same aggregate, in any instance of the module: in one process the bus's
+    /// partitions do that, but instances sharing a NATS consumer or HTTP pushes can handle
+    /// two events of one order at once, and under PostgreSQL's READ COMMITTED each could miss
+    /// the other's uncommitted write (payments' "intent or early reservation?" check would
+    /// then charge nobody). SQLite needs nothing: `BEGIN IMMEDIATE` serializes every writer of
+    /// the file, across processes too.
+    pub async fn first_delivery<E: Event>(
         &mut self,
         delivered: &Delivered<E>,
     ) -> Result<bool, sqlx::Error> {
+        let db = &self.outbox.inner.db;
+        if db.engine() == Engine::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(aggregate_lock_key(
+                    db.module(),
+                    delivered.event.aggregate_id(),
+                ))
+                .execute(&mut *self.tx)
+                .await?;
+        }
         self.record_inbox(&delivered.envelope).await
     }
 
@@ -389,4 +407,18 @@ impl Relay {
         }
         Ok(())
     }
+}
+
+/// The advisory lock key of one module's aggregate: the aggregate id folded to 64 bits, mixed
+/// with the module's name (the lock space is the whole database, shared by every module's
+/// schema). A collision only serializes two unrelated transactions.
+fn aggregate_lock_key(module: &str, aggregate: Uuid) -> i64 {
+    let id = aggregate.as_u128();
+    // FNV-1a: stable across builds, unlike std's hasher, so every instance agrees.
+    let module_hash = module
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    ((id >> 64) as u64 ^ id as u64 ^ module_hash) as i64
 }

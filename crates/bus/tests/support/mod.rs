@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use banyan_bus::{Delivered, HandlerError, MESSAGING_MIGRATIONS, Outbox};
+use banyan_bus::{Delivered, Event, HandlerError, MESSAGING_MIGRATIONS, Outbox};
 use banyan_db::{DatabaseConfig, Db};
 use sqlx::{AssertSqlSafe, Connection, Executor, postgres::PgConnection};
 use tempfile::TempDir;
@@ -129,7 +129,7 @@ pub(crate) async fn open_module(config: &DatabaseConfig, module: &'static str) -
 
 /// The non-idempotent effect of a subscriber (`n = n + 1`), made effectively once by recording
 /// the message in the inbox in the same transaction.
-pub(crate) async fn apply_once<E>(
+pub(crate) async fn apply_once<E: Event>(
     outbox: &Outbox,
     delivered: &Delivered<E>,
 ) -> Result<(), HandlerError> {

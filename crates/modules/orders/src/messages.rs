@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use banyan_bus::{Bus, Delivered, HandlerError, Rejection};
+use banyan_bus::{Bus, Delivered, Event, HandlerError, Rejection};
 use banyan_inventory_contract::InventoryReservationFailed;
 use banyan_orders_contract::{GetOrder, ListOrders, OrderSummary};
 use banyan_payments_contract::{PaymentCompleted, PaymentFailed};
@@ -98,7 +98,7 @@ async fn list_orders(state: &State, request: ListOrders) -> Result<Vec<OrderSumm
 /// Applies a saga outcome to `order_id`, once. A pending order ends; one that already ended
 /// is left as it is; an unknown one is logged and skipped (it cannot happen: `OrderPlaced`,
 /// which starts every saga, is committed here first).
-async fn end<E>(
+async fn end<E: Event>(
     state: &State,
     delivered: &Delivered<E>,
     order_id: Uuid,
