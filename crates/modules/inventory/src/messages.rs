@@ -96,7 +96,7 @@ async fn on_order_placed(
     uow.commit().await?;
     match outcome {
         ReserveOutcome::Reserved(lines) => {
-            tracing::debug!(%reservation_id, lines = lines.len(), "Order stock reserved.");
+            tracing::info!(%reservation_id, lines = lines.len(), "Order stock reserved.");
         }
         ReserveOutcome::Short(shortages) => {
             tracing::info!(%reservation_id, short = shortages.len(), "Order stock short; nothing reserved.");
@@ -121,7 +121,7 @@ async fn on_payment_failed(
     let released = domain::release(&mut uow, delivered.context(), reservation_id).await?;
     uow.commit().await?;
     if released {
-        tracing::debug!(%reservation_id, "Reservation released: the payment failed.");
+        tracing::info!(%reservation_id, "Reservation released: the payment failed.");
     }
     Ok(())
 }
@@ -140,7 +140,7 @@ async fn on_order_cancelled(
     let released = domain::cancel(&mut uow, delivered.context(), reservation_id).await?;
     uow.commit().await?;
     if released {
-        tracing::debug!(%reservation_id, "Reservation released: the order was cancelled.");
+        tracing::info!(%reservation_id, "Reservation released: the order was cancelled.");
     }
     Ok(())
 }
@@ -159,7 +159,7 @@ async fn on_order_confirmed(
         domain::commit_reservation(&mut uow, delivered.context(), reservation_id).await?;
     uow.commit().await?;
     if committed {
-        tracing::debug!(%reservation_id, "Reservation committed: the order was confirmed.");
+        tracing::info!(%reservation_id, "Reservation committed: the order was confirmed.");
     } else {
         tracing::debug!(%reservation_id, "Nothing held to commit for a confirmed order.");
     }
