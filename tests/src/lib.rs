@@ -1,16 +1,21 @@
 //! The end-to-end harness: a real Banyan server on a free port, a fresh database per test
 //! (a SQLite directory or a PostgreSQL database of its own), and typed helpers to call it.
 //!
-//! The suites in `tests/tests/` talk to the server only over HTTP (and, where the issue asks
-//! for it, over the bus the server exposes), so they run unchanged in every topology.
+//! The suites in `tests/tests/` talk to the server only over HTTP, so they run unchanged in
+//! every topology: [`on_every_topology!`] runs each scenario with the whole shop in the test's
+//! process (on SQLite and on PostgreSQL) and again as a cluster of real `banyan` processes
+//! (see [`cluster`]). A few suites also call the bus the in-process server exposes.
 //!
 //! - `TEST_LOG=1` shows the server's logs.
 //! - PostgreSQL comes from `BANYAN_TEST_POSTGRES_URL` (default: the local server). If it
 //!   cannot be reached the test fails, unless `BANYAN_SKIP_POSTGRES=1` is set outside CI.
 
+pub mod cluster;
 pub mod process;
 
 use std::{net::SocketAddr, time::Duration};
+
+use cluster::{Cluster, Topology};
 
 use banyan_app::{Server, config};
 use banyan_db::sqlx::{self, Executor};
@@ -145,16 +150,25 @@ pub fn test_figment(database_url: &str) -> figment::Figment {
     )
 }
 
-/// A running Banyan server and a client for it.
+/// A running Banyan (a server in this process, or a cluster of processes) and a client for
+/// it. `addr` is where clients reach it: the server, or the cluster's main process.
 #[derive(Debug)]
 pub struct TestApp {
     pub addr: SocketAddr,
     pub engine: Engine,
     pub client: reqwest::Client,
-    pub bus: banyan_bus::Bus,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<anyhow::Result<()>>>,
+    backend: Backend,
     pub storage: Storage,
+}
+
+#[derive(Debug)]
+enum Backend {
+    InProcess {
+        bus: banyan_bus::Bus,
+        shutdown: oneshot::Sender<()>,
+        server: JoinHandle<anyhow::Result<()>>,
+    },
+    Cluster(Box<Cluster>),
 }
 
 /// An HTTP answer: status, headers and the JSON body (`Null` when empty).
@@ -205,27 +219,71 @@ impl TestApp {
         Some(Self {
             addr,
             engine,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .expect("an HTTP client"),
-            bus,
-            shutdown: Some(shutdown),
-            server: Some(server),
+            client: client(),
+            backend: Backend::InProcess {
+                bus,
+                shutdown,
+                server,
+            },
             storage,
         })
     }
 
-    /// Stops the server gracefully and waits for it.
-    pub async fn stop(mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
+    /// Starts `topology` as real `banyan` processes on a fresh database, with the test
+    /// settings adjusted by `adjust`; `None` when PostgreSQL or NATS is skipped.
+    pub async fn spawn_split(
+        engine: Engine,
+        topology: Topology,
+        adjust: impl FnOnce(figment::Figment) -> figment::Figment,
+    ) -> Option<Self> {
+        let storage = Storage::fresh(engine).await?;
+        let figment = adjust(test_figment(&storage.url()));
+        let cluster = Cluster::start(figment, topology).await?;
+        Some(Self {
+            addr: cluster.main.addr,
+            engine,
+            client: client(),
+            backend: Backend::Cluster(Box::new(cluster)),
+            storage,
+        })
+    }
+
+    /// The bus of the in-process server, for suites that call modules directly.
+    pub fn bus(&self) -> &banyan_bus::Bus {
+        match &self.backend {
+            Backend::InProcess { bus, .. } => bus,
+            Backend::Cluster(_) => panic!("a split cluster has no bus in the test's process"),
         }
-        if let Some(server) = self.server.take() {
-            server
-                .await
-                .expect("the server task ends")
-                .expect("the server stops cleanly");
+    }
+
+    /// The processes of a split topology.
+    pub fn cluster(&self) -> &Cluster {
+        match &self.backend {
+            Backend::Cluster(cluster) => cluster,
+            Backend::InProcess { .. } => panic!("the shop runs in the test's process"),
+        }
+    }
+
+    pub fn cluster_mut(&mut self) -> &mut Cluster {
+        match &mut self.backend {
+            Backend::Cluster(cluster) => cluster,
+            Backend::InProcess { .. } => panic!("the shop runs in the test's process"),
+        }
+    }
+
+    /// Stops the server, or every process of the cluster, gracefully and waits for it.
+    pub async fn stop(self) {
+        match self.backend {
+            Backend::InProcess {
+                shutdown, server, ..
+            } => {
+                let _ = shutdown.send(());
+                server
+                    .await
+                    .expect("the server task ends")
+                    .expect("the server stops cleanly");
+            }
+            Backend::Cluster(cluster) => cluster.stop().await,
         }
     }
 
@@ -441,6 +499,13 @@ impl TestApp {
     }
 }
 
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("an HTTP client")
+}
+
 pub async fn send(request: reqwest::RequestBuilder) -> Reply {
     let response = request.send().await.expect("the server answers");
     let status = response.status();
@@ -480,27 +545,75 @@ where
 }
 
 /// Declares each named scenario `async fn name(app: &TestApp)` as two tests, one per engine:
-/// `sqlite::name` and `postgres::name`.
+/// `sqlite::name` and `postgres::name`. With `settings = f;` first, every app starts with
+/// the test settings adjusted by `f: fn(Figment) -> Figment`.
 #[macro_export]
 macro_rules! on_both_engines {
+    (settings = $adjust:path; $($name:ident),* $(,)?) => {
+        $crate::scenarios_in!(
+            sqlite,
+            $crate::TestApp::spawn_with($crate::Engine::Sqlite, $adjust),
+            $($name),*
+        );
+        $crate::scenarios_in!(
+            postgres,
+            $crate::TestApp::spawn_with($crate::Engine::Postgres, $adjust),
+            $($name),*
+        );
+    };
     ($($name:ident),* $(,)?) => {
-        mod sqlite {
+        $crate::on_both_engines!(settings = std::convert::identity; $($name),*);
+    };
+}
+
+/// Declares each named scenario `async fn name(app: &TestApp)` as four tests, one per place
+/// the shop can run: `sqlite::name` and `postgres::name` (all in the test's process),
+/// `split_http::name` (payments and notifications in processes of their own, over HTTP, on
+/// SQLite) and `split_nats::name` (inventory and two payments processes over NATS, on
+/// PostgreSQL). `settings = f;` first adjusts every app's settings, as for
+/// [`on_both_engines!`].
+#[macro_export]
+macro_rules! on_every_topology {
+    (settings = $adjust:path; $($name:ident),* $(,)?) => {
+        $crate::on_both_engines!(settings = $adjust; $($name),*);
+        $crate::scenarios_in!(
+            split_http,
+            $crate::TestApp::spawn_split(
+                $crate::Engine::Sqlite,
+                $crate::cluster::Topology::payments_and_notifications_over_http(),
+                $adjust,
+            ),
+            $($name),*
+        );
+        $crate::scenarios_in!(
+            split_nats,
+            $crate::TestApp::spawn_split(
+                $crate::Engine::Postgres,
+                $crate::cluster::Topology::inventory_and_two_payments_over_nats(),
+                $adjust,
+            ),
+            $($name),*
+        );
+    };
+    ($($name:ident),* $(,)?) => {
+        $crate::on_every_topology!(settings = std::convert::identity; $($name),*);
+    };
+}
+
+/// A module `$module` with one test per scenario, each on an app from `$spawn` (skipped when
+/// that gives `None`: PostgreSQL or NATS skipped outside CI).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! scenarios_in {
+    ($module:ident, $spawn:expr, $($name:ident),*) => {
+        mod $module {
+            // The settings function named by the caller, if any, lives beside the scenarios.
+            #[allow(unused_imports)]
+            use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let app = $crate::TestApp::spawn($crate::Engine::Sqlite)
-                        .await
-                        .expect("SQLite is always available");
-                    super::$name(&app).await;
-                    app.stop().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(app) = $crate::TestApp::spawn($crate::Engine::Postgres).await else {
+                    let Some(app) = $spawn.await else {
                         return;
                     };
                     super::$name(&app).await;

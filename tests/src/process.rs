@@ -39,6 +39,8 @@ pub fn binary() -> PathBuf {
 /// A running `banyan` process with its stderr (the JSON logs) captured line by line.
 #[derive(Debug)]
 pub struct BanyanProcess {
+    /// `main`, or the name given with `--process`.
+    pub name: String,
     child: Child,
     pub addr: std::net::SocketAddr,
     lines: Arc<Mutex<Vec<String>>>,
@@ -84,7 +86,14 @@ impl BanyanProcess {
                 new_line.notify_waiters();
             });
         }
+        let name = args
+            .iter()
+            .position(|a| *a == "--process")
+            .and_then(|i| args.get(i + 1))
+            .map_or("main", |n| n)
+            .to_owned();
         let mut process = Self {
+            name,
             child,
             addr: "127.0.0.1:0".parse().expect("an address"),
             lines,
@@ -165,5 +174,22 @@ impl BanyanProcess {
             .await
             .expect("banyan exits after SIGTERM")
             .expect("an exit status")
+    }
+}
+
+impl Drop for BanyanProcess {
+    /// A failed test shows the end of the process's log: often the only trace of what the
+    /// process did.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let output = self.output();
+            let lines: Vec<&str> = output.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!(
+                "--- the last lines of banyan process {} ---\n{}",
+                self.name,
+                tail.join("\n")
+            );
+        }
     }
 }

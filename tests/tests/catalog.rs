@@ -1,12 +1,12 @@
-//! The catalog module over HTTP, on SQLite and on PostgreSQL.
+//! The catalog module over HTTP, in every topology.
 
 #![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
 
-use banyan_e2e::{TestApp, eventually, on_both_engines};
+use banyan_e2e::{TestApp, eventually, on_every_topology};
 use reqwest::StatusCode;
 use serde_json::json;
 
-on_both_engines!(
+on_every_topology!(
     an_admin_creates_and_changes_a_product_and_anyone_reads_it,
     products_are_filtered_by_category_and_paged,
     only_an_admin_writes_products,

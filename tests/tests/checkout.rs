@@ -1,12 +1,12 @@
-//! The order saga end to end: every branch, on SQLite and on PostgreSQL.
+//! The order saga end to end, every branch, in every topology (see `on_every_topology!`).
 
 #![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
 
-use banyan_e2e::{TestApp, eventually, on_both_engines};
+use banyan_e2e::{TestApp, eventually, on_every_topology};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-on_both_engines!(
+on_every_topology!(
     a_paid_order_is_confirmed_and_its_stock_is_taken,
     an_order_with_too_little_stock_is_cancelled_and_nothing_stays_reserved,
     a_declined_payment_cancels_the_order_and_puts_the_stock_back,

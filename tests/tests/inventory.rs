@@ -86,7 +86,7 @@ fn line(product: Uuid, quantity: i64) -> StockLine {
 
 async fn available(app: &TestApp, product: Uuid) -> i64 {
     let levels = app
-        .bus
+        .bus()
         .request(
             &Context::root(),
             GetStock {
@@ -105,7 +105,7 @@ async fn a_reservation_takes_all_lines_or_none(app: &TestApp) {
     app.stock(&admin, &scarce.to_string(), 1).await;
     let cx = Context::root();
     let refused = app
-        .bus
+        .bus()
         .request(
             &cx,
             ReserveStock {
@@ -122,7 +122,7 @@ async fn a_reservation_takes_all_lines_or_none(app: &TestApp) {
     assert_eq!(available(app, plenty).await, 10, "nothing was reserved");
     assert_eq!(available(app, scarce).await, 1);
 
-    app.bus
+    app.bus()
         .request(
             &cx,
             ReserveStock {
@@ -143,7 +143,7 @@ async fn reserving_and_releasing_twice_changes_stock_once(app: &TestApp) {
     let cx = Context::root();
     let reservation = Uuid::now_v7();
     for _ in 0..2 {
-        app.bus
+        app.bus()
             .request(
                 &cx,
                 ReserveStock {
@@ -158,7 +158,7 @@ async fn reserving_and_releasing_twice_changes_stock_once(app: &TestApp) {
     let read = app.get(&format!("/api/v1/inventory/{product}"), None).await;
     assert_eq!(read.body["reserved"], 2);
     let first = app
-        .bus
+        .bus()
         .request(
             &cx,
             ReleaseStock {
@@ -168,7 +168,7 @@ async fn reserving_and_releasing_twice_changes_stock_once(app: &TestApp) {
         .await
         .expect("released");
     let second = app
-        .bus
+        .bus()
         .request(
             &cx,
             ReleaseStock {
@@ -186,7 +186,7 @@ async fn stock_cannot_be_set_below_what_is_reserved(app: &TestApp) {
     let admin = app.admin_token().await;
     let product = Uuid::now_v7();
     app.stock(&admin, &product.to_string(), 5).await;
-    app.bus
+    app.bus()
         .request(
             &Context::root(),
             ReserveStock {

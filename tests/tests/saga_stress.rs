@@ -4,14 +4,26 @@
 
 use std::collections::HashMap;
 
-use banyan_e2e::{Engine, TestApp, eventually};
+use banyan_e2e::{Engine, TestApp, eventually, on_every_topology};
 use reqwest::StatusCode;
 use serde_json::json;
 
-async fn last_item_race(engine: Engine) {
-    let Some(app) = TestApp::spawn(engine).await else {
-        return;
-    };
+on_every_topology!(a_hundred_checkouts_of_ten_items_confirm_exactly_ten);
+
+mod twice {
+    //! The same scenario with every event delivered twice, in every topology.
+    use banyan_e2e::on_every_topology;
+
+    use super::every_saga_event_delivered_twice_takes_effect_once;
+
+    fn chaos(figment: figment::Figment) -> figment::Figment {
+        banyan_e2e::banyan_app::config::with(figment, "bus.chaos_duplicate_deliveries", true)
+    }
+
+    on_every_topology!(settings = chaos; every_saga_event_delivered_twice_takes_effect_once);
+}
+
+async fn a_hundred_checkouts_of_ten_items_confirm_exactly_ten(app: &TestApp) {
     let admin = app.admin_token().await;
     let product = app.product(&admin, "RACE-1", "tea", 100).await;
     app.stock(&admin, &product, 10).await;
@@ -20,7 +32,7 @@ async fn last_item_race(engine: Engine) {
         customers.push(app.customer(&format!("racer{i}")).await.1);
     }
     let checkouts = (0..100).map(|i| {
-        let (app, token, product) = (&app, &customers[i % 10], &product);
+        let (token, product) = (&customers[i % 10], &product);
         async move {
             let reply = app
                 .order(
@@ -48,7 +60,6 @@ async fn last_item_race(engine: Engine) {
         app.stock_of(&product).await == (0, 0, 0)
     })
     .await;
-    app.stop().await;
 }
 
 /// Runs futures concurrently on this task (no spawn: the futures borrow the app).
@@ -58,24 +69,7 @@ async fn futures_join_all<F: std::future::Future>(
     futures::future::join_all(futures).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hundred_checkouts_of_ten_items_confirm_exactly_ten_on_sqlite() {
-    last_item_race(Engine::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hundred_checkouts_of_ten_items_confirm_exactly_ten_on_postgres() {
-    last_item_race(Engine::Postgres).await;
-}
-
-async fn every_event_twice(engine: Engine) {
-    let Some(app) = TestApp::spawn_with(engine, |figment| {
-        banyan_e2e::banyan_app::config::with(figment, "bus.chaos_duplicate_deliveries", true)
-    })
-    .await
-    else {
-        return;
-    };
+async fn every_saga_event_delivered_twice_takes_effect_once(app: &TestApp) {
     let admin = app.admin_token().await;
     let product = app.product(&admin, "TWICE-1", "tea", 250).await;
     app.stock(&admin, &product, 10).await;
@@ -135,17 +129,6 @@ async fn every_event_twice(engine: Engine) {
     let letters = app.get("/api/v1/admin/dead-letters", Some(&admin)).await;
     assert_eq!(letters.body["items"], json!([]), "{}", letters.text);
     assert_eq!(confirmed.status, StatusCode::CREATED);
-    app.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_saga_event_delivered_twice_takes_effect_once_on_sqlite() {
-    every_event_twice(Engine::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_saga_event_delivered_twice_takes_effect_once_on_postgres() {
-    every_event_twice(Engine::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

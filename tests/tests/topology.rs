@@ -1,361 +1,196 @@
 //! Split topologies with real processes: the same `banyan` binary runs the main process (gateway
-//! and registry) and the processes that host the modules moved out of it, over HTTP or NATS.
-//!
-//! Every process of a test runs on 127.0.0.1 with port 0 and shares one SQLite directory (each
-//! module has its own file in it). The main process starts first; the others learn where it is
-//! from `BANYAN_TOPOLOGY__REGISTRY_URL`.
-//!
-//! NATS: `BANYAN_TEST_NATS_URL` (default `nats://127.0.0.1:4222`), with JetStream. If it cannot
-//! be reached the NATS tests fail, unless `BANYAN_SKIP_NATS=1` is set (never honoured when `CI`
-//! is). Each NATS test uses a stream and a subject prefix of its own, deleted at the end.
+//! and registry) and the processes hosting the modules moved out of it, over HTTP or NATS (see
+//! `banyan_e2e::cluster`). The shop's own suites run in the ready-made topologies through
+//! `on_every_topology!`; this file checks what only a split shows: each of the seven modules
+//! moved in turn, the registry, the gateway, the shared secret, balancing and correlation ids.
 
 #![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
 
-use std::{path::PathBuf, time::Duration};
-
-use banyan_e2e::{ADMIN_PASSWORD, ADMIN_USERNAME, Reply, process::BanyanProcess, send};
+use banyan_e2e::{
+    Engine, TestApp,
+    cluster::{SECRET, Topology, Transport},
+    eventually,
+    process::BanyanProcess,
+    send,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-const SECRET: &str = "topology-test-secret-0123456789abcdef";
-
-/// How long a test waits for a condition before it gives up (a hang guard, never a timing).
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// The processes of one test, their shared data directory and configuration file.
-struct Cluster {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    main: BanyanProcess,
-    client: reqwest::Client,
-    admin: String,
+/// Starts `topology` on SQLite with the test settings; `None` when NATS is skipped.
+async fn split(topology: Topology) -> Option<TestApp> {
+    TestApp::spawn_split(Engine::Sqlite, topology, |figment| figment).await
 }
 
-impl Cluster {
-    /// Writes `topology` (TOML) as the configuration of every process, and starts main.
-    async fn start(topology: &str) -> Self {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        std::fs::create_dir(dir.path().join("data")).expect("a data directory");
-        let config = dir.path().join("topology.toml");
-        let text = format!(
-            "{topology}\n\n[topology]\nheartbeat_ms = 200\ninstance_ttl_ms = 1000\n\n\
-             [topology.http]\nsecret = \"{SECRET}\"\n"
-        );
-        std::fs::write(&config, text).expect("the configuration file");
-        let mut cluster = Self {
-            main: BanyanProcess::start_with_args(
-                &["--config", config.to_str().unwrap()],
-                &environment(dir.path()),
-            )
-            .await,
-            dir,
-            config,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .unwrap(),
-            admin: String::new(),
-        };
-        let login = cluster
-            .call(
-                Method::POST,
-                "/api/v1/users/login",
-                None,
-                Some(json!({ "username": ADMIN_USERNAME, "password": ADMIN_PASSWORD })),
-            )
-            .await;
-        assert_eq!(login.status, StatusCode::OK, "{}", login.text);
-        cluster.admin = login.body["access_token"].as_str().unwrap().to_owned();
-        cluster
-    }
+/// A product with `stock` on hand at 4.50 EUR, created by the admin.
+async fn stocked_product(app: &TestApp, sku: &str, stock: i64) -> String {
+    let admin = app.admin_token().await;
+    let product = app.product(&admin, sku, "tea", 450).await;
+    let stocked = app.stock(&admin, &product, stock).await;
+    assert_eq!(stocked.status, StatusCode::OK, "{}", stocked.text);
+    product
+}
 
-    /// Starts `banyan serve --process <name>` pointed at the main process.
-    async fn process(&self, name: &str) -> BanyanProcess {
-        let mut env = environment(self.dir.path());
-        env.push((
-            "BANYAN_TOPOLOGY__REGISTRY_URL",
-            format!("http://{}", self.main.addr),
-        ));
-        BanyanProcess::start_with_args(
-            &["--config", self.config.to_str().unwrap(), "--process", name],
-            &env,
-        )
-        .await
-    }
+/// Orders two of `product` with `method`, waiting for the saga's end; the request carries
+/// `request_id` as its `x-request-id`, which becomes the checkout's correlation id.
+async fn checkout(
+    app: &TestApp,
+    token: &str,
+    product: &str,
+    method: &str,
+    request_id: &str,
+) -> Value {
+    let reply = send(
+        app.client
+            .post(app.url("/api/v1/orders?wait_ms=30000"))
+            .bearer_auth(token)
+            .header("x-request-id", request_id)
+            .json(
+                &json!({ "lines": [{ "product_id": product, "quantity": 2 }],
+                           "payment_method": method }),
+            ),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    reply.body
+}
 
-    /// A call to the main process (the gateway).
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
-        let mut request = self.client.request(method, self.main.url(path));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        send(request).await
-    }
+/// Whether a process logged `message` (any message when `None`) in work carrying
+/// `correlation_id`.
+fn logged_with(process: &BanyanProcess, message: Option<&str>, correlation_id: &str) -> bool {
+    process.json_lines().iter().any(|l| {
+        message.is_none_or(|m| l["message"] == m) && l["span"]["correlation_id"] == correlation_id
+    })
+}
 
-    async fn get(&self, path: &str, token: &str) -> Reply {
-        self.call(Method::GET, path, Some(token), None).await
-    }
+// ------------------------------------------------------------------ each module moved in turn
 
-    /// `GET /api/v1/services` as the admin.
-    async fn services(&self) -> Value {
-        let reply = self.get("/api/v1/services", &self.admin).await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
-        reply.body
-    }
-
-    /// Waits until `module` has `count` healthy instances; returns them.
-    async fn healthy(&self, module: &str, count: usize) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let services = self.services().await;
-            let instances: Vec<Value> = services["modules"][module]["instances"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|i| i["health"] == "healthy")
-                .collect();
-            if instances.len() == count {
-                return instances;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "gave up waiting for {count} healthy {module} instance(s): {services}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// A product with `stock` on hand, as the admin.
-    async fn product(&self, sku: &str, stock: i64) -> String {
-        let created = self
-            .call(
-                Method::POST,
-                "/api/v1/products",
-                Some(&self.admin),
-                Some(
-                    json!({ "sku": sku, "name": format!("Product {sku}"), "category": "tea",
-                             "price": { "amount_minor": 450, "currency": "EUR" } }),
-                ),
-            )
-            .await;
-        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
-        let id = created.body["id"].as_str().unwrap().to_owned();
-        let stocked = self
-            .call(
-                Method::PUT,
-                &format!("/api/v1/inventory/{id}"),
-                Some(&self.admin),
-                Some(json!({ "on_hand": stock })),
-            )
-            .await;
-        assert_eq!(stocked.status, StatusCode::OK, "{}", stocked.text);
-        id
-    }
-
-    /// Registers a customer and logs them in: `(user id, token)`.
-    async fn customer(&self, username: &str) -> (String, String) {
-        let password = format!("{username}-secret-pw");
-        let registered = self
-            .call(
-                Method::POST,
-                "/api/v1/users",
-                None,
-                Some(
-                    json!({ "username": username, "email": format!("{username}@example.test"),
-                             "password": password }),
-                ),
-            )
-            .await;
-        assert_eq!(
-            registered.status,
-            StatusCode::CREATED,
-            "{}",
-            registered.text
-        );
-        let login = self
-            .call(
-                Method::POST,
-                "/api/v1/users/login",
-                None,
-                Some(json!({ "username": username, "password": password })),
-            )
-            .await;
-        (
-            registered.body["id"].as_str().unwrap().to_owned(),
-            login.body["access_token"].as_str().unwrap().to_owned(),
-        )
-    }
-
-    /// Orders `quantity` of `product` with `method` and waits for the saga's end; the request
-    /// carries `request_id` as its `x-request-id`.
-    async fn checkout(&self, token: &str, product: &str, method: &str, request_id: &str) -> Value {
-        let reply = send(
-            self.client
-                .post(self.main.url("/api/v1/orders?wait_ms=30000"))
-                .bearer_auth(token)
-                .header("x-request-id", request_id)
-                .json(
-                    &json!({ "lines": [{ "product_id": product, "quantity": 2 }],
-                               "payment_method": method }),
-                ),
+/// A checkout through the gateway that needs every module, whichever one has moved: register
+/// and log in (users), a product (catalog) with stock (inventory), a cart (cart), an order from
+/// it (orders) that is paid (payments) and confirmed by email (notifications); then a declined
+/// one. The moved module's process logs its part of the checkout under the request's id.
+async fn smoke_checkout(app: &TestApp, moved: &str) {
+    let product = stocked_product(app, "SMOKE-1", 10).await;
+    eventually("the catalog sees the stock", || async {
+        app.get(&format!("/api/v1/products/{product}"), None)
+            .await
+            .body["in_stock"]
+            == true
+    })
+    .await;
+    let (user, token) = app.customer("smoke").await;
+    let added = app
+        .post(
+            &format!("/api/v1/carts/{user}/items"),
+            Some(&token),
+            json!({ "product_id": product, "quantity": 3 }),
         )
         .await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
-        reply.body
-    }
+    assert_eq!(added.status, StatusCode::OK, "{}", added.text);
+    let reply = send(
+        app.client
+            .post(app.url("/api/v1/orders?wait_ms=30000"))
+            .bearer_auth(&token)
+            .header("x-request-id", "smoke-cart")
+            .json(&json!({ "from_cart": true })),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    assert_eq!(reply.body["status"], "confirmed", "{}", reply.text);
+    let confirmed = reply.body["id"].as_str().unwrap().to_owned();
 
-    async fn stock_of(&self, product: &str) -> (i64, i64, i64) {
-        let reply = self
-            .call(
-                Method::GET,
-                &format!("/api/v1/inventory/{product}"),
-                None,
-                None,
-            )
+    let declined = checkout(app, &token, &product, "tok_declined", "smoke-declined").await;
+    assert_eq!(declined["status"], "cancelled", "{declined}");
+    assert_eq!(declined["cancel_reason"], "payment_declined");
+
+    let payment = app
+        .get(&format!("/api/v1/payments/{confirmed}"), Some(&token))
+        .await;
+    assert_eq!(payment.status, StatusCode::OK, "{}", payment.text);
+    assert_eq!(payment.body["status"], "completed");
+    assert_eq!(payment.body["amount"]["amount_minor"], 3 * 450);
+    eventually("the stock accounting closes", || async {
+        app.stock_of(&product).await == (7, 0, 7)
+    })
+    .await;
+    eventually("the cart is cleared", || async {
+        let cart = app
+            .get(&format!("/api/v1/carts/{user}"), Some(&token))
             .await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
-        let n = |k: &str| reply.body[k].as_i64().unwrap();
-        (n("on_hand"), n("reserved"), n("available"))
-    }
-}
+        cart.body["lines"].as_array().is_some_and(Vec::is_empty)
+    })
+    .await;
+    eventually("the customer is told of both orders", || async {
+        app.notification_kinds(&token, &user).await
+            == ["welcome", "order_confirmed", "order_cancelled"]
+    })
+    .await;
+    let overview = app
+        .get(&format!("/api/v1/users/{user}/overview"), Some(&token))
+        .await;
+    assert_eq!(overview.status, StatusCode::OK, "{}", overview.text);
+    assert_eq!(
+        overview.body["orders"].as_array().unwrap().len(),
+        2,
+        "{}",
+        overview.text
+    );
 
-fn environment(dir: &std::path::Path) -> Vec<(&'static str, String)> {
-    vec![
-        (
-            "BANYAN_DATABASE__URL",
-            format!("sqlite://{}", dir.join("data").display()),
-        ),
-        ("BANYAN_BUS__RELAY_LEASE_MS", "1000".into()),
-        ("BANYAN_BUS__RELAY_INTERVAL_MS", "50".into()),
-        (
-            "BANYAN_MODULES__USERS__BOOTSTRAP_ADMIN__USERNAME",
-            ADMIN_USERNAME.into(),
-        ),
-        (
-            "BANYAN_MODULES__USERS__BOOTSTRAP_ADMIN__EMAIL",
-            "admin@example.test".into(),
-        ),
-        (
-            "BANYAN_MODULES__USERS__BOOTSTRAP_ADMIN__PASSWORD",
-            ADMIN_PASSWORD.into(),
-        ),
-    ]
-}
-
-/// Waits until `check` holds, polling; panics with `what` after [`PATIENCE`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if check().await {
-            return;
+    // Both the main process and the moved module's process worked on the checkout under its
+    // correlation id (catalog, cart and users log nothing of their own during a checkout).
+    let cluster = app.cluster();
+    let process = cluster.process(moved);
+    for (name, process) in [("main", &cluster.main), (moved, process)] {
+        if matches!(name, "catalog" | "cart" | "users") {
+            continue;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Whether a process logged `message` in work carrying `correlation_id`.
-fn logged_with(process: &BanyanProcess, message: &str, correlation_id: &str) -> bool {
-    process
-        .json_lines()
-        .iter()
-        .any(|l| l["message"] == message && l["span"]["correlation_id"] == correlation_id)
-}
-
-// ------------------------------------------------------------------------------ NATS
-
-/// A test's corner of the NATS server: a stream and subject prefix of its own, deleted on drop.
-struct TestNats {
-    url: String,
-    stream: String,
-    prefix: String,
-}
-
-impl TestNats {
-    /// `None` when NATS cannot be reached and the caller allowed skipping.
-    async fn start() -> Option<Self> {
-        let url = std::env::var("BANYAN_TEST_NATS_URL")
-            .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
-        let probe = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(url.as_str());
-        let error = match tokio::time::timeout(Duration::from_secs(10), probe).await {
-            Ok(Ok(client)) => {
-                drop(client);
-                None
-            }
-            Ok(Err(error)) => Some(error.to_string()),
-            Err(_) => Some("no connection within 10 s".to_owned()),
-        };
-        if let Some(error) = error {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "NATS (BANYAN_TEST_NATS_URL or its default) is unreachable: {error}. CI must run the NATS tests."
-            );
-            assert!(
-                std::env::var("BANYAN_SKIP_NATS").as_deref() == Ok("1"),
-                "NATS is unreachable at {url}: {error}. Start it, or set BANYAN_SKIP_NATS=1 to skip its tests (never in CI)."
-            );
-            println!("SKIPPED: NATS unreachable ({error})");
-            return None;
-        }
-        let unique = uuid::Uuid::new_v4().simple();
-        Some(Self {
-            url,
-            stream: format!("BANYAN_TOPOLOGY_TEST_{unique}"),
-            prefix: format!("banyan_topology_test_{unique}"),
-        })
-    }
-
-    /// The `[topology.nats]` section for it.
-    fn section(&self) -> String {
-        format!(
-            "[topology.nats]\nurl = \"{}\"\nstream = \"{}\"\nsubject_prefix = \"{}\"\n",
-            self.url, self.stream, self.prefix
+        eventually(
+            &format!("{name} logs work of the declined checkout"),
+            || async { logged_with(process, None, "smoke-declined") },
         )
+        .await;
     }
 }
 
-impl Drop for TestNats {
-    fn drop(&mut self) {
-        let (url, stream) = (self.url.clone(), self.stream.clone());
-        // Drop cannot await, and runs inside the test's runtime: use a thread of its own.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                let connect = async_nats::connect(url.as_str());
-                if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(10), connect).await
-                {
-                    let _ = async_nats::jetstream::new(client)
-                        .delete_stream(&stream)
-                        .await;
+/// One test per module and transport: `over_http::payments`, `over_nats::users`, ...
+macro_rules! each_module_moved {
+    ($($module:ident),*) => {
+        mod over_http {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $module() {
+                    super::moved_alone(stringify!($module), super::Transport::Http).await;
                 }
-            });
-        });
-        let _ = cleanup.join();
-    }
+            )*
+        }
+        mod over_nats {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $module() {
+                    super::moved_alone(stringify!($module), super::Transport::Nats).await;
+                }
+            )*
+        }
+    };
+}
+
+each_module_moved!(
+    users,
+    catalog,
+    inventory,
+    cart,
+    orders,
+    payments,
+    notifications
+);
+
+async fn moved_alone(module: &str, transport: Transport) {
+    let Some(app) = split(Topology::one(module, transport)).await else {
+        return;
+    };
+    let instances = app.cluster().healthy(module, 1).await;
+    assert_eq!(instances[0]["transport"], transport.name());
+    smoke_checkout(&app, module).await;
+    app.stop().await;
 }
 
 // ------------------------------------------------------------------------------ scenarios
@@ -363,21 +198,17 @@ impl Drop for TestNats {
 /// With payments in a process of its own: a paid checkout through the gateway is confirmed, a
 /// declined one cancelled, the payment is read through the gateway, and the correlation id of
 /// the request reaches the payments process's work.
-async fn checkout_across_processes(cluster: &Cluster, payments: &BanyanProcess, tag: &str) {
-    let product = cluster.product(&format!("SPLIT-{tag}"), 10).await;
-    let (_, token) = cluster
-        .customer(&format!("split-{}", tag.to_lowercase()))
-        .await;
+async fn checkout_across_processes(app: &TestApp, tag: &str) {
+    let payments = app.cluster().process("payments");
+    let product = stocked_product(app, &format!("SPLIT-{tag}"), 10).await;
+    let (_, token) = app.customer(&format!("split-{}", tag.to_lowercase())).await;
 
-    let paid = cluster
-        .checkout(&token, &product, "tok_visa", &format!("{tag}-paid"))
-        .await;
+    let paid = checkout(app, &token, &product, "tok_visa", &format!("{tag}-paid")).await;
     assert_eq!(paid["status"], "confirmed", "{paid}");
     let paid_id = paid["id"].as_str().unwrap();
     let payment = send(
-        cluster
-            .client
-            .get(cluster.main.url(&format!("/api/v1/payments/{paid_id}")))
+        app.client
+            .get(app.url(&format!("/api/v1/payments/{paid_id}")))
             .bearer_auth(&token)
             .header("x-request-id", format!("{tag}-read")),
     )
@@ -391,18 +222,23 @@ async fn checkout_across_processes(cluster: &Cluster, payments: &BanyanProcess, 
     );
     eventually(
         "the proxied read is logged by payments with its id",
-        || async { logged_with(payments, "Request handled.", &format!("{tag}-read")) },
+        || async { logged_with(payments, Some("Request handled."), &format!("{tag}-read")) },
     )
     .await;
 
-    let declined = cluster
-        .checkout(&token, &product, "tok_declined", &format!("{tag}-declined"))
-        .await;
+    let declined = checkout(
+        app,
+        &token,
+        &product,
+        "tok_declined",
+        &format!("{tag}-declined"),
+    )
+    .await;
     assert_eq!(declined["status"], "cancelled", "{declined}");
     assert_eq!(declined["cancel_reason"], "payment_declined");
     let declined_id = declined["id"].as_str().unwrap();
-    let payment = cluster
-        .get(&format!("/api/v1/payments/{declined_id}"), &token)
+    let payment = app
+        .get(&format!("/api/v1/payments/{declined_id}"), Some(&token))
         .await;
     assert_eq!(payment.status, StatusCode::OK, "{}", payment.text);
     assert_eq!(payment.body["status"], "failed");
@@ -410,20 +246,24 @@ async fn checkout_across_processes(cluster: &Cluster, payments: &BanyanProcess, 
     // The event that carried the checkout to payments kept the request's correlation id.
     eventually(
         "payments logs the failure under the checkout's id",
-        || async { logged_with(payments, "Payment failed.", &format!("{tag}-declined")) },
+        || async {
+            logged_with(
+                payments,
+                Some("Payment failed."),
+                &format!("{tag}-declined"),
+            )
+        },
     )
     .await;
 
     eventually("the stock accounting closes", || async {
-        cluster.stock_of(&product).await == (8, 0, 8)
+        app.stock_of(&product).await == (8, 0, 8)
     })
     .await;
     // Someone else's payment is not found, through the gateway as in the monolith.
-    let (_, other) = cluster
-        .customer(&format!("other-{}", tag.to_lowercase()))
-        .await;
-    let foreign = cluster
-        .get(&format!("/api/v1/payments/{paid_id}"), &other)
+    let (_, other) = app.customer(&format!("other-{}", tag.to_lowercase())).await;
+    let foreign = app
+        .get(&format!("/api/v1/payments/{paid_id}"), Some(&other))
         .await;
     assert_eq!(foreign.status, StatusCode::NOT_FOUND, "{}", foreign.text);
 }
@@ -431,51 +271,38 @@ async fn checkout_across_processes(cluster: &Cluster, payments: &BanyanProcess, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_in_its_own_process_over_http_confirms_and_cancels_checkouts_through_the_gateway()
 {
-    let cluster = Cluster::start(
-        "[topology.modules]\npayments = { process = \"payments\", transport = \"http\" }",
-    )
-    .await;
-    let payments = cluster.process("payments").await;
-    let instances = cluster.healthy("payments", 1).await;
-    assert_eq!(instances[0]["transport"], "http");
-    checkout_across_processes(&cluster, &payments, "HTTP").await;
+    let mut app = split(Topology::one("payments", Transport::Http))
+        .await
+        .unwrap();
+    checkout_across_processes(&app, "HTTP").await;
     // A graceful stop takes the instance out of the registry at once.
+    let payments = app.cluster_mut().take_process("payments");
     assert!(payments.terminate().await.success());
-    cluster.healthy("payments", 0).await;
-    assert!(cluster.main.terminate().await.success());
+    app.cluster().healthy("payments", 0).await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_in_its_own_process_over_nats_confirms_and_cancels_checkouts_through_the_gateway()
 {
-    let Some(nats) = TestNats::start().await else {
+    let Some(app) = split(Topology::one("payments", Transport::Nats)).await else {
         return;
     };
-    let cluster = Cluster::start(&format!(
-        "[topology.modules]\npayments = {{ process = \"payments\", transport = \"nats\" }}\n\n{}",
-        nats.section()
-    ))
-    .await;
-    let payments = cluster.process("payments").await;
-    let instances = cluster.healthy("payments", 1).await;
-    assert_eq!(instances[0]["transport"], "nats");
-    checkout_across_processes(&cluster, &payments, "NATS").await;
-    assert!(payments.terminate().await.success());
-    assert!(cluster.main.terminate().await.success());
-    drop(nats);
+    checkout_across_processes(&app, "NATS").await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_lists_instances_and_a_killed_one_leaves_rotation() {
-    let cluster = Cluster::start(
-        "[topology.modules]\npayments = { process = \"payments\", transport = \"http\" }",
-    )
-    .await;
-    let payments = cluster.process("payments").await;
+    let mut app = split(Topology::one("payments", Transport::Http))
+        .await
+        .unwrap();
+    let cluster = app.cluster();
+    let payments_addr = cluster.process("payments").addr;
     let instances = cluster.healthy("payments", 1).await;
     let instance = &instances[0];
     assert_eq!(instance["process"], "payments");
-    assert_eq!(instance["base_url"], format!("http://{}", payments.addr));
+    assert_eq!(instance["base_url"], format!("http://{payments_addr}"));
     assert!(instance["last_heartbeat_ms"].as_i64().unwrap() > 0);
     let services = cluster.services().await;
     let listed = &services["modules"]["payments"];
@@ -490,21 +317,21 @@ async fn the_registry_lists_instances_and_a_killed_one_leaves_rotation() {
     assert_eq!(services["modules"]["orders"]["transport"], "in_process");
     assert_eq!(
         services["modules"]["orders"]["instances"][0]["base_url"],
-        format!("http://{}", cluster.main.addr)
+        format!("http://{}", app.addr)
     );
 
     // A customer's payment read works through the gateway while payments runs...
-    let (_, token) = cluster.customer("registry-reader").await;
+    let (_, token) = app.customer("registry-reader").await;
     let unknown = uuid::Uuid::now_v7();
-    let reply = cluster
-        .get(&format!("/api/v1/payments/{unknown}"), &token)
+    let reply = app
+        .get(&format!("/api/v1/payments/{unknown}"), Some(&token))
         .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
 
     // ...and after a crash the instance goes stale (or is forgotten) and leaves rotation.
-    payments.kill().await;
+    app.cluster_mut().take_process("payments").kill().await;
     eventually("the killed instance is no longer healthy", || async {
-        let services = cluster.services().await;
+        let services = app.cluster().services().await;
         services["modules"]["payments"]["instances"]
             .as_array()
             .unwrap()
@@ -512,8 +339,8 @@ async fn the_registry_lists_instances_and_a_killed_one_leaves_rotation() {
             .all(|i| i["health"] == "stale")
     })
     .await;
-    let reply = cluster
-        .get(&format!("/api/v1/payments/{unknown}"), &token)
+    let reply = app
+        .get(&format!("/api/v1/payments/{unknown}"), Some(&token))
         .await;
     assert_eq!(
         reply.status,
@@ -524,21 +351,20 @@ async fn the_registry_lists_instances_and_a_killed_one_leaves_rotation() {
     assert_eq!(reply.error_code(), "unavailable");
     assert!(reply.headers.contains_key("retry-after"));
     // The monolith's own answers are untouched: an unknown route is still a JSON 404.
-    let reply = cluster.get("/api/v1/nowhere", &token).await;
+    let reply = app.get("/api/v1/nowhere", Some(&token)).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(reply.error_code(), "not_found");
-    assert!(cluster.main.terminate().await.success());
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_between_processes_without_the_shared_secret_are_refused() {
-    let cluster = Cluster::start(
-        "[topology.modules]\npayments = { process = \"payments\", transport = \"http\" }",
-    )
-    .await;
-    let payments = cluster.process("payments").await;
-    cluster.healthy("payments", 1).await;
-    let client = &cluster.client;
+    let app = split(Topology::one("payments", Transport::Http))
+        .await
+        .unwrap();
+    let payments_addr = app.cluster().process("payments").addr;
+    let admin = app.admin_token().await;
+    let client = &app.client;
     let bus_request = |base: String, token: Option<&str>| {
         let mut request = client
             .post(format!("{base}/bus/v1/requests/payments.get_payment.v1"))
@@ -550,37 +376,28 @@ async fn calls_between_processes_without_the_shared_secret_are_refused() {
         send(request)
     };
     for base in [
-        format!("http://{}", payments.addr),
-        format!("http://{}", cluster.main.addr),
+        format!("http://{payments_addr}"),
+        format!("http://{}", app.addr),
     ] {
-        let reply = bus_request(base.clone(), None).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::UNAUTHORIZED,
-            "{base}: {}",
-            reply.text
-        );
-        let reply = bus_request(base.clone(), Some("not-the-secret-at-all-0123456789abcdef")).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::UNAUTHORIZED,
-            "{base}: {}",
-            reply.text
-        );
-        // A user's token is not the processes' secret either.
-        let reply = bus_request(base.clone(), Some(&cluster.admin)).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::UNAUTHORIZED,
-            "{base}: {}",
-            reply.text
-        );
+        for token in [
+            None,
+            Some("not-the-secret-at-all-0123456789abcdef"),
+            Some(&admin),
+        ] {
+            // No secret, a wrong one, and a user's token (not the processes' secret either).
+            let reply = bus_request(base.clone(), token).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::UNAUTHORIZED,
+                "{base} {token:?}: {}",
+                reply.text
+            );
+        }
     }
     let events = send(
         client
             .post(format!(
-                "http://{}/bus/v1/events/orders.order_placed.v1?module=payments",
-                payments.addr
+                "http://{payments_addr}/bus/v1/events/orders.order_placed.v1?module=payments"
             ))
             .header("content-type", "application/json")
             .body("{}"),
@@ -594,7 +411,7 @@ async fn calls_between_processes_without_the_shared_secret_are_refused() {
         "instance_id": "intruder", "process": "payments", "base_url": "http://127.0.0.1:9",
         "modules": [{ "name": "payments", "transport": "http", "subscriptions": [] }],
     });
-    let reply = cluster
+    let reply = app
         .call(
             Method::POST,
             "/api/v1/services/register",
@@ -603,99 +420,84 @@ async fn calls_between_processes_without_the_shared_secret_are_refused() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
-    let reply = cluster
+    let reply = app
         .call(
             Method::POST,
             "/api/v1/services/register",
-            Some(&cluster.admin),
+            Some(&admin),
             Some(registration),
         )
         .await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
-    let reply = cluster
-        .call(Method::GET, "/api/v1/services", None, None)
-        .await;
+    let reply = app.get("/api/v1/services", None).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
-    let (_, customer) = cluster.customer("not-an-admin").await;
-    let reply = cluster.get("/api/v1/services", &customer).await;
+    let (_, customer) = app.customer("not-an-admin").await;
+    let reply = app.get("/api/v1/services", Some(&customer)).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text);
-    let reply = cluster.get("/api/v1/services", SECRET).await;
+    let reply = app.get("/api/v1/services", Some(SECRET)).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     assert_eq!(
-        cluster.healthy("payments", 1).await[0]["base_url"],
-        format!("http://{}", payments.addr),
+        app.cluster().healthy("payments", 1).await[0]["base_url"],
+        format!("http://{payments_addr}"),
         "nothing was registered without the secret"
     );
-    assert!(payments.terminate().await.success());
-    assert!(cluster.main.terminate().await.success());
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inventory_and_two_payments_processes_over_nats_share_the_work() {
-    let Some(nats) = TestNats::start().await else {
+    let Some(app) = split(Topology::inventory_and_two_payments_over_nats()).await else {
         return;
     };
-    let cluster = Cluster::start(&format!(
-        "[topology.modules]\ninventory = {{ process = \"inventory\", transport = \"nats\" }}\n\
-         payments = {{ process = \"payments\", transport = \"nats\" }}\n\n{}",
-        nats.section()
-    ))
-    .await;
-    let inventory = cluster.process("inventory").await;
-    let first = cluster.process("payments").await;
-    let second = cluster.process("payments").await;
-    cluster.healthy("inventory", 1).await;
-    let instances = cluster.healthy("payments", 2).await;
-    let mut urls: Vec<&str> = instances
+    let cluster = app.cluster();
+    let payments: Vec<&BanyanProcess> = cluster
+        .others
         .iter()
-        .map(|i| i["base_url"].as_str().unwrap())
+        .filter(|(name, _)| name == "payments")
+        .map(|(_, p)| p)
+        .collect();
+    let mut urls: Vec<String> = cluster
+        .healthy("payments", 2)
+        .await
+        .iter()
+        .map(|i| i["base_url"].as_str().unwrap().to_owned())
         .collect();
     urls.sort_unstable();
-    let mut expected = vec![
-        format!("http://{}", first.addr),
-        format!("http://{}", second.addr),
-    ];
+    let mut expected: Vec<String> = payments
+        .iter()
+        .map(|p| format!("http://{}", p.addr))
+        .collect();
     expected.sort_unstable();
     assert_eq!(urls, expected);
 
     // Products and stock go through the gateway to the inventory process; the catalog in main
     // learns the stock from inventory's events over NATS.
-    let product = cluster.product("SPLIT-TWO", 20).await;
+    let product = stocked_product(&app, "SPLIT-TWO", 20).await;
     eventually("the catalog sees the stock", || async {
-        let reply = cluster
-            .call(
-                Method::GET,
-                &format!("/api/v1/products/{product}"),
-                None,
-                None,
-            )
-            .await;
-        reply.body["in_stock"] == true
+        app.get(&format!("/api/v1/products/{product}"), None)
+            .await
+            .body["in_stock"]
+            == true
     })
     .await;
-    let (_, token) = cluster.customer("split-two").await;
+    let (_, token) = app.customer("split-two").await;
     let mut orders = Vec::new();
     for n in 0..4 {
-        let order = cluster
-            .checkout(&token, &product, "tok_visa", &format!("two-{n}"))
-            .await;
+        let order = checkout(&app, &token, &product, "tok_visa", &format!("two-{n}")).await;
         assert_eq!(order["status"], "confirmed", "{order}");
         orders.push(order["id"].as_str().unwrap().to_owned());
     }
-    let declined = cluster
-        .checkout(&token, &product, "tok_declined", "two-declined")
-        .await;
+    let declined = checkout(&app, &token, &product, "tok_declined", "two-declined").await;
     assert_eq!(declined["status"], "cancelled", "{declined}");
     eventually("the stock accounting closes", || async {
-        cluster.stock_of(&product).await == (12, 0, 12)
+        app.stock_of(&product).await == (12, 0, 12)
     })
     .await;
     // Reads are balanced over both payments instances, round robin.
     for (n, order) in orders.iter().enumerate() {
         let reply = send(
-            cluster
-                .client
-                .get(cluster.main.url(&format!("/api/v1/payments/{order}")))
+            app.client
+                .get(app.url(&format!("/api/v1/payments/{order}")))
                 .bearer_auth(&token)
                 .header("x-request-id", format!("two-read-{n}")),
         )
@@ -704,14 +506,59 @@ async fn inventory_and_two_payments_processes_over_nats_share_the_work() {
         assert_eq!(reply.body["status"], "completed");
     }
     eventually("each payments instance answered reads", || async {
-        [&first, &second].iter().all(|p| {
-            (0..orders.len()).any(|n| logged_with(p, "Request handled.", &format!("two-read-{n}")))
+        payments.iter().all(|p| {
+            (0..orders.len())
+                .any(|n| logged_with(p, Some("Request handled."), &format!("two-read-{n}")))
         })
     })
     .await;
-    for process in [first, second, inventory] {
-        assert!(process.terminate().await.success());
+    app.stop().await;
+}
+
+// ------------------------------------------------------------------------------ bursts
+
+/// Places `count` one-item orders of `product` at once, `parallel` at a time, each waiting for
+/// its saga; answers the accepted order ids (201 or 202).
+async fn burst(app: &TestApp, token: &str, product: &str, count: usize) -> Vec<String> {
+    use futures::StreamExt;
+    futures::stream::iter(0..count)
+        .map(|_| async move {
+            let reply = app
+                .order(
+                    token,
+                    json!({ "lines": [{ "product_id": product, "quantity": 1 }] }),
+                    Some(30_000),
+                )
+                .await;
+            assert!(reply.status.is_success(), "{}", reply.text);
+            reply.body["id"].as_str().unwrap().to_owned()
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_payments_instances_on_postgres_charge_every_order_of_a_burst_once() {
+    let Some(app) = TestApp::spawn_split(
+        Engine::Postgres,
+        Topology::inventory_and_two_payments_over_nats(),
+        |figment| figment,
+    )
+    .await
+    else {
+        return;
+    };
+    let product = stocked_product(&app, "BURST-1", 1_000).await;
+    let (_, token) = app.customer("burst").await;
+    let orders = burst(&app, &token, &product, 120).await;
+    for order in &orders {
+        let order = app.terminal_order(&token, order).await;
+        assert_eq!(order["status"], "confirmed", "{order}");
     }
-    assert!(cluster.main.terminate().await.success());
-    drop(nats);
+    eventually("the stock accounting closes", || async {
+        app.stock_of(&product).await == (880, 0, 880)
+    })
+    .await;
+    app.stop().await;
 }

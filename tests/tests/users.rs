@@ -1,12 +1,12 @@
-//! The users module over HTTP, on SQLite and on PostgreSQL.
+//! The users module over HTTP, in every topology.
 
 #![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
 
-use banyan_e2e::{TestApp, on_both_engines};
+use banyan_e2e::{TestApp, on_every_topology};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-on_both_engines!(
+on_every_topology!(
     a_customer_registers_logs_in_and_reads_their_account,
     a_duplicate_username_or_email_gets_409,
     a_wrong_password_gets_401_without_saying_which_part_was_wrong,

@@ -1,0 +1,338 @@
+//! Split topologies with real processes: the same `banyan` binary runs the main process
+//! (gateway and registry) and the processes hosting the modules moved out of it.
+//!
+//! Every process of a cluster runs on 127.0.0.1 with port 0, reads one configuration file
+//! written for the test (the test's settings plus its `[topology]`), and shares the test's
+//! storage: a SQLite directory (each module has its own file in it) or a PostgreSQL database
+//! (each module has its own schema). The main process starts first; the others learn where it
+//! is from `topology.registry_url`.
+//!
+//! NATS comes from `BANYAN_TEST_NATS_URL` (default `nats://127.0.0.1:4222`), with JetStream.
+//! If it cannot be reached the NATS tests fail, unless `BANYAN_SKIP_NATS=1` is set (never
+//! honoured when `CI` is). Each cluster uses a stream and subject prefix of its own, deleted
+//! when the cluster is dropped.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde_json::{Value, json};
+
+use crate::process::BanyanProcess;
+
+/// The secret every process of a test cluster shares.
+pub const SECRET: &str = "topology-test-secret-0123456789abcdef";
+
+/// How long a cluster waits for a condition before it gives up (a hang guard, never a timing).
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Http,
+    Nats,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Http => "http",
+            Transport::Nats => "nats",
+        }
+    }
+}
+
+/// Which modules leave the main process, and the processes a cluster starts besides main.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// `(module, process, transport)` for each module that moves out of main.
+    pub placements: Vec<(String, String, Transport)>,
+    /// The processes to start, in order; a name given twice starts two instances.
+    pub processes: Vec<String>,
+}
+
+impl Topology {
+    /// Payments and notifications in a process each, reached over HTTP.
+    pub fn payments_and_notifications_over_http() -> Self {
+        Self {
+            placements: vec![
+                ("payments".into(), "payments".into(), Transport::Http),
+                (
+                    "notifications".into(),
+                    "notifications".into(),
+                    Transport::Http,
+                ),
+            ],
+            processes: vec!["payments".into(), "notifications".into()],
+        }
+    }
+
+    /// Inventory in a process of its own and payments in two, all reached over NATS.
+    pub fn inventory_and_two_payments_over_nats() -> Self {
+        Self {
+            placements: vec![
+                ("inventory".into(), "inventory".into(), Transport::Nats),
+                ("payments".into(), "payments".into(), Transport::Nats),
+            ],
+            processes: vec!["inventory".into(), "payments".into(), "payments".into()],
+        }
+    }
+
+    /// One module in a process of its own (named after it), reached over `transport`.
+    pub fn one(module: &str, transport: Transport) -> Self {
+        Self {
+            placements: vec![(module.into(), module.into(), transport)],
+            processes: vec![module.into()],
+        }
+    }
+
+    pub fn uses_nats(&self) -> bool {
+        self.placements
+            .iter()
+            .any(|(_, _, t)| *t == Transport::Nats)
+    }
+
+    /// The `[topology]` settings, as figment keys and values.
+    fn settings(&self, nats: Option<&TestNats>) -> Vec<(String, Value)> {
+        let mut settings: Vec<(String, Value)> = self
+            .placements
+            .iter()
+            .map(|(module, process, transport)| {
+                (
+                    format!("topology.modules.{module}"),
+                    json!({ "process": process, "transport": transport.name() }),
+                )
+            })
+            .collect();
+        settings.push(("topology.heartbeat_ms".into(), json!(200)));
+        settings.push(("topology.instance_ttl_ms".into(), json!(1000)));
+        settings.push(("topology.http.secret".into(), json!(SECRET)));
+        if let Some(nats) = nats {
+            settings.push((
+                "topology.nats".into(),
+                json!({ "url": nats.url, "stream": nats.stream, "subject_prefix": nats.prefix }),
+            ));
+        }
+        settings
+    }
+}
+
+/// The processes of one test and the configuration file they all read.
+#[derive(Debug)]
+pub struct Cluster {
+    pub main: BanyanProcess,
+    /// The processes started besides main, as `(process name, process)`.
+    pub others: Vec<(String, BanyanProcess)>,
+    pub topology: Topology,
+    config: PathBuf,
+    client: reqwest::Client,
+    // Dropped last: the stream outlives the processes that use it.
+    _dir: tempfile::TempDir,
+    pub nats: Option<TestNats>,
+}
+
+impl Cluster {
+    /// Writes `figment` with `topology` on top as the configuration file of every process,
+    /// starts main, then every other process of the topology, and waits until the registry
+    /// lists each moved module's instances as healthy. `None` when NATS is skipped.
+    pub async fn start(figment: figment::Figment, topology: Topology) -> Option<Self> {
+        let nats = if topology.uses_nats() {
+            Some(TestNats::start().await?)
+        } else {
+            None
+        };
+        let mut figment = figment;
+        for (key, value) in topology.settings(nats.as_ref()) {
+            figment = banyan_app::config::with(figment, &key, value);
+        }
+        let config: figment::value::Value = figment.extract().expect("the settings extract");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("banyan.toml");
+        std::fs::write(
+            &path,
+            toml::to_string(&config).expect("the settings as TOML"),
+        )
+        .expect("the configuration file");
+        let main =
+            BanyanProcess::start_with_args(&["--config", path.to_str().expect("UTF-8")], &[]).await;
+        let mut cluster = Self {
+            main,
+            others: Vec::new(),
+            topology: topology.clone(),
+            config: path,
+            client: reqwest::Client::new(),
+            _dir: dir,
+            nats,
+        };
+        for name in &topology.processes {
+            cluster.start_process(name).await;
+        }
+        for (module, _, _) in &topology.placements {
+            let count = cluster
+                .others
+                .iter()
+                .filter(|(process, _)| topology.hosts(process, module))
+                .count();
+            cluster.healthy(module, count).await;
+        }
+        Some(cluster)
+    }
+
+    /// Starts one more `banyan serve --process <name>` pointed at main; returns its index in
+    /// `others`.
+    pub async fn start_process(&mut self, name: &str) -> usize {
+        let registry = format!("http://{}", self.main.addr);
+        let process = BanyanProcess::start_with_args(
+            &[
+                "--config",
+                self.config.to_str().expect("UTF-8"),
+                "--process",
+                name,
+            ],
+            &[("BANYAN_TOPOLOGY__REGISTRY_URL", registry)],
+        )
+        .await;
+        self.others.push((name.to_owned(), process));
+        self.others.len() - 1
+    }
+
+    /// The first running process named `name`.
+    pub fn process(&self, name: &str) -> &BanyanProcess {
+        self.others
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p)
+            .unwrap_or_else(|| panic!("no process named {name}"))
+    }
+
+    /// Takes the first process named `name` out of the cluster (to kill or stop it).
+    pub fn take_process(&mut self, name: &str) -> BanyanProcess {
+        let index = self
+            .others
+            .iter()
+            .position(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no process named {name}"));
+        self.others.remove(index).1
+    }
+
+    /// `GET /api/v1/services`, authenticated with the shared secret.
+    pub async fn services(&self) -> Value {
+        let reply = crate::send(
+            self.client
+                .get(self.main.url("/api/v1/services"))
+                .bearer_auth(SECRET),
+        )
+        .await;
+        assert!(reply.status.is_success(), "services: {}", reply.text);
+        reply.body
+    }
+
+    /// Waits until `module` has exactly `count` healthy instances; returns them.
+    pub async fn healthy(&self, module: &str, count: usize) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let services = self.services().await;
+            let instances: Vec<Value> = services["modules"][module]["instances"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|i| i["health"] == "healthy")
+                .collect();
+            if instances.len() == count {
+                return instances;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gave up waiting for {count} healthy {module} instance(s): {services}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops every process gracefully (the others first, main last) and checks each exits
+    /// cleanly.
+    pub async fn stop(mut self) {
+        for (name, process) in self.others.drain(..).rev() {
+            let status = process.terminate().await;
+            assert!(status.success(), "process {name} exited with {status}");
+        }
+        let status = self.main.terminate().await;
+        assert!(status.success(), "the main process exited with {status}");
+    }
+}
+
+impl Topology {
+    fn hosts(&self, process: &str, module: &str) -> bool {
+        self.placements
+            .iter()
+            .any(|(m, p, _)| m == module && p == process)
+    }
+}
+
+/// A test's corner of the NATS server: a stream and subject prefix of its own, deleted on drop.
+#[derive(Debug)]
+pub struct TestNats {
+    pub url: String,
+    pub stream: String,
+    pub prefix: String,
+}
+
+impl TestNats {
+    /// `None` when NATS cannot be reached and skipping is allowed (never in CI).
+    pub async fn start() -> Option<Self> {
+        let url = std::env::var("BANYAN_TEST_NATS_URL")
+            .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+        let probe = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url.as_str());
+        let error = match tokio::time::timeout(Duration::from_secs(10), probe).await {
+            Ok(Ok(client)) => {
+                drop(client);
+                None
+            }
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some("no connection within 10 s".to_owned()),
+        };
+        if let Some(error) = error {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "NATS (BANYAN_TEST_NATS_URL or its default) is unreachable: {error}. CI must run the NATS tests."
+            );
+            assert!(
+                std::env::var("BANYAN_SKIP_NATS").as_deref() == Ok("1"),
+                "NATS is unreachable at {url}: {error}. Start it, or set BANYAN_SKIP_NATS=1 to skip its tests (never in CI)."
+            );
+            println!("SKIPPED: NATS unreachable ({error})");
+            return None;
+        }
+        let unique = uuid::Uuid::new_v4().simple();
+        Some(Self {
+            url,
+            stream: format!("BANYAN_TEST_{unique}"),
+            prefix: format!("banyan_test_{unique}"),
+        })
+    }
+}
+
+impl Drop for TestNats {
+    fn drop(&mut self) {
+        let (url, stream) = (self.url.clone(), self.stream.clone());
+        // Drop cannot await, and runs inside the test's runtime: use a thread of its own.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let connect = async_nats::connect(url.as_str());
+                if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(10), connect).await
+                {
+                    let _ = async_nats::jetstream::new(client)
+                        .delete_stream(&stream)
+                        .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
