@@ -144,7 +144,8 @@ impl Server {
     /// Opens every module's storage, runs its migrations, starts it on the bus and mounts its
     /// routes behind the edge middleware.
     pub async fn build(settings: Settings, figment: figment::Figment) -> anyhow::Result<Self> {
-        let bus = Bus::new(settings.bus.clone());
+        // Held until every module has subscribed: see `Bus::held`.
+        let bus = Bus::held(settings.bus.clone());
         let auth = Authenticator::new(
             settings.auth.jwt_secret.as_bytes(),
             Duration::from_secs(settings.auth.token_ttl_secs),
@@ -247,6 +248,8 @@ impl Server {
                 edge::context,
             ))
             .layer(CatchPanicLayer::custom(edge::panic_response));
+        // Every module of the process has subscribed, every transport is wired.
+        bus.open_events();
         if split.is_some() && topology.uses_http() {
             // The bus's own endpoints: outside the edge (they carry their envelope, their
             // shared secret and their own body limit) and outside the OpenAPI document.

@@ -59,6 +59,8 @@ struct Inner {
     through_transport: RwLock<HashSet<String>>,
     /// Cancelled when shutdown starts: no new work is taken.
     closing: CancellationToken,
+    /// Whether events may be dispatched yet (see [`Bus::held`]).
+    events_open: tokio::sync::watch::Sender<bool>,
     /// Request and event workers; shutdown waits for them to drain their queues.
     workers: TaskTracker,
     /// Relays and other background loops; stopped after the workers have drained.
@@ -67,7 +69,20 @@ struct Inner {
 }
 
 impl Bus {
+    /// A bus that dispatches events as soon as they are published.
     pub fn new(config: BusConfig) -> Self {
+        let bus = Self::held(config);
+        bus.open_events();
+        bus
+    }
+
+    /// A bus that dispatches no event until [`open_events`](Self::open_events), for a process
+    /// that wires several modules one after another. Each event is dispatched to the
+    /// subscribers known at that moment and its outbox row deleted once they all handled it,
+    /// so an event dispatched early (the outbox relay resending after a crash, a module's
+    /// start-up) would never reach a module that subscribes a moment later. Held, the fast
+    /// path leaves events to the relay, and the relay waits.
+    pub fn held(config: BusConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -78,6 +93,7 @@ impl Bus {
                 event_forwarders: RwLock::default(),
                 through_transport: RwLock::default(),
                 closing: CancellationToken::new(),
+                events_open: tokio::sync::watch::Sender::new(false),
                 workers: TaskTracker::new(),
                 background: TaskTracker::new(),
                 background_stop: CancellationToken::new(),
@@ -87,6 +103,20 @@ impl Bus {
 
     pub fn config(&self) -> &BusConfig {
         &self.inner.config
+    }
+
+    /// Lets events flow: every module of the process has subscribed (see [`Bus::held`]).
+    pub fn open_events(&self) {
+        self.inner.events_open.send_replace(true);
+    }
+
+    /// Waits until events may flow; `false` if the bus started closing first.
+    async fn events_opened(&self) -> bool {
+        let mut open = self.inner.events_open.subscribe();
+        tokio::select! {
+            opened = open.wait_for(|open| *open) => opened.is_ok(),
+            () = self.inner.closing.cancelled() => false,
+        }
     }
 
     // ---------------------------------------------------------------- request / reply
@@ -373,6 +403,18 @@ impl Bus {
                 &message.envelope.subject,
                 "the bus is shutting down",
             ));
+        }
+        if !*self.inner.events_open.borrow() {
+            let opened = match mode {
+                Mode::TryNow => return Ok(Dispatch::Full),
+                Mode::Wait => self.events_opened().await,
+            };
+            if !opened {
+                return Err(unavailable(
+                    &message.envelope.subject,
+                    "the bus is shutting down",
+                ));
+            }
         }
         let mut subscribers: Vec<Subscription> = self
             .inner

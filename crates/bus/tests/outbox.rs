@@ -179,6 +179,46 @@ async fn the_event_of_a_rolled_back_unit_of_work_is_never_published(storage: &Te
     assert_eq!(rows(publisher_db, "outbox").await, 0);
 }
 
+/// A process starts its modules one after another, and the first may have events to send
+/// (its outbox after a crash, its own start-up) before the later ones subscribe. A held bus
+/// sends nothing until it opens, so the module that subscribed last still gets them: an event
+/// sent at once would have been acknowledged by the subscribers of the moment and its row
+/// deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_from_before_every_module_subscribed_reach_the_late_subscriber() {
+    let storage = TestStorage::sqlite();
+    let bus = Bus::held(BusConfig {
+        relay_interval_ms: 20,
+        ..BusConfig::default()
+    });
+    let publisher = Outbox::start(&bus, storage.open("publisher").await);
+    add_item(&publisher, Uuid::now_v7(), "early", true).await;
+
+    let subscriber = Outbox::start(&bus, storage.open("subscriber").await);
+    bus.subscribe::<ItemAdded, _, _>("subscriber", {
+        let outbox = subscriber.clone();
+        move |delivered| {
+            let outbox = outbox.clone();
+            async move { apply_once(&outbox, &delivered).await }
+        }
+    });
+    assert_eq!(
+        rows(publisher.db(), "outbox").await,
+        1,
+        "nothing was sent yet"
+    );
+    bus.open_events();
+    wait_until("the late subscriber applied the early event", async || {
+        applied(subscriber.db()).await == 1
+    })
+    .await;
+    wait_until("the delivered event left the outbox", async || {
+        rows(publisher.db(), "outbox").await == 0
+    })
+    .await;
+    bus.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_is_applied_once_however_often_it_is_delivered_on_sqlite() {
     an_event_is_applied_once_however_often_it_is_delivered(&TestStorage::sqlite()).await;
