@@ -7,13 +7,13 @@
 //! (each module has its own schema). The main process starts first; the others learn where it
 //! is from `topology.registry_url`.
 //!
-//! NATS comes from `BANYAN_TEST_NATS_URL` (default `nats://127.0.0.1:4222`), with JetStream.
-//! If it cannot be reached the NATS tests fail, unless `BANYAN_SKIP_NATS=1` is set (never
-//! honoured when `CI` is). Each cluster uses a stream and subject prefix of its own, deleted
-//! when the cluster is dropped.
+//! NATS is the shared server of `banyan_bus::testing` unless the topology names another (a
+//! private server the test may stop); each cluster uses a stream and subject prefix of its
+//! own there, deleted when the cluster is dropped.
 
 use std::{path::PathBuf, time::Duration};
 
+use banyan_bus::testing::TestStream;
 use serde_json::{Value, json};
 
 use crate::process::BanyanProcess;
@@ -46,6 +46,8 @@ pub struct Topology {
     pub placements: Vec<(String, String, Transport)>,
     /// The processes to start, in order; a name given twice starts two instances.
     pub processes: Vec<String>,
+    /// The NATS server to use instead of the shared one (say a private one the test stops).
+    pub nats_url: Option<String>,
 }
 
 impl Topology {
@@ -61,6 +63,7 @@ impl Topology {
                 ),
             ],
             processes: vec!["payments".into(), "notifications".into()],
+            nats_url: None,
         }
     }
 
@@ -72,6 +75,7 @@ impl Topology {
                 ("payments".into(), "payments".into(), Transport::Nats),
             ],
             processes: vec!["inventory".into(), "payments".into(), "payments".into()],
+            nats_url: None,
         }
     }
 
@@ -80,6 +84,7 @@ impl Topology {
         Self {
             placements: vec![(module.into(), module.into(), transport)],
             processes: vec![module.into()],
+            nats_url: None,
         }
     }
 
@@ -90,7 +95,7 @@ impl Topology {
     }
 
     /// The `[topology]` settings, as figment keys and values.
-    fn settings(&self, nats: Option<&TestNats>) -> Vec<(String, Value)> {
+    fn settings(&self, nats: Option<&TestStream>) -> Vec<(String, Value)> {
         let mut settings: Vec<(String, Value)> = self
             .placements
             .iter()
@@ -107,7 +112,8 @@ impl Topology {
         if let Some(nats) = nats {
             settings.push((
                 "topology.nats".into(),
-                json!({ "url": nats.url, "stream": nats.stream, "subject_prefix": nats.prefix }),
+                json!({ "url": nats.config.url, "stream": nats.config.stream,
+                         "subject_prefix": nats.config.subject_prefix, "ack_wait_ms": 5_000 }),
             ));
         }
         settings
@@ -125,7 +131,7 @@ pub struct Cluster {
     client: reqwest::Client,
     // Dropped last: the stream outlives the processes that use it.
     _dir: tempfile::TempDir,
-    pub nats: Option<TestNats>,
+    pub nats: Option<TestStream>,
 }
 
 impl Cluster {
@@ -133,10 +139,10 @@ impl Cluster {
     /// starts main, then every other process of the topology, and waits until the registry
     /// lists each moved module's instances as healthy. `None` when NATS is skipped.
     pub async fn start(figment: figment::Figment, topology: Topology) -> Option<Self> {
-        let nats = if topology.uses_nats() {
-            Some(TestNats::start().await?)
-        } else {
-            None
+        let nats = match (&topology.nats_url, topology.uses_nats()) {
+            (_, false) => None,
+            (Some(url), true) => Some(TestStream::on(url.clone())),
+            (None, true) => Some(TestStream::start().await?),
         };
         let mut figment = figment;
         for (key, value) in topology.settings(nats.as_ref()) {
@@ -264,75 +270,5 @@ impl Topology {
         self.placements
             .iter()
             .any(|(m, p, _)| m == module && p == process)
-    }
-}
-
-/// A test's corner of the NATS server: a stream and subject prefix of its own, deleted on drop.
-#[derive(Debug)]
-pub struct TestNats {
-    pub url: String,
-    pub stream: String,
-    pub prefix: String,
-}
-
-impl TestNats {
-    /// `None` when NATS cannot be reached and skipping is allowed (never in CI).
-    pub async fn start() -> Option<Self> {
-        let url = std::env::var("BANYAN_TEST_NATS_URL")
-            .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
-        let probe = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(url.as_str());
-        let error = match tokio::time::timeout(Duration::from_secs(10), probe).await {
-            Ok(Ok(client)) => {
-                drop(client);
-                None
-            }
-            Ok(Err(error)) => Some(error.to_string()),
-            Err(_) => Some("no connection within 10 s".to_owned()),
-        };
-        if let Some(error) = error {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "NATS (BANYAN_TEST_NATS_URL or its default) is unreachable: {error}. CI must run the NATS tests."
-            );
-            assert!(
-                std::env::var("BANYAN_SKIP_NATS").as_deref() == Ok("1"),
-                "NATS is unreachable at {url}: {error}. Start it, or set BANYAN_SKIP_NATS=1 to skip its tests (never in CI)."
-            );
-            println!("SKIPPED: NATS unreachable ({error})");
-            return None;
-        }
-        let unique = uuid::Uuid::new_v4().simple();
-        Some(Self {
-            url,
-            stream: format!("BANYAN_TEST_{unique}"),
-            prefix: format!("banyan_test_{unique}"),
-        })
-    }
-}
-
-impl Drop for TestNats {
-    fn drop(&mut self) {
-        let (url, stream) = (self.url.clone(), self.stream.clone());
-        // Drop cannot await, and runs inside the test's runtime: use a thread of its own.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                let connect = async_nats::connect(url.as_str());
-                if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(10), connect).await
-                {
-                    let _ = async_nats::jetstream::new(client)
-                        .delete_stream(&stream)
-                        .await;
-                }
-            });
-        });
-        let _ = cleanup.join();
     }
 }

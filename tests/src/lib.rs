@@ -438,6 +438,55 @@ impl TestApp {
         reply.body
     }
 
+    /// Places `count` one-item orders of `product`, `parallel` at a time, each waiting up to
+    /// `wait_ms` for its saga; counts each answer in `progress` as it comes. Accepted orders
+    /// (201 or 202) are returned; a refusal must be a 5xx with a JSON error body (a
+    /// dependency is down), never a 4xx.
+    pub async fn burst(
+        &self,
+        token: &str,
+        product: &str,
+        (count, parallel, wait_ms): (usize, usize, u64),
+        progress: &std::sync::atomic::AtomicUsize,
+    ) -> Burst {
+        use futures::StreamExt;
+        let answers: Vec<Reply> = futures::stream::iter(0..count)
+            .map(|_| async move {
+                let reply = self
+                    .order(
+                        token,
+                        json!({ "lines": [{ "product_id": product, "quantity": 1 }] }),
+                        Some(wait_ms),
+                    )
+                    .await;
+                progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                reply
+            })
+            .buffer_unordered(parallel)
+            .collect()
+            .await;
+        let mut burst = Burst::default();
+        for reply in answers {
+            if reply.status.is_success() {
+                if reply.status == StatusCode::ACCEPTED {
+                    burst.waited += 1;
+                }
+                burst
+                    .accepted
+                    .push(reply.body["id"].as_str().expect("an order id").to_owned());
+            } else {
+                assert!(
+                    reply.status.is_server_error() && !reply.error_code().is_empty(),
+                    "an order refused with {}: {}",
+                    reply.status,
+                    reply.text
+                );
+                burst.refused += 1;
+            }
+        }
+        burst
+    }
+
     /// Polls an order until it is confirmed or cancelled, and returns it.
     pub async fn terminal_order(&self, token: &str, order: &str) -> Value {
         let path = format!("/api/v1/orders/{order}");
@@ -499,6 +548,15 @@ impl TestApp {
     }
 }
 
+/// What a burst of orders got: the ids of the accepted ones, how many of those were answered
+/// before their saga ended (202), and how many were refused.
+#[derive(Debug, Default)]
+pub struct Burst {
+    pub accepted: Vec<String>,
+    pub waited: usize,
+    pub refused: usize,
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
@@ -526,12 +584,22 @@ pub async fn send(request: reqwest::RequestBuilder) -> Reply {
 
 /// Waits until `check` holds, polling; panics with `what` after 30 s. Tests wait for
 /// outcomes this way and never assert on how long something took.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    eventually_within(Duration::from_secs(30), what, check).await;
+}
+
+/// [`eventually`] with a patience of its own, for recoveries that take long on a loaded
+/// machine (NATS clients reconnect with backoff).
+pub async fn eventually_within<F, Fut>(patience: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
     loop {
         if check().await {
             return;

@@ -517,27 +517,6 @@ async fn inventory_and_two_payments_processes_over_nats_share_the_work() {
 
 // ------------------------------------------------------------------------------ bursts
 
-/// Places `count` one-item orders of `product` at once, `parallel` at a time, each waiting for
-/// its saga; answers the accepted order ids (201 or 202).
-async fn burst(app: &TestApp, token: &str, product: &str, count: usize) -> Vec<String> {
-    use futures::StreamExt;
-    futures::stream::iter(0..count)
-        .map(|_| async move {
-            let reply = app
-                .order(
-                    token,
-                    json!({ "lines": [{ "product_id": product, "quantity": 1 }] }),
-                    Some(30_000),
-                )
-                .await;
-            assert!(reply.status.is_success(), "{}", reply.text);
-            reply.body["id"].as_str().unwrap().to_owned()
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_payments_instances_on_postgres_charge_every_order_of_a_burst_once() {
     let Some(app) = TestApp::spawn_split(
@@ -551,13 +530,132 @@ async fn two_payments_instances_on_postgres_charge_every_order_of_a_burst_once()
     };
     let product = stocked_product(&app, "BURST-1", 1_000).await;
     let (_, token) = app.customer("burst").await;
-    let orders = burst(&app, &token, &product, 120).await;
-    for order in &orders {
+    let progress = std::sync::atomic::AtomicUsize::new(0);
+    let orders = app
+        .burst(&token, &product, (120, 16, 30_000), &progress)
+        .await;
+    assert_eq!(orders.refused, 0);
+    for order in &orders.accepted {
         let order = app.terminal_order(&token, order).await;
         assert_eq!(order["status"], "confirmed", "{order}");
     }
     eventually("the stock accounting closes", || async {
         app.stock_of(&product).await == (880, 0, 880)
+    })
+    .await;
+    app.stop().await;
+}
+
+// ------------------------------------------------------------------------------ bad wire
+
+/// Bad messages on both wires: pushed to notifications' HTTP event endpoint (with the secret)
+/// and published on payments' JetStream subjects. Each is refused with a WARN line and kept in
+/// the receiving module's dead letters; both processes carry on and a checkout still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_on_the_wire_are_dead_lettered_and_the_processes_carry_on() {
+    let topology = Topology {
+        placements: vec![
+            ("payments".into(), "payments".into(), Transport::Nats),
+            (
+                "notifications".into(),
+                "notifications".into(),
+                Transport::Http,
+            ),
+        ],
+        processes: vec!["payments".into(), "notifications".into()],
+        nats_url: None,
+    };
+    let Some(app) = split(topology).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let cluster = app.cluster();
+
+    // HTTP: invalid JSON, an unknown subject and an unknown version, each with a good envelope.
+    let notifications = cluster.process("notifications");
+    for (subject, body) in [
+        ("users.user_registered.v1", "{not json"),
+        ("users.user_teleported.v1", "{}"),
+        ("users.user_registered.v9", "{}"),
+    ] {
+        let envelope = banyan_bus::Context::root().envelope(subject);
+        let mut headers = banyan_bus::http::envelope_headers(&envelope).unwrap();
+        headers.insert(
+            banyan_bus::http::AGGREGATE_ID,
+            uuid::Uuid::now_v7().to_string().parse().unwrap(),
+        );
+        let reply = send(
+            app.client
+                .post(notifications.url(&format!("/bus/v1/events/{subject}?module=notifications")))
+                .bearer_auth(SECRET)
+                .headers(headers)
+                .body(body),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{subject}: {}", reply.text);
+        assert_eq!(reply.body["status"], "dead_lettered", "{subject}");
+    }
+
+    // NATS: invalid JSON, an unknown version, and a message without any envelope headers.
+    let nats = &cluster.nats.as_ref().unwrap().config;
+    let client = banyan_bus::nats::connect(&nats.url).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    for (subject, body, with_headers) in [
+        ("orders.order_placed.v1", "{not json", true),
+        ("orders.order_placed.v9", "{}", true),
+        ("orders.order_placed.v1", "{}", false),
+    ] {
+        let wire_subject = nats.event_subject(subject);
+        let published = if with_headers {
+            let envelope = banyan_bus::Context::root().envelope(subject);
+            let headers = banyan_bus::nats::envelope_headers(&envelope).unwrap();
+            jetstream
+                .publish_with_headers(wire_subject, headers, body.into())
+                .await
+        } else {
+            jetstream.publish(wire_subject, body.into()).await
+        };
+        published.unwrap().await.expect("JetStream stored it");
+    }
+
+    for (process, module) in [
+        (notifications, "notifications"),
+        (cluster.process("payments"), "payments"),
+    ] {
+        let count = 3;
+        eventually(
+            &format!("{module} dead-letters every bad message"),
+            || async {
+                let letters = send(
+                    app.client
+                        .get(process.url(&format!("/api/v1/admin/dead-letters?module={module}")))
+                        .bearer_auth(&admin),
+                )
+                .await;
+                letters.body["items"].as_array().map_or(0, Vec::len) == count
+            },
+        )
+        .await;
+        // One WARN (a bad envelope or subject) or ERROR (a body that does not decode) each.
+        let logged = process
+            .json_lines()
+            .into_iter()
+            .filter(|l| {
+                matches!(l["level"].as_str(), Some("WARN" | "ERROR"))
+                    && l["message"]
+                        .as_str()
+                        .is_some_and(|m| m.ends_with("dead-lettering it."))
+            })
+            .count();
+        assert_eq!(logged, count, "{module} logs each bad message once");
+    }
+    // Both processes carry on: a checkout through them still completes.
+    let product = stocked_product(&app, "AFTER-BAD", 5).await;
+    let (user, token) = app.customer("after-bad").await;
+    let order = checkout(&app, &token, &product, "tok_visa", "after-bad").await;
+    assert_eq!(order["status"], "confirmed", "{order}");
+    eventually("the confirmation is sent", || async {
+        app.notification_kinds(&token, &user).await == ["welcome", "order_confirmed"]
     })
     .await;
     app.stop().await;

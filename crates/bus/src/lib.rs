@@ -19,6 +19,8 @@
 //! - [`nats`]: the NATS adapter (requests on per-module subjects with queue groups, events on
 //!   a JetStream stream with one durable consumer per subscribing module).
 //! - [`failpoint`]: named places where tests stop a real process to kill it.
+//! - `testing` (feature `test-util`): NATS for tests, a stream of their own or a private
+//!   server they may kill.
 //! - [`MESSAGING_MIGRATIONS`]: the outbox, inbox and dead-letter tables, migrated into every
 //!   module's schema with their own history table.
 
@@ -31,6 +33,8 @@ pub mod failpoint;
 pub mod http;
 pub mod nats;
 mod outbox;
+#[cfg(feature = "test-util")]
+pub mod testing;
 mod transport;
 
 pub use banyan_message::{Event, Message, Rejection, Request};

@@ -22,6 +22,7 @@ use banyan_bus::{
     Bus, BusConfig, BusError, Context, CorrelationId, Event, MESSAGING_MIGRATIONS, Message, Outbox,
     Rejection, Request, Transport, dead_letter,
     nats::{self, NatsConfig, NatsTransport, ServeHandle, headers},
+    testing::{PrivateNats, TestStream},
 };
 use banyan_db::{DatabaseConfig, Db};
 use serde::{Deserialize, Serialize};
@@ -103,39 +104,23 @@ impl Event for Other {
 
 // ------------------------------------------------------------------------------ harness
 
-/// A test's corner of the NATS server: its own subject prefix and stream, deleted on drop.
+/// A test's corner of the NATS server (its own subject prefix and stream, deleted on drop),
+/// and the buses and transports of the "processes" the test plays.
 struct TestNats {
     url: String,
     config: NatsConfig,
+    _stream: TestStream,
 }
 
 impl TestNats {
     /// `None` when NATS cannot be reached and the caller allowed skipping.
     async fn start() -> Option<Self> {
-        let url = std::env::var("BANYAN_TEST_NATS_URL")
-            .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
-        // A plain connection, without retries, to tell "unreachable" apart quickly.
-        let probe = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(url.as_str());
-        match tokio::time::timeout(HANG_GUARD, probe).await {
-            Ok(Ok(client)) => drop(client),
-            Ok(Err(error)) => return nats_unreachable(&error.to_string()),
-            Err(_) => return nats_unreachable("no connection within 10 s"),
-        }
-        Some(Self::on(url))
+        TestStream::start().await.map(Self::from)
     }
 
     /// A fresh prefix and stream on the server at `url`.
     fn on(url: String) -> Self {
-        let unique = Uuid::new_v4().simple();
-        let config = NatsConfig {
-            url: url.clone(),
-            stream: format!("BANYAN_TEST_{unique}"),
-            subject_prefix: format!("banyan_test_{unique}"),
-            ..NatsConfig::default()
-        };
-        Self { url, config }
+        Self::from(TestStream::on(url))
     }
 
     /// A client of its own, as a separate process would have.
@@ -166,113 +151,12 @@ impl TestNats {
     }
 }
 
-impl Drop for TestNats {
-    fn drop(&mut self) {
-        let (url, stream) = (self.url.clone(), self.config.stream.clone());
-        // Drop cannot await, and runs inside the test's runtime: use a thread of its own.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                let connect = async_nats::connect(url.as_str());
-                if let Ok(Ok(client)) = tokio::time::timeout(HANG_GUARD, connect).await {
-                    let jetstream = jetstream::new(client);
-                    // Absent when the test never created it.
-                    let _ = jetstream.delete_stream(&stream).await;
-                }
-            });
-        });
-        let _ = cleanup.join();
-    }
-}
-
-fn nats_unreachable<T>(error: &str) -> Option<T> {
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "NATS (BANYAN_TEST_NATS_URL or its default) is unreachable: {error}. CI must run the NATS tests."
-        );
-    }
-    if std::env::var("BANYAN_SKIP_NATS").as_deref() == Ok("1") {
-        println!("SKIPPED: NATS unreachable ({error})");
-        return None;
-    }
-    panic!(
-        "NATS (BANYAN_TEST_NATS_URL, default nats://127.0.0.1:4222, with JetStream) is \
-         unreachable: {error}. Start it, point BANYAN_TEST_NATS_URL at a server, or set \
-         BANYAN_SKIP_NATS=1 to skip the NATS tests."
-    );
-}
-
-/// A NATS server of the test's own, which the test may kill and start again: the binary is
-/// `BANYAN_TEST_NATS_SERVER`, or `nats-server` on the `PATH` (same skip policy as above).
-struct PrivateNats {
-    binary: String,
-    port: u16,
-    store: TempDir,
-    child: Option<tokio::process::Child>,
-}
-
-impl PrivateNats {
-    async fn start() -> Option<Self> {
-        let binary =
-            std::env::var("BANYAN_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_owned());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let mut server = Self {
-            binary,
-            port,
-            store: TempDir::new().expect("a temporary JetStream directory"),
-            child: None,
-        };
-        match server.run().await {
-            Ok(()) => Some(server),
-            Err(error) => nats_unreachable(&error),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server (again, on the same port and store) and waits until it listens.
-    async fn run(&mut self) -> Result<(), String> {
-        let child = tokio::process::Command::new(&self.binary)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.store.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|error| format!("cannot start `{}`: {error}", self.binary))?;
-        self.child = Some(child);
-        let address = format!("127.0.0.1:{}", self.port);
-        let started = std::time::Instant::now();
-        while tokio::net::TcpStream::connect(&address).await.is_err() {
-            if started.elapsed() > PATIENCE {
-                return Err(format!("`{}` did not listen on {address}", self.binary));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
-    }
-
-    /// Kills the server abruptly (SIGKILL).
-    async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.expect("killing nats-server");
+impl From<TestStream> for TestNats {
+    fn from(stream: TestStream) -> Self {
+        Self {
+            url: stream.config.url.clone(),
+            config: stream.config.clone(),
+            _stream: stream,
         }
     }
 }

@@ -1,0 +1,174 @@
+//! NATS for tests (behind the `test-util` feature): a stream of the test's own on the shared
+//! server, and a private server the test may kill and start again.
+//!
+//! The shared server is `BANYAN_TEST_NATS_URL` (default `nats://127.0.0.1:4222`), with
+//! JetStream; the private one runs `BANYAN_TEST_NATS_SERVER` (default `nats-server` on the
+//! `PATH`). When NATS cannot be had the test fails, unless `BANYAN_SKIP_NATS=1` is set, which
+//! is never honoured when `CI` is.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::nats::NatsConfig;
+
+/// How long a helper waits for a server before it gives up.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The shared NATS server's URL.
+pub fn nats_url() -> String {
+    std::env::var("BANYAN_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// The skip policy: `None` (skip) when `BANYAN_SKIP_NATS=1` outside CI; otherwise a panic
+/// that says what is missing.
+pub fn nats_unreachable<T>(error: &str) -> Option<T> {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "NATS is unreachable: {error}. CI must run the NATS tests."
+    );
+    assert!(
+        std::env::var("BANYAN_SKIP_NATS").as_deref() == Ok("1"),
+        "NATS (BANYAN_TEST_NATS_URL, default nats://127.0.0.1:4222, with JetStream) is \
+         unreachable: {error}. Start it, point BANYAN_TEST_NATS_URL at a server, or set \
+         BANYAN_SKIP_NATS=1 to skip the NATS tests."
+    );
+    println!("SKIPPED: NATS unreachable ({error})");
+    None
+}
+
+/// A test's corner of a NATS server: a subject prefix and a stream of its own, deleted when
+/// this is dropped.
+#[derive(Debug)]
+pub struct TestStream {
+    pub config: NatsConfig,
+}
+
+impl TestStream {
+    /// A corner of the shared server; `None` when it cannot be reached and skipping is
+    /// allowed.
+    pub async fn start() -> Option<Self> {
+        let url = nats_url();
+        // A plain connection, without retries, tells "unreachable" apart quickly.
+        let probe = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url.as_str());
+        match tokio::time::timeout(Duration::from_secs(10), probe).await {
+            Ok(Ok(client)) => drop(client),
+            Ok(Err(error)) => return nats_unreachable(&format!("{url}: {error}")),
+            Err(_) => return nats_unreachable(&format!("{url}: no connection within 10 s")),
+        }
+        Some(Self::on(url))
+    }
+
+    /// A fresh prefix and stream on the server at `url`.
+    pub fn on(url: String) -> Self {
+        let unique = Uuid::new_v4().simple();
+        Self {
+            config: NatsConfig {
+                url,
+                stream: format!("BANYAN_TEST_{unique}"),
+                subject_prefix: format!("banyan_test_{unique}"),
+                ..NatsConfig::default()
+            },
+        }
+    }
+}
+
+impl Drop for TestStream {
+    fn drop(&mut self) {
+        let (url, stream) = (self.config.url.clone(), self.config.stream.clone());
+        // Drop cannot await, and runs inside the test's runtime: use a thread of its own.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let connect = async_nats::connect(url.as_str());
+                if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(10), connect).await
+                {
+                    // Absent when the test never created it.
+                    let _ = async_nats::jetstream::new(client)
+                        .delete_stream(&stream)
+                        .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A NATS server of the test's own, with JetStream on a temporary store, which the test may
+/// kill and start again on the same port and store.
+#[derive(Debug)]
+pub struct PrivateNats {
+    binary: String,
+    port: u16,
+    store: tempfile::TempDir,
+    child: Option<tokio::process::Child>,
+}
+
+impl PrivateNats {
+    /// Starts one; `None` when it cannot be started and skipping is allowed.
+    pub async fn start() -> Option<Self> {
+        let binary =
+            std::env::var("BANYAN_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_owned());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let mut server = Self {
+            binary,
+            port,
+            store: tempfile::TempDir::new().expect("a temporary JetStream directory"),
+            child: None,
+        };
+        match server.run().await {
+            Ok(()) => Some(server),
+            Err(error) => nats_unreachable(&error),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again, on the same port and store) and waits until it listens.
+    pub async fn run(&mut self) -> Result<(), String> {
+        let child = tokio::process::Command::new(&self.binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|error| format!("cannot start `{}`: {error}", self.binary))?;
+        self.child = Some(child);
+        let address = format!("127.0.0.1:{}", self.port);
+        let started = tokio::time::Instant::now();
+        while tokio::net::TcpStream::connect(&address).await.is_err() {
+            if started.elapsed() > PATIENCE {
+                return Err(format!("`{}` did not listen on {address}", self.binary));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Kills the server abruptly (SIGKILL).
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("killing nats-server");
+        }
+    }
+}

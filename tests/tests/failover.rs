@@ -1,0 +1,213 @@
+//! Failures of a split shop, with real processes: a payments process killed with SIGKILL in
+//! the middle of a burst of checkouts (with another instance alive, and with none), and the
+//! NATS server stopped for ten seconds in the middle of one. Whatever happens, every accepted
+//! order ends, each is charged once, and the stock accounts for exactly the confirmed ones.
+
+#![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
+
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use banyan_bus::testing::PrivateNats;
+use banyan_e2e::{
+    Engine, TestApp,
+    cluster::{Topology, Transport},
+    eventually, eventually_within,
+};
+use reqwest::StatusCode;
+
+/// Payments in two processes (or one), reached over `transport`; everything else in main.
+fn payments_in(processes: usize, transport: Transport) -> Topology {
+    Topology {
+        placements: vec![("payments".into(), "payments".into(), transport)],
+        processes: vec!["payments".into(); processes],
+        nats_url: None,
+    }
+}
+
+/// NATS on PostgreSQL, HTTP on SQLite: both engines see a failover.
+fn engine_for(transport: Transport) -> Engine {
+    match transport {
+        Transport::Nats => Engine::Postgres,
+        Transport::Http => Engine::Sqlite,
+    }
+}
+
+/// An admin-made product with plenty of stock, and a customer's token.
+async fn shop(app: &TestApp) -> (String, String) {
+    let admin = app.admin_token().await;
+    let product = app.product(&admin, "FAIL-1", "tea", 450).await;
+    let stocked = app.stock(&admin, &product, 1_000).await;
+    assert_eq!(stocked.status, StatusCode::OK, "{}", stocked.text);
+    let (_, token) = app.customer("steady").await;
+    (product, token)
+}
+
+/// Every order confirmed and paid exactly its total (payments keeps one payment per order:
+/// `UNIQUE(order_id)`), and the stock holds exactly what the confirmed orders took.
+async fn every_order_confirmed_and_paid_once(
+    app: &TestApp,
+    token: &str,
+    product: &str,
+    orders: &[String],
+) {
+    for id in orders {
+        let order = app.terminal_order(token, id).await;
+        assert_eq!(order["status"], "confirmed", "{order}");
+        let payment = app
+            .get(&format!("/api/v1/payments/{id}"), Some(token))
+            .await;
+        assert_eq!(payment.status, StatusCode::OK, "{}", payment.text);
+        assert_eq!(payment.body["status"], "completed", "{}", payment.text);
+        assert_eq!(payment.body["amount"]["amount_minor"], 450);
+    }
+    let left = 1_000 - i64::try_from(orders.len()).unwrap();
+    eventually("the stock accounts for the confirmed orders", || async {
+        app.stock_of(product).await == (left, 0, left)
+    })
+    .await;
+}
+
+/// Waits until `progress` reaches `count`: the burst is under way.
+async fn answered(progress: &AtomicUsize, count: usize) {
+    eventually(&format!("{count} orders answered"), || async {
+        progress.load(Ordering::SeqCst) >= count
+    })
+    .await;
+}
+
+async fn one_of_two_payments_instances_killed_mid_burst(transport: Transport) {
+    let Some(mut app) = TestApp::spawn_split(
+        engine_for(transport),
+        payments_in(2, transport),
+        std::convert::identity,
+    )
+    .await
+    else {
+        return;
+    };
+    let (product, token) = shop(&app).await;
+    let victim = app.cluster_mut().take_process("payments");
+    let progress = AtomicUsize::new(0);
+    let (burst, ()) = tokio::join!(
+        app.burst(&token, &product, (120, 8, 30_000), &progress),
+        async {
+            answered(&progress, 30).await;
+            victim.kill().await;
+        }
+    );
+    // The survivor took over: nothing was refused, nothing waits for a restart.
+    assert_eq!(burst.refused, 0);
+    assert_eq!(burst.accepted.len(), 120);
+    every_order_confirmed_and_paid_once(&app, &token, &product, &burst.accepted).await;
+    app.cluster().healthy("payments", 1).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_nats_a_killed_payments_instance_leaves_the_burst_to_the_other() {
+    one_of_two_payments_instances_killed_mid_burst(Transport::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_a_killed_payments_instance_leaves_the_burst_to_the_other() {
+    one_of_two_payments_instances_killed_mid_burst(Transport::Http).await;
+}
+
+async fn the_only_payments_instance_killed_mid_burst(transport: Transport) {
+    let Some(mut app) = TestApp::spawn_split(
+        engine_for(transport),
+        payments_in(1, transport),
+        std::convert::identity,
+    )
+    .await
+    else {
+        return;
+    };
+    let (product, token) = shop(&app).await;
+    let victim = app.cluster_mut().take_process("payments");
+    let progress = AtomicUsize::new(0);
+    let (before, ()) = tokio::join!(
+        app.burst(&token, &product, (40, 8, 1_000), &progress),
+        async {
+            answered(&progress, 10).await;
+            victim.kill().await;
+        }
+    );
+    // With no payments instance, orders are still taken: they wait.
+    let during = app
+        .burst(&token, &product, (20, 8, 100), &AtomicUsize::new(0))
+        .await;
+    assert_eq!(before.refused + during.refused, 0);
+    for id in &during.accepted {
+        let order = app.get(&format!("/api/v1/orders/{id}"), Some(&token)).await;
+        assert_eq!(order.body["status"], "pending", "{}", order.text);
+    }
+    // A payments process starts again; every order that waited completes.
+    app.cluster_mut().start_process("payments").await;
+    app.cluster().healthy("payments", 1).await;
+    let orders = [before.accepted, during.accepted].concat();
+    assert_eq!(orders.len(), 60);
+    every_order_confirmed_and_paid_once(&app, &token, &product, &orders).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_nats_orders_wait_for_a_payments_instance_and_complete_when_one_starts() {
+    the_only_payments_instance_killed_mid_burst(Transport::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_orders_wait_for_a_payments_instance_and_complete_when_one_starts() {
+    the_only_payments_instance_killed_mid_burst(Transport::Http).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_stopped_for_ten_seconds_mid_burst_loses_no_accepted_order() {
+    let Some(mut nats) = PrivateNats::start().await else {
+        return;
+    };
+    let mut topology = Topology::inventory_and_two_payments_over_nats();
+    topology.nats_url = Some(nats.url());
+    let app = TestApp::spawn_split(Engine::Sqlite, topology, std::convert::identity)
+        .await
+        .unwrap();
+    let (product, token) = shop(&app).await;
+    let progress = AtomicUsize::new(0);
+    let (burst, ()) = tokio::join!(
+        // Short waits keep orders flowing while NATS is away: they are answered 202.
+        app.burst(&token, &product, (150, 4, 500), &progress),
+        async {
+            answered(&progress, 20).await;
+            nats.kill().await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            nats.run().await.expect("nats-server starts again");
+        }
+    );
+    // Orders need only main's modules to be taken; none was refused, none is lost.
+    assert_eq!(burst.refused, 0);
+    assert_eq!(burst.accepted.len(), 150);
+    assert!(
+        burst.waited > 0,
+        "some orders were taken while NATS was away"
+    );
+    // NATS clients reconnect with backoff: give the recovery time before checking each order.
+    eventually_within(
+        Duration::from_secs(180),
+        "every order accepted while NATS was away ends",
+        || async {
+            let mut ended = true;
+            for id in &burst.accepted {
+                let order = app.get(&format!("/api/v1/orders/{id}"), Some(&token)).await;
+                ended &= order.body["status"] != "pending";
+            }
+            ended
+        },
+    )
+    .await;
+    every_order_confirmed_and_paid_once(&app, &token, &product, &burst.accepted).await;
+    // The same processes carried on: each still stops cleanly.
+    app.stop().await;
+}
