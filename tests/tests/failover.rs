@@ -12,7 +12,7 @@ use std::{
 
 use banyan_bus::testing::PrivateNats;
 use banyan_e2e::{
-    Engine, TestApp,
+    Burst, Engine, TestApp,
     cluster::{Topology, Transport},
     eventually, eventually_within,
 };
@@ -78,26 +78,40 @@ async fn answered(progress: &AtomicUsize, count: usize) {
     .await;
 }
 
-async fn one_of_two_payments_instances_killed_mid_burst(transport: Transport) {
-    let Some(mut app) = TestApp::spawn_split(
+/// A shop with payments in `instances` processes over `transport`: a burst of `orders`
+/// (`parallel` at a time, each waiting `wait_ms`) during which the first payments process is
+/// killed with SIGKILL once `kill_after` orders were answered.
+async fn burst_killing_payments(
+    transport: Transport,
+    instances: usize,
+    (orders, parallel, wait_ms): (usize, usize, u64),
+    kill_after: usize,
+) -> Option<(TestApp, String, String, Burst)> {
+    let mut app = TestApp::spawn_split(
         engine_for(transport),
-        payments_in(2, transport),
+        payments_in(instances, transport),
         std::convert::identity,
     )
-    .await
-    else {
-        return;
-    };
+    .await?;
     let (product, token) = shop(&app).await;
     let victim = app.cluster_mut().take_process("payments");
     let progress = AtomicUsize::new(0);
     let (burst, ()) = tokio::join!(
-        app.burst(&token, &product, (120, 8, 30_000), &progress),
+        app.burst(&token, &product, (orders, parallel, wait_ms), &progress),
         async {
-            answered(&progress, 30).await;
+            answered(&progress, kill_after).await;
             victim.kill().await;
         }
     );
+    Some((app, product, token, burst))
+}
+
+async fn one_of_two_payments_instances_killed_mid_burst(transport: Transport) {
+    let Some((app, product, token, burst)) =
+        burst_killing_payments(transport, 2, (120, 8, 30_000), 30).await
+    else {
+        return;
+    };
     // The survivor took over: nothing was refused, nothing waits for a restart.
     assert_eq!(burst.refused, 0);
     assert_eq!(burst.accepted.len(), 120);
@@ -117,25 +131,11 @@ async fn over_http_a_killed_payments_instance_leaves_the_burst_to_the_other() {
 }
 
 async fn the_only_payments_instance_killed_mid_burst(transport: Transport) {
-    let Some(mut app) = TestApp::spawn_split(
-        engine_for(transport),
-        payments_in(1, transport),
-        std::convert::identity,
-    )
-    .await
+    let Some((mut app, product, token, before)) =
+        burst_killing_payments(transport, 1, (40, 8, 1_000), 10).await
     else {
         return;
     };
-    let (product, token) = shop(&app).await;
-    let victim = app.cluster_mut().take_process("payments");
-    let progress = AtomicUsize::new(0);
-    let (before, ()) = tokio::join!(
-        app.burst(&token, &product, (40, 8, 1_000), &progress),
-        async {
-            answered(&progress, 10).await;
-            victim.kill().await;
-        }
-    );
     // With no payments instance, orders are still taken: they wait.
     let during = app
         .burst(&token, &product, (20, 8, 100), &AtomicUsize::new(0))

@@ -21,12 +21,20 @@ async fn split(topology: Topology) -> Option<TestApp> {
     TestApp::spawn_split(Engine::Sqlite, topology, |figment| figment).await
 }
 
-/// A product with `stock` on hand at 4.50 EUR, created by the admin.
+/// A product with `stock` on hand at 4.50 EUR, created by the admin; returns once the catalog
+/// knows it is in stock (from inventory's events, wherever inventory runs).
 async fn stocked_product(app: &TestApp, sku: &str, stock: i64) -> String {
     let admin = app.admin_token().await;
     let product = app.product(&admin, sku, "tea", 450).await;
     let stocked = app.stock(&admin, &product, stock).await;
     assert_eq!(stocked.status, StatusCode::OK, "{}", stocked.text);
+    eventually("the catalog sees the stock", || async {
+        app.get(&format!("/api/v1/products/{product}"), None)
+            .await
+            .body["in_stock"]
+            == true
+    })
+    .await;
     product
 }
 
@@ -70,13 +78,6 @@ fn logged_with(process: &BanyanProcess, message: Option<&str>, correlation_id: &
 /// one. The moved module's process logs its part of the checkout under the request's id.
 async fn smoke_checkout(app: &TestApp, moved: &str) {
     let product = stocked_product(app, "SMOKE-1", 10).await;
-    eventually("the catalog sees the stock", || async {
-        app.get(&format!("/api/v1/products/{product}"), None)
-            .await
-            .body["in_stock"]
-            == true
-    })
-    .await;
     let (user, token) = app.customer("smoke").await;
     let added = app
         .post(
@@ -471,15 +472,8 @@ async fn inventory_and_two_payments_processes_over_nats_share_the_work() {
     assert_eq!(urls, expected);
 
     // Products and stock go through the gateway to the inventory process; the catalog in main
-    // learns the stock from inventory's events over NATS.
+    // learns the stock from inventory's events over NATS (`stocked_product` waits for it).
     let product = stocked_product(&app, "SPLIT-TWO", 20).await;
-    eventually("the catalog sees the stock", || async {
-        app.get(&format!("/api/v1/products/{product}"), None)
-            .await
-            .body["in_stock"]
-            == true
-    })
-    .await;
     let (_, token) = app.customer("split-two").await;
     let mut orders = Vec::new();
     for n in 0..4 {

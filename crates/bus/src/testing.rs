@@ -78,26 +78,15 @@ impl TestStream {
 impl Drop for TestStream {
     fn drop(&mut self) {
         let (url, stream) = (self.config.url.clone(), self.config.stream.clone());
-        // Drop cannot await, and runs inside the test's runtime: use a thread of its own.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                let connect = async_nats::connect(url.as_str());
-                if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(10), connect).await
-                {
-                    // Absent when the test never created it.
-                    let _ = async_nats::jetstream::new(client)
-                        .delete_stream(&stream)
-                        .await;
-                }
-            });
+        banyan_db::testing::block_on_detached(async move {
+            let connect = async_nats::connect(url.as_str());
+            if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(10), connect).await {
+                // Absent when the test never created it.
+                let _ = async_nats::jetstream::new(client)
+                    .delete_stream(&stream)
+                    .await;
+            }
         });
-        let _ = cleanup.join();
     }
 }
 

@@ -2,6 +2,8 @@
 //! directory, or, when `BANYAN_TEST_POSTGRES_URL` names a PostgreSQL server, a new database
 //! on it (`banyan_test_<uuid>`), dropped with the value.
 
+use std::time::Duration;
+
 use sqlx::{Connection, Executor};
 
 use crate::DatabaseConfig;
@@ -68,27 +70,39 @@ async fn fresh_postgres_database(server: &str) -> (String, String) {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let Some((server, name)) = self.postgres.take() else {
-            return;
-        };
-        // Drop cannot await and runs inside the test's runtime: use a thread of its own.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                if let Ok(mut admin) = sqlx::AnyConnection::connect(&server).await {
-                    let drop_it = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                    if let Err(error) = admin.execute(sqlx::AssertSqlSafe(drop_it)).await {
-                        eprintln!("could not drop test database {name}: {error}");
-                    }
-                    let _ = admin.close().await;
-                }
-            });
-        });
-        let _ = cleanup.join();
+        if let Some((server, name)) = self.postgres.take() {
+            drop_database(&server, &name);
+        }
     }
+}
+
+/// Drops database `name` on the PostgreSQL `server` (connections and all), best effort and
+/// blocking: for a test's `Drop`, whether the test passed or panicked.
+pub fn drop_database(server: &str, name: &str) {
+    let (server, name) = (server.to_owned(), name.to_owned());
+    block_on_detached(async move {
+        sqlx::any::install_default_drivers();
+        let connect = sqlx::AnyConnection::connect(&server);
+        if let Ok(Ok(mut admin)) = tokio::time::timeout(Duration::from_secs(10), connect).await {
+            let drop_it = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+            if let Err(error) = admin.execute(sqlx::AssertSqlSafe(drop_it)).await {
+                eprintln!("could not drop test database {name}: {error}");
+            }
+            let _ = admin.close().await;
+        }
+    });
+}
+
+/// Runs `cleanup` to its end on a thread and runtime of its own. `Drop` cannot await and
+/// runs inside the test's runtime, where blocking on a future would panic.
+pub fn block_on_detached(cleanup: impl Future<Output = ()> + Send + 'static) {
+    let thread = std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(cleanup);
+        }
+    });
+    let _ = thread.join();
 }

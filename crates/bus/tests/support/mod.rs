@@ -211,28 +211,6 @@ struct PostgresDatabase {
 
 impl Drop for PostgresDatabase {
     fn drop(&mut self) {
-        let admin_url = self.admin_url.clone();
-        let drop_it = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-        // Drop cannot await, and may run inside the test's runtime: use a thread of its own.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                let connect = PgConnection::connect(&admin_url);
-                if let Ok(Ok(mut admin)) =
-                    tokio::time::timeout(Duration::from_secs(10), connect).await
-                {
-                    if let Err(error) = admin.execute(AssertSqlSafe(drop_it)).await {
-                        eprintln!("could not drop a test database: {error}");
-                    }
-                    let _ = admin.close().await;
-                }
-            });
-        });
-        let _ = cleanup.join();
+        banyan_db::testing::drop_database(&self.admin_url, &self.name);
     }
 }
