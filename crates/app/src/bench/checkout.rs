@@ -669,7 +669,7 @@ mod tests {
             let text = topology(transport, &secret, corner);
             let figment = crate::config::layers(&[])
                 .expect("the default layers")
-                .merge(figment::providers::Toml::string(&text));
+                .merge(<figment::providers::Toml as figment::providers::Format>::string(&text));
             let settings = crate::config::load(&figment).expect("a valid configuration");
             let topology = settings.topology;
             assert_eq!(
