@@ -3,9 +3,10 @@
 //! For each placement: real processes of this very binary (`std::env::current_exe()`) on a
 //! fresh SQLite directory, the main process and, when payments moves out, a `--process
 //! payments` process registered with it. The shop is prepared through its public API (an
-//! admin from the bootstrap settings, a product with plenty of stock, a customer); then
-//! `clients` clients place one-line orders with `POST /api/v1/orders?wait_ms=30000`, which
-//! answers once the saga (reserve → charge → confirm) has ended, and each is timed.
+//! admin from the bootstrap settings, a product with plenty of stock, a customer); then, round
+//! by round and placement after placement (all of them running meanwhile), `clients` clients
+//! place one-line orders with `POST /api/v1/orders?wait_ms=30000`, which answers once the saga
+//! (reserve → charge → confirm) has ended, and each is timed.
 //!
 //! The processes run the shipped defaults: `BANYAN_*` variables of the caller's environment are
 //! not passed on, so a figure never depends on what happened to be exported.
@@ -20,18 +21,16 @@ use std::{
 };
 
 use anyhow::Context as _;
+use reqwest::Method;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 use super::{
     progress,
-    stats::{self, millis, per_second},
+    stats::{self, median, millis, per_second},
     unique_suffix,
 };
-
-/// The placements, in the order they are run and reported.
-pub(super) const PLACEMENTS: [&str; 3] = ["in_process", "http", "nats"];
 
 /// How long start-up steps may take before the run gives up (a hang guard, not a timing).
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -43,6 +42,7 @@ const CUSTOMER: (&str, &str) = ("bench-customer", "bench-customer-password-1");
 /// How the part runs.
 #[derive(Debug, Clone)]
 pub(super) struct Settings {
+    pub(super) rounds: u64,
     pub(super) orders: u64,
     pub(super) clients: u64,
     /// `None`: the NATS placement is left out.
@@ -57,97 +57,131 @@ impl Settings {
     }
 }
 
-/// What one placement measured.
-#[derive(Debug, Clone, Serialize)]
-pub(super) struct PlacementFigures {
-    pub(super) name: &'static str,
+/// What one round measured for one placement.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(super) struct RoundFigures {
     pub(super) orders: u64,
     pub(super) confirmed: u64,
-    /// Orders that did not end confirmed, by what they came to instead.
-    pub(super) not_confirmed: BTreeMap<String, u64>,
-    /// Latency of every order, from the request to the answer.
+    /// Latency of every order of the round, from the request to the answer.
     pub(super) p50_ms: f64,
     pub(super) p99_ms: f64,
     pub(super) confirmed_per_s: f64,
     pub(super) elapsed_s: f64,
 }
 
-/// Measures every placement in turn, each on processes and data of its own.
+/// What one placement measured: each round, and the medians over rounds.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct PlacementFigures {
+    pub(super) name: &'static str,
+    pub(super) orders_per_round: u64,
+    /// Over every round.
+    pub(super) orders: u64,
+    pub(super) confirmed: u64,
+    /// Orders that did not end confirmed, by what they came to instead (every round).
+    pub(super) not_confirmed: BTreeMap<String, u64>,
+    pub(super) rounds: Vec<RoundFigures>,
+    /// Medians over rounds.
+    pub(super) p50_ms: f64,
+    pub(super) p99_ms: f64,
+    pub(super) confirmed_per_s: f64,
+}
+
+/// Starts every placement's processes (each on data of its own), measures them round by
+/// round, interleaved like the request→reply cases, and stops them all whatever happened.
 pub(super) async fn run(settings: Settings) -> anyhow::Result<Vec<PlacementFigures>> {
     let exe = std::env::current_exe().context("cannot find this binary to start its processes")?;
-    let mut figures = Vec::new();
-    for name in PLACEMENTS {
-        let placement = match name {
-            "in_process" => Placement::InProcess,
-            "http" => Placement::Http,
-            _ => match &settings.nats_url {
-                Some(url) => Placement::Nats { url: url.clone() },
-                None => {
-                    progress("checkout nats: skipped (--skip-nats)");
-                    continue;
-                }
-            },
-        };
-        progress(format_args!("checkout {name}: starting the processes"));
-        let cluster = Cluster::start(&exe, &placement)
-            .await
-            .with_context(|| format!("checkout {name}: the processes did not start"))?;
-        let measured = drive(&cluster, name, &settings).await;
-        let logs = cluster.log_tails();
-        cluster.stop().await;
-        let measured = measured.with_context(|| {
-            format!("checkout {name} failed; the processes' logs end with:\n{logs}")
-        })?;
-        progress(format_args!(
-            "checkout {name}: {}/{} confirmed, p50 {:.1} ms, p99 {:.1} ms, {:.1} orders/s",
-            measured.confirmed,
-            measured.orders,
-            measured.p50_ms,
-            measured.p99_ms,
-            measured.confirmed_per_s
-        ));
-        figures.push(measured);
+    let mut clusters: Vec<(&'static str, Cluster)> = Vec::new();
+    let outcome = async {
+        for (name, placement) in placements(&settings) {
+            progress(format_args!("checkout {name}: starting the processes"));
+            let cluster = Cluster::start(&exe, &placement)
+                .await
+                .with_context(|| format!("checkout {name}: the processes did not start"))?;
+            clusters.push((name, cluster));
+        }
+        measure(&clusters, &settings).await
     }
-    Ok(figures)
+    .await;
+    let logs = match &outcome {
+        Err(_) => clusters
+            .iter()
+            .map(|(name, cluster)| format!("=== {name}\n{}", cluster.log_tails()))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Ok(_) => String::new(),
+    };
+    for (_, cluster) in clusters {
+        cluster.stop().await;
+    }
+    outcome.with_context(|| format!("the processes' logs end with:\n{logs}"))
 }
 
-/// Prepares the shop, warms it up, then places and times the orders.
-async fn drive(
-    cluster: &Cluster,
-    name: &'static str,
+/// The placements to measure: payments in process, over HTTP, and over NATS unless skipped.
+fn placements(settings: &Settings) -> Vec<(&'static str, Placement)> {
+    let mut placements = vec![
+        ("in_process", Placement::InProcess),
+        ("http", Placement::Http),
+    ];
+    match &settings.nats_url {
+        Some(url) => placements.push(("nats", Placement::Nats { url: url.clone() })),
+        None => progress("checkout nats: skipped (--skip-nats)"),
+    }
+    placements
+}
+
+/// Prepares and warms up every shop, then places and times the orders, round by round.
+async fn measure(
+    clusters: &[(&'static str, Cluster)],
     settings: &Settings,
-) -> anyhow::Result<PlacementFigures> {
-    let shop = Shop::prepare(cluster).await?;
-    progress(format_args!(
-        "checkout {name}: warming up with {} orders",
-        settings.warmup()
-    ));
-    shop.place(settings.warmup(), settings.clients).await;
-    progress(format_args!(
-        "checkout {name}: placing {} orders from {} clients",
-        settings.orders, settings.clients
-    ));
-    let started = Instant::now();
-    let outcomes = shop.place(settings.orders, settings.clients).await;
-    let elapsed = started.elapsed();
-    Ok(figures(name, outcomes, elapsed))
-}
-
-fn figures(name: &'static str, outcomes: Vec<Outcome>, elapsed: Duration) -> PlacementFigures {
-    let mut latencies: Vec<Duration> = outcomes.iter().map(|o| o.latency).collect();
-    latencies.sort_unstable();
-    let mut not_confirmed = BTreeMap::new();
-    for outcome in &outcomes {
-        if outcome.result != "confirmed" {
-            *not_confirmed.entry(outcome.result.clone()).or_insert(0) += 1;
+) -> anyhow::Result<Vec<PlacementFigures>> {
+    let mut shops = Vec::new();
+    for (name, cluster) in clusters {
+        let shop = Shop::prepare(cluster)
+            .await
+            .with_context(|| format!("checkout {name}: preparing the shop failed"))?;
+        progress(format_args!(
+            "checkout {name}: warming up with {} orders",
+            settings.warmup()
+        ));
+        shop.place(settings.warmup(), settings.clients).await;
+        shops.push((*name, shop));
+    }
+    let mut rounds: Vec<Vec<(RoundFigures, Vec<Outcome>)>> = vec![Vec::new(); shops.len()];
+    for round in 0..settings.rounds as usize {
+        // As for request→reply: each round starts with the next placement.
+        for offset in 0..shops.len() {
+            let at = (round + offset) % shops.len();
+            let (name, shop) = &shops[at];
+            let started = Instant::now();
+            let outcomes = shop.place(settings.orders, settings.clients).await;
+            let figures = round_figures(&outcomes, started.elapsed());
+            progress(format_args!(
+                "checkout round {}/{}: {name:<10} {}/{} confirmed  p50 {:>7.1} ms  p99 {:>7.1} ms  {:>6.1} orders/s",
+                round + 1,
+                settings.rounds,
+                figures.confirmed,
+                figures.orders,
+                figures.p50_ms,
+                figures.p99_ms,
+                figures.confirmed_per_s
+            ));
+            rounds[at].push((figures, outcomes));
         }
     }
-    let confirmed = outcomes.iter().filter(|o| o.result == "confirmed").count() as u64;
-    PlacementFigures {
-        name,
+    Ok(shops
+        .iter()
+        .zip(rounds)
+        .map(|((name, _), rounds)| placement_figures(name, settings.orders, rounds))
+        .collect())
+}
+
+fn round_figures(outcomes: &[Outcome], elapsed: Duration) -> RoundFigures {
+    let mut latencies: Vec<Duration> = outcomes.iter().map(|o| o.latency).collect();
+    latencies.sort_unstable();
+    let confirmed = outcomes.iter().filter(|o| o.is_confirmed()).count() as u64;
+    RoundFigures {
         orders: outcomes.len() as u64,
         confirmed,
-        not_confirmed,
         p50_ms: millis(stats::percentile(&latencies, 0.50)),
         p99_ms: millis(stats::percentile(&latencies, 0.99)),
         confirmed_per_s: per_second(confirmed, elapsed),
@@ -155,13 +189,45 @@ fn figures(name: &'static str, outcomes: Vec<Outcome>, elapsed: Duration) -> Pla
     }
 }
 
+fn placement_figures(
+    name: &'static str,
+    orders_per_round: u64,
+    rounds: Vec<(RoundFigures, Vec<Outcome>)>,
+) -> PlacementFigures {
+    let mut not_confirmed = BTreeMap::new();
+    for outcome in rounds.iter().flat_map(|(_, outcomes)| outcomes) {
+        if !outcome.is_confirmed() {
+            *not_confirmed.entry(outcome.result.clone()).or_insert(0) += 1;
+        }
+    }
+    let rounds: Vec<RoundFigures> = rounds.into_iter().map(|(figures, _)| figures).collect();
+    PlacementFigures {
+        name,
+        orders_per_round,
+        orders: rounds.iter().map(|r| r.orders).sum(),
+        confirmed: rounds.iter().map(|r| r.confirmed).sum(),
+        not_confirmed,
+        p50_ms: median(rounds.iter().map(|r| r.p50_ms)),
+        p99_ms: median(rounds.iter().map(|r| r.p99_ms)),
+        confirmed_per_s: median(rounds.iter().map(|r| r.confirmed_per_s)),
+        rounds,
+    }
+}
+
 // ------------------------------------------------------------------------------ the shop
 
 /// One order's round trip: how long, and what it came to (`confirmed`, `cancelled: <reason>`,
 /// `202 pending`, an error...).
+#[derive(Clone)]
 struct Outcome {
     latency: Duration,
     result: String,
+}
+
+impl Outcome {
+    fn is_confirmed(&self) -> bool {
+        self.result == "confirmed"
+    }
 }
 
 /// The prepared shop: a client, the customer's token, the product to order.
@@ -188,7 +254,7 @@ impl Shop {
         let admin = shop.login(ADMIN.0, ADMIN.1).await?;
         let created = shop
             .call(
-                "POST",
+                Method::POST,
                 "/api/v1/products",
                 Some(&admin),
                 json!({ "sku": "BENCH-1", "name": "Bench tea", "category": "bench",
@@ -199,7 +265,7 @@ impl Shop {
         let product = text(&created, "id")?;
         // Plenty: no order of the run may be refused for want of stock.
         shop.call(
-            "PUT",
+            Method::PUT,
             &format!("/api/v1/inventory/{product}"),
             Some(&admin),
             json!({ "on_hand": 1_000_000_000_i64 }),
@@ -207,7 +273,7 @@ impl Shop {
         )
         .await?;
         shop.call(
-            "POST",
+            Method::POST,
             "/api/v1/users",
             None,
             json!({ "username": CUSTOMER.0, "email": "bench-customer@example.test",
@@ -226,7 +292,7 @@ impl Shop {
     async fn login(&self, username: &str, password: &str) -> anyhow::Result<String> {
         let body = json!({ "username": username, "password": password });
         let reply = self
-            .call("POST", "/api/v1/users/login", None, body, 200)
+            .call(Method::POST, "/api/v1/users/login", None, body, 200)
             .await?;
         text(&reply, "access_token")
     }
@@ -234,13 +300,12 @@ impl Shop {
     /// A call that must answer `expected`; its JSON body.
     async fn call(
         &self,
-        method: &str,
+        method: Method,
         path: &str,
         token: Option<&str>,
         body: Value,
         expected: u16,
     ) -> anyhow::Result<Value> {
-        let method = reqwest::Method::from_bytes(method.as_bytes())?;
         let mut request = self
             .client
             .request(method.clone(), format!("{}{path}", self.base))

@@ -10,9 +10,9 @@
 //!   Interleaved round by round, so drift of the machine hits every case alike; each figure
 //!   is the median over rounds.
 //! - **Checkout** ([`checkout`]): the real shop, payments placed in the main process, in a
-//!   process of its own reached over HTTP, then over NATS. Real processes of this binary on a
+//!   process of its own reached over HTTP, and over NATS. Real processes of this binary on a
 //!   fresh SQLite directory each; orders placed through the public API and timed until the
-//!   saga has confirmed them.
+//!   saga has confirmed them, placements interleaved round by round as well.
 //!
 //! Progress goes to stderr; the tables to stdout.
 
@@ -34,15 +34,15 @@ pub(crate) struct BenchArgs {
     /// Request→reply: sequential requests per case and round (after a short warm-up).
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
     requests: u64,
-    /// Request→reply: rounds; every case runs once per round, interleaved, and the median
-    /// over rounds is reported.
+    /// Rounds, for both parts: every case (placement) runs once per round, interleaved, and
+    /// the median over rounds is reported.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     rounds: u64,
     /// Request→reply: also measure throughput with this many concurrent callers (1: only the
     /// sequential figures).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     concurrency: u64,
-    /// Checkout: orders placed per placement (after a short warm-up).
+    /// Checkout: orders placed per placement and round (after a short warm-up).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
     orders: u64,
     /// Checkout: concurrent clients placing them.
@@ -97,6 +97,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         None
     } else {
         let settings = checkout::Settings {
+            rounds: args.rounds,
             orders: args.orders,
             clients: args.clients,
             nats_url,
@@ -104,7 +105,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let figures = tokio::spawn(checkout::run(settings))
             .await
             .context("the checkout part panicked")??;
-        println!("{}", report::checkout_table(&figures));
+        println!("{}", report::checkout_table(&figures, &setup));
         Some(figures)
     };
 

@@ -39,6 +39,7 @@ pub(super) struct Setup {
 impl Setup {
     pub(super) fn new(args: &BenchArgs) -> Self {
         let checkout = super::checkout::Settings {
+            rounds: args.rounds,
             orders: args.orders,
             clients: args.clients,
             nats_url: None,
@@ -95,9 +96,10 @@ impl Setup {
         if self.checkout {
             let _ = writeln!(
                 text,
-                "checkout: {} one-line orders from {} concurrent clients per placement (after {} \
-                 warm-up), real processes of this binary, fresh SQLite data, shipped defaults",
-                self.orders, self.clients, self.checkout_warmup
+                "checkout: {} rounds × {} one-line orders from {} concurrent clients per placement \
+                 (after {} warm-up), placements interleaved, medians over rounds; real processes \
+                 of this binary, fresh SQLite data, shipped defaults",
+                self.rounds, self.orders, self.clients, self.checkout_warmup
             );
         }
         if !self.nats {
@@ -261,69 +263,61 @@ pub(super) fn request_reply_table(cases: &[CaseFigures], setup: &Setup) -> Strin
         );
     }
     let ratios = reply_ratios(cases);
-    text.push_str("\nRatios (latency: a/b; throughput: b/a; above 1, a costs more)\n");
+    text.push_str(RATIOS_HEADER);
     for (label, cost) in [
         ("http / bare_http", ratios.http_vs_bare_http),
         ("nats / bare_nats", ratios.nats_vs_bare_nats),
-        (
-            "in_process faster than http",
-            ratios.in_process_faster_than_http,
-        ),
-        (
-            "in_process faster than nats",
-            ratios.in_process_faster_than_nats,
-        ),
+        ("http / in_process", ratios.in_process_faster_than_http),
+        ("nats / in_process", ratios.in_process_faster_than_nats),
     ] {
         if let Some(cost) = cost {
-            let _ = writeln!(text, "  {label:<28} {}", describe_cost(&cost, setup));
+            let _ = writeln!(text, "  {label:<20} {}", describe_cost(&cost, setup));
         }
     }
     text
 }
 
 /// The checkout table and its ratios.
-pub(super) fn checkout_table(placements: &[PlacementFigures]) -> String {
-    let mut text = String::from(
-        "\nCheckout: POST /api/v1/orders?wait_ms=30000 until the saga confirms; payments placed \
-         in process, over HTTP, over NATS\n\n",
+pub(super) fn checkout_table(placements: &[PlacementFigures], setup: &Setup) -> String {
+    let mut text = format!(
+        "\nCheckout: POST /api/v1/orders?wait_ms=30000 until the saga confirms, payments in \
+         process, over HTTP, over NATS; median of {} rounds × {} orders from {} clients\n\n",
+        setup.rounds, setup.orders, setup.clients
     );
     let header = format!(
-        "{:<12} {:>7} {:>10} {:>9} {:>9} {:>12}",
-        "placement", "orders", "confirmed", "p50 ms", "p99 ms", "confirmed/s"
+        "{:<12} {:>11} {:>9} {:>9} {:>12}  {:>17}",
+        "placement", "confirmed", "p50 ms", "p99 ms", "confirmed/s", "p50 range ms"
     );
     let _ = writeln!(text, "{header}");
     let _ = writeln!(text, "{}", "─".repeat(header.chars().count()));
     for p in placements {
+        let (low, high) = p.rounds.iter().fold((f64::MAX, 0.0_f64), |(lo, hi), r| {
+            (lo.min(r.p50_ms), hi.max(r.p50_ms))
+        });
         let _ = writeln!(
             text,
-            "{:<12} {:>7} {:>10} {:>9} {:>9} {:>12.1}",
+            "{:<12} {:>11} {:>9} {:>9} {:>12.1}  {:>17}",
             p.name,
-            p.orders,
-            p.confirmed,
+            format!("{}/{}", p.confirmed, p.orders),
             figure(p.p50_ms),
             figure(p.p99_ms),
-            p.confirmed_per_s
+            p.confirmed_per_s,
+            format!("{}–{}", figure(low), figure(high))
         );
         for (what, count) in &p.not_confirmed {
             let _ = writeln!(text, "{:<12}   not confirmed: {count} × {what}", "");
         }
     }
     let ratios = checkout_ratios(placements);
-    text.push_str("\nRatios (latency: a/b; throughput: b/a; above 1, a costs more)\n");
+    text.push_str(RATIOS_HEADER);
     for (label, cost) in [
-        (
-            "in_process faster than http",
-            ratios.in_process_faster_than_http,
-        ),
-        (
-            "in_process faster than nats",
-            ratios.in_process_faster_than_nats,
-        ),
+        ("http / in_process", ratios.in_process_faster_than_http),
+        ("nats / in_process", ratios.in_process_faster_than_nats),
     ] {
         if let Some(cost) = cost {
             let _ = writeln!(
                 text,
-                "  {label:<28} p50 ×{}  p99 ×{}  throughput ×{}",
+                "  {label:<20} p50 ×{}  p99 ×{}  throughput ×{}",
                 figure(cost.p50),
                 figure(cost.p99),
                 figure(cost.throughput)
@@ -332,6 +326,11 @@ pub(super) fn checkout_table(placements: &[PlacementFigures]) -> String {
     }
     text
 }
+
+/// What the ratio lines mean.
+const RATIOS_HEADER: &str = "\nRatios a / b: p50 and p99 as a multiple of b's, throughput as how many \
+     times fewer per second; above 1, a costs more (`x / in_process` is how many times faster in \
+     process is)\n";
 
 fn describe_cost(cost: &Cost, setup: &Setup) -> String {
     let mut text = format!(
