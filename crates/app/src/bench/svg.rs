@@ -102,8 +102,8 @@ fn header(svg: &mut String, document: &Document) {
     if document.checkout.is_some() {
         let _ = write!(
             line,
-            " · checkout: {} orders from {} clients, real processes, SQLite",
-            setup.orders, setup.clients
+            " · checkout: median of {} rounds × {} orders from {} clients, real processes",
+            setup.rounds, setup.orders, setup.clients
         );
     }
     let _ = writeln!(
