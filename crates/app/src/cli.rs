@@ -1,4 +1,4 @@
-//! The command line: `banyan [serve]`, `banyan dead-letters ...`.
+//! The command line: `banyan [serve]`, `banyan seed`, `banyan dead-letters ...`, `banyan bench`.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -36,6 +36,9 @@ enum Command {
     /// List and replay events that failed every delivery attempt.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// Measure what moving a module out costs: request→reply and checkout, in process, over
+    /// HTTP and over NATS, side by side (tables on stdout, bench.json and bench.svg in --out).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -75,6 +78,11 @@ enum DeadLetterCommand {
 
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let command = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        // The bench configures what it starts itself (the shipped defaults): no layers.
+        Command::Bench(args) => return bench(args).await,
+        command => command,
+    };
     let mut figment = match config::layers(&cli.config) {
         Ok(figment) => figment,
         Err(error) => {
@@ -82,7 +90,6 @@ pub async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
     if let Command::Serve(args) = &command {
         if let Some(addr) = args.addr {
             figment = config::with(figment, "server.addr", addr.to_string());
@@ -118,12 +125,24 @@ pub async fn main() -> ExitCode {
             crate::seed::run(settings, figment).await
         }
         Command::DeadLetters(command) => dead_letters(settings, command).await,
+        // Taken before the layers are read (above); kept here so every command has its arm.
+        Command::Bench(args) => crate::bench::run(args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "Banyan failed.");
             eprintln!("banyan: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench(args: crate::bench::BenchArgs) -> ExitCode {
+    match crate::bench::run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("banyan bench: {error:#}");
             ExitCode::FAILURE
         }
     }

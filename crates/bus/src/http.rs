@@ -136,14 +136,14 @@ pub fn envelope_headers(envelope: &Envelope) -> Result<HeaderMap, BusError> {
 /// missing or malformed.
 pub fn envelope_from_headers(headers: &HeaderMap, subject: &str) -> Result<Envelope, String> {
     let message_id =
-        uuid_header(headers, MESSAGE_ID)?.ok_or(format!("`{MESSAGE_ID}` is missing"))?;
-    let correlation =
-        text_header(headers, CORRELATION_ID)?.ok_or(format!("`{CORRELATION_ID}` is missing"))?;
+        uuid_header(headers, MESSAGE_ID)?.ok_or_else(|| format!("`{MESSAGE_ID}` is missing"))?;
+    let correlation = text_header(headers, CORRELATION_ID)?
+        .ok_or_else(|| format!("`{CORRELATION_ID}` is missing"))?;
     let correlation_id = CorrelationId::parse(correlation)
-        .ok_or(format!("`{CORRELATION_ID}` is not short printable ASCII"))?;
+        .ok_or_else(|| format!("`{CORRELATION_ID}` is not short printable ASCII"))?;
     let causation_id = uuid_header(headers, CAUSATION_ID)?;
     let timestamp_ms = text_header(headers, TIMESTAMP)?
-        .ok_or(format!("`{TIMESTAMP}` is missing"))?
+        .ok_or_else(|| format!("`{TIMESTAMP}` is missing"))?
         .parse::<i64>()
         .map_err(|_| format!("`{TIMESTAMP}` is not a number of milliseconds"))?;
     // A malformed trace context is ignored (W3C: restart the trace), not refused.
@@ -954,7 +954,7 @@ async fn answer_event(
     let envelope = envelope_from_headers(headers, &subject)
         .map_err(|reason| refuse("event", &subject, reason))?;
     let aggregate = uuid_header(headers, AGGREGATE_ID)
-        .and_then(|a| a.ok_or(format!("`{AGGREGATE_ID}` is missing")))
+        .and_then(|a| a.ok_or_else(|| format!("`{AGGREGATE_ID}` is missing")))
         .map_err(|reason| refuse("event", &subject, reason))?;
     let body = read_body(request, &subject).await?;
     let bus = &server.bus;

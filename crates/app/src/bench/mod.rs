@@ -1,0 +1,159 @@
+//! `banyan bench`: what moving a module out of the main process costs, measured.
+//!
+//! Two parts, each printed as a table (stdout), written as figures (`bench.json`) and drawn
+//! (`bench.svg`) in `--out`:
+//!
+//! - **Request→reply** ([`reply`]): one trivial request answered at once, so the figure is the
+//!   bus and the transport, not a database. Five cases in this one OS process over loopback:
+//!   the bus in process, a bare axum + reqwest round trip (the HTTP floor), the bus through its
+//!   HTTP adapter, a bare NATS request (the NATS floor), the bus through its NATS adapter.
+//!   Interleaved round by round, so drift of the machine hits every case alike; each figure
+//!   is the median over rounds.
+//! - **Checkout** ([`checkout`]): the real shop, payments placed in the main process, in a
+//!   process of its own reached over HTTP, and over NATS. Real processes of this binary on a
+//!   fresh SQLite directory each; orders placed through the public API and timed until the
+//!   saga has confirmed them, placements interleaved round by round as well.
+//!
+//! Progress goes to stderr; the tables to stdout.
+
+mod checkout;
+mod reply;
+mod report;
+mod stats;
+mod svg;
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// `banyan bench` options.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct BenchArgs {
+    /// Request→reply: sequential requests per case and round (after a short warm-up).
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
+    requests: u64,
+    /// Rounds, for both parts: every case (placement) runs once per round, interleaved, and
+    /// the median over rounds is reported.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
+    /// Request→reply: also measure throughput with this many concurrent callers (1: only the
+    /// sequential figures).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: u64,
+    /// Checkout: orders placed per placement and round (after a short warm-up).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    orders: u64,
+    /// Checkout: concurrent clients placing them.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    clients: u64,
+    /// The NATS server (with JetStream) for the NATS cases.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Leave out the NATS cases (otherwise an unreachable NATS is an error).
+    #[arg(long)]
+    skip_nats: bool,
+    /// Leave out the checkout part.
+    #[arg(long)]
+    skip_checkout: bool,
+    /// Where `bench.json` and `bench.svg` are written.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+/// Runs the benchmark: both parts, the tables, the files.
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    // Only problems are logged (an adapter's WARN, say): progress has lines of its own.
+    crate::telemetry::init(&LogConfig {
+        format: LogFormat::Pretty,
+        level: "warn".to_owned(),
+    });
+    let nats_url = if args.skip_nats {
+        None
+    } else {
+        check_nats(&args.nats_url).await?;
+        Some(args.nats_url.clone())
+    };
+    let setup = report::Setup::new(&args);
+    println!("{}", setup.describe());
+
+    // Callers run on a runtime worker, as a server's handlers do, not on the thread that
+    // drives `main` (the same reason as in crates/bus/benches/bus.rs).
+    let settings = reply::Settings {
+        requests: args.requests,
+        rounds: args.rounds,
+        warmup: setup.warmup,
+        concurrency: args.concurrency,
+        nats_url: nats_url.clone(),
+    };
+    let request_reply = tokio::spawn(reply::run(settings))
+        .await
+        .context("the request→reply part panicked")??;
+    println!("{}", report::request_reply_table(&request_reply, &setup));
+
+    let checkout = if args.skip_checkout {
+        progress("checkout: skipped (--skip-checkout)");
+        None
+    } else {
+        let settings = checkout::Settings {
+            rounds: args.rounds,
+            orders: args.orders,
+            clients: args.clients,
+            nats_url,
+        };
+        let figures = tokio::spawn(checkout::run(settings))
+            .await
+            .context("the checkout part panicked")??;
+        println!("{}", report::checkout_table(&figures, &setup));
+        Some(figures)
+    };
+
+    let document = report::Document::new(setup, request_reply, checkout);
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let json_path = args.out.join("bench.json");
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&document)?)
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
+    let svg_path = args.out.join("bench.svg");
+    std::fs::write(&svg_path, svg::chart(&document))
+        .with_context(|| format!("cannot write {}", svg_path.display()))?;
+    println!(
+        "Figures: {}\nChart:   {}",
+        json_path.display(),
+        svg_path.display()
+    );
+    Ok(())
+}
+
+/// A progress line on stderr (the run takes a while; stdout keeps the tables).
+fn progress(line: impl std::fmt::Display) {
+    eprintln!("bench: {line}");
+}
+
+/// Fails clearly, naming the fix, when NATS cannot be reached.
+async fn check_nats(url: &str) -> anyhow::Result<()> {
+    progress(format_args!("checking NATS at {url}"));
+    let connect = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(3))
+        .connect(url);
+    let error = match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok(client)) => {
+            drop(client);
+            return Ok(());
+        }
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => "no connection within 5 s".to_owned(),
+    };
+    anyhow::bail!(
+        "NATS is unreachable at {url} ({error}). Start a NATS server with JetStream \
+         (`nats-server -js`), point --nats-url at one, or pass --skip-nats to leave the NATS \
+         cases out."
+    )
+}
+
+/// A name unique to this run, for NATS streams and subject prefixes that must not meet
+/// another run's (or a test's) on a shared server.
+fn unique_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
