@@ -102,13 +102,13 @@ fn header(svg: &mut String, document: &Document) {
     if document.checkout.is_some() {
         let _ = write!(
             line,
-            " · checkout: median of {} rounds × {} orders from {} clients, real processes",
+            " · checkout: {} rounds × {} orders, {} clients, real processes",
             setup.rounds, setup.orders, setup.clients
         );
     }
     let _ = writeln!(
         svg,
-        "<text x=\"16\" y=\"52\" fill=\"#444\">{}</text>",
+        "<text x=\"16\" y=\"52\" font-size=\"11\" fill=\"#444\">{}</text>",
         escape(&line)
     );
     let mut legend = vec![
