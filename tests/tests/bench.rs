@@ -18,7 +18,7 @@ const CHECKOUT_PLACEMENTS: [&str; 3] = ["in_process", "http", "nats"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bench_measures_every_placement_and_writes_its_figures_and_chart() {
-    let nats = nats_url().await;
+    let nats = banyan_bus::testing::reachable_nats_url().await;
     let out = tempfile::tempdir().unwrap();
     let mut args: Vec<String> = [
         "bench",
@@ -138,28 +138,4 @@ async fn the_bench_measures_every_placement_and_writes_its_figures_and_chart() {
             "the chart has no {name} group"
         );
     }
-}
-
-/// The NATS server to use, or `None` when it is unreachable and the caller allowed skipping.
-async fn nats_url() -> Option<String> {
-    let url = std::env::var("BANYAN_TEST_NATS_URL")
-        .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
-    let probe = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(url.as_str());
-    let error = match tokio::time::timeout(Duration::from_secs(10), probe).await {
-        Ok(Ok(_client)) => return Some(url),
-        Ok(Err(error)) => error.to_string(),
-        Err(_) => "no connection within 10 s".to_owned(),
-    };
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "NATS (BANYAN_TEST_NATS_URL or its default) is unreachable: {error}. CI must run the NATS tests."
-    );
-    assert!(
-        std::env::var("BANYAN_SKIP_NATS").as_deref() == Ok("1"),
-        "NATS is unreachable at {url}: {error}. Start it, or set BANYAN_SKIP_NATS=1 to skip its tests (never in CI)."
-    );
-    println!("SKIPPED (NATS parts): NATS unreachable ({error})");
-    None
 }

@@ -37,6 +37,24 @@ pub fn nats_unreachable<T>(error: &str) -> Option<T> {
     None
 }
 
+/// The shared server's URL once a connection to it succeeded; `None` when it cannot be reached
+/// and skipping is allowed (see [`nats_unreachable`]).
+pub async fn reachable_nats_url() -> Option<String> {
+    let url = nats_url();
+    // A plain connection, without retries, tells "unreachable" apart quickly.
+    let probe = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url.as_str());
+    match tokio::time::timeout(Duration::from_secs(10), probe).await {
+        Ok(Ok(client)) => {
+            drop(client);
+            Some(url)
+        }
+        Ok(Err(error)) => nats_unreachable(&format!("{url}: {error}")),
+        Err(_) => nats_unreachable(&format!("{url}: no connection within 10 s")),
+    }
+}
+
 /// A test's corner of a NATS server: a subject prefix and a stream of its own, deleted when
 /// this is dropped.
 #[derive(Debug)]
@@ -48,17 +66,7 @@ impl TestStream {
     /// A corner of the shared server; `None` when it cannot be reached and skipping is
     /// allowed.
     pub async fn start() -> Option<Self> {
-        let url = nats_url();
-        // A plain connection, without retries, tells "unreachable" apart quickly.
-        let probe = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(url.as_str());
-        match tokio::time::timeout(Duration::from_secs(10), probe).await {
-            Ok(Ok(client)) => drop(client),
-            Ok(Err(error)) => return nats_unreachable(&format!("{url}: {error}")),
-            Err(_) => return nats_unreachable(&format!("{url}: no connection within 10 s")),
-        }
-        Some(Self::on(url))
+        reachable_nats_url().await.map(Self::on)
     }
 
     /// A fresh prefix and stream on the server at `url`.
