@@ -302,6 +302,22 @@ impl Bus {
 
     // ---------------------------------------------------------------- publish / subscribe
 
+    /// [`subscribe`](Self::subscribe) for a handler that is a plain function of the module's
+    /// shared `state` and the delivery.
+    pub fn subscribe_with_state<E, S, Fut>(
+        &self,
+        group: &'static str,
+        state: &Arc<S>,
+        handler: fn(Arc<S>, Delivered<E>) -> Fut,
+    ) where
+        E: Event,
+        S: Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let state = state.clone();
+        self.subscribe::<E, _, _>(group, move |delivered| handler(state.clone(), delivered));
+    }
+
     /// Subscribes module `group` to event `E`. Every subscribing module receives each event
     /// once, however many workers it runs; the group's `event_partitions` workers share the
     /// events, and the events of one aggregate always go to the same worker, in order.

@@ -5,7 +5,7 @@ use std::{
     sync::Arc,
 };
 
-use banyan_bus::{Bus, Context, Delivered, Event, HandlerError, Rejection};
+use banyan_bus::{Bus, Context, Delivered, HandlerError, Rejection};
 use banyan_db::sqlx;
 use banyan_inventory_contract::{
     GetStock, InventoryReservationFailed, ReleaseStock, Released, Reservation, ReserveStock,
@@ -38,23 +38,10 @@ pub(crate) fn register(bus: &Bus, state: &Arc<State>) {
         let state = stock_state.clone();
         async move { get_stock(&state, request).await }
     });
-    subscribe::<OrderPlaced, _>(bus, state, on_order_placed);
-    subscribe::<PaymentFailed, _>(bus, state, on_payment_failed);
-    subscribe::<OrderCancelled, _>(bus, state, on_order_cancelled);
-    subscribe::<OrderConfirmed, _>(bus, state, on_order_confirmed);
-}
-
-/// Subscribes `handler` to `E` in the module's group. Each handler is one transaction: its
-/// inbox entry, its effect and its events commit together or not at all.
-fn subscribe<E, Fut>(bus: &Bus, state: &Arc<State>, handler: fn(Arc<State>, Delivered<E>) -> Fut)
-where
-    E: Event,
-    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
-{
-    let state = state.clone();
-    bus.subscribe::<E, _, _>("inventory", move |delivered| {
-        handler(state.clone(), delivered)
-    });
+    bus.subscribe_with_state::<OrderPlaced, _, _>("inventory", state, on_order_placed);
+    bus.subscribe_with_state::<PaymentFailed, _, _>("inventory", state, on_payment_failed);
+    bus.subscribe_with_state::<OrderCancelled, _, _>("inventory", state, on_order_cancelled);
+    bus.subscribe_with_state::<OrderConfirmed, _, _>("inventory", state, on_order_confirmed);
 }
 
 /// Reserves the order's lines under the order id, all or none, and announces the outcome:
@@ -289,7 +276,7 @@ async fn get_stock(state: &State, request: GetStock) -> Result<Vec<StockLevel>, 
 mod tests {
     use std::{sync::Mutex, time::Duration};
 
-    use banyan_bus::{BusError, Envelope, Message};
+    use banyan_bus::{BusError, Envelope, Event, Message};
     use banyan_inventory_contract::{
         InventoryReleased, InventoryReserved, ProductId, Shortage, StockChanged,
     };

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use banyan_bus::{Bus, Delivered, Event, HandlerError, Rejection};
+use banyan_bus::{Bus, Delivered, HandlerError, Rejection};
 use banyan_inventory_contract::InventoryReserved;
 use banyan_message::{Currency, Money};
 use banyan_orders_contract::OrderPlaced;
@@ -20,21 +20,8 @@ pub(crate) fn register(bus: &Bus, state: &Arc<State>) {
         let state = get_state.clone();
         async move { get_payment(&state, request).await }
     });
-    subscribe::<OrderPlaced, _>(bus, state, on_order_placed);
-    subscribe::<InventoryReserved, _>(bus, state, on_inventory_reserved);
-}
-
-/// Subscribes `handler` to `E` in the module's group. Each handler is one transaction: its
-/// inbox entry, its effect and its events commit together or not at all.
-fn subscribe<E, Fut>(bus: &Bus, state: &Arc<State>, handler: fn(Arc<State>, Delivered<E>) -> Fut)
-where
-    E: Event,
-    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
-{
-    let state = state.clone();
-    bus.subscribe::<E, _, _>("payments", move |delivered| {
-        handler(state.clone(), delivered)
-    });
+    bus.subscribe_with_state::<OrderPlaced, _, _>("payments", state, on_order_placed);
+    bus.subscribe_with_state::<InventoryReserved, _, _>("payments", state, on_inventory_reserved);
 }
 
 fn internal(error: impl std::fmt::Display) -> Rejection {
@@ -128,7 +115,7 @@ fn log_charge(payment: &PaymentRow) {
 mod tests {
     use std::{sync::Mutex, time::Duration};
 
-    use banyan_bus::{BusError, Context, Envelope, Message};
+    use banyan_bus::{BusError, Context, Envelope, Event, Message};
     use banyan_inventory_contract::{ProductId, StockLine};
     use banyan_orders_contract::{OrderId, OrderLine, UserId};
     use banyan_payments_contract::{PaymentCompleted, PaymentFailed};
