@@ -279,7 +279,7 @@ pub(crate) async fn release(
 ) -> Result<bool, sqlx::Error> {
     // Marking the lines released first takes their row locks, so two releases racing on
     // PostgreSQL give the stock back once.
-    let mut lines = store::mark_released(uow, reservation_id).await?;
+    let mut lines = store::end_held(uow, reservation_id, store::RELEASED).await?;
     if lines.is_empty() {
         return Ok(false);
     }
@@ -322,7 +322,7 @@ pub(crate) async fn commit_reservation(
     cx: &Context,
     reservation_id: Uuid,
 ) -> Result<bool, sqlx::Error> {
-    let mut lines = store::mark_committed(uow, reservation_id).await?;
+    let mut lines = store::end_held(uow, reservation_id, store::COMMITTED).await?;
     if lines.is_empty() {
         return Ok(false);
     }

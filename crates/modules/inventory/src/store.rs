@@ -248,32 +248,18 @@ pub(crate) async fn insert_tombstone(
     Ok(inserted == 1)
 }
 
-/// Marks a reservation's held lines released; returns the lines that were held.
-pub(crate) async fn mark_released(
+/// Ends a reservation's held lines as `outcome` (`RELEASED` or `COMMITTED`); returns the
+/// lines that were held (none if it ended before).
+pub(crate) async fn end_held(
     conn: &mut AnyConnection,
     reservation_id: Uuid,
+    outcome: &str,
 ) -> Result<Vec<ReservationRow>, sqlx::Error> {
     sqlx::query_as(
         "UPDATE reservations SET status = $1 WHERE reservation_id = $2 AND status = $3 \
          RETURNING product_id, quantity, status",
     )
-    .bind(RELEASED)
-    .bind(reservation_id.to_string())
-    .bind(RESERVED)
-    .fetch_all(conn)
-    .await
-}
-
-/// Marks a reservation's held lines committed; returns the lines that were held.
-pub(crate) async fn mark_committed(
-    conn: &mut AnyConnection,
-    reservation_id: Uuid,
-) -> Result<Vec<ReservationRow>, sqlx::Error> {
-    sqlx::query_as(
-        "UPDATE reservations SET status = $1 WHERE reservation_id = $2 AND status = $3 \
-         RETURNING product_id, quantity, status",
-    )
-    .bind(COMMITTED)
+    .bind(outcome)
     .bind(reservation_id.to_string())
     .bind(RESERVED)
     .fetch_all(conn)
