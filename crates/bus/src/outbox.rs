@@ -75,6 +75,17 @@ impl Outbox {
         })
     }
 
+    /// A unit of work for handling `delivered`, with its inbox entry recorded (see
+    /// [`UnitOfWork::first_delivery`]); `None` when this module handled it before (a
+    /// redelivery), and the handler should return without applying it again.
+    pub async fn begin_handling<E: Event>(
+        &self,
+        delivered: &Delivered<E>,
+    ) -> Result<Option<UnitOfWork>, sqlx::Error> {
+        let mut uow = self.begin().await?;
+        Ok(uow.first_delivery(delivered).await?.then_some(uow))
+    }
+
     /// Events not yet delivered to every subscriber, for metrics and `/ready`.
     pub async fn pending(&self) -> Result<i64, sqlx::Error> {
         sqlx::query("SELECT COUNT(*) FROM outbox")

@@ -53,10 +53,9 @@ async fn on_order_placed(
         return Ok(());
     }
     let ordered = OrderedQuantities::from_lines(&delivered.lines);
-    let mut uow = state.outbox.begin().await?;
-    if !uow.first_delivery(&delivered).await? {
+    let Some(mut uow) = state.outbox.begin_handling(&delivered).await? else {
         return Ok(());
-    }
+    };
     let removed = domain::take_ordered(&mut uow, delivered.user_id.0, &ordered).await?;
     uow.commit().await?;
     tracing::debug!(

@@ -85,10 +85,9 @@ async fn on_stock_changed(
     state: &State,
     delivered: Delivered<StockChanged>,
 ) -> Result<(), HandlerError> {
-    let mut uow = state.outbox.begin().await?;
-    if !uow.first_delivery(&delivered).await? {
+    let Some(mut uow) = state.outbox.begin_handling(&delivered).await? else {
         return Ok(());
-    }
+    };
     let applied = store::apply_stock(
         &mut uow,
         delivered.product_id.0,

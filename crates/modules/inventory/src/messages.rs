@@ -52,10 +52,9 @@ async fn on_order_placed(
     state: Arc<State>,
     delivered: Delivered<OrderPlaced>,
 ) -> Result<(), HandlerError> {
-    let mut uow = state.outbox.begin().await?;
-    if !uow.first_delivery(&delivered).await? {
+    let Some(mut uow) = state.outbox.begin_handling(&delivered).await? else {
         return Ok(());
-    }
+    };
     let cx = delivered.context();
     let reservation_id = delivered.order_id.0;
     let lines: Vec<StockLine> = delivered
@@ -100,10 +99,9 @@ async fn on_payment_failed(
     state: Arc<State>,
     delivered: Delivered<PaymentFailed>,
 ) -> Result<(), HandlerError> {
-    let mut uow = state.outbox.begin().await?;
-    if !uow.first_delivery(&delivered).await? {
+    let Some(mut uow) = state.outbox.begin_handling(&delivered).await? else {
         return Ok(());
-    }
+    };
     let reservation_id = delivered.order_id;
     let released = domain::release(&mut uow, delivered.context(), reservation_id).await?;
     uow.commit().await?;
@@ -119,10 +117,9 @@ async fn on_order_cancelled(
     state: Arc<State>,
     delivered: Delivered<OrderCancelled>,
 ) -> Result<(), HandlerError> {
-    let mut uow = state.outbox.begin().await?;
-    if !uow.first_delivery(&delivered).await? {
+    let Some(mut uow) = state.outbox.begin_handling(&delivered).await? else {
         return Ok(());
-    }
+    };
     let reservation_id = delivered.order_id.0;
     let released = domain::cancel(&mut uow, delivered.context(), reservation_id).await?;
     uow.commit().await?;
@@ -137,10 +134,9 @@ async fn on_order_confirmed(
     state: Arc<State>,
     delivered: Delivered<OrderConfirmed>,
 ) -> Result<(), HandlerError> {
-    let mut uow = state.outbox.begin().await?;
-    if !uow.first_delivery(&delivered).await? {
+    let Some(mut uow) = state.outbox.begin_handling(&delivered).await? else {
         return Ok(());
-    }
+    };
     let reservation_id = delivered.order_id.0;
     let committed =
         domain::commit_reservation(&mut uow, delivered.context(), reservation_id).await?;

@@ -104,10 +104,9 @@ async fn end<E: Event>(
     order_id: Uuid,
     outcome: Outcome,
 ) -> Result<(), HandlerError> {
-    let mut uow = state.outbox.begin().await?;
-    if !uow.first_delivery(delivered).await? {
+    let Some(mut uow) = state.outbox.begin_handling(delivered).await? else {
         return Ok(());
-    }
+    };
     let ended = domain::end_saga(&mut uow, delivered.context(), order_id, outcome).await?;
     uow.commit().await?;
     let subject = delivered.envelope.subject.as_str();

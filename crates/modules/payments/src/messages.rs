@@ -56,10 +56,9 @@ async fn on_order_placed(
     state: Arc<State>,
     delivered: Delivered<OrderPlaced>,
 ) -> Result<(), HandlerError> {
-    let mut uow = state.outbox.begin().await?;
-    if !uow.first_delivery(&delivered).await? {
+    let Some(mut uow) = state.outbox.begin_handling(&delivered).await? else {
         return Ok(());
-    }
+    };
     let intent = Intent::from(&*delivered.event);
     store::insert_intent(&mut uow, &intent).await?;
     let charged = if store::take_early_reservation(&mut uow, intent.order_id).await? {
@@ -80,10 +79,9 @@ async fn on_inventory_reserved(
     state: Arc<State>,
     delivered: Delivered<InventoryReserved>,
 ) -> Result<(), HandlerError> {
-    let mut uow = state.outbox.begin().await?;
-    if !uow.first_delivery(&delivered).await? {
+    let Some(mut uow) = state.outbox.begin_handling(&delivered).await? else {
         return Ok(());
-    }
+    };
     let order_id = delivered.reservation_id;
     let Some(intent) = store::find_intent(&mut uow, order_id).await? else {
         store::insert_early_reservation(&mut uow, order_id).await?;
