@@ -88,6 +88,13 @@ impl Topology {
         }
     }
 
+    /// Whether `process` hosts `module`.
+    fn hosts(&self, process: &str, module: &str) -> bool {
+        self.placements
+            .iter()
+            .any(|(m, p, _)| m == module && p == process)
+    }
+
     pub fn uses_nats(&self) -> bool {
         self.placements
             .iter()
@@ -262,13 +269,5 @@ impl Cluster {
         }
         let status = self.main.terminate().await;
         assert!(status.success(), "the main process exited with {status}");
-    }
-}
-
-impl Topology {
-    fn hosts(&self, process: &str, module: &str) -> bool {
-        self.placements
-            .iter()
-            .any(|(m, p, _)| m == module && p == process)
     }
 }
