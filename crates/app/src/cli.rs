@@ -164,7 +164,7 @@ async fn dead_letters(
     let open = |module: &'static str| {
         let settings = settings.clone();
         async move {
-            let migrations = server::all_modules()
+            let migrations = crate::modules::all_modules()
                 .into_iter()
                 .find(|m| m.name() == module)
                 .map(|m| m.migrations())
@@ -179,7 +179,10 @@ async fn dead_letters(
             )
         }
     };
-    let names: Vec<&'static str> = server::all_modules().iter().map(|m| m.name()).collect();
+    let names: Vec<&'static str> = crate::modules::all_modules()
+        .iter()
+        .map(|m| m.name())
+        .collect();
     let find = |name: &str| {
         names.iter().copied().find(|n| *n == name).ok_or_else(|| {
             anyhow::anyhow!("no module named {name}; modules are {}", names.join(", "))

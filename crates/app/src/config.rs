@@ -166,7 +166,7 @@ impl Settings {
             ));
         }
         if let Some(modules) = &self.server.modules {
-            let known: Vec<&str> = crate::server::all_modules()
+            let known: Vec<&str> = crate::modules::all_modules()
                 .iter()
                 .map(|m| m.name())
                 .collect();
@@ -204,7 +204,7 @@ impl Settings {
         self.bus
             .validate()
             .map_err(|(key, reason)| invalid(key, &reason))?;
-        let known: Vec<&str> = crate::server::all_modules()
+        let known: Vec<&str> = crate::modules::all_modules()
             .iter()
             .map(|m| m.name())
             .collect();

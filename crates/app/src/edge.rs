@@ -83,7 +83,17 @@ pub(crate) async fn context(
     let elapsed_ms = started.elapsed().as_secs_f64() * 1_000.0;
     span.in_scope(|| {
         if status.is_server_error() {
-            tracing::error!(status = status.as_u16(), elapsed_ms, "Request failed.");
+            // The one place a failed request is logged, with the cause its answer hides.
+            let cause = response
+                .extensions()
+                .get::<banyan_kit::ErrorCause>()
+                .map(|c| c.0.as_str());
+            tracing::error!(
+                status = status.as_u16(),
+                elapsed_ms,
+                cause,
+                "Request failed."
+            );
         } else {
             tracing::info!(status = status.as_u16(), elapsed_ms, "Request handled.");
         }

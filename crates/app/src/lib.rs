@@ -3,8 +3,12 @@
 //! # Layout
 //! - `config`: the figment layers (defaults, `--config` files, `BANYAN_*`, flags) and
 //!   validation that names the bad key.
+//! - `modules`: every module Banyan has, the one list the rest is built from.
 //! - `server`: builds a process from its modules (storage, migrations, outbox relay, bus
-//!   handlers, routes) and serves it with graceful shutdown.
+//!   handlers, routes) and serves it; one path drains and closes it.
+//! - `split`: a process of a split topology: transports, registry or directory, heartbeat.
+//! - `openapi`: the document of the mounted routes, tagged by the modules that own them.
+//! - `operations`: `/health`, `/ready` and the dead-letter routes of every process.
 //! - `edge`: middleware every request passes: correlation id and trace context, timeout,
 //!   one log line per request, JSON errors for unknown routes and panics.
 //! - `topology`: `[topology]`, which process hosts each module and which transport reaches it.
@@ -24,9 +28,13 @@ pub mod cli;
 pub mod config;
 mod edge;
 mod gateway;
+pub mod modules;
+mod openapi;
+mod operations;
 pub mod registry;
 mod seed;
 pub mod server;
+mod split;
 pub mod telemetry;
 pub mod topology;
 

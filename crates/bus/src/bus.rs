@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::{
     BusConfig, BusError, Context, Envelope, HandlerError, dead_letter,
+    envelope::partition_key,
     transport::{RemoteReply, Transport},
 };
 
@@ -301,22 +302,6 @@ impl Bus {
     }
 
     // ---------------------------------------------------------------- publish / subscribe
-
-    /// [`subscribe`](Self::subscribe) for a handler that is a plain function of the module's
-    /// shared `state` and the delivery.
-    pub fn subscribe_with_state<E, S, Fut>(
-        &self,
-        group: &'static str,
-        state: &Arc<S>,
-        handler: fn(Arc<S>, Delivered<E>) -> Fut,
-    ) where
-        E: Event,
-        S: Send + Sync + 'static,
-        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
-    {
-        let state = state.clone();
-        self.subscribe::<E, _, _>(group, move |delivered| handler(state.clone(), delivered));
-    }
 
     /// Subscribes module `group` to event `E`. Every subscribing module receives each event
     /// once, however many workers it runs; the group's `event_partitions` workers share the
@@ -804,12 +789,6 @@ pub(crate) fn codec(subject: &str, reason: &str) -> BusError {
         subject: subject.into(),
         reason: reason.into(),
     }
-}
-
-/// Spreads aggregates over partitions. UUIDv7's low bits are random.
-pub(crate) fn partition_key(aggregate: Uuid) -> u64 {
-    let bits = aggregate.as_u128();
-    (bits as u64) ^ ((bits >> 64) as u64)
 }
 
 // -------------------------------------------------------------------- requests, inside

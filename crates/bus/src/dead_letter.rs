@@ -10,7 +10,7 @@ use serde::Serialize;
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::{Envelope, bus::partition_key};
+use crate::{Envelope, envelope::partition_key};
 
 /// A dead letter as operators see it.
 #[derive(Debug, Clone, Serialize)]

@@ -191,6 +191,13 @@ impl Context {
     }
 }
 
+/// Spreads aggregates over partitions: the events of one aggregate always share a key, so
+/// they go to one worker of each subscribing module, in order. UUIDv7's low bits are random.
+pub(crate) fn partition_key(aggregate: Uuid) -> u64 {
+    let bits = aggregate.as_u128();
+    (bits as u64) ^ ((bits >> 64) as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`Bus`]: the handle. `handle`/`request` for request-reply, `subscribe`/`publish` for
 //!   events, `shutdown` to drain.
+//! - [`ModuleBus`]: what a module may do (ask, answer, listen), as the module it was made for.
 //! - [`Envelope`], [`Context`], [`CorrelationId`], [`TraceContext`]: what travels with every
 //!   message, and the causal context handlers send further messages in.
 //! - [`BusError`]: no handler, timeout, unavailable, rejected (a domain [`Rejection`]), codec.
@@ -31,17 +32,19 @@ mod envelope;
 mod error;
 pub mod failpoint;
 pub mod http;
+mod module_bus;
 pub mod nats;
 mod outbox;
 #[cfg(feature = "test-util")]
 pub mod testing;
 mod transport;
 
-pub use banyan_message::{Event, Message, Rejection, Request};
+pub use banyan_message::{Event, Message, Rejection, RejectionKind, Request};
 pub use bus::{Bus, Delivered};
 pub use config::BusConfig;
 pub use envelope::{Context, CorrelationId, Envelope, TraceContext};
 pub use error::{BusError, HandlerError};
+pub use module_bus::ModuleBus;
 pub use outbox::{Outbox, UnitOfWork};
 pub use transport::{RemoteReply, Transport};
 

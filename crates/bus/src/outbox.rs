@@ -21,8 +21,10 @@ use uuid::Uuid;
 
 use crate::{
     Bus, Context, Delivered, Envelope,
-    bus::{Ack, Dispatch, Mode, OutgoingEvent, partition_key},
-    dead_letter, failpoint,
+    bus::{Ack, Dispatch, Mode, OutgoingEvent},
+    dead_letter,
+    envelope::partition_key,
+    failpoint,
 };
 
 /// A module's outbox and its relay. Cheap to clone; one per module.

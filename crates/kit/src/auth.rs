@@ -171,19 +171,44 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .extensions
             .get::<Arc<Authenticator>>()
             .ok_or_else(|| ApiError::internal("no authenticator installed"))?;
-        let header = parts
+        if !parts
             .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("this needs an Authorization: Bearer token"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
-            })?;
-        authenticator.verify(token.trim())
+            .contains_key(axum::http::header::AUTHORIZATION)
+        {
+            return Err(ApiError::unauthorized(
+                "this needs an Authorization: Bearer token",
+            ));
+        }
+        let token = bearer_token(&parts.headers).ok_or_else(|| {
+            ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
+        })?;
+        authenticator.verify(token)
     }
+}
+
+/// A caller with the admin role. Extracted before the path and the body, so that a caller who
+/// may not write is answered 401 or 403 whatever else the request holds.
+#[derive(Debug, Clone)]
+pub struct Admin(pub Caller);
+
+impl<S: Send + Sync> FromRequestParts<S> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require_admin()?;
+        Ok(Admin(caller))
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header, trimmed; `None` without one.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
 #[cfg(test)]

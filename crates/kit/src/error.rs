@@ -5,7 +5,7 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
-use banyan_bus::{BusError, Rejection};
+use banyan_bus::{BusError, Rejection, RejectionKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -14,8 +14,8 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 /// An error answered to an HTTP client: a status and a JSON body with a stable `code`.
 ///
-/// Converting never logs: the request's trace layer logs each failed response once, and
-/// `internal` logs the cause it hides from the client.
+/// Converting never logs: the edge logs each failed response once, with the [`ErrorCause`]
+/// that `internal` keeps from the client.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{status} {code}: {message}")]
 pub struct ApiError {
@@ -25,6 +25,44 @@ pub struct ApiError {
     pub details: Option<Value>,
     /// Seconds a client should wait before trying again (429, 503).
     pub retry_after: Option<u64>,
+    /// What really went wrong, for the log only (never in the body).
+    pub cause: Option<String>,
+}
+
+/// The hidden cause of a failed response, in the response's extensions: the edge logs it
+/// once with the request's other fields.
+#[derive(Debug, Clone)]
+pub struct ErrorCause(pub String);
+
+/// A value that failed validation: which field, and why. It reads as a 422
+/// `validation_failed` over HTTP and as a `validation_failed` rejection on the bus.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct Invalid {
+    pub field: String,
+    pub reason: String,
+}
+
+impl Invalid {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(invalid: Invalid) -> Self {
+        ApiError::invalid(&invalid.field, invalid.reason)
+    }
+}
+
+impl From<Invalid> for Rejection {
+    fn from(invalid: Invalid) -> Self {
+        Rejection::new("validation_failed", invalid.to_string())
+            .with_details(json!({ "field": invalid.field, "reason": invalid.reason }))
+    }
 }
 
 impl ApiError {
@@ -35,6 +73,7 @@ impl ApiError {
             message: message.into(),
             details: None,
             retry_after: None,
+            cause: None,
         }
     }
 
@@ -81,14 +120,16 @@ impl ApiError {
         }
     }
 
-    /// An unexpected failure: logged here with its cause, answered as a bare 500.
+    /// An unexpected failure, answered as a bare 500; its cause goes to the log only.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "Request failed unexpectedly.");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "an unexpected error occurred",
-        )
+        Self {
+            cause: Some(cause.to_string()),
+            ..Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "an unexpected error occurred",
+            )
+        }
     }
 }
 
@@ -139,6 +180,9 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, seconds.into());
         }
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(ErrorCause(cause));
+        }
         response
     }
 }
@@ -158,19 +202,22 @@ impl From<banyan_db::sqlx::Error> for ApiError {
 /// the status follows its meaning.
 impl From<Rejection> for ApiError {
     fn from(rejection: Rejection) -> Self {
-        let status = match rejection.code.as_str() {
-            "not_found" => StatusCode::NOT_FOUND,
-            "conflict" | "insufficient_stock" => StatusCode::CONFLICT,
-            "internal" => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        if rejection.kind == RejectionKind::Internal {
+            return Self::internal(rejection);
+        }
+        let status = match rejection.kind {
+            RejectionKind::NotFound => StatusCode::NOT_FOUND,
+            RejectionKind::Conflict => StatusCode::CONFLICT,
+            RejectionKind::Invalid | RejectionKind::Internal => StatusCode::UNPROCESSABLE_ENTITY,
         };
         let details = (!rejection.details.is_null()).then_some(rejection.details);
         Self {
-            status,
-            code: "rejected",
-            message: format!("{}: {}", rejection.code, rejection.message),
             details,
-            retry_after: None,
+            ..Self::new(
+                status,
+                "rejected",
+                format!("{}: {}", rejection.code, rejection.message),
+            )
         }
     }
 }
@@ -201,11 +248,33 @@ mod tests {
 
     #[test]
     fn a_stock_rejection_becomes_a_conflict_with_its_details() {
-        let rejection = Rejection::new("insufficient_stock", "only 2 left")
+        let rejection = Rejection::conflict("insufficient_stock", "only 2 left")
             .with_details(json!({ "product_id": "p" }));
         let error = ApiError::from(BusError::Rejected(rejection));
         assert_eq!(error.status, StatusCode::CONFLICT);
         assert_eq!(error.details, Some(json!({ "product_id": "p" })));
+    }
+
+    #[test]
+    fn an_invalid_value_reads_as_a_validation_rejection_with_its_field() {
+        let rejection = Rejection::from(Invalid::new("on_hand", "must be 0 to 1000000000"));
+        assert_eq!(rejection.code, "validation_failed");
+        assert_eq!(rejection.kind, RejectionKind::Invalid);
+        assert_eq!(rejection.details["field"], "on_hand");
+        let error = ApiError::from(Invalid::new("on_hand", "must be 0 to 1000000000"));
+        assert_eq!(error.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(error.details.unwrap()["field"], "on_hand");
+    }
+
+    #[test]
+    fn an_internal_failure_keeps_its_cause_out_of_the_body_and_converting_logs_nothing() {
+        let error = ApiError::from(BusError::Rejected(Rejection::internal("disk on fire")));
+        assert_eq!(error.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!error.message.contains("disk"), "{}", error.message);
+        assert_eq!(error.cause.as_deref(), Some("internal: disk on fire"));
+        let response = error.into_response();
+        let cause = response.extensions().get::<ErrorCause>().unwrap();
+        assert!(cause.0.contains("disk on fire"));
     }
 
     async fn body_of(error: ApiError) -> Value {

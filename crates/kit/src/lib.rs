@@ -1,8 +1,9 @@
 //! What every module crate is built with, so that all seven have one shape.
 //!
 //! # Layout
-//! - [`Module`], [`ModuleContext`]: the one registration point. The app starts each module
-//!   with its own database, its outbox and the bus, and mounts the router it returns.
+//! - [`Module`], [`ModuleContext`], [`module!`]: the one registration point, declared once
+//!   per module crate. The app starts each module with its own database, its outbox and its
+//!   bus handle, and mounts the router it returns.
 //! - [`ApiError`]: every error a client sees: a status and a JSON body
 //!   `{"error": {"code", "message", "details"?}}` ([`ErrorBody`], its schema in the API
 //!   document), never an internal detail.
@@ -11,6 +12,8 @@
 //! - [`auth`]: JWT issuing and checking, the `Caller` extractor, roles, the `bearer` security
 //!   scheme of the API document.
 //! - [`Page`], [`Paged`]: pagination parameters and envelopes.
+//! - [`Waiters`]: request-response over events, for a client that waits for an outcome an
+//!   event handler decides.
 //! - [`timestamp`]: how instants stored as milliseconds are shown (RFC 3339).
 
 pub mod auth;
@@ -20,10 +23,21 @@ mod module;
 mod page;
 #[cfg(feature = "test-util")]
 pub mod testing;
+mod waiters;
 
-pub use error::{ApiError, ApiResult, ErrorBody, ErrorDetail};
+pub use error::{ApiError, ApiResult, ErrorBody, ErrorCause, ErrorDetail, Invalid};
 pub use module::{Module, ModuleContext};
 pub use page::{Page, Paged};
+pub use waiters::{Waiters, Watch};
+
+/// What [`module!`] expands to names; not an API.
+#[doc(hidden)]
+pub mod __private {
+    pub use anyhow;
+    pub use banyan_db::sqlx::migrate::Migrator;
+    pub use futures::future::BoxFuture;
+    pub use utoipa_axum::router::OpenApiRouter;
+}
 
 /// Formats milliseconds since the epoch as RFC 3339, as the API shows instants.
 pub fn timestamp(ms: i64) -> String {

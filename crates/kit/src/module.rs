@@ -1,8 +1,8 @@
-//! The one registration point of a module.
+//! The one registration point of a module, and the macro that declares one.
 
 use std::sync::Arc;
 
-use banyan_bus::{Bus, Outbox};
+use banyan_bus::{ModuleBus, Outbox};
 use banyan_db::{Db, sqlx::migrate::Migrator};
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
@@ -10,34 +10,102 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::auth::Authenticator;
 
-/// A bounded context, as the app sees it. Each module crate exports one value implementing
-/// this; the app opens the module's database, runs [`migrations`](Module::migrations), then
-/// calls [`start`](Module::start) and mounts the router it returns under `/`.
+/// A bounded context, as the app sees it. Each module crate declares one with
+/// [`module!`](crate::module!), which writes this impl; the app opens the module's database,
+/// runs [`migrations`](Module::migrations), then calls [`start`](Module::start) and mounts the
+/// router it returns under `/`.
 ///
 /// The router is an [`OpenApiRouter`]: each route is added with `utoipa_axum::routes!` from a
 /// handler annotated with `#[utoipa::path(...)]`, so the route's method and path *are* its
-/// documented ones, and the app serves the document of what it mounted
-/// (`GET /api-docs/openapi.json`).
+/// documented ones. The app tags the module's operations with its name and describes the tag
+/// with [`description`](Module::description).
 ///
-/// `start` registers the module's request handlers and event subscriptions on the bus. The
-/// module never learns where its peers run: it only ever talks to the bus.
+/// `start` registers the module's request handlers and event subscriptions on its
+/// [`ModuleBus`]. The module never learns where its peers run: it only ever talks to the bus.
 pub trait Module: Send + Sync + 'static {
     /// The module's name: its schema, its database file, the first segment of its subjects.
     fn name(&self) -> &'static str;
+
+    /// One line on what the module owns, for the API document and the diagrams.
+    fn description(&self) -> &'static str;
 
     /// The module's own migrations (`migrations/<module>/`).
     fn migrations(&self) -> &'static Migrator;
 
     /// Registers handlers and subscriptions; returns the module's HTTP routes with their
-    /// OpenAPI description (tagged with the module's name).
+    /// OpenAPI description.
     fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<OpenApiRouter>>;
+}
+
+/// Declares a module crate's [`Module`]: its type, name, description, migrations and start
+/// function, written once. It also defines, for the crate's own use, `NAME` (the name) and
+/// `MIGRATIONS`.
+///
+/// ```ignore
+/// banyan_kit::module! {
+///     /// The cart module, as the app mounts it.
+///     pub struct Cart {
+///         name: "cart",
+///         description: "Customers' carts.",
+///         migrations: sqlx::migrate!("../../../migrations/cart"),
+///         start: start,
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! module {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $module:ident {
+            name: $name:literal,
+            description: $description:literal,
+            migrations: $migrations:expr,
+            start: $start:path $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, Default)]
+        $vis struct $module;
+
+        /// The module's name: its schema, its database file, its subjects' first segment.
+        pub(crate) const NAME: &str = $name;
+
+        /// The module's own migrations.
+        pub(crate) static MIGRATIONS: $crate::__private::Migrator = $migrations;
+
+        impl $crate::Module for $module {
+            fn name(&self) -> &'static str {
+                NAME
+            }
+
+            fn description(&self) -> &'static str {
+                $description
+            }
+
+            fn migrations(&self) -> &'static $crate::__private::Migrator {
+                &MIGRATIONS
+            }
+
+            fn start(
+                &self,
+                ctx: $crate::ModuleContext,
+            ) -> $crate::__private::BoxFuture<
+                'static,
+                $crate::__private::anyhow::Result<$crate::__private::OpenApiRouter>,
+            > {
+                ::std::boxed::Box::pin($start(ctx))
+            }
+        }
+    };
 }
 
 /// What a module gets when it starts. Everything in it is the module's own or shared
 /// infrastructure; nothing in it reaches another module's data.
 #[derive(Debug, Clone)]
 pub struct ModuleContext {
-    pub bus: Bus,
+    /// The module's handle on the bus: ask, answer, listen (its events leave through the
+    /// outbox).
+    pub bus: ModuleBus,
     pub db: Db,
     pub outbox: Outbox,
     pub auth: Arc<Authenticator>,

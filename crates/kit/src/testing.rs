@@ -1,13 +1,26 @@
 //! Test helpers for module crates (behind the `test-util` feature): call a module's router as
-//! a client would, with the authenticator installed as the app installs it.
+//! a client would, with the authenticator installed as the app installs it; a module's storage
+//! and bus; stand-ins for its peers ([`FakeCatalog`]); and [`Scenario`] / [`EventRecorder`]
+//! to wait for what it emits.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Router,
     body::Body,
     http::{HeaderMap, Request, StatusCode},
 };
+use banyan_bus::{Bus, Delivered, Event, Rejection};
+use banyan_catalog_contract::{GetProducts, ProductId, ProductSnapshot};
+use banyan_message::{Currency, Money};
 use serde_json::Value;
 use tower::ServiceExt;
 use uuid::Uuid;
@@ -70,6 +83,11 @@ pub struct TestModule {
 }
 
 impl TestModule {
+    /// The module's own handle on the test's bus, as the app gives it to the module.
+    pub fn module_bus(&self) -> banyan_bus::ModuleBus {
+        banyan_bus::ModuleBus::new(&self.bus, self.outbox.db().module())
+    }
+
     pub async fn open(
         module: &'static str,
         migrations: &'static banyan_db::sqlx::migrate::Migrator,
@@ -88,6 +106,177 @@ impl TestModule {
             outbox: banyan_bus::Outbox::start(&bus, db),
             bus,
             _storage: storage,
+        }
+    }
+}
+
+/// A stand-in catalog for a module's tests: answers `GetProducts` on the bus from the products
+/// the test adds, and `unknown_product` (with the unknown ids) for any other.
+#[derive(Debug, Clone, Default)]
+pub struct FakeCatalog {
+    products: Arc<Mutex<HashMap<ProductId, ProductSnapshot>>>,
+}
+
+impl FakeCatalog {
+    /// A catalog with no product, answering on `bus`.
+    pub fn serve(bus: &Bus) -> Self {
+        let catalog = Self::default();
+        let products = catalog.products.clone();
+        bus.handle::<GetProducts, _, _>("catalog", move |_cx, request| {
+            let answer = answer_products(&products.lock().expect("not poisoned"), &request);
+            async move { answer }
+        });
+        catalog
+    }
+
+    /// A new product named `name`, priced `amount_minor` of `currency`.
+    pub fn add(&self, name: &str, amount_minor: i64, currency: Currency) -> ProductId {
+        let id = ProductId::new();
+        let snapshot = ProductSnapshot {
+            product_id: id,
+            sku: name.to_uppercase(),
+            name: name.into(),
+            category: "kitchen".into(),
+            price: Money::new(amount_minor, currency),
+        };
+        self.products
+            .lock()
+            .expect("not poisoned")
+            .insert(id, snapshot);
+        id
+    }
+
+    /// Puts `id` in the catalog, as a teapot at 19.99 EUR.
+    pub fn insert(&self, id: ProductId) {
+        let snapshot = ProductSnapshot {
+            product_id: id,
+            sku: "SKU".into(),
+            name: "Teapot".into(),
+            category: "kitchen".into(),
+            price: Money::new(1999, Currency::EUR),
+        };
+        self.products
+            .lock()
+            .expect("not poisoned")
+            .insert(id, snapshot);
+    }
+}
+
+fn answer_products(
+    products: &HashMap<ProductId, ProductSnapshot>,
+    request: &GetProducts,
+) -> Result<Vec<ProductSnapshot>, Rejection> {
+    let unknown: Vec<ProductId> = request
+        .product_ids
+        .iter()
+        .filter(|id| !products.contains_key(id))
+        .copied()
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Rejection::new("unknown_product", "unknown product ids")
+            .with_details(serde_json::json!({ "product_ids": unknown })));
+    }
+    Ok(request
+        .product_ids
+        .iter()
+        .filter_map(|id| products.get(id).cloned())
+        .collect())
+}
+
+/// A module's test told as a story, in the spirit of Spring Modulith's `Scenario`: stimulate
+/// the module (a request, a delivered event), then wait for an event of a type to arrive.
+///
+/// ```ignore
+/// let (answer, placed) = Scenario::new(&db.bus)
+///     .stimulate(call(&router, "POST", "/api/v1/orders", token, body))
+///     .and_wait_for_event::<OrderPlaced>()
+///     .await;
+/// ```
+#[derive(Debug)]
+pub struct Scenario {
+    bus: Bus,
+    within: Duration,
+}
+
+impl Scenario {
+    /// A scenario on `bus`; an awaited event must arrive within 10 s.
+    pub fn new(bus: &Bus) -> Self {
+        Self {
+            bus: bus.clone(),
+            within: Duration::from_secs(10),
+        }
+    }
+
+    /// What to do to the module.
+    pub fn stimulate<F: Future>(self, stimulus: F) -> Stimulus<F> {
+        Stimulus {
+            scenario: self,
+            stimulus,
+        }
+    }
+}
+
+/// A stimulus of a [`Scenario`], not yet run.
+#[derive(Debug)]
+pub struct Stimulus<F> {
+    scenario: Scenario,
+    stimulus: F,
+}
+
+impl<F: Future> Stimulus<F> {
+    /// Runs the stimulus, listening for `E` from before it starts, and answers its output and
+    /// the first `E` that arrives.
+    ///
+    /// # Panics
+    /// If no `E` arrives within the scenario's time.
+    pub async fn and_wait_for_event<E: Event + Clone>(self) -> (F::Output, E) {
+        let mut recorder = EventRecorder::<E>::on(&self.scenario.bus);
+        let output = self.stimulus.await;
+        let event = recorder.next_within(self.scenario.within).await;
+        (output, event)
+    }
+}
+
+/// Every event `E` that reaches the bus, in the order they arrive.
+#[derive(Debug)]
+pub struct EventRecorder<E> {
+    received: tokio::sync::mpsc::UnboundedReceiver<E>,
+    seen: Arc<Mutex<Vec<E>>>,
+}
+
+impl<E: Event + Clone> EventRecorder<E> {
+    /// Starts recording on `bus`.
+    pub fn on(bus: &Bus) -> Self {
+        // Each recorder is a subscribing group of its own: a test may record one event type
+        // several times. Group names are `'static`; a test process leaks a few bytes each.
+        static RECORDERS: AtomicUsize = AtomicUsize::new(0);
+        let n = RECORDERS.fetch_add(1, Ordering::Relaxed);
+        let group: &'static str = Box::leak(format!("recorder-{n}").into_boxed_str());
+        let (sender, received) = tokio::sync::mpsc::unbounded_channel();
+        let seen: Arc<Mutex<Vec<E>>> = Arc::default();
+        let sink = seen.clone();
+        bus.subscribe::<E, _, _>(group, move |delivered: Delivered<E>| {
+            let event = (*delivered.event).clone();
+            sink.lock().expect("not poisoned").push(event.clone());
+            let _ = sender.send(event);
+            async { Ok(()) }
+        });
+        Self { received, seen }
+    }
+
+    /// Every event recorded so far.
+    pub fn all(&self) -> Vec<E> {
+        self.seen.lock().expect("not poisoned").clone()
+    }
+
+    /// The next event not yet taken with `next_within`.
+    ///
+    /// # Panics
+    /// If none arrives within `within`.
+    pub async fn next_within(&mut self, within: Duration) -> E {
+        match tokio::time::timeout(within, self.received.recv()).await {
+            Ok(Some(event)) => event,
+            _ => panic!("no {} arrived within {within:?}", E::SUBJECT),
         }
     }
 }

@@ -48,35 +48,74 @@ pub fn module_of(subject: &str) -> &str {
 
 /// A domain error answered by a request handler, such as `insufficient_stock`.
 ///
-/// `code` is stable and meant for branching; `message` is for people; `details` carries
-/// structured data (which product ran out, for instance). It serializes the same on every
-/// transport, so a rejection raised in another process reaches the caller unchanged.
+/// `code` is stable and meant for branching; `message` is for people; `kind` says what sort of
+/// refusal it is (so an edge can answer it without knowing any module's codes); `details`
+/// carries structured data (which product ran out, for instance). It serializes the same on
+/// every transport, so a rejection raised in another process reaches the caller unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct Rejection {
     pub code: String,
     pub message: String,
+    #[serde(default)]
+    pub kind: RejectionKind,
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub details: serde_json::Value,
 }
 
+/// What sort of refusal a [`Rejection`] is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectionKind {
+    /// The request is not acceptable as it is (a value out of range, an unknown reference).
+    #[default]
+    Invalid,
+    /// It names something that does not exist.
+    NotFound,
+    /// It is valid, but the state of things forbids it now (not enough stock, a taken name).
+    Conflict,
+    /// The handler failed for a reason of its own, not the request's.
+    Internal,
+}
+
 impl Rejection {
+    /// A refusal of the request as it is ([`RejectionKind::Invalid`]).
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             code: code.into(),
             message: message.into(),
+            kind: RejectionKind::Invalid,
             details: serde_json::Value::Null,
+        }
+    }
+
+    /// A refusal because of the state of things ([`RejectionKind::Conflict`]).
+    pub fn conflict(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            kind: RejectionKind::Conflict,
+            ..Self::new(code, message)
+        }
+    }
+
+    /// A rejection for an id that names nothing.
+    pub fn not_found(what: &str, id: impl std::fmt::Display) -> Self {
+        Self {
+            kind: RejectionKind::NotFound,
+            ..Self::new("not_found", format!("{what} {id} does not exist"))
+        }
+    }
+
+    /// The handler failed for a reason of its own (its database, say).
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        Self {
+            kind: RejectionKind::Internal,
+            ..Self::new("internal", cause.to_string())
         }
     }
 
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
         self.details = details;
         self
-    }
-
-    /// A rejection for an id that names nothing.
-    pub fn not_found(what: &str, id: impl std::fmt::Display) -> Self {
-        Self::new("not_found", format!("{what} {id} does not exist"))
     }
 
     pub fn is(&self, code: &str) -> bool {

@@ -15,12 +15,22 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    State,
-    domain::{self, Quantity},
+    State, domain,
+    model::{Error, Quantity},
     store::{self, LineRow},
 };
 
-/// The module's routes, each with its OpenAPI operation (tag `cart`).
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Invalid(invalid) => invalid.into(),
+            Error::Catalog(error) => error.into(),
+            Error::Storage(error) => error.into(),
+        }
+    }
+}
+
+/// The module's routes, each with its OpenAPI operation.
 pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(get_cart))
@@ -82,7 +92,6 @@ fn owned(caller: &Caller, user_id: Uuid) -> ApiResult<()> {
 #[utoipa::path(
     get,
     path = "/api/v1/carts/{user_id}",
-    tag = "cart",
     operation_id = "get_cart",
     summary = "Read a cart",
     description = "The owner or an admin; a cart never filled is empty. Someone else's cart is \
@@ -122,7 +131,6 @@ struct NewItem {
 #[utoipa::path(
     post,
     path = "/api/v1/carts/{user_id}/items",
-    tag = "cart",
     operation_id = "add_cart_item",
     summary = "Add a product to a cart",
     description = "The owner or an admin. Adds to the product's line (creating it); the product \
@@ -170,7 +178,6 @@ async fn add_item(
 #[utoipa::path(
     delete,
     path = "/api/v1/carts/{user_id}/items/{product_id}",
-    tag = "cart",
     operation_id = "remove_cart_item",
     summary = "Remove a product from a cart",
     description = "The owner or an admin. Removes the product's line; answers the cart.",
@@ -208,7 +215,6 @@ async fn remove_item(
 #[utoipa::path(
     delete,
     path = "/api/v1/carts/{user_id}/items",
-    tag = "cart",
     operation_id = "clear_cart",
     summary = "Empty a cart",
     description = "The owner or an admin. A cart already empty is fine.",

@@ -18,42 +18,33 @@
 mod domain;
 mod http;
 mod messages;
+mod model;
 mod store;
 
 use std::sync::Arc;
 
-use banyan_db::sqlx::migrate::Migrator;
-use banyan_kit::{Module, ModuleContext};
-use futures::future::BoxFuture;
+use banyan_kit::ModuleContext;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use banyan_cart_contract as contract;
 
-/// The cart module, as the app mounts it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Cart;
-
-static MIGRATIONS: Migrator = sqlx::migrate!("../../../migrations/cart");
-
-impl Module for Cart {
-    fn name(&self) -> &'static str {
-        "cart"
+banyan_kit::module! {
+    /// The cart module, as the app mounts it.
+    pub struct Cart {
+        name: "cart",
+        description: "Customers' carts.",
+        migrations: sqlx::migrate!("../../../migrations/cart"),
+        start: start,
     }
+}
 
-    fn migrations(&self) -> &'static Migrator {
-        &MIGRATIONS
-    }
-
-    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<OpenApiRouter>> {
-        Box::pin(async move {
-            let state = Arc::new(State {
-                outbox: ctx.outbox.clone(),
-                bus: ctx.bus.clone(),
-            });
-            messages::register(&ctx.bus, &state);
-            Ok(http::routes(state))
-        })
-    }
+async fn start(ctx: ModuleContext) -> anyhow::Result<OpenApiRouter> {
+    let state = Arc::new(State {
+        outbox: ctx.outbox.clone(),
+        bus: ctx.bus.clone(),
+    });
+    messages::register(&ctx.bus, &state);
+    Ok(http::routes(state))
 }
 
 /// What the module's handlers share.
@@ -61,18 +52,18 @@ impl Module for Cart {
 struct State {
     outbox: banyan_bus::Outbox,
     /// To ask catalog whether a product exists before it goes into a cart.
-    bus: banyan_bus::Bus,
+    bus: banyan_bus::ModuleBus,
 }
 
 #[cfg(test)]
 mod test_support {
     //! A real module database (SQLite, in a temporary directory) for the tests that run SQL.
 
-    use std::{collections::HashSet, sync::Arc};
+    use std::sync::Arc;
 
-    use banyan_bus::{BusConfig, Rejection};
-    use banyan_catalog_contract::{GetProducts, ProductId, ProductSnapshot};
-    use banyan_message::{Currency, Money};
+    use banyan_bus::BusConfig;
+    use banyan_catalog_contract::ProductId;
+    use banyan_kit::testing::FakeCatalog;
 
     use crate::State;
 
@@ -80,7 +71,7 @@ mod test_support {
 
     /// Opens a fresh cart database (see `banyan_kit::testing::TestModule`).
     pub(crate) async fn open() -> TestDb {
-        TestDb::open("cart", &super::MIGRATIONS, BusConfig::default()).await
+        TestDb::open(crate::NAME, &crate::MIGRATIONS, BusConfig::default()).await
     }
 
     /// A cart database with the module's handlers on its bus, and a stand-in catalog that
@@ -89,37 +80,13 @@ mod test_support {
         let db = open().await;
         let state = Arc::new(State {
             outbox: db.outbox.clone(),
-            bus: db.bus.clone(),
+            bus: db.module_bus(),
         });
-        crate::messages::register(&db.bus, &state);
-        let known: Arc<HashSet<ProductId>> = Arc::new(products.iter().copied().collect());
-        db.bus
-            .handle::<GetProducts, _, _>("catalog", move |_cx, request| {
-                let known = known.clone();
-                async move {
-                    let unknown: Vec<ProductId> = request
-                        .product_ids
-                        .iter()
-                        .filter(|id| !known.contains(id))
-                        .copied()
-                        .collect();
-                    if !unknown.is_empty() {
-                        return Err(Rejection::new("unknown_product", "unknown product ids")
-                            .with_details(serde_json::json!({ "product_ids": unknown })));
-                    }
-                    Ok(request
-                        .product_ids
-                        .iter()
-                        .map(|&product_id| ProductSnapshot {
-                            product_id,
-                            sku: "SKU".into(),
-                            name: "Teapot".into(),
-                            category: "kitchen".into(),
-                            price: Money::new(1999, Currency::EUR),
-                        })
-                        .collect())
-                }
-            });
+        crate::messages::register(&db.module_bus(), &state);
+        let catalog = FakeCatalog::serve(&db.bus);
+        for &id in products {
+            catalog.insert(id);
+        }
         (db, state)
     }
 

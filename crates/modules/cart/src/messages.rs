@@ -2,34 +2,26 @@
 
 use std::sync::Arc;
 
-use banyan_bus::{Bus, Delivered, HandlerError, Rejection};
+use banyan_bus::{Context, Delivered, HandlerError, ModuleBus, Rejection};
 use banyan_cart_contract::{CartContents, CartLine, GetCart};
 use banyan_catalog_contract::ProductId;
 use banyan_orders_contract::OrderPlaced;
 
-use crate::{
-    State,
-    domain::{self, OrderedQuantities},
-    store,
-};
+use crate::{State, domain, model::OrderedQuantities, store};
 
-pub(crate) fn register(bus: &Bus, state: &Arc<State>) {
-    let handler_state = state.clone();
-    bus.handle::<GetCart, _, _>("cart", move |_cx, request| {
-        let state = handler_state.clone();
-        async move { get_cart(&state, request).await }
-    });
-    let subscriber_state = state.clone();
-    bus.subscribe::<OrderPlaced, _, _>("cart", move |delivered| {
-        let state = subscriber_state.clone();
-        async move { on_order_placed(&state, delivered).await }
-    });
+pub(crate) fn register(bus: &ModuleBus, state: &Arc<State>) {
+    bus.handle(state, get_cart);
+    bus.subscribe(state, on_order_placed);
 }
 
-async fn get_cart(state: &State, request: GetCart) -> Result<CartContents, Rejection> {
+async fn get_cart(
+    state: Arc<State>,
+    _cx: Context,
+    request: GetCart,
+) -> Result<CartContents, Rejection> {
     let rows = store::lines(state.outbox.db(), request.user_id.0)
         .await
-        .map_err(|e| Rejection::new("internal", e.to_string()))?;
+        .map_err(Rejection::internal)?;
     Ok(CartContents {
         user_id: request.user_id,
         lines: rows
@@ -46,7 +38,7 @@ async fn get_cart(state: &State, request: GetCart) -> Result<CartContents, Rejec
 /// made from the cart has no effect here; it is answered at once, without a transaction: an
 /// event that changes nothing needs no inbox entry to stay harmless when it comes again.
 async fn on_order_placed(
-    state: &State,
+    state: Arc<State>,
     delivered: Delivered<OrderPlaced>,
 ) -> Result<(), HandlerError> {
     if !delivered.from_cart {
@@ -75,7 +67,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        domain::Quantity,
+        model::{Error, Quantity},
         test_support::{TestDb, started},
     };
 
@@ -201,14 +193,18 @@ mod tests {
                 .await
             }
         };
-        let error = add_more(products[0], 2).await.unwrap_err();
-        assert_eq!(error.details.unwrap()["field"], "quantity");
+        let field = |error: Error| match error {
+            Error::Invalid(invalid) => invalid,
+            other => panic!("a validation failure expected, got {other:?}"),
+        };
+        let error = field(add_more(products[0], 2).await.unwrap_err());
+        assert_eq!(error.field, "quantity");
         add_more(products[0], 1).await.unwrap();
         for &product in &products[1..100] {
             add_more(product, 1).await.unwrap();
         }
-        let error = add_more(products[100], 1).await.unwrap_err();
-        assert_eq!(error.details.unwrap()["field"], "lines");
+        let error = field(add_more(products[100], 1).await.unwrap_err());
+        assert_eq!(error.field, "lines");
         // A full cart still takes more of a product it holds.
         add_more(products[99], 5).await.unwrap();
         let lines = cart(&db, user).await;
@@ -216,12 +212,12 @@ mod tests {
         assert_eq!(lines[0], (products[0], 1_000));
         assert_eq!(lines[99], (products[99], 6));
         let ghost = ProductId::new();
-        let error = add_more(ghost, 1).await.unwrap_err();
-        assert_eq!(error.status, axum::http::StatusCode::UNPROCESSABLE_ENTITY);
+        let error = field(add_more(ghost, 1).await.unwrap_err());
+        assert_eq!(error.field, "product_id");
         assert!(
-            error.message.contains(&ghost.to_string()),
+            error.reason.contains(&ghost.to_string()),
             "{}",
-            error.message
+            error.reason
         );
     }
 }

@@ -3,13 +3,12 @@
 use std::sync::Arc;
 
 use axum::{
-    extract::FromRequestParts,
-    http::{StatusCode, header, request::Parts},
+    http::{StatusCode, header},
     response::IntoResponse,
 };
 use banyan_kit::{
     ApiError, ApiResult, ErrorBody, Page, Paged,
-    auth::Caller,
+    auth::Admin,
     extract::{Cx, Json, Path, Query},
     timestamp,
 };
@@ -20,12 +19,23 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    State,
-    domain::{self, Category, NewProduct, ProductChanges},
+    State, domain,
+    model::{Category, Error, NewProduct, ProductChanges},
     store::{self, ProductRow},
 };
 
-/// The module's routes, each with its OpenAPI operation (tag `catalog`).
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Invalid(invalid) => invalid.into(),
+            Error::SkuTaken => ApiError::conflict("already_exists", error.to_string()),
+            Error::NotFound(_) => ApiError::not_found(error.to_string()),
+            Error::Storage(error) => error.into(),
+        }
+    }
+}
+
+/// The module's routes, each with its OpenAPI operation.
 pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(list, create))
@@ -34,21 +44,6 @@ pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
 }
 
 type AppState = axum::extract::State<Arc<State>>;
-
-/// A caller with the admin role. Extracted before the path and the body, so that a caller who
-/// may not write is answered 401 or 403 whatever else the request holds.
-#[derive(Debug, Clone, Copy)]
-struct Admin;
-
-impl<S: Send + Sync> FromRequestParts<S> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let caller = Caller::from_request_parts(parts, state).await?;
-        caller.require_admin()?;
-        Ok(Admin)
-    }
-}
 
 /// A product as anyone sees it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -106,7 +101,6 @@ struct Listing {
 #[utoipa::path(
     get,
     path = "/api/v1/products",
-    tag = "catalog",
     operation_id = "list_products",
     summary = "List products",
     description = "Public. Oldest first, a page at a time, optionally of one category.",
@@ -143,15 +137,10 @@ async fn list(
     }))
 }
 
-fn not_found(id: Uuid) -> ApiError {
-    ApiError::not_found(format!("product {id} does not exist"))
-}
-
 /// `GET /api/v1/products/{id}`: public.
 #[utoipa::path(
     get,
     path = "/api/v1/products/{id}",
-    tag = "catalog",
     operation_id = "get_product",
     summary = "Read a product",
     description = "Public; with whether it is in stock.",
@@ -168,9 +157,7 @@ async fn get_product(
     axum::extract::State(state): AppState,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<ProductView>> {
-    let product = store::find(state.outbox.db(), id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
+    let product = domain::find(&state.outbox, id).await?;
     Ok(Json(product.into()))
 }
 
@@ -178,7 +165,6 @@ async fn get_product(
 #[utoipa::path(
     post,
     path = "/api/v1/products",
-    tag = "catalog",
     operation_id = "create_product",
     summary = "Create a product",
     description = "Admins only. Announces `ProductCreated`.",
@@ -217,7 +203,6 @@ async fn create(
 #[utoipa::path(
     put,
     path = "/api/v1/products/{id}",
-    tag = "catalog",
     operation_id = "update_product",
     summary = "Change a product",
     description = "Admins only; any of name, description, category and price (a new price \
@@ -245,9 +230,7 @@ async fn update(
     Path(id): Path<Uuid>,
     Json(changes): Json<ProductChanges>,
 ) -> ApiResult<Json<ProductView>> {
-    let product = domain::update(&state.outbox, &cx, id, changes)
-        .await?
-        .ok_or_else(|| not_found(id))?;
+    let product = domain::update(&state.outbox, &cx, id, changes).await?;
     Ok(Json(product.into()))
 }
 

@@ -17,41 +17,32 @@
 mod domain;
 mod http;
 mod messages;
+mod model;
 mod store;
 
 use std::sync::Arc;
 
-use banyan_db::sqlx::migrate::Migrator;
-use banyan_kit::{Module, ModuleContext};
-use futures::future::BoxFuture;
+use banyan_kit::ModuleContext;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use banyan_catalog_contract as contract;
 
-/// The catalog module, as the app mounts it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Catalog;
-
-static MIGRATIONS: Migrator = sqlx::migrate!("../../../migrations/catalog");
-
-impl Module for Catalog {
-    fn name(&self) -> &'static str {
-        "catalog"
+banyan_kit::module! {
+    /// The catalog module, as the app mounts it.
+    pub struct Catalog {
+        name: "catalog",
+        description: "Products, categories and prices.",
+        migrations: sqlx::migrate!("../../../migrations/catalog"),
+        start: start,
     }
+}
 
-    fn migrations(&self) -> &'static Migrator {
-        &MIGRATIONS
-    }
-
-    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<OpenApiRouter>> {
-        Box::pin(async move {
-            let state = Arc::new(State {
-                outbox: ctx.outbox.clone(),
-            });
-            messages::register(&ctx.bus, &state);
-            Ok(http::routes(state))
-        })
-    }
+async fn start(ctx: ModuleContext) -> anyhow::Result<OpenApiRouter> {
+    let state = Arc::new(State {
+        outbox: ctx.outbox.clone(),
+    });
+    messages::register(&ctx.bus, &state);
+    Ok(http::routes(state))
 }
 
 /// What the module's handlers share.
@@ -70,7 +61,7 @@ mod test_support {
 
     /// Opens a fresh catalog database (see `banyan_kit::testing::TestModule`).
     pub(crate) async fn open() -> TestDb {
-        TestDb::open("catalog", &super::MIGRATIONS, BusConfig::default()).await
+        TestDb::open(crate::NAME, &crate::MIGRATIONS, BusConfig::default()).await
     }
 
     pub(crate) use banyan_kit::testing::call;

@@ -5,29 +5,33 @@ use std::{
     sync::Arc,
 };
 
-use banyan_bus::{Bus, Delivered, HandlerError, Rejection};
+use banyan_bus::{Context, Delivered, HandlerError, ModuleBus, Rejection};
 use banyan_catalog_contract::{GetProducts, ProductId, ProductSnapshot};
 use banyan_inventory_contract::StockChanged;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::{State, store};
+use crate::{State, model::Error, store};
 
-pub(crate) fn register(bus: &Bus, state: &Arc<State>) {
-    let handler_state = state.clone();
-    bus.handle::<GetProducts, _, _>("catalog", move |_cx, request| {
-        let state = handler_state.clone();
-        async move { get_products(&state, request).await }
-    });
-    let subscriber_state = state.clone();
-    bus.subscribe::<StockChanged, _, _>("catalog", move |delivered| {
-        let state = subscriber_state.clone();
-        async move { on_stock_changed(&state, delivered).await }
-    });
+pub(crate) fn register(bus: &ModuleBus, state: &Arc<State>) {
+    bus.handle(state, get_products);
+    bus.subscribe(state, on_stock_changed);
+}
+
+impl From<Error> for Rejection {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Invalid(invalid) => invalid.into(),
+            Error::SkuTaken => Rejection::conflict("already_exists", error.to_string()),
+            Error::NotFound(id) => Rejection::not_found("product", id),
+            Error::Storage(error) => Rejection::internal(error),
+        }
+    }
 }
 
 async fn get_products(
-    state: &State,
+    state: Arc<State>,
+    _cx: Context,
     request: GetProducts,
 ) -> Result<Vec<ProductSnapshot>, Rejection> {
     if request.product_ids.len() > GetProducts::MAX_IDS {
@@ -46,7 +50,7 @@ async fn get_products(
         .collect();
     let found: HashMap<Uuid, store::ProductRow> = store::find_many(state.outbox.db(), &unique)
         .await
-        .map_err(|e| Rejection::new("internal", e.to_string()))?
+        .map_err(Rejection::internal)?
         .into_iter()
         .map(|row| (row.id(), row))
         .collect();
@@ -82,7 +86,7 @@ async fn get_products(
 /// stale event (a version not newer than the last applied) changes nothing. An event for a
 /// product this module does not have is recorded as handled and otherwise ignored.
 async fn on_stock_changed(
-    state: &State,
+    state: Arc<State>,
     delivered: Delivered<StockChanged>,
 ) -> Result<(), HandlerError> {
     let Some(mut uow) = state.outbox.begin_handling(&delivered).await? else {
@@ -113,7 +117,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        domain::{self, NewProduct},
+        domain,
+        model::NewProduct,
         test_support::{self, TestDb},
     };
 
@@ -133,7 +138,7 @@ mod tests {
         let state = Arc::new(State {
             outbox: db.outbox.clone(),
         });
-        register(&db.bus, &state);
+        register(&db.module_bus(), &state);
         (db, state)
     }
 

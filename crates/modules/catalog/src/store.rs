@@ -6,7 +6,7 @@ use banyan_message::{Currency, Money};
 use sqlx::{AnyConnection, FromRow};
 use uuid::Uuid;
 
-use crate::domain::{Category, Sku, ValidProduct};
+use crate::model::{Category, Sku, ValidProduct};
 
 #[derive(Debug, Clone, FromRow)]
 pub(crate) struct ProductRow {

@@ -7,136 +7,18 @@
 
 use std::collections::BTreeMap;
 
-use banyan_bus::{Context, Outbox, Rejection, UnitOfWork};
+use banyan_bus::{Context, Outbox, UnitOfWork};
 use banyan_db::sqlx::{self, AnyConnection, Connection};
 use banyan_inventory_contract::{
-    InventoryReleased, InventoryReserved, ProductId, Shortage, StockLine,
+    InventoryReleased, InventoryReservationFailed, InventoryReserved, ProductId, Shortage,
+    StockLine,
 };
-use banyan_kit::ApiError;
-use serde_json::json;
 use uuid::Uuid;
 
-use crate::store::{self, StockRow};
-
-/// A value that failed validation: which field, and why. It reads as a 422 over HTTP and as a
-/// `validation_failed` rejection on the bus.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Invalid {
-    pub(crate) field: String,
-    pub(crate) reason: String,
-}
-
-impl Invalid {
-    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
-impl From<Invalid> for ApiError {
-    fn from(invalid: Invalid) -> Self {
-        ApiError::invalid(&invalid.field, invalid.reason)
-    }
-}
-
-impl From<Invalid> for Rejection {
-    fn from(invalid: Invalid) -> Self {
-        Rejection::new(
-            "validation_failed",
-            format!("{}: {}", invalid.field, invalid.reason),
-        )
-        .with_details(json!({ "field": invalid.field, "reason": invalid.reason }))
-    }
-}
-
-/// The count of a product on hand: 0 to 10^9.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct OnHand(i64);
-
-impl OnHand {
-    pub(crate) const MAX: i64 = 1_000_000_000;
-
-    pub(crate) fn parse(raw: i64) -> Result<Self, Invalid> {
-        if !(0..=Self::MAX).contains(&raw) {
-            return Err(Invalid::new("on_hand", "must be 0 to 1000000000"));
-        }
-        Ok(Self(raw))
-    }
-
-    pub(crate) fn get(self) -> i64 {
-        self.0
-    }
-}
-
-/// What one reservation line may ask for: 1 to 10 000.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Quantity(i64);
-
-impl Quantity {
-    pub(crate) const MAX: i64 = 10_000;
-
-    pub(crate) fn parse(raw: i64, field: &str) -> Result<Self, Invalid> {
-        if !(1..=Self::MAX).contains(&raw) {
-            return Err(Invalid::new(field, "must be 1 to 10000"));
-        }
-        Ok(Self(raw))
-    }
-
-    pub(crate) fn get(self) -> i64 {
-        self.0
-    }
-}
-
-/// The lines of a reservation: 1 to 100 as given, then one per product (quantities of a
-/// repeated product added up, still at most 10 000), sorted by product id. Taking row locks in
-/// one order everywhere is what keeps concurrent reservations from deadlocking on PostgreSQL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ReservationLines(Vec<(ProductId, Quantity)>);
-
-impl ReservationLines {
-    pub(crate) const MAX_LINES: usize = 100;
-
-    pub(crate) fn parse(lines: &[StockLine]) -> Result<Self, Invalid> {
-        if !(1..=Self::MAX_LINES).contains(&lines.len()) {
-            return Err(Invalid::new("lines", "must hold 1 to 100 lines"));
-        }
-        let mut merged: BTreeMap<ProductId, i64> = BTreeMap::new();
-        for (i, line) in lines.iter().enumerate() {
-            let quantity = Quantity::parse(line.quantity, &format!("lines[{i}].quantity"))?;
-            *merged.entry(line.product_id).or_default() += quantity.get();
-        }
-        merged
-            .into_iter()
-            .map(|(product_id, total)| {
-                let field = format!("lines (product {product_id})");
-                Quantity::parse(total, &field)
-                    .map(|quantity| (product_id, quantity))
-                    .map_err(|_| Invalid::new(field, "adds up to more than 10000"))
-            })
-            .collect::<Result<_, _>>()
-            .map(Self)
-    }
-
-    /// How many products the reservation holds (never 0).
-    pub(crate) fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (ProductId, Quantity)> + '_ {
-        self.0.iter().copied()
-    }
-
-    pub(crate) fn to_stock_lines(&self) -> Vec<StockLine> {
-        self.iter()
-            .map(|(product_id, quantity)| StockLine {
-                product_id,
-                quantity: quantity.get(),
-            })
-            .collect()
-    }
-}
+use crate::{
+    model::{Error, OnHand, ReservationLines},
+    store::{self, StockRow},
+};
 
 /// What [`reserve`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +33,33 @@ pub(crate) enum ReserveOutcome {
     /// Some lines had too little stock. Nothing is held and nothing was emitted: the unit of
     /// work is as it was before the call.
     Short(Vec<Shortage>),
+}
+
+/// The saga's step: reserves an order's lines under `reservation_id`, all or none, and emits
+/// every outcome in the unit of work: `InventoryReserved` with a `StockChanged` per product,
+/// or `InventoryReservationFailed` (nothing held; also for lines that could never be
+/// reserved). An id used before changes nothing and emits nothing.
+pub(crate) async fn reserve_order(
+    uow: &mut UnitOfWork,
+    cx: &Context,
+    reservation_id: Uuid,
+    lines: &[StockLine],
+) -> Result<ReserveOutcome, sqlx::Error> {
+    let outcome = match ReservationLines::parse(lines) {
+        Ok(valid) => reserve(uow, cx, reservation_id, &valid).await?,
+        Err(invalid) => {
+            tracing::warn!(%reservation_id, field = %invalid.field, reason = %invalid.reason, "Order lines cannot be reserved; announcing the reservation as failed.");
+            ReserveOutcome::Short(unreservable(uow, lines).await?)
+        }
+    };
+    if let ReserveOutcome::Short(shortages) = &outcome {
+        let failed = InventoryReservationFailed {
+            reservation_id,
+            shortages: shortages.clone(),
+        };
+        uow.emit(cx, failed).await?;
+    }
+    Ok(outcome)
 }
 
 /// Holds every line of a reservation, or none. See [`ReserveOutcome`] for what the unit of
@@ -229,9 +138,9 @@ async fn hold(
 }
 
 /// The shortages that announce lines which cannot make a reservation at all (more than
-/// [`Quantity::MAX`] of one product, no lines, too many): each product asked for, with what
+/// [`Quantity::MAX`](crate::model::Quantity::MAX) of one product, no lines, too many): each product asked for, with what
 /// it has available. Changes nothing.
-pub(crate) async fn unreservable(
+async fn unreservable(
     conn: &mut AnyConnection,
     lines: &[StockLine],
 ) -> Result<Vec<Shortage>, sqlx::Error> {
@@ -344,17 +253,16 @@ pub(crate) async fn set_on_hand(
     cx: &Context,
     product_id: Uuid,
     on_hand: OnHand,
-) -> Result<StockRow, ApiError> {
+) -> Result<StockRow, Error> {
     let mut uow = outbox.begin().await?;
     let Some(row) = store::set_on_hand(&mut uow, product_id, on_hand.get()).await? else {
         let reserved = store::find_in(&mut uow, product_id)
             .await?
             .map_or(0, |row| row.reserved);
-        return Err(ApiError::conflict(
-            "below_reserved",
-            format!("{reserved} are reserved; on_hand cannot go below that"),
-        )
-        .with_details(json!({ "on_hand": on_hand.get(), "reserved": reserved })));
+        return Err(Error::BelowReserved {
+            on_hand: on_hand.get(),
+            reserved,
+        });
     };
     uow.emit(cx, row.changed()).await?;
     uow.commit().await?;
@@ -362,67 +270,9 @@ pub(crate) async fn set_on_hand(
     Ok(row)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn line(product_id: ProductId, quantity: i64) -> StockLine {
-        StockLine {
-            product_id,
-            quantity,
-        }
-    }
-
-    #[test]
-    fn on_hand_is_between_zero_and_a_billion() {
-        assert_eq!(OnHand::parse(0).unwrap().get(), 0);
-        assert!(OnHand::parse(OnHand::MAX).is_ok());
-        assert!(OnHand::parse(OnHand::MAX + 1).is_err());
-        assert!(OnHand::parse(-1).is_err());
-    }
-
-    #[test]
-    fn a_line_asks_for_one_to_ten_thousand() {
-        assert!(Quantity::parse(1, "q").is_ok());
-        assert!(Quantity::parse(10_000, "q").is_ok());
-        for bad in [0, -1, 10_001, i64::MIN, i64::MAX] {
-            assert!(Quantity::parse(bad, "q").is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn lines_of_one_product_are_merged_and_all_lines_sorted_by_product_id() {
-        let (a, b) = (ProductId::new(), ProductId::new());
-        let (low, high) = if a < b { (a, b) } else { (b, a) };
-        let lines = ReservationLines::parse(&[line(high, 2), line(low, 1), line(high, 3)]).unwrap();
-        assert_eq!(lines.to_stock_lines(), vec![line(low, 1), line(high, 5)]);
-        // The order of ids is the order of their text, as the database compares them.
-        assert!(low.to_string() < high.to_string());
-    }
-
-    #[test]
-    fn a_reservation_has_one_to_a_hundred_lines_of_valid_quantities() {
-        assert!(ReservationLines::parse(&[]).is_err());
-        let many: Vec<StockLine> = (0..101).map(|_| line(ProductId::new(), 1)).collect();
-        assert!(ReservationLines::parse(&many).is_err());
-        assert!(ReservationLines::parse(&many[..100]).is_ok());
-        let error =
-            ReservationLines::parse(&[line(ProductId::new(), 1), line(ProductId::new(), 0)])
-                .unwrap_err();
-        assert_eq!(error.field, "lines[1].quantity");
-    }
-
-    #[test]
-    fn merged_lines_may_not_exceed_ten_thousand_nor_hide_a_negative_quantity() {
-        let p = ProductId::new();
-        assert!(ReservationLines::parse(&[line(p, 6_000), line(p, 5_000)]).is_err());
-        assert!(ReservationLines::parse(&[line(p, 20), line(p, -5)]).is_err());
-    }
-
-    #[test]
-    fn an_invalid_value_reads_as_a_validation_rejection_with_its_field() {
-        let rejection = Rejection::from(Invalid::new("on_hand", "must be 0 to 1000000000"));
-        assert_eq!(rejection.code, "validation_failed");
-        assert_eq!(rejection.details["field"], "on_hand");
-    }
+/// The stock of `product_id`.
+pub(crate) async fn find(outbox: &Outbox, product_id: Uuid) -> Result<StockRow, Error> {
+    store::find(outbox.db(), product_id)
+        .await?
+        .ok_or(Error::NoStock(product_id))
 }

@@ -2,10 +2,9 @@
 
 use std::sync::Arc;
 
-use axum::{extract::FromRequestParts, http::request::Parts};
 use banyan_kit::{
     ApiError, ApiResult, ErrorBody,
-    auth::Caller,
+    auth::Admin,
     extract::{Cx, Json, Path},
     timestamp,
 };
@@ -15,12 +14,26 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    State,
-    domain::{self, OnHand},
-    store::{self, StockRow},
+    State, domain,
+    model::{Error, OnHand},
+    store::StockRow,
 };
 
-/// The module's routes, each with its OpenAPI operation (tag `inventory`).
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Invalid(invalid) => invalid.into(),
+            Error::BelowReserved { on_hand, reserved } => {
+                ApiError::conflict("below_reserved", error.to_string())
+                    .with_details(serde_json::json!({ "on_hand": on_hand, "reserved": reserved }))
+            }
+            Error::NoStock(_) => ApiError::not_found(error.to_string()),
+            Error::Storage(error) => error.into(),
+        }
+    }
+}
+
+/// The module's routes, each with its OpenAPI operation.
 pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(get_stock, set_stock))
@@ -28,21 +41,6 @@ pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
 }
 
 type AppState = axum::extract::State<Arc<State>>;
-
-/// A caller with the admin role. Extracted before the path and the body, so that a caller who
-/// may not write is answered 401 or 403 whatever else the request holds.
-#[derive(Debug, Clone, Copy)]
-struct Admin;
-
-impl<S: Send + Sync> FromRequestParts<S> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let caller = Caller::from_request_parts(parts, state).await?;
-        caller.require_admin()?;
-        Ok(Admin)
-    }
-}
 
 /// A product's stock as anyone sees it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -74,7 +72,6 @@ impl From<StockRow> for StockView {
 #[utoipa::path(
     get,
     path = "/api/v1/inventory/{product_id}",
-    tag = "inventory",
     operation_id = "get_stock",
     summary = "Read a product's stock",
     description = "Public: on hand, reserved and available. 404 for a product never stocked.",
@@ -91,9 +88,7 @@ async fn get_stock(
     axum::extract::State(state): AppState,
     Path(product_id): Path<Uuid>,
 ) -> ApiResult<Json<StockView>> {
-    let row = store::find(state.outbox.db(), product_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("product {product_id} has no stock record")))?;
+    let row = domain::find(&state.outbox, product_id).await?;
     Ok(Json(row.into()))
 }
 
@@ -110,7 +105,6 @@ struct StockChange {
 #[utoipa::path(
     put,
     path = "/api/v1/inventory/{product_id}",
-    tag = "inventory",
     operation_id = "set_stock",
     summary = "Set a product's stock on hand",
     description = "Admins only. Creates the product's stock if missing; announces `StockChanged`.",

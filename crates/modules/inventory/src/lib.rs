@@ -23,41 +23,32 @@
 mod domain;
 mod http;
 mod messages;
+mod model;
 mod store;
 
 use std::sync::Arc;
 
-use banyan_db::sqlx::migrate::Migrator;
-use banyan_kit::{Module, ModuleContext};
-use futures::future::BoxFuture;
+use banyan_kit::ModuleContext;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use banyan_inventory_contract as contract;
 
-/// The inventory module, as the app mounts it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Inventory;
-
-static MIGRATIONS: Migrator = sqlx::migrate!("../../../migrations/inventory");
-
-impl Module for Inventory {
-    fn name(&self) -> &'static str {
-        "inventory"
+banyan_kit::module! {
+    /// The inventory module, as the app mounts it.
+    pub struct Inventory {
+        name: "inventory",
+        description: "Stock on hand and reserved.",
+        migrations: sqlx::migrate!("../../../migrations/inventory"),
+        start: start,
     }
+}
 
-    fn migrations(&self) -> &'static Migrator {
-        &MIGRATIONS
-    }
-
-    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<OpenApiRouter>> {
-        Box::pin(async move {
-            let state = Arc::new(State {
-                outbox: ctx.outbox.clone(),
-            });
-            messages::register(&ctx.bus, &state);
-            Ok(http::routes(state))
-        })
-    }
+async fn start(ctx: ModuleContext) -> anyhow::Result<OpenApiRouter> {
+    let state = Arc::new(State {
+        outbox: ctx.outbox.clone(),
+    });
+    messages::register(&ctx.bus, &state);
+    Ok(http::routes(state))
 }
 
 /// What the module's handlers share.
@@ -76,7 +67,7 @@ mod test_support {
 
     /// Opens a fresh inventory database (see `banyan_kit::testing::TestModule`).
     pub(crate) async fn open() -> TestDb {
-        TestDb::open("inventory", &super::MIGRATIONS, BusConfig::default()).await
+        TestDb::open(crate::NAME, &crate::MIGRATIONS, BusConfig::default()).await
     }
 
     pub(crate) use banyan_kit::testing::call;

@@ -5,12 +5,11 @@ use std::{
     sync::Arc,
 };
 
-use banyan_bus::{Bus, Context, Delivered, HandlerError, Rejection};
-use banyan_db::sqlx;
+use banyan_bus::{Context, Delivered, HandlerError, ModuleBus, Rejection};
 use banyan_inventory_contract::{
-    GetStock, InventoryReservationFailed, ReleaseStock, Released, Reservation, ReserveStock,
-    StockLevel, StockLine,
+    GetStock, ReleaseStock, Released, Reservation, ReserveStock, StockLevel, StockLine,
 };
+use banyan_kit::Invalid;
 use banyan_orders_contract::{OrderCancelled, OrderConfirmed, OrderPlaced};
 use banyan_payments_contract::PaymentFailed;
 use serde_json::json;
@@ -18,30 +17,33 @@ use uuid::Uuid;
 
 use crate::{
     State,
-    domain::{self, ReservationLines, ReserveOutcome},
+    domain::{self, ReserveOutcome},
+    model::{Error, ReservationLines},
     store,
 };
 
-pub(crate) fn register(bus: &Bus, state: &Arc<State>) {
-    let reserve_state = state.clone();
-    bus.handle::<ReserveStock, _, _>("inventory", move |cx, request| {
-        let state = reserve_state.clone();
-        async move { reserve_stock(&state, &cx, request).await }
-    });
-    let release_state = state.clone();
-    bus.handle::<ReleaseStock, _, _>("inventory", move |cx, request| {
-        let state = release_state.clone();
-        async move { release_stock(&state, &cx, request).await }
-    });
-    let stock_state = state.clone();
-    bus.handle::<GetStock, _, _>("inventory", move |_cx, request| {
-        let state = stock_state.clone();
-        async move { get_stock(&state, request).await }
-    });
-    bus.subscribe_with_state::<OrderPlaced, _, _>("inventory", state, on_order_placed);
-    bus.subscribe_with_state::<PaymentFailed, _, _>("inventory", state, on_payment_failed);
-    bus.subscribe_with_state::<OrderCancelled, _, _>("inventory", state, on_order_cancelled);
-    bus.subscribe_with_state::<OrderConfirmed, _, _>("inventory", state, on_order_confirmed);
+pub(crate) fn register(bus: &ModuleBus, state: &Arc<State>) {
+    bus.handle(state, reserve_stock);
+    bus.handle(state, release_stock);
+    bus.handle(state, get_stock);
+    bus.subscribe(state, on_order_placed);
+    bus.subscribe(state, on_payment_failed);
+    bus.subscribe(state, on_order_cancelled);
+    bus.subscribe(state, on_order_confirmed);
+}
+
+impl From<Error> for Rejection {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Invalid(invalid) => invalid.into(),
+            Error::BelowReserved { on_hand, reserved } => {
+                Rejection::conflict("below_reserved", error.to_string())
+                    .with_details(json!({ "on_hand": on_hand, "reserved": reserved }))
+            }
+            Error::NoStock(_) => Rejection::not_found("stock of product", error.to_string()),
+            Error::Storage(error) => Rejection::internal(error),
+        }
+    }
 }
 
 /// Reserves the order's lines under the order id, all or none, and announces the outcome:
@@ -65,20 +67,7 @@ async fn on_order_placed(
             quantity: line.quantity,
         })
         .collect();
-    let outcome = match ReservationLines::parse(&lines) {
-        Ok(lines) => domain::reserve(&mut uow, cx, reservation_id, &lines).await?,
-        Err(invalid) => {
-            tracing::warn!(%reservation_id, field = %invalid.field, reason = %invalid.reason, "Order lines cannot be reserved; announcing the reservation as failed.");
-            ReserveOutcome::Short(domain::unreservable(&mut uow, &lines).await?)
-        }
-    };
-    if let ReserveOutcome::Short(shortages) = &outcome {
-        let failed = InventoryReservationFailed {
-            reservation_id,
-            shortages: shortages.clone(),
-        };
-        uow.emit(cx, failed).await?;
-    }
+    let outcome = domain::reserve_order(&mut uow, cx, reservation_id, &lines).await?;
     uow.commit().await?;
     match outcome {
         ReserveOutcome::Reserved(lines) => {
@@ -149,21 +138,11 @@ async fn on_order_confirmed(
     Ok(())
 }
 
-fn internal(error: sqlx::Error) -> Rejection {
-    Rejection::new("internal", error.to_string())
-}
-
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .is_some_and(|db| db.is_unique_violation())
-}
-
 /// Reserves every line or rejects with `insufficient_stock`. As a request it only answers:
 /// a failed reservation is not announced (the saga's event handler does that).
 async fn reserve_stock(
-    state: &State,
-    cx: &Context,
+    state: Arc<State>,
+    cx: Context,
     request: ReserveStock,
 ) -> Result<Reservation, Rejection> {
     let lines = ReservationLines::parse(&request.lines)?;
@@ -173,17 +152,18 @@ async fn reserve_stock(
     let mut attempts_left = 2;
     let outcome = loop {
         attempts_left -= 1;
-        let mut uow = state.outbox.begin().await.map_err(internal)?;
-        match domain::reserve(&mut uow, cx, reservation_id, &lines).await {
-            Ok(ReserveOutcome::Reserved(lines)) => match uow.commit().await {
-                Ok(()) => break ReserveOutcome::Reserved(lines),
-                Err(e) if is_unique_violation(&e) && attempts_left > 0 => continue,
-                Err(e) => return Err(internal(e)),
-            },
+        let mut uow = state.outbox.begin().await.map_err(Error::from)?;
+        let reserved = match domain::reserve(&mut uow, &cx, reservation_id, &lines).await {
+            Ok(ReserveOutcome::Reserved(lines)) => {
+                uow.commit().await.map(|()| ReserveOutcome::Reserved(lines))
+            }
             // Dropping the unit of work rolls back whatever it held.
-            Ok(other) => break other,
-            Err(e) if is_unique_violation(&e) && attempts_left > 0 => continue,
-            Err(e) => return Err(internal(e)),
+            other => other,
+        };
+        match reserved.map_err(Error::from) {
+            Ok(outcome) => break outcome,
+            Err(e) if e.is_race() && attempts_left > 0 => continue,
+            Err(e) => return Err(e.into()),
         }
     };
     match outcome {
@@ -202,7 +182,7 @@ async fn reserve_stock(
             "reservation_released",
             format!("reservation {reservation_id} was released; use a new reservation id"),
         )),
-        ReserveOutcome::Short(shortages) => Err(Rejection::new(
+        ReserveOutcome::Short(shortages) => Err(Rejection::conflict(
             "insufficient_stock",
             format!(
                 "{} of the products lack stock; nothing was reserved",
@@ -214,17 +194,17 @@ async fn reserve_stock(
 }
 
 async fn release_stock(
-    state: &State,
-    cx: &Context,
+    state: Arc<State>,
+    cx: Context,
     request: ReleaseStock,
 ) -> Result<Released, Rejection> {
     let reservation_id = request.reservation_id;
-    let mut uow = state.outbox.begin().await.map_err(internal)?;
-    let released = domain::release(&mut uow, cx, reservation_id)
+    let mut uow = state.outbox.begin().await.map_err(Error::from)?;
+    let released = domain::release(&mut uow, &cx, reservation_id)
         .await
-        .map_err(internal)?;
+        .map_err(Error::from)?;
     if released {
-        uow.commit().await.map_err(internal)?;
+        uow.commit().await.map_err(Error::from)?;
         tracing::info!(%reservation_id, "Reservation released.");
     }
     Ok(Released {
@@ -233,13 +213,14 @@ async fn release_stock(
     })
 }
 
-async fn get_stock(state: &State, request: GetStock) -> Result<Vec<StockLevel>, Rejection> {
+async fn get_stock(
+    state: Arc<State>,
+    _cx: Context,
+    request: GetStock,
+) -> Result<Vec<StockLevel>, Rejection> {
     if request.product_ids.len() > GetStock::MAX_IDS {
         let reason = format!("at most {} ids per request", GetStock::MAX_IDS);
-        return Err(
-            Rejection::new("validation_failed", format!("product_ids: {reason}"))
-                .with_details(json!({ "field": "product_ids", "reason": reason })),
-        );
+        return Err(Invalid::new("product_ids", reason).into());
     }
     let unique: Vec<Uuid> = request
         .product_ids
@@ -250,7 +231,7 @@ async fn get_stock(state: &State, request: GetStock) -> Result<Vec<StockLevel>, 
         .collect();
     let found: HashMap<Uuid, StockLevel> = store::find_many(state.outbox.db(), &unique)
         .await
-        .map_err(internal)?
+        .map_err(Error::from)?
         .into_iter()
         .map(|row| (row.product_id(), row.level()))
         .collect();
@@ -272,9 +253,10 @@ async fn get_stock(state: &State, request: GetStock) -> Result<Vec<StockLevel>, 
 mod tests {
     use std::{sync::Mutex, time::Duration};
 
-    use banyan_bus::{BusError, Envelope, Event, Message};
+    use banyan_bus::{Bus, BusError, Envelope, Event, Message};
     use banyan_inventory_contract::{
-        InventoryReleased, InventoryReserved, ProductId, Shortage, StockChanged,
+        InventoryReleased, InventoryReservationFailed, InventoryReserved, ProductId, Shortage,
+        StockChanged,
     };
     use banyan_message::{Currency, Money};
     use banyan_orders_contract::{OrderId, OrderLine, UserId};
@@ -282,7 +264,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        domain::OnHand,
+        model::OnHand,
         test_support::{self, TestDb},
     };
 
@@ -293,7 +275,7 @@ mod tests {
         let state = Arc::new(State {
             outbox: db.outbox.clone(),
         });
-        register(&db.bus, &state);
+        register(&db.module_bus(), &state);
         let seen = Arc::new(Mutex::new(Vec::new()));
         fn record<E: Event>(bus: &Bus, seen: &Arc<Mutex<Vec<String>>>) {
             let seen = seen.clone();
@@ -516,8 +498,19 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert_eq!(error.code, "below_reserved");
-        assert_eq!(error.status, axum::http::StatusCode::CONFLICT);
+        assert!(
+            matches!(
+                error,
+                Error::BelowReserved {
+                    on_hand: 2,
+                    reserved: 3
+                }
+            ),
+            "{error:?}"
+        );
+        let rejection = Rejection::from(error);
+        assert_eq!(rejection.code, "below_reserved");
+        assert_eq!(rejection.kind, banyan_bus::RejectionKind::Conflict);
         stock(&state, p, 3).await;
         assert_eq!(level(&db, p).await.available(), 0);
     }

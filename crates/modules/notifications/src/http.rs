@@ -18,7 +18,7 @@ use crate::{
     store::{self, NotificationRow},
 };
 
-/// The module's routes, each with its OpenAPI operation (tag `notifications`).
+/// The module's routes, each with its OpenAPI operation.
 pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
     OpenApiRouter::new().routes(routes!(list)).with_state(state)
 }
@@ -73,7 +73,6 @@ struct Listing {
 #[utoipa::path(
     get,
     path = "/api/v1/notifications",
-    tag = "notifications",
     operation_id = "list_notifications",
     summary = "List a user's notifications",
     description = "The notifications sent to a user (welcome, order confirmation, cancellation), \

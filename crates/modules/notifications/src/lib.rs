@@ -18,42 +18,33 @@
 mod domain;
 mod http;
 mod messages;
+mod model;
 mod store;
 
 use std::sync::Arc;
 
-use banyan_db::sqlx::migrate::Migrator;
-use banyan_kit::{Module, ModuleContext};
-use futures::future::BoxFuture;
+use banyan_kit::ModuleContext;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use banyan_notifications_contract as contract;
 
-/// The notifications module, as the app mounts it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Notifications;
-
-static MIGRATIONS: Migrator = sqlx::migrate!("../../../migrations/notifications");
-
-impl Module for Notifications {
-    fn name(&self) -> &'static str {
-        "notifications"
+banyan_kit::module! {
+    /// The notifications module, as the app mounts it.
+    pub struct Notifications {
+        name: "notifications",
+        description: "Notifications sent to users.",
+        migrations: sqlx::migrate!("../../../migrations/notifications"),
+        start: start,
     }
+}
 
-    fn migrations(&self) -> &'static Migrator {
-        &MIGRATIONS
-    }
-
-    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<OpenApiRouter>> {
-        Box::pin(async move {
-            let state = Arc::new(State {
-                outbox: ctx.outbox.clone(),
-                bus: ctx.bus.clone(),
-            });
-            messages::register(&ctx.bus, &state);
-            Ok(http::routes(state))
-        })
-    }
+async fn start(ctx: ModuleContext) -> anyhow::Result<OpenApiRouter> {
+    let state = Arc::new(State {
+        outbox: ctx.outbox.clone(),
+        bus: ctx.bus.clone(),
+    });
+    messages::register(&ctx.bus, &state);
+    Ok(http::routes(state))
 }
 
 /// What the module's handlers share.
@@ -61,7 +52,7 @@ impl Module for Notifications {
 struct State {
     outbox: banyan_bus::Outbox,
     /// To ask users for the address of a user not (yet) among the recipients.
-    bus: banyan_bus::Bus,
+    bus: banyan_bus::ModuleBus,
 }
 
 #[cfg(test)]
@@ -74,7 +65,7 @@ mod test_support {
 
     /// Opens a fresh notifications database with the bus configured as given.
     pub(crate) async fn open_with(bus_config: BusConfig) -> TestDb {
-        TestDb::open("notifications", &super::MIGRATIONS, bus_config).await
+        TestDb::open(crate::NAME, &crate::MIGRATIONS, bus_config).await
     }
 
     pub(crate) use banyan_kit::testing::call;

@@ -2,48 +2,42 @@
 
 use std::sync::Arc;
 
-use banyan_bus::{Bus, Context, Delivered, HandlerError, Rejection};
+use banyan_bus::{Context, Delivered, Event, HandlerError, ModuleBus, Rejection};
 use banyan_notifications_contract::{ListNotifications, NotificationView, UserId};
 use banyan_orders_contract::{OrderCancelled, OrderConfirmed};
 use banyan_users_contract::{GetUser, UserRegistered};
 
 use crate::{
-    State,
-    domain::{self, Limit, Notice, Recipient},
+    State, domain,
+    model::{Error, Limit, Notice, Recipient},
     store,
 };
 
-pub(crate) fn register(bus: &Bus, state: &Arc<State>) {
-    let handler_state = state.clone();
-    bus.handle::<ListNotifications, _, _>("notifications", move |_cx, request| {
-        let state = handler_state.clone();
-        async move { list_notifications(&state, request).await }
-    });
-    let registered_state = state.clone();
-    bus.subscribe::<UserRegistered, _, _>("notifications", move |delivered| {
-        let state = registered_state.clone();
-        async move { on_user_registered(&state, delivered).await }
-    });
-    let confirmed_state = state.clone();
-    bus.subscribe::<OrderConfirmed, _, _>("notifications", move |delivered| {
-        let state = confirmed_state.clone();
-        async move { on_order_confirmed(&state, delivered).await }
-    });
-    let cancelled_state = state.clone();
-    bus.subscribe::<OrderCancelled, _, _>("notifications", move |delivered| {
-        let state = cancelled_state.clone();
-        async move { on_order_cancelled(&state, delivered).await }
-    });
+impl From<Error> for Rejection {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Invalid(invalid) => invalid.into(),
+            Error::Storage(error) => Rejection::internal(error),
+        }
+    }
+}
+
+pub(crate) fn register(bus: &ModuleBus, state: &Arc<State>) {
+    bus.handle(state, list_notifications);
+    bus.subscribe(state, on_user_registered);
+    bus.subscribe(state, on_order_confirmed);
+    bus.subscribe(state, on_order_cancelled);
 }
 
 async fn list_notifications(
-    state: &State,
+    state: Arc<State>,
+    _cx: Context,
     request: ListNotifications,
 ) -> Result<Vec<NotificationView>, Rejection> {
-    let limit = Limit::parse(request.limit)?;
+    let limit = Limit::parse(request.limit).map_err(Error::from)?;
     let rows = store::list(state.outbox.db(), request.user_id.0, limit.get(), 0)
         .await
-        .map_err(|e| Rejection::new("internal", e.to_string()))?;
+        .map_err(Error::from)?;
     Ok(rows
         .into_iter()
         .map(|row| NotificationView {
@@ -60,7 +54,7 @@ async fn list_notifications(
 
 /// Records the new account's address and welcomes them.
 async fn on_user_registered(
-    state: &State,
+    state: Arc<State>,
     delivered: Delivered<UserRegistered>,
 ) -> Result<(), HandlerError> {
     let recipient = Recipient {
@@ -69,41 +63,45 @@ async fn on_user_registered(
         username: delivered.username.clone(),
     };
     let notice = Notice::welcome(&recipient.username);
-    domain::send(&state.outbox, &delivered.envelope, &recipient, true, notice).await?;
-    Ok(())
+    notify(&state, &delivered, &recipient, true, notice).await
 }
 
 async fn on_order_confirmed(
-    state: &State,
+    state: Arc<State>,
     delivered: Delivered<OrderConfirmed>,
 ) -> Result<(), HandlerError> {
-    let (recipient, known) = recipient(state, delivered.context(), delivered.user_id).await?;
+    let (recipient, known) = recipient(&state, delivered.context(), delivered.user_id).await?;
     let notice = Notice::order_confirmed(delivered.order_id.0, delivered.total);
-    domain::send(
-        &state.outbox,
-        &delivered.envelope,
-        &recipient,
-        !known,
-        notice,
-    )
-    .await?;
-    Ok(())
+    notify(&state, &delivered, &recipient, !known, notice).await
 }
 
 async fn on_order_cancelled(
-    state: &State,
+    state: Arc<State>,
     delivered: Delivered<OrderCancelled>,
 ) -> Result<(), HandlerError> {
-    let (recipient, known) = recipient(state, delivered.context(), delivered.user_id).await?;
+    let (recipient, known) = recipient(&state, delivered.context(), delivered.user_id).await?;
     let notice = Notice::order_cancelled(delivered.order_id.0, &delivered.reason);
-    domain::send(
-        &state.outbox,
-        &delivered.envelope,
-        &recipient,
-        !known,
-        notice,
-    )
-    .await?;
+    notify(&state, &delivered, &recipient, !known, notice).await
+}
+
+/// Sends `notice` because of `delivered`, once: the recipient is known before the unit of work
+/// opens (no write lock is held while users answers), and the notification is logged as sent
+/// only once its row is committed.
+async fn notify<E: Event>(
+    state: &State,
+    delivered: &Delivered<E>,
+    recipient: &Recipient,
+    remember: bool,
+    notice: Notice,
+) -> Result<(), HandlerError> {
+    let Some(mut uow) = state.outbox.begin_handling(delivered).await? else {
+        return Ok(());
+    };
+    let sent = domain::send(&mut uow, &delivered.envelope, recipient, remember, &notice).await?;
+    uow.commit().await?;
+    if sent {
+        domain::log_sent(recipient, &notice);
+    }
     Ok(())
 }
 
@@ -164,9 +162,9 @@ pub(crate) mod tests {
         .await;
         let state = Arc::new(State {
             outbox: db.outbox.clone(),
-            bus: db.bus.clone(),
+            bus: db.module_bus(),
         });
-        register(&db.bus, &state);
+        register(&db.module_bus(), &state);
         let asked = Arc::new(AtomicUsize::new(0));
         let counter = asked.clone();
         db.bus

@@ -4,7 +4,7 @@ use banyan_db::{Db, now_millis, sqlx};
 use sqlx::{AnyConnection, FromRow};
 use uuid::Uuid;
 
-use crate::domain::Recipient;
+use crate::model::Recipient;
 
 #[derive(Debug, Clone, FromRow)]
 pub(crate) struct RecipientRow {

@@ -3,13 +3,12 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    extract::FromRequestParts,
-    http::{StatusCode, header, request::Parts},
+    http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
 use banyan_kit::{
-    ApiError, ApiResult, ErrorBody, Page, Paged,
-    auth::Caller,
+    ApiError, ApiResult, ErrorBody, Page, Paged, Watch,
+    auth::{Admin, Caller},
     extract::{Cx, Json, Path, Query},
     timestamp,
 };
@@ -21,13 +20,40 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    State,
-    domain::{self, PlaceOrder, Status},
-    store::{self, LineRow, Order},
-    waiters::Watch,
+    State, domain,
+    model::{Error, PlaceOrder, Status},
+    store::{self, LineRow, Order, OrderRow},
 };
 
-/// The module's routes, each with its OpenAPI operation (tag `orders`).
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Invalid(invalid) => invalid.into(),
+            Error::UnknownProducts { ref field, ref ids } => {
+                let details = serde_json::json!({
+                    "field": field,
+                    "reason": "unknown_product",
+                    "product_ids": ids,
+                });
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "validation_failed",
+                    error.to_string(),
+                )
+                .with_details(details)
+            }
+            Error::NotFound(_) => ApiError::not_found(error.to_string()),
+            Error::InvalidTransition { from, to } => {
+                let details = serde_json::json!({ "from": from.as_str(), "to": to.as_str() });
+                ApiError::conflict("invalid_transition", error.to_string()).with_details(details)
+            }
+            Error::Peer(error) => error.into(),
+            Error::Storage(error) => error.into(),
+        }
+    }
+}
+
+/// The module's routes, each with its OpenAPI operation.
 pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(place))
@@ -38,21 +64,6 @@ pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
 }
 
 type AppState = axum::extract::State<Arc<State>>;
-
-/// A caller with the admin role. Extracted before the path and the body, so that a caller who
-/// may not write is answered 401 or 403 whatever else the request holds.
-#[derive(Debug, Clone, Copy)]
-struct Admin;
-
-impl<S: Send + Sync> FromRequestParts<S> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let caller = Caller::from_request_parts(parts, state).await?;
-        caller.require_admin()?;
-        Ok(Admin)
-    }
-}
 
 /// An order as its owner (or an admin) sees it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -140,7 +151,6 @@ const MAX_WAIT_MS: u64 = 30_000;
 #[utoipa::path(
     post,
     path = "/api/v1/orders",
-    tag = "orders",
     operation_id = "place_order",
     summary = "Place an order",
     description = "For the caller: `lines`, or `from_cart: true` to order the cart; optionally \
@@ -214,7 +224,7 @@ async fn place(
 /// place it again): it is logged, and the wait goes on to its deadline.
 async fn await_outcome(
     state: &State,
-    mut watch: Watch,
+    mut watch: Watch<Uuid, OrderRow>,
     placed: &Order,
     wait: Duration,
 ) -> Option<Order> {
@@ -248,7 +258,6 @@ async fn await_outcome(
 #[utoipa::path(
     get,
     path = "/api/v1/orders/{id}",
-    tag = "orders",
     operation_id = "get_order",
     summary = "Read an order",
     description = "The owner or an admin, with its price snapshot. Someone else's order is \
@@ -269,10 +278,11 @@ async fn get_order(
     caller: Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<OrderView>> {
-    let order = store::find(state.outbox.db(), id)
-        .await?
-        .filter(|order| caller.may_act_for(order.row.user_id()))
-        .ok_or_else(|| domain::order_not_found(id))?;
+    // Someone else's order is answered as if it did not exist.
+    let order = match domain::find(&state.outbox, id).await? {
+        order if caller.may_act_for(order.row.user_id()) => order,
+        _ => return Err(Error::NotFound(id).into()),
+    };
     Ok(Json(order.into()))
 }
 
@@ -281,7 +291,6 @@ async fn get_order(
 #[utoipa::path(
     get,
     path = "/api/v1/orders/user/{user_id}",
-    tag = "orders",
     operation_id = "list_user_orders",
     summary = "List a user's orders",
     description = "The owner or an admin; newest first, a page at a time.",
@@ -333,7 +342,6 @@ struct StatusChange {
 #[utoipa::path(
     put,
     path = "/api/v1/orders/{id}/status",
-    tag = "orders",
     operation_id = "change_order_status",
     summary = "Move an order on",
     description = "Admins only: confirmed → shipped → delivered, one step at a time.",
@@ -368,9 +376,7 @@ async fn change_status(
         )
     })?;
     domain::change_status(&state.outbox, id, to).await?;
-    let order = store::find(state.outbox.db(), id)
-        .await?
-        .ok_or_else(|| domain::order_not_found(id))?;
+    let order = domain::find(&state.outbox, id).await?;
     Ok(Json(order.into()))
 }
 
@@ -383,6 +389,8 @@ mod tests {
     use banyan_orders_contract::{OrderCancelled, OrderConfirmed, OrderPlaced};
     use banyan_payments_contract::{PaymentCompleted, PaymentId};
     use serde_json::{Value, json};
+
+    use banyan_kit::testing::EventRecorder;
 
     use super::*;
     use crate::{
@@ -408,7 +416,7 @@ mod tests {
     #[tokio::test]
     async fn an_order_is_placed_pending_with_price_snapshots_and_read_by_its_owner_only() {
         let h = harness::start().await;
-        let placed_events = h.record::<OrderPlaced>();
+        let mut placed_events = EventRecorder::<OrderPlaced>::on(&h.db.bus);
         let teapot = h.product("Teapot", 1999, "EUR");
         let cup = h.product("Cup", 450, "EUR");
         let (alice, alice_token) = h.users.alice.clone();
@@ -461,13 +469,8 @@ mod tests {
         let (status, _, _) = call(&h.router, "GET", &location, None, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-        for _ in 0..100 {
-            if !placed_events.lock().unwrap().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let placed = placed_events.lock().unwrap().clone();
+        placed_events.next_within(Duration::from_secs(5)).await;
+        let placed = placed_events.all();
         assert_eq!(placed.len(), 1);
         assert_eq!(placed[0].order_id.0, id);
         assert_eq!(placed[0].total.amount_minor, 4898);
@@ -478,7 +481,7 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_client_gets_the_confirmed_order_when_the_payment_completes() {
         let h = harness::start().await;
-        let confirmed = h.record::<OrderConfirmed>();
+        let mut confirmed = EventRecorder::<OrderConfirmed>::on(&h.db.bus);
         // Payments, played by a subscriber that charges every order at once.
         let bus = h.db.bus.clone();
         h.db.bus.subscribe::<OrderPlaced, _, _>(
@@ -504,13 +507,8 @@ mod tests {
         assert_eq!(view["status"], "confirmed");
         assert_eq!(view["payment_method"], "tok_mastercard");
         assert_eq!(location, format!("/api/v1/orders/{}", order_id(&view)));
-        for _ in 0..100 {
-            if !confirmed.lock().unwrap().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let confirmed = confirmed.lock().unwrap().clone();
+        confirmed.next_within(Duration::from_secs(5)).await;
+        let confirmed = confirmed.all();
         assert_eq!(confirmed.len(), 1);
         assert_eq!(confirmed[0].order_id.0, order_id(&view));
         assert_eq!(confirmed[0].total.amount_minor, 3 * 1999);
@@ -577,7 +575,7 @@ mod tests {
     #[tokio::test]
     async fn an_out_of_stock_order_is_cancelled_once_however_often_the_event_comes() {
         let h = harness::start().await;
-        let cancelled = h.record::<OrderCancelled>();
+        let cancelled = EventRecorder::<OrderCancelled>::on(&h.db.bus);
         let teapot = h.product("Teapot", 1999, "EUR");
         let body = json!({ "lines": [{ "product_id": teapot, "quantity": 1 }] });
         let (_, location, view) = post(&h, "/api/v1/orders", &h.users.alice.1, body).await;
@@ -615,7 +613,7 @@ mod tests {
         for _ in 0..50 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let cancelled = cancelled.lock().unwrap().clone();
+        let cancelled = cancelled.all();
         assert_eq!(cancelled.len(), 1, "{cancelled:?}");
         assert_eq!(cancelled[0].reason, "out_of_stock");
         assert_eq!(cancelled[0].user_id.0, h.users.alice.0);

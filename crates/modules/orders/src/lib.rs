@@ -9,36 +9,39 @@
 //! Answers `GetOrder` and `ListOrders`.
 //!
 //! # Layout (the same in every module crate)
-//! - `domain`: validated values (`Quantity`, `RequestedLines`, `PaymentMethod`, `Status`),
-//!   pricing, and the operations `prepare`, `place`, `end_saga` and `change_status`.
+//! - `model`: validated values (`Quantity`, `RequestedLines`, `PaymentMethod`, `Status`),
+//!   pricing, and the module's `Error`.
+//! - `domain`: the operations `prepare`, `place`, `end_saga` and `change_status`.
 //! - `store`: every SQL statement of the module.
-//! - `http`: the routes under `/api/v1/orders`.
+//! - `http`: the routes under `/api/v1/orders`; a client waits for its order's outcome on
+//!   `banyan_kit::Waiters`, which `messages` wakes.
 //! - `messages`: bus request handlers and the saga's event subscriptions.
-//! - `waiters`: the clients waiting for a saga's outcome, woken by `messages`.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod domain;
 mod http;
 mod messages;
+mod model;
 mod store;
-mod waiters;
 
 use std::{sync::Arc, time::Duration};
 
-use banyan_db::sqlx::migrate::Migrator;
-use banyan_kit::{Module, ModuleContext};
-use futures::future::BoxFuture;
+use banyan_kit::ModuleContext;
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use banyan_orders_contract as contract;
 
-/// The orders module, as the app mounts it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Orders;
-
-static MIGRATIONS: Migrator = sqlx::migrate!("../../../migrations/orders");
+banyan_kit::module! {
+    /// The orders module, as the app mounts it.
+    pub struct Orders {
+        name: "orders",
+        description: "Orders and the checkout saga.",
+        migrations: sqlx::migrate!("../../../migrations/orders"),
+        start: start,
+    }
+}
 
 /// `[modules.orders]` settings.
 #[derive(Debug, Deserialize)]
@@ -59,37 +62,25 @@ impl Default for Settings {
 /// 202 with the pending order rather than being cut off with a 504.
 const WAIT_MARGIN: Duration = Duration::from_millis(500);
 
-impl Module for Orders {
-    fn name(&self) -> &'static str {
-        "orders"
+async fn start(ctx: ModuleContext) -> anyhow::Result<OpenApiRouter> {
+    let settings: Settings = ctx.settings()?;
+    if !(1..=10_000).contains(&settings.wait_poll_ms) {
+        anyhow::bail!("modules.orders.wait_poll_ms must be 1 to 10000");
     }
-
-    fn migrations(&self) -> &'static Migrator {
-        &MIGRATIONS
-    }
-
-    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<OpenApiRouter>> {
-        Box::pin(async move {
-            let settings: Settings = ctx.settings()?;
-            if !(1..=10_000).contains(&settings.wait_poll_ms) {
-                anyhow::bail!("modules.orders.wait_poll_ms must be 1 to 10000");
-            }
-            let request_timeout = ctx
-                .config
-                .extract_inner::<u64>("server.request_timeout_ms")
-                .ok()
-                .map(Duration::from_millis);
-            let state = Arc::new(State {
-                outbox: ctx.outbox.clone(),
-                bus: ctx.bus.clone(),
-                waiters: Arc::default(),
-                poll: Duration::from_millis(settings.wait_poll_ms),
-                max_wait: max_wait(request_timeout),
-            });
-            messages::register(&ctx.bus, &state);
-            Ok(http::routes(state))
-        })
-    }
+    let request_timeout = ctx
+        .config
+        .extract_inner::<u64>("server.request_timeout_ms")
+        .ok()
+        .map(Duration::from_millis);
+    let state = Arc::new(State {
+        outbox: ctx.outbox.clone(),
+        bus: ctx.bus.clone(),
+        waiters: Arc::default(),
+        poll: Duration::from_millis(settings.wait_poll_ms),
+        max_wait: max_wait(request_timeout),
+    });
+    messages::register(&ctx.bus, &state);
+    Ok(http::routes(state))
 }
 
 /// The longest a `POST` may wait for an outcome, given the edge's request timeout.
@@ -105,8 +96,9 @@ fn max_wait(request_timeout: Option<Duration>) -> Duration {
 struct State {
     outbox: banyan_bus::Outbox,
     /// For the cart and catalog requests of placing an order.
-    bus: banyan_bus::Bus,
-    waiters: Arc<waiters::Waiters>,
+    bus: banyan_bus::ModuleBus,
+    /// Clients waiting for their order's saga to end, woken by the saga's handlers.
+    waiters: Arc<banyan_kit::Waiters<uuid::Uuid, store::OrderRow>>,
     /// How often a waiting client re-reads its order.
     poll: Duration,
     /// The longest a client may wait for an outcome.
@@ -123,7 +115,7 @@ mod test_support {
 
     /// Opens a fresh orders database (see `banyan_kit::testing::TestModule`).
     pub(crate) async fn open() -> TestDb {
-        TestDb::open("orders", &super::MIGRATIONS, BusConfig::default()).await
+        TestDb::open(crate::NAME, &crate::MIGRATIONS, BusConfig::default()).await
     }
 
     pub(crate) use banyan_kit::testing::call;
@@ -154,7 +146,7 @@ mod test_support {
 #[cfg(test)]
 mod harness {
     //! The module started on a real bus and database, with stand-ins for the catalog and the
-    //! cart that answer from maps the test fills.
+    //! cart that answer from what the test puts in them.
 
     use std::{
         collections::HashMap,
@@ -162,11 +154,11 @@ mod harness {
         time::Duration,
     };
 
-    use banyan_bus::{Envelope, Event, Rejection};
+    use banyan_bus::{Envelope, Event};
     use banyan_cart_contract::{CartContents, CartLine, GetCart};
-    use banyan_catalog_contract::{GetProducts, ProductId, ProductSnapshot};
-    use banyan_message::{Currency, Money};
-    use serde_json::json;
+    use banyan_catalog_contract::ProductId;
+    use banyan_kit::testing::FakeCatalog;
+    use banyan_message::Currency;
     use uuid::Uuid;
 
     use crate::{
@@ -181,7 +173,7 @@ mod harness {
         pub(crate) state: Arc<State>,
         pub(crate) router: axum::Router,
         pub(crate) users: Users,
-        pub(crate) products: Shared<HashMap<ProductId, ProductSnapshot>>,
+        pub(crate) catalog: FakeCatalog,
         pub(crate) carts: Shared<HashMap<Uuid, Vec<CartLine>>>,
     }
 
@@ -189,36 +181,13 @@ mod harness {
         let db = test_support::open().await;
         let state = Arc::new(State {
             outbox: db.outbox.clone(),
-            bus: db.bus.clone(),
+            bus: db.module_bus(),
             waiters: Arc::default(),
             poll: Duration::from_millis(100),
             max_wait: Duration::from_secs(30),
         });
-        crate::messages::register(&db.bus, &state);
-        let products: Shared<HashMap<ProductId, ProductSnapshot>> = Arc::default();
-        let catalog = products.clone();
-        db.bus
-            .handle::<GetProducts, _, _>("catalog", move |_cx, request| {
-                let catalog = catalog.clone();
-                async move {
-                    let catalog = catalog.lock().unwrap();
-                    let unknown: Vec<ProductId> = request
-                        .product_ids
-                        .iter()
-                        .filter(|id| !catalog.contains_key(id))
-                        .copied()
-                        .collect();
-                    if !unknown.is_empty() {
-                        return Err(Rejection::new("unknown_product", "unknown product ids")
-                            .with_details(json!({ "product_ids": unknown })));
-                    }
-                    Ok(request
-                        .product_ids
-                        .iter()
-                        .filter_map(|id| catalog.get(id).cloned())
-                        .collect())
-                }
-            });
+        crate::messages::register(&db.module_bus(), &state);
+        let catalog = FakeCatalog::serve(&db.bus);
         let carts: Shared<HashMap<Uuid, Vec<CartLine>>> = Arc::default();
         let cart = carts.clone();
         db.bus.handle::<GetCart, _, _>("cart", move |_cx, request| {
@@ -241,7 +210,7 @@ mod harness {
             state,
             router,
             users,
-            products,
+            catalog,
             carts,
         }
     }
@@ -249,18 +218,8 @@ mod harness {
     impl Harness {
         /// A product in the catalog at `amount_minor` of `currency`.
         pub(crate) fn product(&self, name: &str, amount_minor: i64, currency: &str) -> ProductId {
-            let id = ProductId::new();
-            self.products.lock().unwrap().insert(
-                id,
-                ProductSnapshot {
-                    product_id: id,
-                    sku: name.to_uppercase(),
-                    name: name.into(),
-                    category: "kitchen".into(),
-                    price: Money::new(amount_minor, Currency::parse(currency).unwrap()),
-                },
-            );
-            id
+            let currency = Currency::parse(currency).unwrap();
+            self.catalog.add(name, amount_minor, currency)
         }
 
         /// Delivers `event` to the module as the bus would (from JSON), and waits until it
@@ -272,20 +231,6 @@ mod harness {
                 .deliver_remote_event(envelope.clone(), json.into(), event.aggregate_id())
                 .await
                 .unwrap();
-        }
-
-        /// Records every event `E` the module emits.
-        pub(crate) fn record<E: Event + Clone>(&self) -> Shared<Vec<E>> {
-            let seen: Shared<Vec<E>> = Arc::default();
-            let sink = seen.clone();
-            self.db.bus.subscribe::<E, _, _>(
-                "observer",
-                move |delivered: banyan_bus::Delivered<E>| {
-                    sink.lock().unwrap().push((*delivered.event).clone());
-                    async { Ok(()) }
-                },
-            );
-            seen
         }
     }
 }

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
-use banyan_bus::{Bus, Delivered, Event, HandlerError, Rejection};
+use banyan_bus::{Context, Delivered, Event, HandlerError, ModuleBus, Rejection};
 use banyan_inventory_contract::InventoryReservationFailed;
+use banyan_kit::Invalid;
 use banyan_orders_contract::{GetOrder, ListOrders, OrderSummary};
 use banyan_payments_contract::{PaymentCompleted, PaymentFailed};
 use serde_json::json;
@@ -16,73 +17,57 @@ use uuid::Uuid;
 use crate::{
     State,
     domain::{self, Ended, Outcome},
+    model::Error,
     store,
 };
-
-/// The module's name: its subscription group, so its dead letters land in its own database.
-const MODULE: &str = "orders";
 
 /// The cancel reason of an order whose stock could not be reserved.
 const OUT_OF_STOCK: &str = "out_of_stock";
 
-pub(crate) fn register(bus: &Bus, state: &Arc<State>) {
-    let get_state = state.clone();
-    bus.handle::<GetOrder, _, _>(MODULE, move |_cx, request| {
-        let state = get_state.clone();
-        async move { get_order(&state, request).await }
-    });
-    let list_state = state.clone();
-    bus.handle::<ListOrders, _, _>(MODULE, move |_cx, request| {
-        let state = list_state.clone();
-        async move { list_orders(&state, request).await }
-    });
-    let paid_state = state.clone();
-    bus.subscribe::<PaymentCompleted, _, _>(MODULE, move |delivered| {
-        let state = paid_state.clone();
-        async move {
-            let order_id = delivered.order_id;
-            end(&state, &delivered, order_id, Outcome::Confirm).await
-        }
-    });
-    let declined_state = state.clone();
-    bus.subscribe::<PaymentFailed, _, _>(MODULE, move |delivered| {
-        let state = declined_state.clone();
-        async move {
-            let (order_id, reason) = (delivered.order_id, delivered.reason.clone());
-            end(&state, &delivered, order_id, Outcome::Cancel(reason)).await
-        }
-    });
-    let short_state = state.clone();
-    bus.subscribe::<InventoryReservationFailed, _, _>(MODULE, move |delivered| {
-        let state = short_state.clone();
-        async move {
-            let order_id = delivered.reservation_id;
-            let outcome = Outcome::Cancel(OUT_OF_STOCK.to_owned());
-            end(&state, &delivered, order_id, outcome).await
-        }
-    });
+pub(crate) fn register(bus: &ModuleBus, state: &Arc<State>) {
+    bus.handle(state, get_order);
+    bus.handle(state, list_orders);
+    bus.subscribe(state, on_payment_completed);
+    bus.subscribe(state, on_payment_failed);
+    bus.subscribe(state, on_inventory_reservation_failed);
 }
 
-fn internal(error: banyan_db::sqlx::Error) -> Rejection {
-    Rejection::new("internal", error.to_string())
+impl From<Error> for Rejection {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Invalid(invalid) => invalid.into(),
+            Error::UnknownProducts { ref ids, .. } => {
+                let ids = ids.clone();
+                Rejection::new("unknown_product", error.to_string())
+                    .with_details(json!({ "product_ids": ids }))
+            }
+            Error::NotFound(id) => Rejection::not_found("order", id),
+            Error::InvalidTransition { from, to } => {
+                Rejection::conflict("invalid_transition", error.to_string())
+                    .with_details(json!({ "from": from.as_str(), "to": to.as_str() }))
+            }
+            Error::Peer(error) => Rejection::internal(error),
+            Error::Storage(error) => Rejection::internal(error),
+        }
+    }
 }
 
-async fn get_order(state: &State, request: GetOrder) -> Result<OrderSummary, Rejection> {
-    let order_id = request.order_id;
-    store::find(state.outbox.db(), order_id.0)
-        .await
-        .map_err(internal)?
-        .map(|order| order.summary())
-        .ok_or_else(|| Rejection::not_found("order", order_id))
+async fn get_order(
+    state: Arc<State>,
+    _cx: Context,
+    request: GetOrder,
+) -> Result<OrderSummary, Rejection> {
+    let order = domain::find(&state.outbox, request.order_id.0).await?;
+    Ok(order.summary())
 }
 
-async fn list_orders(state: &State, request: ListOrders) -> Result<Vec<OrderSummary>, Rejection> {
+async fn list_orders(
+    state: Arc<State>,
+    _cx: Context,
+    request: ListOrders,
+) -> Result<Vec<OrderSummary>, Rejection> {
     if !(1..=100).contains(&request.limit) {
-        let reason = "must be 1 to 100";
-        return Err(
-            Rejection::new("validation_failed", format!("limit: {reason}"))
-                .with_details(json!({ "field": "limit", "reason": reason })),
-        );
+        return Err(Invalid::new("limit", "must be 1 to 100").into());
     }
     let orders = store::list_for_user(
         state.outbox.db(),
@@ -91,8 +76,36 @@ async fn list_orders(state: &State, request: ListOrders) -> Result<Vec<OrderSumm
         0,
     )
     .await
-    .map_err(internal)?;
+    .map_err(Error::from)?;
     Ok(orders.iter().map(store::Order::summary).collect())
+}
+
+/// The payment went through: the order is confirmed.
+async fn on_payment_completed(
+    state: Arc<State>,
+    delivered: Delivered<PaymentCompleted>,
+) -> Result<(), HandlerError> {
+    let order_id = delivered.order_id;
+    end(&state, &delivered, order_id, Outcome::Confirm).await
+}
+
+/// The payment failed: the order is cancelled with the payment's reason.
+async fn on_payment_failed(
+    state: Arc<State>,
+    delivered: Delivered<PaymentFailed>,
+) -> Result<(), HandlerError> {
+    let (order_id, reason) = (delivered.order_id, delivered.reason.clone());
+    end(&state, &delivered, order_id, Outcome::Cancel(reason)).await
+}
+
+/// The stock could not be held: the order is cancelled, out of stock.
+async fn on_inventory_reservation_failed(
+    state: Arc<State>,
+    delivered: Delivered<InventoryReservationFailed>,
+) -> Result<(), HandlerError> {
+    let order_id = delivered.reservation_id;
+    let outcome = Outcome::Cancel(OUT_OF_STOCK.to_owned());
+    end(&state, &delivered, order_id, outcome).await
 }
 
 /// Applies a saga outcome to `order_id`, once. A pending order ends; one that already ended

@@ -8,7 +8,7 @@ use banyan_orders_contract::{OrderId, OrderLine, OrderSummary, ProductId, UserId
 use sqlx::{AnyConnection, FromRow, any::AnyRow};
 use uuid::Uuid;
 
-use crate::domain::Status;
+use crate::model::Status;
 
 #[derive(Debug, Clone, FromRow)]
 pub(crate) struct OrderRow {

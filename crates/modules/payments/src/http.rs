@@ -13,12 +13,19 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use crate::{
-    State,
-    store::{self, PaymentRow},
-};
+use crate::{State, domain, model::Error, store::PaymentRow};
 
-/// The module's routes, each with its OpenAPI operation (tag `payments`).
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::NoPayment(_) => ApiError::not_found(error.to_string()),
+            Error::Storage(error) => error.into(),
+            Error::Corrupt(cause) => ApiError::internal(cause),
+        }
+    }
+}
+
+/// The module's routes, each with its OpenAPI operation.
 pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(get_payment))
@@ -74,7 +81,6 @@ impl From<PaymentRow> for PaymentBody {
 #[utoipa::path(
     get,
     path = "/api/v1/payments/{order_id}",
-    tag = "payments",
     operation_id = "get_payment",
     summary = "Read an order's payment",
     description = "The payer or an admin. Another user's payment answers 404, as does an order \
@@ -95,10 +101,11 @@ async fn get_payment(
     caller: Caller,
     Path(order_id): Path<Uuid>,
 ) -> ApiResult<Json<PaymentBody>> {
-    let row = store::find_payment(state.outbox.db(), order_id)
-        .await?
-        .filter(|row| caller.may_act_for(row.user_id()))
-        .ok_or_else(|| ApiError::not_found(format!("order {order_id} has no payment")))?;
+    // Someone else's payment is answered as if there were none.
+    let row = match domain::payment_of(&state.outbox, order_id).await? {
+        (row, _) if caller.may_act_for(row.user_id()) => row,
+        _ => return Err(Error::NoPayment(order_id).into()),
+    };
     Ok(Json(row.into()))
 }
 
@@ -112,7 +119,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        domain::{self, Intent, Provider},
+        domain,
+        model::{Intent, Provider},
         test_support::{self, call, token, with_auth},
     };
 

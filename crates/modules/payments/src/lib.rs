@@ -21,23 +21,26 @@
 mod domain;
 mod http;
 mod messages;
+mod model;
 mod store;
 
 use std::sync::Arc;
 
-use banyan_db::sqlx::migrate::Migrator;
-use banyan_kit::{Module, ModuleContext};
-use futures::future::BoxFuture;
+use banyan_kit::ModuleContext;
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use banyan_payments_contract as contract;
 
-/// The payments module, as the app mounts it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Payments;
-
-static MIGRATIONS: Migrator = sqlx::migrate!("../../../migrations/payments");
+banyan_kit::module! {
+    /// The payments module, as the app mounts it.
+    pub struct Payments {
+        name: "payments",
+        description: "Payments of orders (a simulated provider).",
+        migrations: sqlx::migrate!("../../../migrations/payments"),
+        start: start,
+    }
+}
 
 /// `[modules.payments]` settings: the simulated provider's rules.
 #[derive(Debug, Clone, Deserialize)]
@@ -56,8 +59,8 @@ struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            declined_methods: vec![domain::Provider::DECLINED_METHOD.to_owned()],
-            amount_limit_minor: domain::Provider::AMOUNT_LIMIT_MINOR,
+            declined_methods: vec![model::Provider::DECLINED_METHOD.to_owned()],
+            amount_limit_minor: model::Provider::AMOUNT_LIMIT_MINOR,
             failure_rate: 0.0,
         }
     }
@@ -65,8 +68,8 @@ impl Default for Settings {
 
 impl Settings {
     /// The provider these settings describe; an error names the first bad key.
-    fn provider(self) -> anyhow::Result<domain::Provider> {
-        domain::Provider::new(
+    fn provider(self) -> anyhow::Result<model::Provider> {
+        model::Provider::new(
             self.declined_methods,
             self.amount_limit_minor,
             self.failure_rate,
@@ -81,40 +84,28 @@ impl Settings {
     }
 }
 
-impl Module for Payments {
-    fn name(&self) -> &'static str {
-        "payments"
-    }
-
-    fn migrations(&self) -> &'static Migrator {
-        &MIGRATIONS
-    }
-
-    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<OpenApiRouter>> {
-        Box::pin(async move {
-            let settings: Settings = ctx.settings()?;
-            let state = Arc::new(State {
-                outbox: ctx.outbox.clone(),
-                provider: settings.provider()?,
-            });
-            messages::register(&ctx.bus, &state);
-            Ok(http::routes(state))
-        })
-    }
+async fn start(ctx: ModuleContext) -> anyhow::Result<OpenApiRouter> {
+    let settings: Settings = ctx.settings()?;
+    let state = Arc::new(State {
+        outbox: ctx.outbox.clone(),
+        provider: settings.provider()?,
+    });
+    messages::register(&ctx.bus, &state);
+    Ok(http::routes(state))
 }
 
 /// What the module's handlers share.
 #[derive(Debug)]
 struct State {
     outbox: banyan_bus::Outbox,
-    provider: domain::Provider,
+    provider: model::Provider,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(toml: &str) -> anyhow::Result<domain::Provider> {
+    fn parse(toml: &str) -> anyhow::Result<model::Provider> {
         use figment::providers::{Format, Toml};
 
         let settings: Settings = figment::Figment::from(Toml::string(toml))
@@ -165,7 +156,7 @@ mod test_support {
 
     /// Opens a fresh payments database (see `banyan_kit::testing::TestModule`).
     pub(crate) async fn open() -> TestDb {
-        TestDb::open("payments", &super::MIGRATIONS, BusConfig::default()).await
+        TestDb::open(crate::NAME, &crate::MIGRATIONS, BusConfig::default()).await
     }
 
     pub(crate) use banyan_kit::testing::call;

@@ -2,43 +2,42 @@
 
 use std::sync::Arc;
 
-use banyan_bus::{Bus, Delivered, HandlerError, Rejection};
+use banyan_bus::{Context, Delivered, HandlerError, ModuleBus, Rejection};
 use banyan_inventory_contract::InventoryReserved;
-use banyan_message::{Currency, Money};
+use banyan_message::Money;
 use banyan_orders_contract::OrderPlaced;
 use banyan_payments_contract::{GetPayment, PaymentId, PaymentView};
 
 use crate::{
     State,
-    domain::{self, Intent},
-    store::{self, PaymentRow},
+    domain::{self, Held},
+    model::{Error, Intent},
+    store::PaymentRow,
 };
 
-pub(crate) fn register(bus: &Bus, state: &Arc<State>) {
-    let get_state = state.clone();
-    bus.handle::<GetPayment, _, _>("payments", move |_cx, request| {
-        let state = get_state.clone();
-        async move { get_payment(&state, request).await }
-    });
-    bus.subscribe_with_state::<OrderPlaced, _, _>("payments", state, on_order_placed);
-    bus.subscribe_with_state::<InventoryReserved, _, _>("payments", state, on_inventory_reserved);
+pub(crate) fn register(bus: &ModuleBus, state: &Arc<State>) {
+    bus.handle(state, get_payment);
+    bus.subscribe(state, on_order_placed);
+    bus.subscribe(state, on_inventory_reserved);
 }
 
-fn internal(error: impl std::fmt::Display) -> Rejection {
-    Rejection::new("internal", error.to_string())
+impl From<Error> for Rejection {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::NoPayment(order_id) => Rejection::not_found("payment of order", order_id),
+            Error::Storage(error) => Rejection::internal(error),
+            Error::Corrupt(cause) => Rejection::internal(cause),
+        }
+    }
 }
 
 /// The payment of an order, rejected with `not_found` when it has none (yet).
-async fn get_payment(state: &State, request: GetPayment) -> Result<PaymentView, Rejection> {
-    let row = store::find_payment(state.outbox.db(), request.order_id)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| Rejection::not_found("payment of order", request.order_id))?;
-    view(row)
-}
-
-fn view(row: PaymentRow) -> Result<PaymentView, Rejection> {
-    let currency = Currency::parse(&row.currency).map_err(internal)?;
+async fn get_payment(
+    state: Arc<State>,
+    _cx: Context,
+    request: GetPayment,
+) -> Result<PaymentView, Rejection> {
+    let (row, currency) = domain::payment_of(&state.outbox, request.order_id).await?;
     Ok(PaymentView {
         payment_id: PaymentId(row.id()),
         order_id: row.order_id(),
@@ -60,12 +59,8 @@ async fn on_order_placed(
         return Ok(());
     };
     let intent = Intent::from(&*delivered.event);
-    store::insert_intent(&mut uow, &intent).await?;
-    let charged = if store::take_early_reservation(&mut uow, intent.order_id).await? {
-        domain::charge(&mut uow, delivered.context(), &state.provider, &intent).await?
-    } else {
-        None
-    };
+    let charged =
+        domain::order_placed(&mut uow, delivered.context(), &state.provider, &intent).await?;
     uow.commit().await?;
     if let Some(payment) = charged {
         log_charge(&payment);
@@ -83,17 +78,14 @@ async fn on_inventory_reserved(
         return Ok(());
     };
     let order_id = delivered.reservation_id;
-    let Some(intent) = store::find_intent(&mut uow, order_id).await? else {
-        store::insert_early_reservation(&mut uow, order_id).await?;
-        uow.commit().await?;
-        tracing::debug!(%order_id, "Stock held before the order was seen placed; charging it when it is.");
-        return Ok(());
-    };
-    let charged = domain::charge(&mut uow, delivered.context(), &state.provider, &intent).await?;
+    let held = domain::stock_held(&mut uow, delivered.context(), &state.provider, order_id).await?;
     uow.commit().await?;
-    match charged {
-        Some(payment) => log_charge(&payment),
-        None => tracing::debug!(%order_id, "Order charged before; nothing changed."),
+    match held {
+        Held::Charged(Some(payment)) => log_charge(&payment),
+        Held::Charged(None) => tracing::debug!(%order_id, "Order charged before; nothing changed."),
+        Held::Early => {
+            tracing::debug!(%order_id, "Stock held before the order was seen placed; charging it when it is.");
+        }
     }
     Ok(())
 }
@@ -113,15 +105,16 @@ fn log_charge(payment: &PaymentRow) {
 mod tests {
     use std::{sync::Mutex, time::Duration};
 
-    use banyan_bus::{BusError, Context, Envelope, Event, Message};
+    use banyan_bus::{BusError, Envelope, Event, Message};
     use banyan_inventory_contract::{ProductId, StockLine};
+    use banyan_message::Currency;
     use banyan_orders_contract::{OrderId, OrderLine, UserId};
     use banyan_payments_contract::{PaymentCompleted, PaymentFailed};
     use uuid::Uuid;
 
     use super::*;
     use crate::{
-        domain::Provider,
+        model::Provider,
         test_support::{self, TestDb},
     };
 
@@ -137,7 +130,7 @@ mod tests {
             outbox: db.outbox.clone(),
             provider: Provider::new(vec!["tok_declined".into()], 10_000, 0.0).unwrap(),
         });
-        register(&db.bus, &state);
+        register(&db.module_bus(), &state);
         let seen: Seen = Arc::new(Mutex::new(Vec::new()));
         let completed = seen.clone();
         db.bus

@@ -5,7 +5,7 @@ use banyan_message::{Currency, Money};
 use sqlx::{AnyConnection, FromRow};
 use uuid::Uuid;
 
-use crate::domain::Intent;
+use crate::model::Intent;
 
 /// `payments.status` of a charge that went through.
 pub(crate) const COMPLETED: &str = "completed";

@@ -1,135 +1,15 @@
-//! Accounts and the rules on their values.
+//! What `users` does with accounts: register, change and delete them, each in one unit of
+//! work with the event it announces.
 
-use argon2::{
-    Argon2,
-    password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash},
-};
 use banyan_bus::{Context, Outbox};
-use banyan_kit::{ApiError, auth::Role};
+use banyan_kit::auth::Role;
 use banyan_users_contract::{UserId, UserRegistered};
-use serde::Deserialize;
+use uuid::Uuid;
 
-use crate::store;
-
-/// A username: 3 to 32 characters of `a-z 0-9 _ . -`, compared without case.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Username(String);
-
-impl Username {
-    pub(crate) fn parse(raw: &str) -> Result<Self, ApiError> {
-        let name = raw.trim().to_lowercase();
-        if !(3..=32).contains(&name.chars().count()) {
-            return Err(ApiError::invalid("username", "must be 3 to 32 characters"));
-        }
-        if !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        {
-            return Err(ApiError::invalid(
-                "username",
-                "may hold only letters, digits, '_', '.' and '-'",
-            ));
-        }
-        Ok(Self(name))
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// An email address, stored in lower case. Checked for shape, not deliverability.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Email(String);
-
-impl Email {
-    pub(crate) fn parse(raw: &str) -> Result<Self, ApiError> {
-        let email = raw.trim().to_lowercase();
-        let invalid = || ApiError::invalid("email", "must be an address like name@example.com");
-        if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(invalid());
-        }
-        let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
-        let domain_ok = domain.contains('.')
-            && !domain.starts_with('.')
-            && !domain.ends_with('.')
-            && !domain.contains('@');
-        if local.is_empty() || local.len() > 64 || !domain_ok {
-            return Err(invalid());
-        }
-        Ok(Self(email))
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// A password in clear, on its way to being hashed. Its `Debug` never shows it.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub(crate) struct Password(String);
-
-impl std::fmt::Debug for Password {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Password(<redacted>)")
-    }
-}
-
-impl Password {
-    pub(crate) fn parse(raw: Password) -> Result<Self, ApiError> {
-        let length = raw.0.chars().count();
-        if !(8..=128).contains(&length) {
-            return Err(ApiError::invalid("password", "must be 8 to 128 characters"));
-        }
-        Ok(raw)
-    }
-
-    /// Hashes with argon2id (OWASP parameters), off the async threads: it takes tens of ms.
-    pub(crate) async fn hash(self) -> Result<String, ApiError> {
-        tokio::task::spawn_blocking(move || {
-            Argon2::default()
-                .hash_password(self.0.as_bytes())
-                .map(|hash| hash.to_string())
-        })
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
-    }
-
-    /// Checks against a stored hash. With no hash (unknown user) it checks against a dummy, so
-    /// that the answer takes as long and says nothing about whether the user exists.
-    pub(crate) async fn verify(self, stored: Option<String>) -> bool {
-        tokio::task::spawn_blocking(move || {
-            let known = stored.is_some();
-            let hash = stored.unwrap_or_else(|| DUMMY_HASH.to_owned());
-            let Ok(parsed) = PasswordHash::new(&hash) else {
-                return false;
-            };
-            Argon2::default()
-                .verify_password(self.0.as_bytes(), &parsed)
-                .is_ok()
-                && known
-        })
-        .await
-        .unwrap_or(false)
-    }
-}
-
-/// The argon2id hash of a random string nobody knows.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3GJAzv0J5dq0yrpGpx9YVNwGF7lFqU6hqsYz0wkuNUU";
-
-/// A new account as a client asks for it.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NewAccount {
-    /// 3 to 32 characters of `a-z 0-9 _ . -`, compared without case.
-    pub(crate) username: String,
-    pub(crate) email: String,
-    /// 8 to 128 characters.
-    #[schema(value_type = String, format = Password)]
-    pub(crate) password: Password,
-}
+use crate::{
+    model::{Email, Error, NewAccount, Password, Username},
+    store::{self, UserRow},
+};
 
 /// Creates an account and announces it, in one transaction.
 pub(crate) async fn register(
@@ -137,20 +17,17 @@ pub(crate) async fn register(
     cx: &Context,
     account: NewAccount,
     role: Role,
-) -> Result<store::UserRow, ApiError> {
+) -> Result<UserRow, Error> {
     let username = Username::parse(&account.username)?;
     let email = Email::parse(&account.email)?;
     let hash = Password::parse(account.password)?.hash().await?;
     let mut uow = outbox.begin().await?;
     if let Some(field) = store::taken(&mut uow, &username, &email, None).await? {
-        return Err(ApiError::conflict(
-            "already_exists",
-            format!("that {field} is already taken"),
-        ));
+        return Err(Error::Taken(field));
     }
     let user = store::insert(&mut uow, &username, &email, &hash, role)
         .await
-        .map_err(conflict_or_internal)?;
+        .map_err(Error::taken_or_storage)?;
     uow.emit(
         cx,
         UserRegistered {
@@ -160,7 +37,7 @@ pub(crate) async fn register(
         },
     )
     .await?;
-    uow.commit().await.map_err(conflict_or_internal)?;
+    uow.commit().await.map_err(Error::taken_or_storage)?;
     tracing::info!(user_id = %user.id, role = %user.role, "Account registered.");
     Ok(user)
 }
@@ -171,8 +48,8 @@ pub(crate) async fn ensure_admin(
     cx: &Context,
     admin: NewAccount,
 ) -> anyhow::Result<()> {
-    let username = Username::parse(&admin.username)
-        .map_err(|e| anyhow::anyhow!("bootstrap_admin: {}", e.message))?;
+    let username =
+        Username::parse(&admin.username).map_err(|e| anyhow::anyhow!("bootstrap_admin: {e}"))?;
     if store::find_by_login(outbox.db(), username.as_str())
         .await?
         .is_some()
@@ -181,62 +58,54 @@ pub(crate) async fn ensure_admin(
     }
     register(outbox, cx, admin, Role::Admin)
         .await
-        .map_err(|e| anyhow::anyhow!("bootstrap_admin: {}", e.message))?;
+        .map_err(|e| anyhow::anyhow!("bootstrap_admin: {e}"))?;
     tracing::info!(username = username.as_str(), "Bootstrap admin created.");
     Ok(())
 }
 
-/// Two requests racing for one name both pass the check on PostgreSQL; the unique index
-/// stops the second, and that is still a 409.
-pub(crate) fn conflict_or_internal(error: banyan_db::sqlx::Error) -> ApiError {
-    match error.as_database_error() {
-        Some(db) if db.is_unique_violation() => {
-            ApiError::conflict("already_exists", "that username or email is already taken")
-        }
-        _ => error.into(),
+/// Changes an account's email, password, or both (at least one is given).
+pub(crate) async fn change(
+    outbox: &Outbox,
+    id: Uuid,
+    email: Option<&str>,
+    password: Option<Password>,
+) -> Result<UserRow, Error> {
+    if email.is_none() && password.is_none() {
+        return Err(banyan_kit::Invalid::new("body", "give an email, a password, or both").into());
     }
+    let email = email.map(Email::parse).transpose()?;
+    let hash = match password {
+        Some(password) => Some(Password::parse(password)?.hash().await?),
+        None => None,
+    };
+    let mut uow = outbox.begin().await?;
+    if let Some(email) = &email
+        && store::email_taken(&mut uow, email, id).await?
+    {
+        return Err(Error::Taken("email"));
+    }
+    let user = store::update(&mut uow, id, email.as_ref(), hash.as_deref())
+        .await
+        .map_err(Error::taken_or_storage)?
+        .ok_or(Error::NotFound(id))?;
+    uow.commit().await.map_err(Error::taken_or_storage)?;
+    Ok(user)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn usernames_are_case_insensitive_and_limited_in_length_and_alphabet() {
-        assert_eq!(Username::parse(" Alice ").unwrap().as_str(), "alice");
-        assert!(Username::parse("al").is_err());
-        assert!(Username::parse(&"a".repeat(33)).is_err());
-        assert!(Username::parse("al ice").is_err());
-        assert!(Username::parse("alice<script>").is_err());
+/// Deletes an account.
+pub(crate) async fn delete(outbox: &Outbox, id: Uuid) -> Result<(), Error> {
+    let mut uow = outbox.begin().await?;
+    if !store::delete(&mut uow, id).await? {
+        return Err(Error::NotFound(id));
     }
+    uow.commit().await?;
+    tracing::info!(user_id = %id, "Account deleted.");
+    Ok(())
+}
 
-    #[test]
-    fn emails_must_have_a_local_part_and_a_dotted_domain() {
-        assert_eq!(
-            Email::parse("A@Example.COM").unwrap().as_str(),
-            "a@example.com"
-        );
-        for bad in ["", "a", "a@", "@b.c", "a@b", "a@.b", "a b@c.d", "a@b@c.d"] {
-            assert!(Email::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn a_password_never_shows_in_debug_output() {
-        let password = Password("hunter2hunter2".into());
-        assert!(!format!("{password:?}").contains("hunter2"));
-    }
-
-    #[tokio::test]
-    async fn a_hashed_password_verifies_and_a_wrong_one_does_not() {
-        let hash = Password("correct horse".into()).hash().await.unwrap();
-        assert!(hash.starts_with("$argon2id$"));
-        assert!(
-            Password("correct horse".into())
-                .verify(Some(hash.clone()))
-                .await
-        );
-        assert!(!Password("wrong horse!".into()).verify(Some(hash)).await);
-        assert!(!Password("correct horse".into()).verify(None).await);
-    }
+/// The account `id`.
+pub(crate) async fn find(outbox: &Outbox, id: Uuid) -> Result<UserRow, Error> {
+    store::find(outbox.db(), id)
+        .await?
+        .ok_or(Error::NotFound(id))
 }

@@ -21,12 +21,26 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    State,
-    domain::{self, Email, NewAccount, Password},
+    State, domain,
+    model::{Error, NewAccount, Password},
     store::{self, UserRow},
 };
 
-/// The module's routes, each with its OpenAPI operation (tag `users`).
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Invalid(invalid) => invalid.into(),
+            Error::Taken(field) => {
+                ApiError::conflict("already_exists", format!("that {field} is already taken"))
+            }
+            Error::NotFound(id) => not_found(id),
+            Error::Storage(error) => error.into(),
+            Error::Unexpected(cause) => ApiError::internal(cause),
+        }
+    }
+}
+
+/// The module's routes, each with its OpenAPI operation.
 pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(register, list))
@@ -70,7 +84,6 @@ impl From<UserRow> for UserView {
 #[utoipa::path(
     post,
     path = "/api/v1/users",
-    tag = "users",
     operation_id = "register_user",
     summary = "Register an account",
     description = "Anyone may register; new accounts are customers.",
@@ -124,7 +137,6 @@ struct LoginAnswer {
 #[utoipa::path(
     post,
     path = "/api/v1/users/login",
-    tag = "users",
     operation_id = "login",
     summary = "Log in",
     description = "A JWT for good credentials (the username or the email, and the password); \
@@ -163,7 +175,6 @@ async fn login(
 #[utoipa::path(
     get,
     path = "/api/v1/users",
-    tag = "users",
     operation_id = "list_users",
     summary = "List accounts",
     description = "Every account, oldest first, a page at a time. Admins only.",
@@ -213,7 +224,6 @@ fn not_found(id: Uuid) -> ApiError {
 #[utoipa::path(
     get,
     path = "/api/v1/users/{id}",
-    tag = "users",
     operation_id = "get_user",
     summary = "Read an account",
     description = "The owner or an admin. Someone else's account is answered 404.",
@@ -234,9 +244,7 @@ async fn get_user(
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<UserView>> {
     owned(&caller, id)?;
-    let user = store::find(state.outbox.db(), id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
+    let user = domain::find(&state.outbox, id).await?;
     Ok(Json(user.into()))
 }
 
@@ -255,7 +263,6 @@ struct AccountChanges {
 #[utoipa::path(
     put,
     path = "/api/v1/users/{id}",
-    tag = "users",
     operation_id = "update_user",
     summary = "Change an account's email or password",
     description = "The owner or an admin. The role is not a field a client may set.",
@@ -282,31 +289,13 @@ async fn update(
     Json(changes): Json<AccountChanges>,
 ) -> ApiResult<Json<UserView>> {
     owned(&caller, id)?;
-    if changes.email.is_none() && changes.password.is_none() {
-        return Err(ApiError::invalid(
-            "body",
-            "give an email, a password, or both",
-        ));
-    }
-    let email = changes.email.as_deref().map(Email::parse).transpose()?;
-    let hash = match changes.password {
-        Some(password) => Some(Password::parse(password)?.hash().await?),
-        None => None,
-    };
-    let mut uow = state.outbox.begin().await?;
-    if let Some(email) = &email
-        && store::email_taken(&mut uow, email, id).await?
-    {
-        return Err(ApiError::conflict(
-            "already_exists",
-            "that email is already taken",
-        ));
-    }
-    let user = store::update(&mut uow, id, email.as_ref(), hash.as_deref())
-        .await
-        .map_err(domain::conflict_or_internal)?
-        .ok_or_else(|| not_found(id))?;
-    uow.commit().await.map_err(domain::conflict_or_internal)?;
+    let user = domain::change(
+        &state.outbox,
+        id,
+        changes.email.as_deref(),
+        changes.password,
+    )
+    .await?;
     Ok(Json(user.into()))
 }
 
@@ -314,7 +303,6 @@ async fn update(
 #[utoipa::path(
     delete,
     path = "/api/v1/users/{id}",
-    tag = "users",
     operation_id = "delete_user",
     summary = "Delete an account",
     description = "The owner or an admin.",
@@ -335,12 +323,7 @@ async fn delete(
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
     owned(&caller, id)?;
-    let mut uow = state.outbox.begin().await?;
-    if !store::delete(&mut uow, id).await? {
-        return Err(not_found(id));
-    }
-    uow.commit().await?;
-    tracing::info!(user_id = %id, "Account deleted.");
+    domain::delete(&state.outbox, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -392,7 +375,6 @@ struct OrderLineDoc {
 #[utoipa::path(
     get,
     path = "/api/v1/users/{id}/overview",
-    tag = "users",
     operation_id = "user_overview",
     summary = "An account and its latest orders",
     description = "The owner or an admin. Composed from the account and the orders module's \
@@ -415,9 +397,7 @@ async fn overview(
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Overview>> {
     owned(&caller, id)?;
-    let user = store::find(state.outbox.db(), id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
+    let user = domain::find(&state.outbox, id).await?;
     let asked = ListOrders {
         user_id: UserId(id),
         limit: 20,

@@ -6,7 +6,8 @@
 //! own data and the orders module's answer (`ListOrders`), degrading when orders is away.
 //!
 //! # Layout (the same in every module crate)
-//! - `domain`: validated values (`Username`, `Email`, `Password`) and the rules.
+//! - `model`: validated values (`Username`, `Email`, `Password`) and the module's `Error`.
+//! - `domain`: registering, changing and deleting accounts.
 //! - `store`: every SQL statement of the module.
 //! - `http`: the routes under `/api/v1/users`.
 //! - `messages`: bus request handlers and event subscriptions.
@@ -14,24 +15,27 @@
 mod domain;
 mod http;
 mod messages;
+mod model;
 mod store;
 
 use std::sync::Arc;
 
 use banyan_bus::Context;
-use banyan_db::sqlx::migrate::Migrator;
-use banyan_kit::{Module, ModuleContext};
-use futures::future::BoxFuture;
+use banyan_kit::ModuleContext;
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use banyan_users_contract as contract;
 
-/// The users module, as the app mounts it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Users;
-
-static MIGRATIONS: Migrator = sqlx::migrate!("../../../migrations/users");
+banyan_kit::module! {
+    /// The users module, as the app mounts it.
+    pub struct Users {
+        name: "users",
+        description: "Accounts, credentials and login.",
+        migrations: sqlx::migrate!("../../../migrations/users"),
+        start: start,
+    }
+}
 
 /// `[modules.users]` settings.
 #[derive(Debug, Default, Deserialize)]
@@ -39,40 +43,28 @@ static MIGRATIONS: Migrator = sqlx::migrate!("../../../migrations/users");
 struct Settings {
     /// An admin account created at start if no account has its username: how the first admin
     /// comes to exist (see README).
-    bootstrap_admin: Option<domain::NewAccount>,
+    bootstrap_admin: Option<model::NewAccount>,
     /// How long the overview waits for orders before answering without them.
     overview_orders_timeout_ms: Option<u64>,
 }
 
-impl Module for Users {
-    fn name(&self) -> &'static str {
-        "users"
+async fn start(ctx: ModuleContext) -> anyhow::Result<OpenApiRouter> {
+    let settings: Settings = ctx.settings()?;
+    let overview_timeout = settings.overview_orders_timeout_ms.unwrap_or(500);
+    if !(1..=60_000).contains(&overview_timeout) {
+        anyhow::bail!("modules.users.overview_orders_timeout_ms must be 1 to 60000");
     }
-
-    fn migrations(&self) -> &'static Migrator {
-        &MIGRATIONS
+    let state = Arc::new(State {
+        outbox: ctx.outbox.clone(),
+        auth: ctx.auth.clone(),
+        bus: ctx.bus.clone(),
+        overview_timeout: std::time::Duration::from_millis(overview_timeout),
+    });
+    if let Some(admin) = settings.bootstrap_admin {
+        domain::ensure_admin(&state.outbox, &Context::root(), admin).await?;
     }
-
-    fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<OpenApiRouter>> {
-        Box::pin(async move {
-            let settings: Settings = ctx.settings()?;
-            let overview_timeout = settings.overview_orders_timeout_ms.unwrap_or(500);
-            if !(1..=60_000).contains(&overview_timeout) {
-                anyhow::bail!("modules.users.overview_orders_timeout_ms must be 1 to 60000");
-            }
-            let state = Arc::new(State {
-                outbox: ctx.outbox.clone(),
-                auth: ctx.auth.clone(),
-                bus: ctx.bus.clone(),
-                overview_timeout: std::time::Duration::from_millis(overview_timeout),
-            });
-            if let Some(admin) = settings.bootstrap_admin {
-                domain::ensure_admin(&state.outbox, &Context::root(), admin).await?;
-            }
-            messages::register(&ctx.bus, &state);
-            Ok(http::routes(state))
-        })
-    }
+    messages::register(&ctx.bus, &state);
+    Ok(http::routes(state))
 }
 
 /// What the module's handlers share.
@@ -80,6 +72,6 @@ impl Module for Users {
 struct State {
     outbox: banyan_bus::Outbox,
     auth: Arc<banyan_kit::auth::Authenticator>,
-    bus: banyan_bus::Bus,
+    bus: banyan_bus::ModuleBus,
     overview_timeout: std::time::Duration,
 }

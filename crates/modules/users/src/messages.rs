@@ -2,24 +2,35 @@
 
 use std::sync::Arc;
 
-use banyan_bus::{Bus, Rejection};
+use banyan_bus::{Context, ModuleBus, Rejection};
 use banyan_users_contract::{GetUser, UserId, UserProfile};
 
-use crate::{State, store};
+use crate::{State, domain, model::Error};
 
-pub(crate) fn register(bus: &Bus, state: &Arc<State>) {
-    let state = state.clone();
-    bus.handle::<GetUser, _, _>("users", move |_cx, request| {
-        let state = state.clone();
-        async move { get_user(&state, request).await }
-    });
+pub(crate) fn register(bus: &ModuleBus, state: &Arc<State>) {
+    bus.handle(state, get_user);
 }
 
-async fn get_user(state: &State, request: GetUser) -> Result<UserProfile, Rejection> {
-    let user = store::find(state.outbox.db(), request.user_id.0)
-        .await
-        .map_err(|e| Rejection::new("internal", e.to_string()))?
-        .ok_or_else(|| Rejection::not_found("user", request.user_id))?;
+impl From<Error> for Rejection {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Invalid(invalid) => invalid.into(),
+            Error::Taken(field) => {
+                Rejection::conflict("already_exists", format!("that {field} is already taken"))
+            }
+            Error::NotFound(id) => Rejection::not_found("user", id),
+            Error::Storage(error) => Rejection::internal(error),
+            Error::Unexpected(cause) => Rejection::internal(cause),
+        }
+    }
+}
+
+async fn get_user(
+    state: Arc<State>,
+    _cx: Context,
+    request: GetUser,
+) -> Result<UserProfile, Rejection> {
+    let user = domain::find(&state.outbox, request.user_id.0).await?;
     Ok(UserProfile {
         user_id: UserId(user.id()),
         username: user.username,

@@ -5,7 +5,7 @@ use banyan_kit::{Page, auth::Role};
 use sqlx::{AnyConnection, FromRow};
 use uuid::Uuid;
 
-use crate::domain::{Email, Username};
+use crate::model::{Email, Username};
 
 #[derive(Debug, Clone, FromRow)]
 pub(crate) struct UserRow {

@@ -1,33 +1,39 @@
-//! Clients waiting for the checkout saga to end an order (`POST /api/v1/orders?wait_ms=`).
+//! Request-response over events: clients waiting for an outcome that an event handler will
+//! decide (`POST /api/v1/orders?wait_ms=` waits for the checkout saga to end its order).
 //!
-//! A waiter registers before the order commits, so that an outcome that comes fast is not
-//! missed; the saga's event handlers [`wake`](Waiters::wake) the order's waiters after their
-//! own commit, handing them the order's row as it committed (so a waiter need not read it
-//! again). When the saga ends in another process no handler here runs, so a waiter also
-//! re-reads the order on a timer (see `http::await_outcome`): the signal is the fast path,
-//! the database the truth.
+//! A waiter registers before the work that starts things commits, so that an outcome that
+//! comes fast is not missed; the handler that decides [`wake`](Waiters::wake)s the key's
+//! waiters after its own commit, handing them the value as it committed (so a waiter need not
+//! read it again). When the outcome is decided in another process no handler here runs, so a
+//! waiter should also re-read on a timer: the signal is the fast path, the database the truth.
 
 use std::{
     collections::HashMap,
+    hash::Hash,
     sync::{Arc, Mutex},
 };
 
 use tokio::sync::oneshot;
-use uuid::Uuid;
 
-use crate::store::OrderRow;
+type Waiting<K, V> = HashMap<K, Vec<oneshot::Sender<V>>>;
 
-type Waiting = HashMap<Uuid, Vec<oneshot::Sender<OrderRow>>>;
-
-/// Who waits for which order. Lives as long as the module; entries as long as their waiter.
-#[derive(Debug, Default)]
-pub(crate) struct Waiters {
-    waiting: Mutex<Waiting>,
+/// Who waits for which key. Lives as long as the module; entries as long as their waiter.
+#[derive(Debug)]
+pub struct Waiters<K, V> {
+    waiting: Mutex<Waiting<K, V>>,
 }
 
-impl Waiters {
+impl<K, V> Default for Waiters<K, V> {
+    fn default() -> Self {
+        Self {
+            waiting: Mutex::default(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Copy, V: Clone> Waiters<K, V> {
     /// Registers a waiter for `order_id`; it is removed when the [`Watch`] is dropped.
-    pub(crate) fn watch(self: &Arc<Self>, order_id: Uuid) -> Watch {
+    pub fn watch(self: &Arc<Self>, order_id: K) -> Watch<K, V> {
         let (sender, receiver) = oneshot::channel();
         self.lock().entry(order_id).or_default().push(sender);
         Watch {
@@ -38,40 +44,43 @@ impl Waiters {
         }
     }
 
-    /// Tells every waiter of `order_id` that its saga ended, with the order's row as it
-    /// committed.
-    pub(crate) fn wake(&self, order_id: Uuid, row: &OrderRow) {
+    /// Tells every waiter of `order_id` its outcome, `row` as it committed.
+    pub fn wake(&self, order_id: K, row: &V) {
         let senders = self.lock().remove(&order_id);
         for sender in senders.into_iter().flatten() {
             let _ = sender.send(row.clone());
         }
     }
 
-    /// How many orders have someone waiting.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
+    /// How many keys have someone waiting.
+    pub fn len(&self) -> usize {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+    /// Whether nobody waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting<K, V>> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// One client's wait for one order.
+/// One client's wait for one key.
 #[derive(Debug)]
-pub(crate) struct Watch {
-    order_id: Uuid,
-    receiver: oneshot::Receiver<OrderRow>,
+pub struct Watch<K: Hash + Eq + Copy, V: Clone> {
+    order_id: K,
+    receiver: oneshot::Receiver<V>,
     /// Whether the signal came (a oneshot may not be polled after it completed).
     signalled: bool,
-    waiters: Arc<Waiters>,
+    waiters: Arc<Waiters<K, V>>,
 }
 
-impl Watch {
-    /// Resolves when the order's waiters are woken (at once if they were before), with the
-    /// order's row. After the first signal it never resolves again.
-    pub(crate) async fn signalled(&mut self) -> Option<OrderRow> {
+impl<K: Hash + Eq + Copy, V: Clone> Watch<K, V> {
+    /// Resolves when the key's waiters are woken (at once if they were before), with the
+    /// value. After the first signal it never resolves again.
+    pub async fn signalled(&mut self) -> Option<V> {
         if self.signalled {
             return std::future::pending().await;
         }
@@ -81,7 +90,7 @@ impl Watch {
     }
 }
 
-impl Drop for Watch {
+impl<K: Hash + Eq + Copy, V: Clone> Drop for Watch<K, V> {
     fn drop(&mut self) {
         self.receiver.close();
         let mut waiting = self.waiters.lock();
@@ -98,39 +107,30 @@ impl Drop for Watch {
 mod tests {
     use std::time::Duration;
 
+    use uuid::Uuid;
+
     use super::*;
 
-    fn row(id: Uuid, status: &str) -> OrderRow {
-        OrderRow {
-            id: id.to_string(),
-            user_id: Uuid::now_v7().to_string(),
-            status: status.into(),
-            cancel_reason: None,
-            total_minor: 1,
-            currency: "EUR".into(),
-            payment_method: "tok_visa".into(),
-            from_cart: 0,
-            created_at: 0,
-            updated_at: 0,
-        }
+    fn row(_id: Uuid, status: &str) -> String {
+        status.to_owned()
     }
 
     #[tokio::test]
     async fn a_waiter_hears_a_wake_that_came_before_it_listened() {
-        let waiters = Arc::new(Waiters::default());
+        let waiters: Arc<Waiters<Uuid, String>> = Arc::new(Waiters::default());
         let id = Uuid::now_v7();
         let mut watch = waiters.watch(id);
         waiters.wake(id, &row(id, "confirmed"));
         let woken = tokio::time::timeout(Duration::from_secs(1), watch.signalled())
             .await
             .expect("the signal was kept");
-        assert_eq!(woken.unwrap().status, "confirmed");
+        assert_eq!(woken.unwrap(), "confirmed");
         assert_eq!(waiters.len(), 0);
     }
 
     #[tokio::test]
     async fn a_waiter_that_gives_up_leaves_nothing_behind() {
-        let waiters = Arc::new(Waiters::default());
+        let waiters: Arc<Waiters<Uuid, String>> = Arc::new(Waiters::default());
         let id = Uuid::now_v7();
         let first = waiters.watch(id);
         let mut second = waiters.watch(id);

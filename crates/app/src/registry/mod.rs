@@ -1,0 +1,254 @@
+//! The registry: which instances of each module are up, and where.
+//!
+//! The main process keeps it ([`Registry`]). Every other process registers itself at start
+//! (`POST /api/v1/services/register`, with the shared secret), sends the same registration
+//! again every `topology.heartbeat_ms` (its heartbeat; the answer is the current [`Listing`],
+//! which it keeps in its [`Directory`]) and leaves on a graceful shutdown
+//! (`DELETE /api/v1/services/{instance_id}`). An instance not heard from for
+//! `topology.instance_ttl_ms` is `stale`: it leaves rotation (no bus call, event or proxied
+//! request goes to it) until it heartbeats again; after ten times that it is forgotten.
+//!
+//! `GET /api/v1/services` lists every module with its instances, each with its transport,
+//! base URL, last heartbeat and health; it needs an admin's token or the shared secret.
+//!
+//! What a module subscribes to travels with its registration, so a process publishing an
+//! event over HTTP knows which modules elsewhere want it. Until the subscriptions of every
+//! module elsewhere are known (one of them has no instance registered yet), [`HttpEvents`]
+//! refuses to forward events: they stay in the publisher's outbox and its relay sends them
+//! again, so a module that starts late still gets every event it subscribes to.
+
+//!
+//! # Layout
+//! - `table`: [`Registry`], the table of instances on the main process.
+//! - `directory`: [`Directory`], the listing the other processes route by.
+//! - `events`: [`HttpEvents`], events pushed over HTTP once every subscriber is known.
+//! - `routes`: the registry's endpoints (`/api/v1/services`).
+//! - `heartbeat`: [`Heartbeat`], registering, heartbeating and leaving.
+
+mod directory;
+mod events;
+mod heartbeat;
+mod routes;
+mod table;
+
+pub(crate) use directory::Directory;
+pub(crate) use events::{Awareness, HttpEvents};
+pub(crate) use heartbeat::Heartbeat;
+pub(crate) use routes::{RegistryState, routes};
+pub(crate) use table::Registry;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::topology::TransportKind;
+
+/// Where the registry's routes live.
+pub const SERVICES_PATH: &str = "/api/v1/services";
+
+/// How an instance's modules are reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceTransport {
+    /// The main process's own modules: in process for the gateway.
+    InProcess,
+    Http,
+    Nats,
+}
+
+impl From<TransportKind> for InstanceTransport {
+    fn from(kind: TransportKind) -> Self {
+        match kind {
+            TransportKind::Http => InstanceTransport::Http,
+            TransportKind::Nats => InstanceTransport::Nats,
+        }
+    }
+}
+
+/// What a process says about itself when it registers (and at every heartbeat).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// Unique per running process; chosen by it at start.
+    pub instance_id: String,
+    /// Its process name (`--process`).
+    pub process: String,
+    /// Where it serves HTTP (its `/api/v1/...` routes, and `/bus/v1/...` with HTTP).
+    pub base_url: String,
+    /// The modules it hosts.
+    pub modules: Vec<RegisteredModule>,
+}
+
+/// One hosted module of a registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisteredModule {
+    pub name: String,
+    pub transport: InstanceTransport,
+    /// The event subjects the module subscribes to.
+    #[serde(default)]
+    pub subscriptions: Vec<String>,
+}
+
+/// `GET /api/v1/services`: every module, where it runs, and its instances.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    pub modules: BTreeMap<String, ModuleListing>,
+}
+
+/// One module in the [`Listing`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleListing {
+    /// The process the topology places it in.
+    pub process: String,
+    /// How it is reached: `in_process` (the main process's), `http` or `nats`.
+    pub transport: InstanceTransport,
+    /// The event subjects it subscribes to; `null` until an instance has registered.
+    pub subscriptions: Option<Vec<String>>,
+    pub instances: Vec<InstanceView>,
+}
+
+/// One instance of a module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceView {
+    pub instance_id: String,
+    pub process: String,
+    pub base_url: String,
+    pub transport: InstanceTransport,
+    /// Milliseconds since the epoch.
+    pub registered_at_ms: i64,
+    /// Milliseconds since the epoch.
+    pub last_heartbeat_ms: i64,
+    pub health: Health,
+}
+
+/// Whether an instance is in rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Heard from within `topology.instance_ttl_ms`.
+    Healthy,
+    /// Not heard from since: out of rotation.
+    Stale,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+    use banyan_bus::http::{Instances, Subscribers};
+
+    use super::{table::Refused, *};
+    use crate::topology::{MAIN, Placement, TopologyConfig};
+
+    fn topology() -> Arc<TopologyConfig> {
+        let mut topology = TopologyConfig::default();
+        topology.modules.insert(
+            "payments".into(),
+            Placement {
+                process: "payments".into(),
+                transport: TransportKind::Http,
+            },
+        );
+        topology.instance_ttl_ms = 50;
+        topology.heartbeat_ms = 10;
+        Arc::new(topology)
+    }
+
+    fn payments(id: &str, url: &str) -> Registration {
+        Registration {
+            instance_id: id.into(),
+            process: "payments".into(),
+            base_url: url.into(),
+            modules: vec![RegisteredModule {
+                name: "payments".into(),
+                transport: InstanceTransport::Http,
+                subscriptions: vec!["orders.order_placed.v1".into()],
+            }],
+        }
+    }
+
+    #[test]
+    fn instances_rotate_and_leave_rotation_when_silent() {
+        let registry = Registry::new(topology(), vec!["orders", "payments"]);
+        assert_eq!(registry.unknown(), ["payments"]);
+        assert!(registry.modules_for("orders.order_placed.v1").is_empty());
+        registry.register(payments("a", "http://a:1")).unwrap();
+        assert!(registry.unknown().is_empty());
+        registry.register(payments("b", "http://b:1")).unwrap();
+        assert_eq!(registry.modules_for("orders.order_placed.v1"), ["payments"]);
+        assert!(registry.modules_for("orders.whatever.v1").is_empty());
+        let firsts: BTreeSet<String> = (0..4)
+            .map(|_| registry.rotation("payments")[0].clone())
+            .collect();
+        assert_eq!(firsts.len(), 2, "round robin over both");
+
+        std::thread::sleep(Duration::from_millis(80));
+        registry.register(payments("b", "http://b:1")).unwrap();
+        assert_eq!(registry.healthy("payments"), ["http://b:1"]);
+        let listing = registry.listing();
+        let health: Vec<Health> = listing.modules["payments"]
+            .instances
+            .iter()
+            .map(|i| i.health)
+            .collect();
+        assert_eq!(health, [Health::Stale, Health::Healthy]);
+        assert!(registry.remove("b"));
+        assert!(registry.healthy("payments").is_empty());
+        // What payments wants is remembered when its instances are gone.
+        assert!(registry.unknown().is_empty());
+        assert_eq!(registry.modules_for("orders.order_placed.v1"), ["payments"]);
+    }
+
+    #[test]
+    fn a_module_of_another_process_is_refused() {
+        let registry = Registry::new(topology(), vec!["orders", "payments"]);
+        let mut wrong = payments("a", "http://a:1");
+        wrong.modules[0].name = "orders".into();
+        assert!(matches!(
+            registry.register(wrong),
+            Err(Refused::Conflict(_))
+        ));
+        let mut wrong = payments("a", "not a url");
+        wrong.modules.clear();
+        assert!(matches!(
+            registry.register(wrong),
+            Err(Refused::Invalid("base_url", _))
+        ));
+    }
+
+    #[test]
+    fn a_directory_follows_the_listing() {
+        let registry = Registry::new(topology(), vec!["orders", "payments"]);
+        registry.register_own(Registration {
+            instance_id: "main".into(),
+            process: MAIN.into(),
+            base_url: "http://main:1".into(),
+            modules: vec![RegisteredModule {
+                name: "orders".into(),
+                transport: InstanceTransport::InProcess,
+                subscriptions: vec!["payments.payment_completed.v1".into()],
+            }],
+        });
+        let directory = Directory::new(
+            ["payments"].into_iter().collect(),
+            vec!["orders", "payments"],
+            "me".into(),
+        );
+        // Nothing known yet: events wait.
+        assert_eq!(directory.unknown(), ["orders"]);
+        assert!(directory.instances("orders").is_empty());
+        directory.update(registry.listing());
+        assert!(directory.unknown().is_empty());
+        assert!(
+            directory
+                .modules_for("payments.payment_failed.v1")
+                .is_empty()
+        );
+        assert_eq!(
+            directory.modules_for("payments.payment_completed.v1"),
+            ["orders"]
+        );
+        assert_eq!(directory.instances("orders"), ["http://main:1"]);
+    }
+}

@@ -1,0 +1,180 @@
+//! A process of a split topology: its place in the registry, its transports, and how it is
+//! wired before its modules start.
+
+//! One Banyan process: its modules, its bus, its HTTP server.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use banyan_bus::{
+    Bus, Transport,
+    http::{HttpTransport, Instances, Subscribers},
+    nats::{self, NatsTransport, ServeHandle},
+};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    modules::all_modules,
+    registry::{
+        Awareness, Directory, Heartbeat, HttpEvents, InstanceTransport, RegisteredModule,
+        Registration, Registry,
+    },
+    topology::{TopologyConfig, TransportKind},
+};
+
+/// A process of a split topology: its place in the registry and its transports.
+#[derive(Debug)]
+pub(crate) struct Split {
+    pub(crate) topology: Arc<TopologyConfig>,
+    pub(crate) instance_id: String,
+    /// The modules hosted here.
+    pub(crate) here: BTreeSet<&'static str>,
+    /// The main process keeps the registry...
+    pub(crate) registry: Option<Arc<Registry>>,
+    /// ...the others register with it.
+    pub(crate) heartbeat: Option<Arc<Heartbeat>>,
+    /// The NATS connection, when a module is reached over NATS...
+    pub(crate) nats_client: Option<async_nats::Client>,
+    /// ...and the server side on it, once the modules have started.
+    pub(crate) nats: Option<(ServeHandle, CancellationToken)>,
+}
+
+impl Split {
+    /// This process as the registry lists it.
+    pub(crate) fn registration(&self, bus: &Bus, base_url: String) -> Registration {
+        Registration {
+            instance_id: self.instance_id.clone(),
+            process: self.topology.process.clone(),
+            base_url,
+            modules: self
+                .here
+                .iter()
+                .map(|&name| RegisteredModule {
+                    name: name.to_owned(),
+                    transport: self
+                        .topology
+                        .transport_of(name)
+                        .map_or(InstanceTransport::InProcess, Into::into),
+                    subscriptions: bus
+                        .subscriptions_of(name)
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Stops taking NATS messages, once the bus has drained.
+    pub(crate) async fn stop_nats(&self) {
+        if let Some((handle, stop)) = &self.nats {
+            stop.cancel();
+            if tokio::time::timeout(Duration::from_secs(30), handle.stopped())
+                .await
+                .is_err()
+            {
+                tracing::warn!("The NATS server side did not stop in time.");
+            }
+        }
+    }
+}
+
+/// Wires a process of a split topology before its modules start: the transports to the
+/// modules hosted elsewhere, where events go, and the registry (main) or its directory (the
+/// others). The NATS server side and the routes are added once the modules have started.
+pub(crate) async fn wire_split(
+    bus: &Bus,
+    topology: Arc<TopologyConfig>,
+    here: BTreeSet<&'static str>,
+) -> anyhow::Result<Split> {
+    let known: Vec<&'static str> = all_modules().iter().map(|m| m.name()).collect();
+    let instance_id = Uuid::now_v7().to_string();
+    let secret = topology.http.secret();
+    let (registry, directory) = if topology.is_main() {
+        let registry = Arc::new(Registry::new(topology.clone(), known.clone()));
+        (Some(registry), None)
+    } else {
+        let directory = Arc::new(Directory::new(
+            here.clone(),
+            known.clone(),
+            instance_id.clone(),
+        ));
+        (None, Some(directory))
+    };
+    let (instances, awareness): (Arc<dyn Instances>, Arc<dyn Awareness>) =
+        match (&registry, &directory) {
+            (Some(registry), _) => (registry.clone(), registry.clone()),
+            (None, Some(directory)) => (directory.clone(), directory.clone()),
+            (None, None) => unreachable!("a process has a registry or a directory"),
+        };
+    let http: Option<Arc<HttpEvents>> = if topology.uses_http() {
+        let subscribers: Arc<dyn Subscribers> = awareness.clone();
+        Some(Arc::new(HttpEvents {
+            transport: Arc::new(HttpTransport::new(
+                instances,
+                subscribers,
+                secret,
+                topology.http.transport_config(),
+            )?),
+            awareness,
+        }))
+    } else {
+        None
+    };
+    let nats_client = if topology.uses_nats() {
+        Some(nats::connect(&topology.nats.url).await?)
+    } else {
+        None
+    };
+    let nats: Option<Arc<dyn Transport>> = nats_client.clone().map(|client| {
+        Arc::new(NatsTransport::new(client, topology.nats.clone())) as Arc<dyn Transport>
+    });
+    for module in known.iter().filter(|m| !topology.hosts(m)) {
+        let kind = topology.route_to(module);
+        let transport = match kind {
+            TransportKind::Http => http.clone().map(|h| h as Arc<dyn Transport>),
+            TransportKind::Nats => nats.clone(),
+        }
+        .ok_or_else(|| anyhow::anyhow!("no {} transport for module {module}", kind.as_str()))?;
+        bus.set_remote(module, transport);
+        tracing::info!(
+            module,
+            transport = kind.as_str(),
+            process = topology.process_of(module),
+            "Module hosted elsewhere."
+        );
+    }
+    // Events: over NATS as soon as one module is reached over NATS (each subscribing module,
+    // here too, reads its JetStream consumer and nothing else); otherwise pushed over HTTP to
+    // the modules elsewhere that subscribe, local subscribers getting theirs in process.
+    if let Some(nats) = nats {
+        bus.forward_events_to(nats);
+        for module in &here {
+            bus.consume_through_transport(module);
+        }
+    } else if let Some(http) = http {
+        bus.forward_events_to(http);
+    }
+    let heartbeat = match directory {
+        Some(directory) => Some(Arc::new(Heartbeat {
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .connect_timeout(Duration::from_millis(topology.http.connect_timeout_ms))
+                .build()?,
+            registry_url: topology.registry_url.clone(),
+            secret: secret.into(),
+            directory,
+            period: topology.heartbeat(),
+        })),
+        None => None,
+    };
+    Ok(Split {
+        topology,
+        instance_id,
+        here,
+        registry,
+        heartbeat,
+        nats_client,
+        nats: None,
+    })
+}

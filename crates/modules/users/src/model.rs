@@ -1,0 +1,202 @@
+//! The values of `users` and the rules on them, and the module's error.
+
+use argon2::{
+    Argon2,
+    password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash},
+};
+use banyan_db::sqlx;
+use banyan_kit::Invalid;
+use serde::Deserialize;
+use uuid::Uuid;
+
+/// What can go wrong in `users`. It reads as an `ApiError` at the HTTP edge and as a
+/// `Rejection` on the bus.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// Another account has that username or email.
+    #[error("that {0} is already taken")]
+    Taken(&'static str),
+    #[error("user {0} does not exist")]
+    NotFound(Uuid),
+    #[error(transparent)]
+    Storage(#[from] sqlx::Error),
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+impl Error {
+    /// Two requests racing for one name both pass the check on PostgreSQL; the unique index
+    /// stops the second, and that is still a conflict.
+    pub(crate) fn taken_or_storage(error: sqlx::Error) -> Self {
+        match error.as_database_error() {
+            Some(db) if db.is_unique_violation() => Self::Taken("username or email"),
+            _ => Self::Storage(error),
+        }
+    }
+}
+
+/// A username: 3 to 32 characters of `a-z 0-9 _ . -`, compared without case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Username(String);
+
+impl Username {
+    pub(crate) fn parse(raw: &str) -> Result<Self, Invalid> {
+        let name = raw.trim().to_lowercase();
+        if !(3..=32).contains(&name.chars().count()) {
+            return Err(Invalid::new("username", "must be 3 to 32 characters"));
+        }
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        {
+            return Err(Invalid::new(
+                "username",
+                "may hold only letters, digits, '_', '.' and '-'",
+            ));
+        }
+        Ok(Self(name))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An email address, stored in lower case. Checked for shape, not deliverability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Email(String);
+
+impl Email {
+    pub(crate) fn parse(raw: &str) -> Result<Self, Invalid> {
+        let email = raw.trim().to_lowercase();
+        let invalid = || Invalid::new("email", "must be an address like name@example.com");
+        if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid());
+        }
+        let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
+        let domain_ok = domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && !domain.contains('@');
+        if local.is_empty() || local.len() > 64 || !domain_ok {
+            return Err(invalid());
+        }
+        Ok(Self(email))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A password in clear, on its way to being hashed. Its `Debug` never shows it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Password(String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+impl Password {
+    pub(crate) fn parse(raw: Password) -> Result<Self, Invalid> {
+        let length = raw.0.chars().count();
+        if !(8..=128).contains(&length) {
+            return Err(Invalid::new("password", "must be 8 to 128 characters"));
+        }
+        Ok(raw)
+    }
+
+    /// Hashes with argon2id (OWASP parameters), off the async threads: it takes tens of ms.
+    pub(crate) async fn hash(self) -> Result<String, Error> {
+        tokio::task::spawn_blocking(move || {
+            Argon2::default()
+                .hash_password(self.0.as_bytes())
+                .map(|hash| hash.to_string())
+        })
+        .await
+        .map_err(|e| Error::Unexpected(e.to_string()))?
+        .map_err(|e| Error::Unexpected(e.to_string()))
+    }
+
+    /// Checks against a stored hash. With no hash (unknown user) it checks against a dummy, so
+    /// that the answer takes as long and says nothing about whether the user exists.
+    pub(crate) async fn verify(self, stored: Option<String>) -> bool {
+        tokio::task::spawn_blocking(move || {
+            let known = stored.is_some();
+            let hash = stored.unwrap_or_else(|| DUMMY_HASH.to_owned());
+            let Ok(parsed) = PasswordHash::new(&hash) else {
+                return false;
+            };
+            Argon2::default()
+                .verify_password(self.0.as_bytes(), &parsed)
+                .is_ok()
+                && known
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+/// The argon2id hash of a random string nobody knows.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3GJAzv0J5dq0yrpGpx9YVNwGF7lFqU6hqsYz0wkuNUU";
+
+/// A new account as a client asks for it.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewAccount {
+    /// 3 to 32 characters of `a-z 0-9 _ . -`, compared without case.
+    pub(crate) username: String,
+    pub(crate) email: String,
+    /// 8 to 128 characters.
+    #[schema(value_type = String, format = Password)]
+    pub(crate) password: Password,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_are_case_insensitive_and_limited_in_length_and_alphabet() {
+        assert_eq!(Username::parse(" Alice ").unwrap().as_str(), "alice");
+        assert!(Username::parse("al").is_err());
+        assert!(Username::parse(&"a".repeat(33)).is_err());
+        assert!(Username::parse("al ice").is_err());
+        assert!(Username::parse("alice<script>").is_err());
+    }
+
+    #[test]
+    fn emails_must_have_a_local_part_and_a_dotted_domain() {
+        assert_eq!(
+            Email::parse("A@Example.COM").unwrap().as_str(),
+            "a@example.com"
+        );
+        for bad in ["", "a", "a@", "@b.c", "a@b", "a@.b", "a b@c.d", "a@b@c.d"] {
+            assert!(Email::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_password_never_shows_in_debug_output() {
+        let password = Password("hunter2hunter2".into());
+        assert!(!format!("{password:?}").contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn a_hashed_password_verifies_and_a_wrong_one_does_not() {
+        let hash = Password("correct horse".into()).hash().await.unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(
+            Password("correct horse".into())
+                .verify(Some(hash.clone()))
+                .await
+        );
+        assert!(!Password("wrong horse!".into()).verify(Some(hash)).await);
+        assert!(!Password("correct horse".into()).verify(None).await);
+    }
+}
