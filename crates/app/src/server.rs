@@ -149,7 +149,7 @@ impl Server {
             ))
             .layer(CatchPanicLayer::custom(edge::panic_response));
         // Every module of the process has subscribed, every transport is wired.
-        bus.open_events();
+        bus.wiring().open_events();
         if split.is_some() && topology.uses_http() {
             // The bus's own endpoints: outside the edge (they carry their envelope, their
             // shared secret and their own body limit) and outside the OpenAPI document.

@@ -56,6 +56,7 @@ impl Split {
                         .transport_of(name)
                         .map_or(InstanceTransport::InProcess, Into::into),
                     subscriptions: bus
+                        .wiring()
                         .subscriptions_of(name)
                         .into_iter()
                         .map(str::to_owned)
@@ -136,7 +137,7 @@ pub(crate) async fn wire_split(
             TransportKind::Nats => nats.clone(),
         }
         .ok_or_else(|| anyhow::anyhow!("no {} transport for module {module}", kind.as_str()))?;
-        bus.set_remote(module, transport);
+        bus.wiring().set_remote(module, transport);
         tracing::info!(
             module,
             transport = kind.as_str(),
@@ -148,12 +149,12 @@ pub(crate) async fn wire_split(
     // here too, reads its JetStream consumer and nothing else); otherwise pushed over HTTP to
     // the modules elsewhere that subscribe, local subscribers getting theirs in process.
     if let Some(nats) = nats {
-        bus.forward_events_to(nats);
+        bus.wiring().forward_events_to(nats);
         for module in &here {
-            bus.consume_through_transport(module);
+            bus.wiring().consume_through_transport(module);
         }
     } else if let Some(http) = http {
-        bus.forward_events_to(http);
+        bus.wiring().forward_events_to(http);
     }
     let heartbeat = match directory {
         Some(directory) => Some(Arc::new(Heartbeat {

@@ -902,6 +902,7 @@ async fn answer_request(
     let correlation_id = envelope.correlation_id.clone();
     match server
         .bus
+        .inbound()
         .serve_remote_request(envelope, &body, deadline)
         .await
     {
@@ -958,7 +959,7 @@ async fn answer_event(
         .map_err(|reason| refuse("event", &subject, reason))?;
     let body = read_body(request, &subject).await?;
     let bus = &server.bus;
-    if !bus.groups().contains(&module.as_str()) {
+    if !bus.wiring().groups().contains(&module.as_str()) {
         tracing::warn!(%subject, module, "Refused a bus event: that module subscribes to nothing in this process.");
         return Err(Refusal::new(
             StatusCode::NOT_FOUND,
@@ -974,7 +975,11 @@ async fn answer_event(
         ));
     }
     // Poison: retrying it would fail the same way forever, so it goes to dead letters now.
-    let poison = if !bus.subscriptions_of(&module).contains(&subject.as_str()) {
+    let poison = if !bus
+        .wiring()
+        .subscriptions_of(&module)
+        .contains(&subject.as_str())
+    {
         Some(format!(
             "module `{module}` has no subscriber for `{subject}` (unknown subject or version)"
         ))
@@ -993,6 +998,7 @@ async fn answer_event(
     let message_id = envelope.message_id;
     let correlation_id = envelope.correlation_id.clone();
     match bus
+        .inbound()
         .deliver_remote_event_to(&module, envelope, json, aggregate)
         .await
     {
@@ -1018,6 +1024,7 @@ async fn dead_letter(
     tracing::warn!(%subject, module, %message_id, %correlation_id, reason, "A bus event from another process cannot be delivered; dead-lettering it.");
     let payload = String::from_utf8_lossy(body);
     match bus
+        .inbound()
         .dead_letter_received(module, envelope, &payload, reason)
         .await
     {

@@ -40,7 +40,7 @@ pub mod testing;
 mod transport;
 
 pub use banyan_message::{Event, Message, Rejection, RejectionKind, Request};
-pub use bus::{Bus, Delivered};
+pub use bus::{Bus, Delivered, Inbound, Wiring};
 pub use config::BusConfig;
 pub use envelope::{Context, CorrelationId, Envelope, TraceContext};
 pub use error::{BusError, HandlerError};

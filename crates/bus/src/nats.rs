@@ -38,8 +38,8 @@
 //! let config = NatsConfig::default();
 //! let client = nats::connect(&config.url).await?;
 //! let transport = Arc::new(NatsTransport::new(client.clone(), config.clone()));
-//! bus.set_remote("payments", transport.clone()); // payments runs in another process
-//! bus.forward_events_to(transport); // events reach subscribers in other processes
+//! bus.wiring().set_remote("payments", transport.clone()); // payments runs in another process
+//! bus.wiring().forward_events_to(transport); // events reach subscribers in other processes
 //! // After every handler and subscription of this process is registered:
 //! let stop = tokio_util::sync::CancellationToken::new();
 //! let server = nats::serve(bus.clone(), client, config, stop.clone()).await?;
@@ -765,7 +765,7 @@ pub async fn serve(
         stop: stop.clone(),
         tasks: tasks.clone(),
     });
-    let handled = bus.handled_subjects();
+    let handled = bus.wiring().handled_subjects();
     for &subject in &handled {
         let subscriber = subscribe(&server, subject).await?;
         tasks.spawn(serve_requests(server.clone(), subject, subscriber));
@@ -775,8 +775,8 @@ pub async fn serve(
     {
         tracing::warn!(%error, "Could not flush the request subscriptions; NATS sends them on reconnect.");
     }
-    for group in bus.groups() {
-        let subjects = bus.subscriptions_of(group);
+    for group in bus.wiring().groups() {
+        let subjects = bus.wiring().subscriptions_of(group);
         if subjects.is_empty() {
             continue;
         }
@@ -901,6 +901,7 @@ async fn answer(
             } else {
                 server
                     .bus
+                    .inbound()
                     .serve_remote_request(envelope, &message.payload, deadline)
                     .await
             };
@@ -1206,6 +1207,7 @@ impl Events {
         // (including a body that does not decode): both mean the event is done with.
         match server
             .bus
+            .inbound()
             .deliver_remote_event_to(self.group, envelope, json.clone(), aggregate)
             .await
         {
@@ -1261,6 +1263,7 @@ impl Events {
         match self
             .server
             .bus
+            .inbound()
             .dead_letter_received(self.group, envelope, payload, reason)
             .await
         {

@@ -47,7 +47,7 @@ impl Outbox {
     /// Starts the relay of `db`'s module on the bus. It also carries out the replays asked for
     /// the module's dead letters, and gives the module's subscriptions their dead-letter store.
     pub fn start(bus: &Bus, db: Db) -> Self {
-        bus.attach_store(db.module(), db.clone());
+        bus.wiring().attach_store(db.module(), db.clone());
         let (completed, completions) = mpsc::unbounded_channel();
         let outbox = Self {
             inner: Arc::new(OutboxInner {

@@ -146,7 +146,7 @@ fn transport(
 /// A client bus that reaches module `calc` over HTTP at `instances`.
 fn calc_client(instances: Vec<String>) -> Bus {
     let client = Bus::new(BusConfig::default());
-    client.set_remote(
+    client.wiring().set_remote(
         "calc",
         transport(
             vec![("calc", instances)],
@@ -320,7 +320,7 @@ async fn an_unauthenticated_or_wrongly_authenticated_call_is_refused_with_401_an
 
     // The transport with a wrong secret gets an error, not an answer.
     let client = Bus::new(BusConfig::default());
-    client.set_remote(
+    client.wiring().set_remote(
         "calc",
         transport(
             vec![("calc", vec![base.clone()])],
@@ -506,7 +506,7 @@ async fn an_event_pushed_over_http_is_handled_once_and_a_second_push_of_the_same
 
     // Published on a bus that forwards its events: it arrives the same way.
     let client = Bus::new(BusConfig::default());
-    client.forward_events_to(transport);
+    client.wiring().forward_events_to(transport);
     client
         .publish(
             &Context::root(),
@@ -527,7 +527,7 @@ async fn an_event_emitted_in_a_unit_of_work_reaches_the_remote_module_and_leaves
     let storage = TestStorage::sqlite();
     let (_server, shipping_db, base) = shipping_server(&storage).await;
     let orders = Bus::new(BusConfig::default());
-    orders.forward_events_to(events_to_shipping(
+    orders.wiring().forward_events_to(events_to_shipping(
         vec![base],
         HttpTransportConfig::default(),
     ));

@@ -274,7 +274,7 @@ async fn a_request_over_nats_gets_its_answer_and_a_rejection_intact() {
     let server = env.serve(&server).await;
 
     let client = Bus::new(BusConfig::default());
-    client.set_remote("test", env.transport().await);
+    client.wiring().set_remote("test", env.transport().await);
     let cx = Context::new(
         CorrelationId::parse("req-over-nats").expect("a valid id"),
         None,
@@ -315,7 +315,7 @@ async fn a_request_to_a_module_with_no_process_behind_it_fails_with_unavailable_
         return;
     };
     let client = Bus::new(BusConfig::default());
-    client.set_remote("absent", env.transport().await);
+    client.wiring().set_remote("absent", env.transport().await);
 
     // A deadline of an hour: only "no responders" can make this return within the guard.
     let cx = Context::root();
@@ -346,7 +346,7 @@ async fn two_server_instances_of_one_module_share_the_requests() {
     let (first, second) = (env.serve(&first).await, env.serve(&second).await);
 
     let client = Bus::new(BusConfig::default());
-    client.set_remote("test", env.transport().await);
+    client.wiring().set_remote("test", env.transport().await);
     let cx = Context::root();
     let calls = (0..50).map(|i| client.request(&cx, echo(&format!("n{i}"))));
     let answers = tokio::time::timeout(PATIENCE, futures::future::join_all(calls))
@@ -637,7 +637,7 @@ async fn a_bad_message_on_the_wire_is_logged_dead_lettered_and_the_server_keeps_
         assert_eq!(error["kind"], "codec", "{error}");
     }
     let caller = Bus::new(BusConfig::default());
-    caller.set_remote("test", transport.clone());
+    caller.wiring().set_remote("test", transport.clone());
     let answer = tokio::time::timeout(
         HANG_GUARD,
         caller.request(&Context::root(), echo("still here")),
@@ -690,7 +690,7 @@ async fn the_adapter_survives_the_nats_server_going_away_for_a_while() {
     let server = env.serve(&bus).await;
     let transport = env.transport().await;
     let caller = Bus::new(BusConfig::default());
-    caller.set_remote("test", transport.clone());
+    caller.wiring().set_remote("test", transport.clone());
     let cx = Context::root();
     let event = |seq| {
         let thing = Thing {

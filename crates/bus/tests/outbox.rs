@@ -123,6 +123,7 @@ async fn an_event_is_applied_once_however_often_it_is_delivered(storage: &TestSt
     let redeliver = || {
         modules
             .bus
+            .inbound()
             .deliver_remote_event(envelope.clone(), json.clone(), item.item_id)
     };
     redeliver().await.expect("redelivering");
@@ -207,7 +208,7 @@ async fn events_from_before_every_module_subscribed_reach_the_late_subscriber() 
         1,
         "nothing was sent yet"
     );
-    bus.open_events();
+    bus.wiring().open_events();
     wait_until("the late subscriber applied the early event", async || {
         applied(subscriber.db()).await == 1
     })

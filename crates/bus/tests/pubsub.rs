@@ -206,7 +206,7 @@ async fn a_slow_subscriber_holds_its_publisher_back_instead_of_growing_a_queue()
             }
         }
     });
-    assert_eq!(bus.queue_capacity("slow"), QUEUE);
+    assert_eq!(bus.wiring().queue_capacity("slow"), QUEUE);
 
     let published = Arc::new(AtomicUsize::new(0));
     let publisher = tokio::spawn({
@@ -233,7 +233,7 @@ async fn a_slow_subscriber_holds_its_publisher_back_instead_of_growing_a_queue()
             "{published} events were accepted with room for {limit}"
         );
         published == limit
-            && bus.queue_depth("slow") == QUEUE
+            && bus.wiring().queue_depth("slow") == QUEUE
             && entered.load(Ordering::SeqCst) == 1
     })
     .await;
@@ -249,7 +249,7 @@ async fn a_slow_subscriber_holds_its_publisher_back_instead_of_growing_a_queue()
             limit,
             "the publisher got past a full queue"
         );
-        assert_eq!(bus.queue_depth("slow"), QUEUE);
+        assert_eq!(bus.wiring().queue_depth("slow"), QUEUE);
         assert_eq!(handled.load(Ordering::SeqCst), 0);
         assert!(
             !publisher.is_finished(),
@@ -264,7 +264,7 @@ async fn a_slow_subscriber_holds_its_publisher_back_instead_of_growing_a_queue()
     .await;
     publisher.await.expect("the publisher panicked");
     assert_eq!(published.load(Ordering::SeqCst), EVENTS);
-    assert_eq!(bus.queue_depth("slow"), 0);
+    assert_eq!(bus.wiring().queue_depth("slow"), 0);
     assert!(bus.shutdown().await, "the bus did not drain");
     assert_eq!(
         handled.load(Ordering::SeqCst),

@@ -207,6 +207,7 @@ impl Transport for Loopback {
             )
             .expect("decoding the envelope");
             self.server
+                .inbound()
                 .serve_remote_request(envelope, &body, deadline)
                 .await
         })
@@ -236,8 +237,8 @@ async fn a_typed_request_through_a_transport_gets_its_answer_and_its_rejection_i
         server: server.clone(),
         requests: AtomicUsize::new(0),
     });
-    client.set_remote("stock", loopback.clone());
-    assert!(!client.handles(Reserve::SUBJECT));
+    client.wiring().set_remote("stock", loopback.clone());
+    assert!(!client.wiring().handles(Reserve::SUBJECT));
 
     let cx = Context::new(
         CorrelationId::parse("checkout-42").expect("a valid id"),

@@ -246,7 +246,7 @@ async fn http_case(teardown: &mut Teardown) -> anyhow::Result<Case> {
         HttpTransportConfig::default(),
     )?;
     let client = Bus::new(BusConfig::default());
-    client.set_remote(MODULE, Arc::new(transport));
+    client.wiring().set_remote(MODULE, Arc::new(transport));
     teardown.buses.extend([client.clone(), server]);
     Ok(Case {
         name: "http",
@@ -307,7 +307,7 @@ async fn nats_case(config: &NatsConfig, teardown: &mut Teardown) -> anyhow::Resu
     transport.ensure_stream().await?;
     teardown.streams.push((caller, config.stream.clone()));
     let client = Bus::new(BusConfig::default());
-    client.set_remote(MODULE, Arc::new(transport));
+    client.wiring().set_remote(MODULE, Arc::new(transport));
     teardown.buses.extend([client.clone(), server]);
     teardown.nats.push((handle, stop));
     Ok(Case {

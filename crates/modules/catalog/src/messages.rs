@@ -156,6 +156,7 @@ mod tests {
             .unwrap_or_else(|| Context::root().envelope(StockChanged::SUBJECT));
         let json = serde_json::to_string(event).unwrap();
         db.bus
+            .inbound()
             .deliver_remote_event(envelope, json.into(), event.product_id.0)
             .await
             .unwrap();

@@ -228,6 +228,7 @@ mod harness {
             let json = serde_json::to_string(event).unwrap();
             self.db
                 .bus
+                .inbound()
                 .deliver_remote_event(envelope.clone(), json.into(), event.aggregate_id())
                 .await
                 .unwrap();

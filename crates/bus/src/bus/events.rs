@@ -1,0 +1,550 @@
+//! Publish/subscribe: every subscribing module gets each event once, an aggregate's events in
+//! order.
+
+use std::{
+    future::Future,
+    panic::AssertUnwindSafe,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use banyan_db::Db;
+use banyan_message::Event;
+use futures::{FutureExt, future::BoxFuture};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::{
+    BusError, Context, Envelope, HandlerError, dead_letter, envelope::partition_key,
+    transport::Transport,
+};
+
+use super::{Bus, SharedPayload, codec, unavailable};
+
+impl Bus {
+    fn has_forwarders(&self) -> bool {
+        !self
+            .inner
+            .event_forwarders
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// Subscribes module `group` to event `E`. Every subscribing module receives each event
+    /// once, however many workers it runs; the group's `event_partitions` workers share the
+    /// events, and the events of one aggregate always go to the same worker, in order.
+    ///
+    /// A failing handler is retried with backoff; after `max_attempts` the event goes to the
+    /// group's dead letters (its [`Db`], see [`Bus::attach_store`]).
+    pub fn subscribe<E, F, Fut>(&self, group: &'static str, handler: F)
+    where
+        E: Event,
+        F: Fn(Delivered<E>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let group = self.group(group);
+        let handler: Arc<dyn EventHandler> = Arc::new(TypedEventHandler::<E, F> {
+            handler,
+            _event: std::marker::PhantomData,
+        });
+        let mut subscriptions = self
+            .inner
+            .subscriptions
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let subscribers = subscriptions.entry(E::SUBJECT).or_default();
+        assert!(
+            !subscribers.iter().any(|s| s.group.name == group.name),
+            "{} subscribed twice to {}",
+            group.name,
+            E::SUBJECT
+        );
+        subscribers.push(Subscription { group, handler });
+    }
+
+    pub(super) fn group(&self, name: &'static str) -> Arc<Group> {
+        let mut groups = self.inner.groups.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(group) = groups.get(name) {
+            return group.clone();
+        }
+        let config = &self.inner.config;
+        let (partitions, receivers): (Vec<_>, Vec<_>) = (0..config.event_partitions)
+            .map(|_| async_channel::bounded::<Delivery>(config.event_queue))
+            .unzip();
+        let group = Arc::new(Group {
+            name,
+            partitions,
+            store: std::sync::OnceLock::new(),
+        });
+        for receiver in receivers {
+            let worker = EventWorker {
+                group: group.clone(),
+                bus: self.clone(),
+            };
+            self.inner.workers.spawn(worker.run(receiver));
+        }
+        groups.insert(name, group.clone());
+        group
+    }
+
+    /// Publishes `event` to every subscribing module, waiting for queue space if a
+    /// subscriber is behind (backpressure). Not durable: an event that must survive a crash
+    /// goes through an [`Outbox`](crate::Outbox) instead.
+    pub async fn publish<E: Event>(&self, cx: &Context, event: E) -> Result<(), BusError> {
+        let aggregate = event.aggregate_id();
+        let json = if self.has_forwarders() {
+            Some(
+                serde_json::to_string(&event)
+                    .map_err(|e| codec(E::SUBJECT, &e.to_string()))?
+                    .into(),
+            )
+        } else {
+            None
+        };
+        let message = OutgoingEvent {
+            envelope: Arc::new(cx.envelope(E::SUBJECT)),
+            payload: Some(Arc::new(event)),
+            json,
+            aggregate,
+            key: partition_key(aggregate),
+        };
+        self.dispatch(&message, None, Mode::Wait).await.map(|_| ())
+    }
+
+    /// Hands one event to every subscriber: the local modules' queues and the forwarders.
+    /// With `Mode::TryNow` nothing waits: a full queue makes the whole dispatch fail with
+    /// `Dispatch::Full` (what was already queued stays queued; inboxes absorb the resend).
+    pub(crate) async fn dispatch(
+        &self,
+        message: &OutgoingEvent,
+        ack: Option<&Arc<Ack>>,
+        mode: Mode,
+    ) -> Result<Dispatch, BusError> {
+        if self.inner.closing.is_cancelled() {
+            return Err(unavailable(
+                &message.envelope.subject,
+                "the bus is shutting down",
+            ));
+        }
+        if !*self.inner.events_open.borrow() {
+            let opened = match mode {
+                Mode::TryNow => return Ok(Dispatch::Full),
+                Mode::Wait => self.events_opened().await,
+            };
+            if !opened {
+                return Err(unavailable(
+                    &message.envelope.subject,
+                    "the bus is shutting down",
+                ));
+            }
+        }
+        let mut subscribers: Vec<Subscription> = self
+            .inner
+            .subscriptions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(message.envelope.subject.as_str())
+            .cloned()
+            .unwrap_or_default();
+        let forwarders: Vec<Arc<dyn Transport>> = self
+            .inner
+            .event_forwarders
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if !forwarders.is_empty() {
+            let through = self
+                .inner
+                .through_transport
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            if !through.is_empty() {
+                subscribers.retain(|s| !through.contains(s.group.name));
+            }
+        }
+        let copies = if self.inner.config.chaos_duplicate_deliveries {
+            2
+        } else {
+            1
+        };
+        if let Some(ack) = ack {
+            ack.expect(subscribers.len() * copies + forwarders.len());
+        }
+        for subscription in subscribers {
+            let partitions = &subscription.group.partitions;
+            let partition = &partitions[(message.key % partitions.len() as u64) as usize];
+            for _ in 0..copies {
+                let delivery = Delivery {
+                    envelope: message.envelope.clone(),
+                    payload: message.payload.clone(),
+                    json: message.json.clone(),
+                    handler: subscription.handler.clone(),
+                    ack: ack.cloned(),
+                    replay_of: None,
+                };
+                match mode {
+                    Mode::Wait => partition.send(delivery).await.map_err(|_| {
+                        unavailable(&message.envelope.subject, "the subscriber is shutting down")
+                    })?,
+                    Mode::TryNow => {
+                        if partition.try_send(delivery).is_err() {
+                            return Ok(Dispatch::Full);
+                        }
+                    }
+                }
+            }
+        }
+        for forwarder in forwarders {
+            let json = match &message.json {
+                Some(json) => json.clone(),
+                None => return Err(codec(&message.envelope.subject, "event has no JSON form")),
+            };
+            let envelope = (*message.envelope).clone();
+            let aggregate = message.aggregate;
+            let ack = ack.cloned();
+            // Forwarding waits on the network: never in the publisher's path.
+            self.inner.background.spawn(async move {
+                match forwarder.publish(envelope, json, aggregate).await {
+                    Ok(()) => {
+                        if let Some(ack) = ack {
+                            ack.done();
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "Forwarding an event failed; the relay will resend it.");
+                    }
+                }
+            });
+        }
+        Ok(Dispatch::Queued)
+    }
+
+    /// Queues a dead letter for the module that failed it. The worker marks it replayed when
+    /// the handler succeeds, or dead again when it fails every attempt once more.
+    pub(crate) async fn replay(
+        &self,
+        group: &str,
+        letter: &dead_letter::StoredLetter,
+    ) -> Result<(), BusError> {
+        let subscription = self
+            .inner
+            .subscriptions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(letter.envelope.subject.as_str())
+            .and_then(|subs| subs.iter().find(|s| s.group.name == group).cloned());
+        let Some(subscription) = subscription else {
+            return Err(BusError::NoHandler {
+                subject: letter.envelope.subject.clone(),
+            });
+        };
+        let partitions = &subscription.group.partitions;
+        let partition = &partitions[(letter.aggregate_key % partitions.len() as u64) as usize];
+        partition
+            .send(Delivery {
+                envelope: Arc::new(letter.envelope.clone()),
+                payload: None,
+                json: Some(letter.payload.clone()),
+                handler: subscription.handler.clone(),
+                ack: None,
+                replay_of: Some(letter.id),
+            })
+            .await
+            .map_err(|_| unavailable(&letter.envelope.subject, "the subscriber is shutting down"))
+    }
+}
+
+/// An event as a subscriber receives it: the event, its envelope, and the context to send
+/// further messages in.
+#[derive(Debug)]
+pub struct Delivered<E> {
+    pub envelope: Arc<Envelope>,
+    pub event: Arc<E>,
+    context: Context,
+}
+
+impl<E> Delivered<E> {
+    /// The message id, which inboxes key on.
+    pub fn message_id(&self) -> Uuid {
+        self.envelope.message_id
+    }
+
+    /// The context for messages this handler sends: same correlation, caused by this event.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+}
+
+impl<E> std::ops::Deref for Delivered<E> {
+    type Target = E;
+    fn deref(&self) -> &E {
+        &self.event
+    }
+}
+
+/// An event on its way out, typed (in process), as JSON (from an outbox row), or both.
+#[derive(Clone)]
+pub(crate) struct OutgoingEvent {
+    pub(crate) envelope: Arc<Envelope>,
+    pub(crate) payload: Option<SharedPayload>,
+    pub(crate) json: Option<Arc<str>>,
+    pub(crate) aggregate: Uuid,
+    pub(crate) key: u64,
+}
+
+pub(crate) enum Mode {
+    /// Wait for queue space.
+    Wait,
+    /// Give up at once if a queue is full.
+    TryNow,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Dispatch {
+    Queued,
+    Full,
+}
+
+/// Counts down the deliveries of one event; when the last subscriber has handled (or
+/// dead-lettered) it, runs the completion (the outbox deletes its row).
+pub(crate) struct Ack {
+    pub(super) remaining: AtomicUsize,
+    pub(super) on_complete: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Ack {
+    pub(crate) fn new(on_complete: impl Fn() + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Self {
+            // One extra count is held until `expect` knows the number of deliveries, so an
+            // early `done` cannot complete the event before every delivery was counted.
+            remaining: AtomicUsize::new(1),
+            on_complete: Box::new(on_complete),
+        })
+    }
+
+    /// Declares how many deliveries will report, and releases the placeholder count.
+    pub(crate) fn expect(&self, deliveries: usize) {
+        self.remaining.fetch_add(deliveries, Ordering::AcqRel);
+        self.done();
+    }
+
+    pub(crate) fn done(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            (self.on_complete)();
+        }
+    }
+}
+
+pub(super) struct Delivery {
+    pub(super) envelope: Arc<Envelope>,
+    pub(super) payload: Option<SharedPayload>,
+    pub(super) json: Option<Arc<str>>,
+    pub(super) handler: Arc<dyn EventHandler>,
+    pub(super) ack: Option<Arc<Ack>>,
+    /// Set when this delivery replays a dead letter.
+    pub(super) replay_of: Option<Uuid>,
+}
+
+#[derive(Clone)]
+pub(super) struct Subscription {
+    pub(super) group: Arc<Group>,
+    pub(super) handler: Arc<dyn EventHandler>,
+}
+
+/// One subscribing module in this process: its workers' queues and its dead-letter store.
+pub(super) struct Group {
+    pub(super) name: &'static str,
+    pub(super) partitions: Vec<async_channel::Sender<Delivery>>,
+    pub(super) store: std::sync::OnceLock<Db>,
+}
+
+/// A subscriber's handler, seen without its event type.
+pub(super) trait EventHandler: Send + Sync {
+    fn call(
+        &self,
+        envelope: Arc<Envelope>,
+        payload: SharedPayload,
+    ) -> BoxFuture<'static, Result<(), HandlerError>>;
+    fn decode(&self, json: &str) -> Result<SharedPayload, serde_json::Error>;
+    fn encode(&self, payload: &SharedPayload) -> Option<String>;
+}
+
+pub(super) struct TypedEventHandler<E, F> {
+    pub(super) handler: F,
+    pub(super) _event: std::marker::PhantomData<fn() -> E>,
+}
+
+impl<E, F, Fut> EventHandler for TypedEventHandler<E, F>
+where
+    E: Event,
+    F: Fn(Delivered<E>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    fn call(
+        &self,
+        envelope: Arc<Envelope>,
+        payload: SharedPayload,
+    ) -> BoxFuture<'static, Result<(), HandlerError>> {
+        let Ok(event) = payload.downcast::<E>() else {
+            return Box::pin(async { Err("event payload of an unexpected type".into()) });
+        };
+        let context = Context::caused_by(&envelope);
+        Box::pin((self.handler)(Delivered {
+            envelope,
+            event,
+            context,
+        }))
+    }
+
+    fn decode(&self, json: &str) -> Result<SharedPayload, serde_json::Error> {
+        Ok(Arc::new(serde_json::from_str::<E>(json)?))
+    }
+
+    fn encode(&self, payload: &SharedPayload) -> Option<String> {
+        payload
+            .downcast_ref::<E>()
+            .and_then(|e| serde_json::to_string(e).ok())
+    }
+}
+
+/// One worker of a subscribing module: takes deliveries from its queue in order, retries
+/// failures with backoff, dead-letters what fails every attempt.
+pub(super) struct EventWorker {
+    pub(super) group: Arc<Group>,
+    pub(super) bus: Bus,
+}
+
+impl EventWorker {
+    async fn run(self, queue: async_channel::Receiver<Delivery>) {
+        while let Ok(delivery) = queue.recv().await {
+            self.deliver(delivery).await;
+        }
+    }
+
+    async fn deliver(&self, delivery: Delivery) {
+        let config = self.bus.config();
+        let subject = delivery.envelope.subject.as_str();
+        let span = tracing::info_span!(
+            "event",
+            module = self.group.name,
+            subject,
+            correlation_id = %delivery.envelope.correlation_id,
+            message_id = %delivery.envelope.message_id,
+        );
+        let payload = match (&delivery.payload, &delivery.json) {
+            (Some(payload), _) => payload.clone(),
+            (None, Some(json)) => match delivery.handler.decode(json) {
+                Ok(payload) => payload,
+                Err(error) => {
+                    span.in_scope(|| {
+                        tracing::error!(%error, "Event could not be decoded; dead-lettering it.")
+                    });
+                    self.dead_letter(&delivery, &format!("undecodable: {error}"), 1)
+                        .instrument(span)
+                        .await;
+                    return;
+                }
+            },
+            (None, None) => return,
+        };
+        let mut attempt = 1;
+        loop {
+            let outcome = AssertUnwindSafe(
+                delivery
+                    .handler
+                    .call(delivery.envelope.clone(), payload.clone())
+                    .instrument(span.clone()),
+            )
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err("the handler panicked".into()));
+            match outcome {
+                Ok(()) => {
+                    if let Some(ack) = &delivery.ack {
+                        ack.done();
+                    }
+                    if let Some(letter) = delivery.replay_of {
+                        self.mark_replayed(letter).instrument(span).await;
+                    }
+                    return;
+                }
+                Err(error) if attempt >= config.max_attempts => {
+                    span.in_scope(|| {
+                        tracing::error!(attempt, %error, "Event failed its last attempt; dead-lettering it.")
+                    });
+                    self.dead_letter(&delivery, &error.to_string(), attempt)
+                        .instrument(span)
+                        .await;
+                    return;
+                }
+                Err(error) => {
+                    span.in_scope(
+                        || tracing::warn!(attempt, %error, "Event handler failed; retrying."),
+                    );
+                    let pause = config.backoff(attempt);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        // Shutting down: leave the event unacknowledged; the outbox resends it.
+                        () = self.bus.closing().cancelled() => return,
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, error: &str, attempts: u32) {
+        let Some(db) = self.group.store.get() else {
+            tracing::error!(
+                module = self.group.name,
+                "No dead-letter store for this module; the event is dropped."
+            );
+            if let Some(ack) = &delivery.ack {
+                ack.done();
+            }
+            return;
+        };
+        let payload = match (&delivery.json, &delivery.payload) {
+            (Some(json), _) => json.to_string(),
+            (None, Some(payload)) => delivery.handler.encode(payload).unwrap_or_default(),
+            (None, None) => String::new(),
+        };
+        let stored = match delivery.replay_of {
+            Some(letter) => dead_letter::record_failed_replay(db, letter, error, attempts).await,
+            None => {
+                dead_letter::record(
+                    db,
+                    self.group.name,
+                    &delivery.envelope,
+                    &payload,
+                    error,
+                    attempts,
+                )
+                .await
+            }
+        };
+        match stored {
+            // Stored durably: for the outbox, the delivery is complete.
+            Ok(()) => {
+                if let Some(ack) = &delivery.ack {
+                    ack.done();
+                }
+            }
+            Err(error) => tracing::error!(
+                %error,
+                "Could not store a dead letter; the event stays in the outbox to be resent."
+            ),
+        }
+    }
+
+    async fn mark_replayed(&self, letter: Uuid) {
+        if let Some(db) = self.group.store.get()
+            && let Err(error) = dead_letter::mark_replayed(db, letter).await
+        {
+            tracing::warn!(%error, "Could not mark a dead letter replayed.");
+        }
+    }
+}

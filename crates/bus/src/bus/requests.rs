@@ -1,0 +1,223 @@
+//! Request/reply: one handler answers, on the caller's own task in process.
+
+use std::{any::Any, future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
+
+use banyan_message::{Rejection, Request, module_of};
+use futures::{FutureExt, future::BoxFuture};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::{
+    BusError, Context, Envelope,
+    transport::{RemoteReply, Transport},
+};
+
+use super::{Bus, codec, unavailable};
+
+impl Bus {
+    /// Registers the handler of request `R` in this process.
+    ///
+    /// In process a request runs its handler on the caller's own task: no hop to a worker, no
+    /// serialization. At most `config.request_concurrency` of them run at once; callers beyond
+    /// that wait their turn (a fair semaphore), which is the bus's backpressure for requests.
+    ///
+    /// # Panics
+    /// If `R` already has a handler: that is a wiring mistake, caught at start-up.
+    pub fn handle<R, F, Fut>(&self, module: &'static str, handler: F)
+    where
+        R: Request,
+        F: Fn(Context, R) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::Response, Rejection>> + Send + 'static,
+    {
+        let handler: BoxedRequestHandler<R> =
+            Arc::new(move |cx, request| Box::pin(handler(cx, request)));
+        let endpoint: Arc<dyn RequestEndpoint> = Arc::new(TypedEndpoint::<R> {
+            module,
+            handler,
+            permits: Arc::new(Semaphore::new(self.inner.config.request_concurrency)),
+            in_flight: self.inner.workers.clone(),
+        });
+        let previous = self
+            .inner
+            .requests
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(R::SUBJECT, endpoint);
+        assert!(
+            previous.is_none(),
+            "two handlers registered for {}",
+            R::SUBJECT
+        );
+    }
+
+    /// Sends request `R` and waits for its answer, within the configured deadline.
+    pub async fn request<R: Request>(
+        &self,
+        cx: &Context,
+        request: R,
+    ) -> Result<R::Response, BusError> {
+        self.request_within(cx, request, self.inner.config.request_timeout())
+            .await
+    }
+
+    /// Sends request `R` and waits for its answer, at most `deadline`.
+    pub async fn request_within<R: Request>(
+        &self,
+        cx: &Context,
+        request: R,
+        deadline: Duration,
+    ) -> Result<R::Response, BusError> {
+        if self.inner.closing.is_cancelled() {
+            return Err(unavailable(R::SUBJECT, "the bus is shutting down"));
+        }
+        let local = self
+            .inner
+            .requests
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(R::SUBJECT)
+            .cloned();
+        if let Some(endpoint) = local {
+            let Some(endpoint) = endpoint.as_any().downcast_ref::<TypedEndpoint<R>>() else {
+                return Err(codec(R::SUBJECT, "handler registered with another type"));
+            };
+            let message_id = Uuid::now_v7();
+            return endpoint
+                .call(cx.handling(message_id), message_id, request, deadline)
+                .await;
+        }
+        let envelope = cx.envelope(R::SUBJECT);
+        let Some(remote) = self.remote_for(R::SUBJECT) else {
+            return Err(BusError::NoHandler {
+                subject: R::SUBJECT.into(),
+            });
+        };
+        let body = serde_json::to_vec(&request).map_err(|e| codec(R::SUBJECT, &e.to_string()))?;
+        let call = remote.request(envelope, body.into(), deadline);
+        let reply = match tokio::time::timeout(deadline, call).await {
+            Ok(reply) => reply?,
+            Err(_) => {
+                return Err(BusError::Timeout {
+                    subject: R::SUBJECT.into(),
+                    after: deadline,
+                });
+            }
+        };
+        match reply {
+            RemoteReply::Ok(body) => {
+                serde_json::from_slice(&body).map_err(|e| codec(R::SUBJECT, &e.to_string()))
+            }
+            RemoteReply::Rejected(rejection) => Err(BusError::Rejected(rejection)),
+        }
+    }
+
+    fn remote_for(&self, subject: &str) -> Option<Arc<dyn Transport>> {
+        self.inner
+            .remotes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(module_of(subject))
+            .cloned()
+    }
+}
+
+pub(super) type BoxedRequestHandler<R> = Arc<
+    dyn Fn(Context, R) -> BoxFuture<'static, Result<<R as Request>::Response, Rejection>>
+        + Send
+        + Sync,
+>;
+
+/// A registered request handler, seen without its type: typed callers downcast it,
+/// remote callers go through JSON.
+pub(super) trait RequestEndpoint: Send + Sync {
+    fn as_any(&self) -> &dyn Any;
+    fn call_json<'a>(
+        &'a self,
+        envelope: Envelope,
+        body: &'a [u8],
+        deadline: Duration,
+    ) -> BoxFuture<'a, Result<RemoteReply, BusError>>;
+    fn close(&self);
+}
+
+pub(super) struct TypedEndpoint<R: Request> {
+    pub(super) module: &'static str,
+    pub(super) handler: BoxedRequestHandler<R>,
+    /// How many of these requests may run at once; closed at shutdown so no new one starts.
+    pub(super) permits: Arc<Semaphore>,
+    /// Shutdown waits until every handler that started has finished.
+    pub(super) in_flight: TaskTracker,
+}
+
+impl<R: Request> TypedEndpoint<R> {
+    async fn call(
+        &self,
+        cx: Context,
+        message_id: Uuid,
+        request: R,
+        deadline: Duration,
+    ) -> Result<R::Response, BusError> {
+        let work = async {
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| unavailable(R::SUBJECT, "the bus is shutting down"))?;
+            let _in_flight = self.in_flight.token();
+            let span = tracing::info_span!(
+                "request",
+                module = self.module,
+                subject = R::SUBJECT,
+                correlation_id = %cx.correlation_id(),
+                message_id = %message_id,
+            );
+            AssertUnwindSafe((self.handler)(cx, request).instrument(span))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::error!(subject = R::SUBJECT, "Request handler panicked.");
+                    Err(Rejection::new("internal", "the handler failed"))
+                })
+                .map_err(BusError::Rejected)
+        };
+        match tokio::time::timeout(deadline, work).await {
+            Ok(answer) => answer,
+            Err(_) => Err(BusError::Timeout {
+                subject: R::SUBJECT.into(),
+                after: deadline,
+            }),
+        }
+    }
+}
+
+impl<R: Request> RequestEndpoint for TypedEndpoint<R> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn call_json<'a>(
+        &'a self,
+        envelope: Envelope,
+        body: &'a [u8],
+        deadline: Duration,
+    ) -> BoxFuture<'a, Result<RemoteReply, BusError>> {
+        Box::pin(async move {
+            let request: R =
+                serde_json::from_slice(body).map_err(|e| codec(R::SUBJECT, &e.to_string()))?;
+            let cx = Context::caused_by(&envelope);
+            match self.call(cx, envelope.message_id, request, deadline).await {
+                Ok(response) => serde_json::to_vec(&response)
+                    .map(|body| RemoteReply::Ok(body.into()))
+                    .map_err(|e| codec(R::SUBJECT, &e.to_string())),
+                Err(BusError::Rejected(rejection)) => Ok(RemoteReply::Rejected(rejection)),
+                Err(other) => Err(other),
+            }
+        })
+    }
+
+    fn close(&self) {
+        self.permits.close();
+    }
+}
