@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+use banyan_stats::{Latencies, millis};
 use std::time::{Duration, Instant};
 
 use banyan_e2e::{Engine, TestApp, banyan_app::config};
@@ -24,21 +25,13 @@ struct Row {
     p99_ms: f64,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index].as_secs_f64() * 1_000.0
-}
-
 async fn run(
     app: &TestApp,
     tokens: &[String],
     product: &str,
     clients: usize,
     per_client: usize,
-) -> (usize, usize, Duration, Vec<Duration>) {
+) -> (usize, usize, Duration, Latencies) {
     let started = Instant::now();
     let runs = (0..clients).map(|c| {
         let token = &tokens[c % tokens.len()];
@@ -65,8 +58,7 @@ async fn run(
     let results = futures::future::join_all(runs).await;
     let elapsed = started.elapsed();
     let confirmed = results.iter().map(|(c, _)| c).sum();
-    let mut latencies: Vec<Duration> = results.into_iter().flat_map(|(_, l)| l).collect();
-    latencies.sort();
+    let latencies: Latencies = results.into_iter().flat_map(|(_, l)| l).collect();
     (clients * per_client, confirmed, elapsed, latencies)
 }
 
@@ -106,8 +98,8 @@ async fn bench(setup: &str, engine: Engine, synchronous: &str, quick: bool, rows
             orders,
             confirmed,
             per_second: confirmed as f64 / elapsed.as_secs_f64(),
-            p50_ms: percentile(&latencies, 0.50),
-            p99_ms: percentile(&latencies, 0.99),
+            p50_ms: millis(latencies.percentile(0.50)),
+            p99_ms: millis(latencies.percentile(0.99)),
         });
         eprintln!("{setup}: {clients} clients done");
     }

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
 
-//! `banyan bench` as someone runs it: a real process of the binary, a small size, and checks
+//! `banyan-bench` as someone runs it: a real process of the binary, a small size, and checks
 //! that every comparison ran and that its figures are sane. Never an absolute time: the figures
 //! come from the benchmark, not from this test.
 //!
@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use banyan_e2e::process::binary;
+use banyan_e2e::process::workspace_binary;
 use serde_json::Value;
 
 const REQUEST_REPLY_CASES: [&str; 5] = ["in_process", "bare_http", "http", "bare_nats", "nats"];
@@ -21,7 +21,6 @@ async fn the_bench_measures_every_placement_and_writes_its_figures_and_chart() {
     let nats = banyan_bus::testing::reachable_nats_url().await;
     let out = tempfile::tempdir().unwrap();
     let mut args: Vec<String> = [
-        "bench",
         "--requests",
         "200",
         "--rounds",
@@ -39,7 +38,7 @@ async fn the_bench_measures_every_placement_and_writes_its_figures_and_chart() {
         Some(url) => args.extend(["--nats-url".to_owned(), url.clone()]),
         None => args.push("--skip-nats".to_owned()),
     }
-    let run = tokio::process::Command::new(binary())
+    let run = tokio::process::Command::new(workspace_binary("banyan-bench"))
         .args(&args)
         .kill_on_drop(true)
         .output();
@@ -51,7 +50,7 @@ async fn the_bench_measures_every_placement_and_writes_its_figures_and_chart() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "banyan bench failed ({}):\n{stdout}\n{stderr}",
+        "banyan-bench failed ({}):\n{stdout}\n{stderr}",
         output.status
     );
     let with_nats = |names: &[&'static str]| -> Vec<&'static str> {
@@ -130,12 +129,22 @@ async fn the_bench_measures_every_placement_and_writes_its_figures_and_chart() {
     }
 
     let svg = std::fs::read_to_string(out.path().join("bench.svg")).unwrap();
-    assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+    assert!(svg.starts_with("<svg "), "{svg}");
+    assert!(svg.contains("xmlns=\"http://www.w3.org/2000/svg\""));
     assert!(svg.trim_end().ends_with("</svg>"));
+    // Every case and placement, each with its p50 and its p99.
+    let label = |name: &str| match name {
+        "in_process" => "payments in process",
+        "http" => "payments over HTTP",
+        _ => "payments over NATS",
+    };
     for name in with_nats(&CHECKOUT_PLACEMENTS) {
-        assert!(
-            svg.contains(&format!("data-placement=\"{name}\"")),
-            "the chart has no {name} group"
-        );
+        for quantile in ["p50", "p99"] {
+            let row = format!("{} {quantile}", label(name));
+            assert!(svg.contains(&row), "the chart has no {row:?} row");
+        }
+    }
+    for row in ["in process p50", "bus over HTTP p99", "bare HTTP p50"] {
+        assert!(svg.contains(row), "the chart has no {row:?} row");
     }
 }

@@ -1,4 +1,5 @@
-//! The command line: `banyan [serve]`, `banyan seed`, `banyan dead-letters ...`, `banyan bench`.
+//! The command line: `banyan [serve]`, `banyan seed`, `banyan dead-letters ...` (the bench is
+//! its own binary, `banyan-bench`).
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -36,9 +37,6 @@ enum Command {
     /// List and replay events that failed every delivery attempt.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
-    /// Measure what moving a module out costs: request→reply and checkout, in process, over
-    /// HTTP and over NATS, side by side (tables on stdout, bench.json and bench.svg in --out).
-    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -78,11 +76,7 @@ enum DeadLetterCommand {
 
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
-        // The bench configures what it starts itself (the shipped defaults): no layers.
-        Command::Bench(args) => return bench(args).await,
-        command => command,
-    };
+    let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
     let mut figment = match config::layers(&cli.config) {
         Ok(figment) => figment,
         Err(error) => {
@@ -125,24 +119,12 @@ pub async fn main() -> ExitCode {
             crate::seed::run(settings, figment).await
         }
         Command::DeadLetters(command) => dead_letters(settings, command).await,
-        // Taken before the layers are read (above); kept here so every command has its arm.
-        Command::Bench(args) => crate::bench::run(args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "Banyan failed.");
             eprintln!("banyan: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn bench(args: crate::bench::BenchArgs) -> ExitCode {
-    match crate::bench::run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("banyan bench: {error:#}");
             ExitCode::FAILURE
         }
     }

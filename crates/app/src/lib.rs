@@ -15,15 +15,10 @@
 //! - `registry`: the main process's registry of instances, and the other processes' side of it
 //!   (registration, heartbeat, the directory they route by).
 //! - `gateway`: the main process proxies the routes of modules hosted elsewhere.
-//! - `cli`: `banyan serve [--process <name>]`, `banyan seed`, `banyan dead-letters list|replay`,
-//!   `banyan bench`.
-//! - `bench`: `banyan bench`, what moving a module out costs: request→reply through the bus in
-//!   process, over HTTP and NATS (and their bare floors), and the checkout with payments placed
-//!   in process, over HTTP and over NATS in real processes.
+//! - `cli`: `banyan serve [--process <name>]`, `banyan seed`, `banyan dead-letters list|replay`.
 //! - `seed`: demo data through the modules' own routes.
 //! - `telemetry`: JSON logs.
 
-mod bench;
 pub mod cli;
 pub mod config;
 mod edge;

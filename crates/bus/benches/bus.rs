@@ -14,6 +14,7 @@
 //! `cargo bench -p banyan-bus` runs the full measurement; without `--bench` (as under
 //! `cargo test`) it makes a tiny run that only checks the cases work.
 
+use banyan_stats::{Latencies, median, micros};
 use std::{
     future::Future,
     pin::Pin,
@@ -321,15 +322,13 @@ fn bus_publish_case() -> Case {
 
 /// Sequential calls, each timed: (p50, p99).
 async fn latency(op: &Op, iterations: usize) -> (Duration, Duration) {
-    let mut samples = Vec::with_capacity(iterations);
+    let mut samples = Latencies::new();
     for n in 0..iterations as u64 {
         let started = Instant::now();
         op(n).await;
-        samples.push(started.elapsed());
+        samples.record(started.elapsed());
     }
-    samples.sort_unstable();
-    let at = |q: usize| samples[(samples.len() * q / 100).min(samples.len() - 1)];
-    (at(50), at(99))
+    (samples.percentile(0.50), samples.percentile(0.99))
 }
 
 /// `CONCURRENCY` callers sharing `iterations` calls; the wall time of the lot.
@@ -375,17 +374,8 @@ async fn published(bus: &Bus, counted: &Counter, iterations: usize) -> Duration 
     elapsed
 }
 
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn median_sample(samples: &[Sample]) -> Sample {
-    let pick = |f: fn(&Sample) -> f64| median(&mut samples.iter().map(f).collect::<Vec<_>>());
+    let pick = |f: fn(&Sample) -> f64| median(samples.iter().map(f));
     Sample {
         p50_us: pick(|s| s.p50_us),
         p99_us: pick(|s| s.p99_us),

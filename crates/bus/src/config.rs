@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::backoff::Backoff;
+
 use serde::Deserialize;
 
 /// Tunables of the bus, its queues and its reliable-delivery machinery.
@@ -63,11 +65,11 @@ impl BusConfig {
     /// The delay before retry number `attempt` (1-based): exponential with full jitter, so
     /// that many failing consumers do not retry in lockstep.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .backoff_base_ms
-            .saturating_mul(1u64 << attempt.saturating_sub(1).min(20));
-        let cap = exp.min(self.backoff_max_ms).max(1);
-        Duration::from_millis(cap / 2 + rand::random_range(0..=cap / 2))
+        Backoff::new(
+            Duration::from_millis(self.backoff_base_ms),
+            Duration::from_millis(self.backoff_max_ms),
+        )
+        .delay(attempt)
     }
 
     /// Checks the values, naming the first bad key.

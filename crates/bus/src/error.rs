@@ -38,6 +38,18 @@ impl BusError {
         }
     }
 
+    /// The kind, as a stable name: how the error travels on every wire and how callers and
+    /// logs name it (`no_handler`, `timeout`, `unavailable`, `rejected`, `codec`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BusError::NoHandler { .. } => "no_handler",
+            BusError::Timeout { .. } => "timeout",
+            BusError::Unavailable { .. } => "unavailable",
+            BusError::Rejected(_) => "rejected",
+            BusError::Codec { .. } => "codec",
+        }
+    }
+
     /// Whether trying again later might succeed.
     pub fn is_transient(&self) -> bool {
         matches!(

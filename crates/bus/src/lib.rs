@@ -25,6 +25,7 @@
 //! - [`MESSAGING_MIGRATIONS`]: the outbox, inbox and dead-letter tables, migrated into every
 //!   module's schema with their own history table.
 
+mod backoff;
 mod bus;
 mod config;
 pub mod dead_letter;
@@ -38,7 +39,9 @@ mod outbox;
 #[cfg(feature = "test-util")]
 pub mod testing;
 mod transport;
+pub mod wire;
 
+pub use backoff::Backoff;
 pub use banyan_message::{Event, Message, Rejection, RejectionKind, Request};
 pub use bus::{Bus, Delivered, Inbound, Wiring};
 pub use config::BusConfig;

@@ -201,15 +201,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` header, trimmed; `None` without one.
-pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
+/// The token of an `Authorization: Bearer <token>` header (the bus's reading of it, one for
+/// the whole house), trimmed; `None` without one.
+pub use banyan_bus::http::bearer_token;
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,7 @@ use axum::{
     response::IntoResponse,
     routing::{delete, get, post},
 };
+use banyan_bus::http::{bearer_token, same_secret};
 use banyan_kit::{ApiError, auth::Authenticator, extract::Json};
 
 use super::{Listing, Registration, SERVICES_PATH, table::Registry};
@@ -42,23 +43,7 @@ pub(crate) fn routes(state: RegistryState) -> Router {
 
 /// Whether the request carries `authorization: Bearer <secret>` (compared in constant time).
 pub(crate) fn carries_secret(headers: &HeaderMap, secret: &str) -> bool {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return false;
-    };
-    match value.as_bytes().split_at_checked(7) {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"bearer ") => {
-            !secret.is_empty() && same_bytes(token, secret.as_bytes())
-        }
-        _ => false,
-    }
-}
-
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(difference) == 0
+    bearer_token(headers).is_some_and(|token| same_secret(token, secret))
 }
 
 fn require_secret(headers: &HeaderMap, secret: &str) -> Result<(), ApiError> {

@@ -1,7 +1,12 @@
-//! `banyan bench`: what moving a module out of the main process costs, measured.
+//! `banyan-bench`: what moving a module out of the main process costs, measured.
+//!
+//! Its own crate and binary, so the production binary carries none of it (nor its
+//! dependencies: plotters, tempfile). The checkout's processes are the app itself: this binary
+//! links `banyan-app`, and started as `banyan-bench serve ...` it runs the app's own command
+//! line, so one `cargo run -p banyan-bench` needs no second build.
 //!
 //! Two parts, each printed as a table (stdout), written as figures (`bench.json`) and drawn
-//! (`bench.svg`) in `--out`:
+//! (`bench.svg`, plotters' SVG backend) in `--out`:
 //!
 //! - **Request→reply** ([`reply`]): one trivial request answered at once, so the figure is the
 //!   bus and the transport, not a database. Five cases in this one OS process over loopback:
@@ -16,21 +21,22 @@
 //!
 //! Progress goes to stderr; the tables to stdout.
 
+mod chart;
 mod checkout;
 mod reply;
 mod report;
-mod stats;
-mod svg;
 
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
+use banyan_app::config::{LogConfig, LogFormat};
 
-use crate::config::{LogConfig, LogFormat};
-
-/// `banyan bench` options.
-#[derive(Debug, Clone, clap::Args)]
-pub(crate) struct BenchArgs {
+/// `banyan-bench`: request→reply through the bus in process, over HTTP and over NATS (with
+/// their bare floors), and the checkout with payments in process, over HTTP and over NATS,
+/// side by side; tables on stdout, `bench.json` and `bench.svg` in `--out`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "banyan-bench", version, about, long_about = None)]
+pub struct BenchArgs {
     /// Request→reply: sequential requests per case and round (after a short warm-up).
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
     requests: u64,
@@ -63,9 +69,9 @@ pub(crate) struct BenchArgs {
 }
 
 /// Runs the benchmark: both parts, the tables, the files.
-pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Only problems are logged (an adapter's WARN, say): progress has lines of its own.
-    crate::telemetry::init(&LogConfig {
+    banyan_app::telemetry::init(&LogConfig {
         format: LogFormat::Pretty,
         level: "warn".to_owned(),
     });
@@ -116,7 +122,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     std::fs::write(&json_path, serde_json::to_vec_pretty(&document)?)
         .with_context(|| format!("cannot write {}", json_path.display()))?;
     let svg_path = args.out.join("bench.svg");
-    std::fs::write(&svg_path, svg::chart(&document))
+    std::fs::write(&svg_path, chart::chart(&document)?)
         .with_context(|| format!("cannot write {}", svg_path.display()))?;
     println!(
         "Figures: {}\nChart:   {}",

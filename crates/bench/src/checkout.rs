@@ -26,11 +26,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use super::{
-    progress,
-    stats::{self, median, millis, per_second},
-    unique_suffix,
-};
+use banyan_stats::{Latencies, median, millis, per_second};
+
+use super::{progress, unique_suffix};
 
 /// How long start-up steps may take before the run gives up (a hang guard, not a timing).
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -176,14 +174,13 @@ async fn measure(
 }
 
 fn round_figures(outcomes: &[Outcome], elapsed: Duration) -> RoundFigures {
-    let mut latencies: Vec<Duration> = outcomes.iter().map(|o| o.latency).collect();
-    latencies.sort_unstable();
+    let latencies: Latencies = outcomes.iter().map(|o| o.latency).collect();
     let confirmed = outcomes.iter().filter(|o| o.is_confirmed()).count() as u64;
     RoundFigures {
         orders: outcomes.len() as u64,
         confirmed,
-        p50_ms: millis(stats::percentile(&latencies, 0.50)),
-        p99_ms: millis(stats::percentile(&latencies, 0.99)),
+        p50_ms: millis(latencies.percentile(0.50)),
+        p99_ms: millis(latencies.percentile(0.99)),
         confirmed_per_s: per_second(confirmed, elapsed),
         elapsed_s: elapsed.as_secs_f64(),
     }
@@ -732,10 +729,10 @@ mod tests {
         };
         for (transport, corner) in [("http", None), ("nats", Some(&nats))] {
             let text = topology(transport, &secret, corner);
-            let figment = crate::config::layers(&[])
+            let figment = banyan_app::config::layers(&[])
                 .expect("the default layers")
                 .merge(<figment::providers::Toml as figment::providers::Format>::string(&text));
-            let settings = crate::config::load(&figment).expect("a valid configuration");
+            let settings = banyan_app::config::load(&figment).expect("a valid configuration");
             let topology = settings.topology;
             assert_eq!(
                 topology.transport_of("payments").map(|t| t.as_str()),

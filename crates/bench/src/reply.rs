@@ -33,11 +33,9 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    progress,
-    stats::{self, median, micros, per_second},
-    unique_suffix,
-};
+use banyan_stats::{Latencies, median, micros, per_second};
+
+use super::{progress, unique_suffix};
 
 /// The module that answers the bench's request: the first segment of its subject.
 const MODULE: &str = "bench";
@@ -419,8 +417,7 @@ async fn measure(cases: &[Case], settings: &Settings) -> anyhow::Result<Vec<Case
 /// A warm-up (connections, caches, first allocations), then the timed calls.
 async fn measure_round(case: &Case, settings: &Settings) -> anyhow::Result<RoundFigures> {
     sequential(&case.call, settings.warmup).await?;
-    let (mut latencies, elapsed) = sequential(&case.call, settings.requests).await?;
-    latencies.sort_unstable();
+    let (latencies, elapsed) = sequential(&case.call, settings.requests).await?;
     let concurrent_rps = if settings.concurrency > 1 {
         // The pool may need a connection per caller: opened during this warm-up.
         let warmup = settings.warmup.max(settings.concurrency);
@@ -431,21 +428,21 @@ async fn measure_round(case: &Case, settings: &Settings) -> anyhow::Result<Round
         None
     };
     Ok(RoundFigures {
-        p50_us: micros(stats::percentile(&latencies, 0.50)),
-        p99_us: micros(stats::percentile(&latencies, 0.99)),
+        p50_us: micros(latencies.percentile(0.50)),
+        p99_us: micros(latencies.percentile(0.99)),
         throughput_rps: per_second(settings.requests, elapsed),
         concurrent_rps,
     })
 }
 
 /// `count` calls one after another, each timed; and the time of the lot.
-async fn sequential(call: &Call, count: u64) -> anyhow::Result<(Vec<Duration>, Duration)> {
-    let mut latencies = Vec::with_capacity(count as usize);
+async fn sequential(call: &Call, count: u64) -> anyhow::Result<(Latencies, Duration)> {
+    let mut latencies = Latencies::new();
     let started = Instant::now();
     for seq in 0..count {
         let sent = Instant::now();
         call(seq).await?;
-        latencies.push(sent.elapsed());
+        latencies.record(sent.elapsed());
     }
     Ok((latencies, started.elapsed()))
 }

@@ -5,11 +5,12 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use banyan_stats::ratio;
+
 use super::{
     BenchArgs,
     checkout::PlacementFigures,
     reply::{CaseFigures, PAYLOAD_BYTES},
-    stats::ratio,
 };
 
 /// The machine and the settings of a run: every figure is only meaningful next to these.

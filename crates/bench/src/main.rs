@@ -1,0 +1,22 @@
+//! `banyan-bench`: what moving a module out costs (see the library's documentation).
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // The checkout part starts real processes of the app from this very binary (see the
+    // crate's documentation): `banyan-bench serve ...` is `banyan serve ...`.
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == "serve") {
+        return banyan_app::cli::main().await;
+    }
+    let args = banyan_bench::BenchArgs::parse();
+    match banyan_bench::run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("banyan-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

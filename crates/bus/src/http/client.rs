@@ -1,0 +1,450 @@
+//! The client side: requests to one instance of a module, events pushed to every subscribing module.
+
+use super::*;
+
+/// Tunables of the HTTP client side.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpTransportConfig {
+    /// How long to wait for a TCP connection before trying the next instance.
+    pub connect_timeout_ms: u64,
+    /// How long one push of an event may take (the receiver answers once it has handled it).
+    pub event_timeout_ms: u64,
+    /// Attempts per subscribing module inside one `publish`, the first included.
+    pub publish_attempts: u32,
+    /// First pause between attempts; each doubles it, with jitter, up to `backoff_max_ms`.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for HttpTransportConfig {
+    fn default() -> Self {
+        // At most 0.2 + 0.4 + 0.8 + 1.6 s of pauses: a few seconds, then the relay's turn.
+        Self {
+            connect_timeout_ms: 1_000,
+            event_timeout_ms: 30_000,
+            publish_attempts: 5,
+            backoff_base_ms: 200,
+            backoff_max_ms: 2_000,
+        }
+    }
+}
+
+impl HttpTransportConfig {
+    /// The pause before retry number `attempt` (1-based): see [`Backoff`].
+    pub(super) fn backoff(&self, attempt: u32) -> Duration {
+        Backoff::new(
+            Duration::from_millis(self.backoff_base_ms),
+            Duration::from_millis(self.backoff_max_ms),
+        )
+        .delay(attempt)
+    }
+}
+
+/// Why an [`HttpTransport`] could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpSetupError {
+    #[error("the bus's shared secret must be non-empty visible ASCII")]
+    BadSecret,
+    #[error("could not build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// The client side of the HTTP adapter. See the [module docs](self).
+pub struct HttpTransport {
+    client: reqwest::Client,
+    instances: Arc<dyn Instances>,
+    subscribers: Arc<dyn Subscribers>,
+    /// `Bearer <secret>`, marked sensitive.
+    authorization: HeaderValue,
+    config: HttpTransportConfig,
+    /// Round-robin cursor per module.
+    cursors: RwLock<HashMap<String, Arc<AtomicUsize>>>,
+}
+
+impl fmt::Debug for HttpTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpTransport")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one push of an event to one instance came to.
+enum Push {
+    Done,
+    /// Worth another attempt (nothing answered, or the receiver is busy or restarting).
+    Retry(String),
+    /// Another attempt would meet the same answer, or might pile up behind the first.
+    Fail(BusError),
+}
+
+impl HttpTransport {
+    /// A transport that finds modules through `instances`, sends events to the modules
+    /// `subscribers` names, and authenticates with `secret`.
+    pub fn new(
+        instances: Arc<dyn Instances>,
+        subscribers: Arc<dyn Subscribers>,
+        secret: &str,
+        config: HttpTransportConfig,
+    ) -> Result<Self, HttpSetupError> {
+        if secret.is_empty() || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(HttpSetupError::BadSecret);
+        }
+        let mut authorization = HeaderValue::from_str(&format!("Bearer {secret}"))
+            .map_err(|_| HttpSetupError::BadSecret)?;
+        authorization.set_sensitive(true);
+        let client = reqwest::Client::builder()
+            // The bus talks to its own instances: never through an environment's proxy.
+            .no_proxy()
+            .connect_timeout(Duration::from_millis(config.connect_timeout_ms.max(1)))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Self {
+            client,
+            instances,
+            subscribers,
+            authorization,
+            config,
+            cursors: RwLock::default(),
+        })
+    }
+
+    /// The position of the next instance of `module` to try, among `count`.
+    fn next_index(&self, module: &str, count: usize) -> usize {
+        let cursor = self
+            .cursors
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(module)
+            .cloned();
+        let cursor = match cursor {
+            Some(cursor) => cursor,
+            None => self
+                .cursors
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(module.to_owned())
+                .or_default()
+                .clone(),
+        };
+        cursor.fetch_add(1, Ordering::Relaxed) % count
+    }
+
+    async fn send_request(
+        &self,
+        envelope: Envelope,
+        body: Arc<[u8]>,
+        deadline: Duration,
+    ) -> Result<RemoteReply, BusError> {
+        let started = Instant::now();
+        let subject = envelope.subject.clone();
+        let module = module_of(&subject);
+        let instances = self.instances.instances(module);
+        if instances.is_empty() {
+            return Err(unavailable(
+                &subject,
+                format!("no instance of module `{module}` is known"),
+            ));
+        }
+        let headers = envelope_headers(&envelope)?;
+        let body = Bytes::from_owner(body);
+        let first = self.next_index(module, instances.len());
+        let mut refused = Vec::new();
+        for step in 0..instances.len() {
+            let base = &instances[(first + step) % instances.len()];
+            let remaining = deadline.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                return Err(timeout(&subject, deadline));
+            }
+            let url = format!("{}{}", base.trim_end_matches('/'), request_path(&subject));
+            let sent = self
+                .client
+                .post(url)
+                .headers(headers.clone())
+                .header(header::AUTHORIZATION, self.authorization.clone())
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(DEADLINE_MS, remaining.as_millis().max(1).to_string())
+                .timeout(remaining)
+                .body(body.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(response) => return read_reply(response, &subject, deadline).await,
+                // Not connected (or not even a URL): nothing was sent, the next one is safe.
+                Err(error) if error.is_connect() || error.is_builder() => {
+                    tracing::debug!(%subject, instance = %base, error = %error_chain(&error), "Bus instance unreachable; trying the next.");
+                    refused.push(format!("{base}: {}", error_chain(&error)));
+                }
+                Err(error) if error.is_timeout() => return Err(timeout(&subject, deadline)),
+                // It may have reached the handler: not retried.
+                Err(error) => {
+                    return Err(unavailable(
+                        &subject,
+                        format!("{base}: {}", error_chain(&error)),
+                    ));
+                }
+            }
+        }
+        Err(unavailable(
+            &subject,
+            format!(
+                "no instance of module `{module}` could be reached ({})",
+                refused.join("; ")
+            ),
+        ))
+    }
+
+    async fn send_event(
+        &self,
+        envelope: Envelope,
+        json: Arc<str>,
+        aggregate: Uuid,
+    ) -> Result<(), BusError> {
+        let modules = self.subscribers.modules_for(&envelope.subject);
+        if modules.is_empty() {
+            return Ok(());
+        }
+        let mut headers = envelope_headers(&envelope)?;
+        headers.insert(
+            HeaderName::from_static(AGGREGATE_ID),
+            HeaderValue::from_str(&aggregate.to_string()).map_err(|_| BusError::Codec {
+                subject: envelope.subject.clone(),
+                reason: "the aggregate id is not a valid header value".into(),
+            })?,
+        );
+        headers.insert(header::AUTHORIZATION, self.authorization.clone());
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let body = Bytes::from_owner(json.as_bytes().to_vec());
+        let pushes = modules
+            .iter()
+            .map(|module| self.push_to_module(module, &envelope.subject, &headers, &body));
+        let failures: Vec<BusError> = join_all(pushes)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        match failures.len() {
+            0 => Ok(()),
+            1 => Err(failures.into_iter().next().expect("one failure")),
+            _ => Err(unavailable(
+                &envelope.subject,
+                failures
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
+        }
+    }
+
+    /// Pushes an event to one instance of `module`, retrying with backoff.
+    async fn push_to_module(
+        &self,
+        module: &str,
+        subject: &str,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Result<(), BusError> {
+        let attempts = self.config.publish_attempts.max(1);
+        let mut last = String::new();
+        for attempt in 1..=attempts {
+            if attempt > 1 {
+                tokio::time::sleep(self.config.backoff(attempt - 1)).await;
+            }
+            let instances = self.instances.instances(module);
+            let outcome = if instances.is_empty() {
+                Push::Retry(format!("no instance of module `{module}` is known"))
+            } else {
+                let base = &instances[self.next_index(module, instances.len())];
+                self.push_once(base, module, subject, headers, body).await
+            };
+            match outcome {
+                Push::Done => return Ok(()),
+                Push::Fail(error) => return Err(error),
+                Push::Retry(reason) => {
+                    tracing::debug!(%subject, module, attempt, %reason, "Pushing an event failed; retrying.");
+                    last = reason;
+                }
+            }
+        }
+        Err(unavailable(
+            subject,
+            format!("module `{module}` did not take the event after {attempts} attempts: {last}"),
+        ))
+    }
+
+    async fn push_once(
+        &self,
+        base: &str,
+        module: &str,
+        subject: &str,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Push {
+        let url = format!("{}{}", base.trim_end_matches('/'), event_path(subject));
+        let mut url = match reqwest::Url::parse(&url) {
+            Ok(url) => url,
+            Err(error) => return Push::Retry(format!("{base}: not a URL ({error})")),
+        };
+        url.query_pairs_mut().append_pair("module", module);
+        let timeout_after = Duration::from_millis(self.config.event_timeout_ms.max(1));
+        let sent = self
+            .client
+            .post(url)
+            .headers(headers.clone())
+            .timeout(timeout_after)
+            .body(body.clone())
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            // The receiver may still be handling it; the relay resends after its lease.
+            Err(error) if error.is_timeout() && !error.is_connect() => {
+                return Push::Fail(timeout(subject, timeout_after));
+            }
+            Err(error) => return Push::Retry(format!("{base}: {}", error_chain(&error))),
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Push::Done;
+        }
+        let reason = match response.bytes().await {
+            Ok(body) => error_reason(&body).unwrap_or_else(|| status.to_string()),
+            Err(_) => status.to_string(),
+        };
+        let reason = format!("{base} answered {}: {reason}", status.as_u16());
+        match status {
+            StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => Push::Retry(reason),
+            s if s.is_server_error() => Push::Retry(reason),
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => {
+                Push::Fail(BusError::Codec {
+                    subject: subject.into(),
+                    reason,
+                })
+            }
+            StatusCode::NOT_FOUND => Push::Fail(BusError::NoHandler {
+                subject: subject.into(),
+            }),
+            _ => Push::Fail(unavailable(subject, reason)),
+        }
+    }
+}
+
+impl Transport for HttpTransport {
+    fn request(
+        &self,
+        envelope: Envelope,
+        body: Arc<[u8]>,
+        deadline: Duration,
+    ) -> BoxFuture<'_, Result<RemoteReply, BusError>> {
+        Box::pin(self.send_request(envelope, body, deadline))
+    }
+
+    fn publish(
+        &self,
+        envelope: Envelope,
+        json: Arc<str>,
+        aggregate: Uuid,
+    ) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(self.send_event(envelope, json, aggregate))
+    }
+}
+
+/// Turns the answer to a request into the reply or the error its status and body name.
+async fn read_reply(
+    response: reqwest::Response,
+    subject: &str,
+    deadline: Duration,
+) -> Result<RemoteReply, BusError> {
+    let status = response.status();
+    let body = match response.bytes().await {
+        Ok(body) => body,
+        Err(error) if error.is_timeout() => return Err(timeout(subject, deadline)),
+        Err(error) => {
+            return Err(unavailable(
+                subject,
+                format!("reading the reply failed: {}", error_chain(&error)),
+            ));
+        }
+    };
+    if status.is_success() {
+        return Ok(RemoteReply::Ok(Arc::from(&body[..])));
+    }
+    if status == StatusCode::UNPROCESSABLE_ENTITY {
+        #[derive(Deserialize)]
+        struct Rejected {
+            rejection: Rejection,
+        }
+        return match serde_json::from_slice::<Rejected>(&body) {
+            Ok(Rejected { rejection }) => Ok(RemoteReply::Rejected(rejection)),
+            Err(error) => Err(BusError::Codec {
+                subject: subject.into(),
+                reason: format!("a 422 without a rejection: {error}"),
+            }),
+        };
+    }
+    let wire = match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(ErrorBody { error }) => error,
+        // Not one of ours (a proxy's page, say): the status is all there is to go by.
+        Err(_) => WireError {
+            kind: match status {
+                StatusCode::NOT_FOUND => "no_handler",
+                StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => "codec",
+                StatusCode::GATEWAY_TIMEOUT => "timeout",
+                _ => "unavailable",
+            }
+            .to_owned(),
+            reason: format!("answered {status}"),
+            after_ms: None,
+        },
+    };
+    if wire.kind == "unauthorized" {
+        return Err(unavailable(
+            subject,
+            "the remote refused this process's credentials (check the shared secret)".into(),
+        ));
+    }
+    Err(wire.into_error(subject, deadline))
+}
+
+/// An error answer's body: `{"error": {"kind", "reason"}}`.
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: WireError,
+}
+
+fn error_reason(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .map(|b| format!("{}: {}", b.error.kind, b.error.reason))
+}
+
+/// An error with its causes, which is where reqwest says what actually happened.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn unavailable(subject: &str, reason: String) -> BusError {
+    BusError::Unavailable {
+        subject: subject.into(),
+        reason,
+    }
+}
+
+fn timeout(subject: &str, after: Duration) -> BusError {
+    BusError::Timeout {
+        subject: subject.into(),
+        after,
+    }
+}

@@ -1,0 +1,343 @@
+//! The receiving side: the two endpoints, their refusals, and what each hands the bus.
+
+use super::*;
+
+struct Server {
+    bus: Bus,
+    secret: Arc<str>,
+}
+
+/// The bus's HTTP endpoints, to merge into the application's router:
+/// `POST /bus/v1/requests/{subject}` and `POST /bus/v1/events/{subject}?module={m}`.
+/// Every call must carry `authorization: Bearer <secret>`; an empty secret refuses them all.
+pub fn routes(bus: Bus, secret: Arc<str>) -> Router {
+    if secret.is_empty() {
+        tracing::error!("The bus's HTTP endpoints have no shared secret; every call is refused.");
+    }
+    let server = Arc::new(Server { bus, secret });
+    Router::new()
+        .route("/bus/v1/requests/{subject}", post(serve_request))
+        .route("/bus/v1/events/{subject}", post(serve_event))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(server)
+}
+
+/// An answer with an error body: `{"error": {"kind", "reason"}}`.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    kind: &'static str,
+    reason: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, kind: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            reason: reason.into(),
+        }
+    }
+
+    fn codec(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "codec", reason)
+    }
+
+    fn from_bus(error: &BusError) -> Self {
+        let status = match error {
+            BusError::NoHandler { .. } => StatusCode::NOT_FOUND,
+            BusError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            BusError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            BusError::Codec { .. } => StatusCode::BAD_REQUEST,
+            // Rejections are answers, not refusals; a stray one is still told apart.
+            BusError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        Self::new(status, error.kind(), error.to_string())
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": { "kind": self.kind, "reason": self.reason } });
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl Server {
+    /// Checks the bearer token in constant time; logs why a call is refused, never the token.
+    fn authorize(&self, headers: &HeaderMap, route: &str) -> Result<(), Refusal> {
+        let refused = match bearer_token(headers) {
+            _ if !headers.contains_key(header::AUTHORIZATION) => Some("no authorization header"),
+            None => Some("not a bearer token"),
+            Some(token) => (!same_secret(token, &self.secret)).then_some("wrong shared secret"),
+        };
+        match refused {
+            None => Ok(()),
+            Some(reason) => {
+                tracing::warn!(route, reason, "Refused an unauthenticated bus call.");
+                Err(Refusal::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "a valid bearer token is required",
+                ))
+            }
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme in any case), trimmed;
+/// `None` without one. Every bearer check of Banyan reads the header this way.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case("bearer ").then(|| token.trim())
+}
+
+/// Whether `token` is the shared `secret` (never, if the secret is empty), compared in time
+/// that does not depend on where they differ.
+pub fn same_secret(token: &str, secret: &str) -> bool {
+    use subtle::ConstantTimeEq;
+
+    !secret.is_empty() && bool::from(token.as_bytes().ct_eq(secret.as_bytes()))
+}
+
+fn rejected_response(rejection: &Rejection) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(serde_json::json!({ "rejection": rejection })),
+    )
+        .into_response()
+}
+
+fn status_response(status: &str) -> Response {
+    (
+        StatusCode::OK,
+        Json(serde_json::json!({ "status": status })),
+    )
+        .into_response()
+}
+
+/// Reads the body, or says why not (413 over the limit).
+async fn read_body(request: Request, subject: &str) -> Result<Bytes, Refusal> {
+    Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| {
+            let status = rejection.status();
+            let reason = rejection.body_text();
+            tracing::warn!(subject, %status, %reason, "Could not read the body of a bus call.");
+            let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "codec"
+            } else {
+                "unavailable"
+            };
+            Refusal::new(status, kind, reason)
+        })
+}
+
+fn subject_from(path: Result<Path<String>, PathRejection>, route: &str) -> Result<String, Refusal> {
+    match path {
+        Ok(Path(subject)) if !subject.is_empty() => Ok(subject),
+        _ => {
+            tracing::warn!(
+                route,
+                "Refused a bus call: the subject in its path is unreadable."
+            );
+            Err(Refusal::codec("the subject in the path is unreadable"))
+        }
+    }
+}
+
+/// Logs a refused message, naming the reason, and passes the refusal on.
+fn refuse(what: &str, subject: &str, reason: String) -> Refusal {
+    tracing::warn!(subject, %reason, "Refused a bus {what}: its envelope is incomplete or malformed.");
+    Refusal::codec(reason)
+}
+
+/// `POST /bus/v1/requests/{subject}`: one request, answered by this process's handler.
+async fn serve_request(
+    State(server): State<Arc<Server>>,
+    path: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Response {
+    answer_request(&server, path, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn answer_request(
+    server: &Server,
+    path: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Result<Response, Refusal> {
+    const ROUTE: &str = "/bus/v1/requests";
+    server.authorize(request.headers(), ROUTE)?;
+    let subject = subject_from(path, ROUTE)?;
+    let headers = request.headers();
+    let envelope = envelope_from_headers(headers, &subject)
+        .map_err(|reason| refuse("request", &subject, reason))?;
+    let deadline = match wire::Headers::text(headers, DEADLINE_MS) {
+        Ok(None) => server.bus.config().request_timeout(),
+        Ok(Some(ms)) => match ms.parse::<u64>() {
+            Ok(ms) if ms > 0 => Duration::from_millis(ms).min(MAX_DEADLINE),
+            _ => {
+                let reason = format!("`{DEADLINE_MS}` is not a positive number of milliseconds");
+                return Err(refuse("request", &subject, reason));
+            }
+        },
+        Err(reason) => return Err(refuse("request", &subject, reason)),
+    };
+    let body = read_body(request, &subject).await?;
+    let correlation_id = envelope.correlation_id.clone();
+    match server
+        .bus
+        .inbound()
+        .serve_remote_request(envelope, &body, deadline)
+        .await
+    {
+        Ok(RemoteReply::Ok(json)) => Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            Bytes::from_owner(json),
+        )
+            .into_response()),
+        Ok(RemoteReply::Rejected(rejection)) => Ok(rejected_response(&rejection)),
+        Err(error) => {
+            tracing::warn!(%subject, %correlation_id, %error, "A bus request from another process failed.");
+            Err(Refusal::from_bus(&error))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct EventTarget {
+    module: String,
+}
+
+/// `POST /bus/v1/events/{subject}?module={m}`: one event for one subscribing module here.
+async fn serve_event(
+    State(server): State<Arc<Server>>,
+    path: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Response {
+    answer_event(&server, path, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn answer_event(
+    server: &Server,
+    path: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Result<Response, Refusal> {
+    const ROUTE: &str = "/bus/v1/events";
+    server.authorize(request.headers(), ROUTE)?;
+    let subject = subject_from(path, ROUTE)?;
+    let module = match Query::<EventTarget>::try_from_uri(request.uri()) {
+        Ok(Query(target)) if !target.module.is_empty() => target.module,
+        _ => {
+            let reason = "the `module` query parameter is missing".to_owned();
+            return Err(refuse("event", &subject, reason));
+        }
+    };
+    let headers = request.headers();
+    let envelope = envelope_from_headers(headers, &subject)
+        .map_err(|reason| refuse("event", &subject, reason))?;
+    let aggregate = wire::Headers::text(headers, AGGREGATE_ID)
+        .and_then(|a| a.ok_or_else(|| format!("header `{AGGREGATE_ID}` is missing")))
+        .and_then(|a| {
+            Uuid::parse_str(a).map_err(|_| format!("header `{AGGREGATE_ID}` is not a UUID"))
+        })
+        .map_err(|reason| refuse("event", &subject, reason))?;
+    let body = read_body(request, &subject).await?;
+    let bus = &server.bus;
+    if !bus.wiring().groups().contains(&module.as_str()) {
+        tracing::warn!(%subject, module, "Refused a bus event: that module subscribes to nothing in this process.");
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            "no_handler",
+            format!("module `{module}` has no subscriptions in this process"),
+        ));
+    }
+    if bus.is_closing() {
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the bus is shutting down",
+        ));
+    }
+    // Poison: retrying it would fail the same way forever, so it goes to dead letters now.
+    let poison = if !bus
+        .wiring()
+        .subscriptions_of(&module)
+        .contains(&subject.as_str())
+    {
+        Some(format!(
+            "module `{module}` has no subscriber for `{subject}` (unknown subject or version)"
+        ))
+    } else {
+        match std::str::from_utf8(&body) {
+            Err(_) => Some("undecodable: the body is not UTF-8".to_owned()),
+            Ok(text) => serde_json::from_str::<serde::de::IgnoredAny>(text)
+                .err()
+                .map(|error| format!("undecodable: {error}")),
+        }
+    };
+    if let Some(reason) = poison {
+        return dead_letter(bus, &module, &envelope, &body, &reason).await;
+    }
+    let json: Arc<str> = String::from_utf8_lossy(&body).into();
+    let message_id = envelope.message_id;
+    let correlation_id = envelope.correlation_id.clone();
+    match bus
+        .inbound()
+        .deliver_remote_event_to(&module, envelope, json, aggregate)
+        .await
+    {
+        Ok(()) => Ok(status_response("delivered")),
+        Err(error) => {
+            tracing::warn!(%subject, module, %message_id, %correlation_id, %error, "Could not deliver a bus event from another process.");
+            Err(Refusal::from_bus(&error))
+        }
+    }
+}
+
+/// Records a poison event in `module`'s dead letters and answers 200 so the sender stops.
+async fn dead_letter(
+    bus: &Bus,
+    module: &str,
+    envelope: &Envelope,
+    body: &[u8],
+    reason: &str,
+) -> Result<Response, Refusal> {
+    let subject = &envelope.subject;
+    let message_id = envelope.message_id;
+    let correlation_id = &envelope.correlation_id;
+    tracing::warn!(%subject, module, %message_id, %correlation_id, reason, "A bus event from another process cannot be delivered; dead-lettering it.");
+    let payload = String::from_utf8_lossy(body);
+    match bus
+        .inbound()
+        .dead_letter_received(module, envelope, &payload, reason)
+        .await
+    {
+        Ok(true) => Ok(status_response("dead_lettered")),
+        Ok(false) => {
+            tracing::error!(%subject, module, %message_id, "No dead-letter store for this module; the event is dropped.");
+            Ok(status_response("dropped"))
+        }
+        // Not stored: the sender keeps the event and tries again later.
+        Err(error) => {
+            tracing::error!(%subject, module, %message_id, %error, "Could not store a dead letter.");
+            Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "could not store the dead letter",
+            ))
+        }
+    }
+}

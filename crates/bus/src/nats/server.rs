@@ -1,0 +1,204 @@
+//! The server side: what a process answers over NATS, and its lifecycle.
+
+use super::*;
+
+/// The running server side of one process; see [`serve`].
+#[derive(Debug)]
+pub struct ServeHandle {
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl ServeHandle {
+    /// Stops taking messages from NATS (as cancelling the token given to [`serve`] does).
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits until the server has stopped (its token was cancelled, or the bus began to shut
+    /// down) and every message it took has been answered or acknowledged.
+    pub async fn stopped(&self) {
+        self.tasks.wait().await;
+    }
+}
+
+/// Starts the server side for `bus`: answers the requests of every subject it handles and
+/// consumes the events of every module that subscribes in it. Register every handler and
+/// subscription before calling this.
+///
+/// Runs until `stop` is cancelled or the bus begins to shut down; see
+/// [`ServeHandle::stopped`]. Only a bad configuration or a subscription the client refuses is
+/// an error here: a stream or consumer that cannot be made yet (NATS is down) is retried in the
+/// background.
+pub async fn serve(
+    bus: Bus,
+    client: Client,
+    config: NatsConfig,
+    stop: CancellationToken,
+) -> Result<ServeHandle, NatsError> {
+    config
+        .validate()
+        .map_err(|(key, reason)| NatsError::Config { key, reason })?;
+    let stop = stop.child_token();
+    let tasks = TaskTracker::new();
+    let server = Arc::new(Server {
+        jetstream: jetstream::new(client.clone()),
+        client: client.clone(),
+        bus: bus.clone(),
+        config,
+        stop: stop.clone(),
+        tasks: tasks.clone(),
+    });
+    let handled = bus.wiring().handled_subjects();
+    for &subject in &handled {
+        let subscriber = subscribe(&server, subject).await?;
+        tasks.spawn(serve_requests(server.clone(), subject, subscriber));
+    }
+    if !handled.is_empty()
+        && let Err(error) = client.flush().await
+    {
+        tracing::warn!(%error, "Could not flush the request subscriptions; NATS sends them on reconnect.");
+    }
+    for group in bus.wiring().groups() {
+        let subjects = bus.wiring().subscriptions_of(group);
+        if subjects.is_empty() {
+            continue;
+        }
+        tasks.spawn(events::consume_events(server.clone(), group, subjects));
+    }
+    tasks.close();
+    tracing::info!(
+        requests = handled.len(),
+        stream = %server.config.stream,
+        "NATS server side started."
+    );
+    Ok(ServeHandle { tasks, stop })
+}
+
+async fn subscribe(server: &Server, subject: &'static str) -> Result<Subscriber, NatsError> {
+    let wire = server.config.request_subject(subject);
+    server
+        .client
+        .queue_subscribe(wire.clone(), module_of(subject).to_owned())
+        .await
+        .map_err(|error| NatsError::Subscribe {
+            subject: wire,
+            reason: error.to_string(),
+        })
+}
+
+/// Takes the requests of one subject, each answered in a task of its own.
+async fn serve_requests(server: Arc<Server>, subject: &'static str, mut subscriber: Subscriber) {
+    let permits = Arc::new(Semaphore::new(server.config.max_in_flight));
+    let mut failures = 0;
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = server.stopping() => break,
+            next = subscriber.next() => next,
+        };
+        let Some(message) = next else {
+            // The subscription ended (the client was closed): subscribe again, with backoff.
+            failures += 1;
+            tracing::warn!(subject, "Request subscription ended; subscribing again.");
+            if !server.pause(backoff(failures, RETRY_BASE, RETRY_MAX)).await {
+                return;
+            }
+            match subscribe(&server, subject).await {
+                Ok(again) => subscriber = again,
+                Err(error) => tracing::warn!(%error, "Could not subscribe again; retrying."),
+            }
+            continue;
+        };
+        failures = 0;
+        let received = Instant::now();
+        let permit = tokio::select! {
+            biased;
+            () = server.stopping() => {
+                server.tasks.spawn(answer(server.clone(), subject, message, received, None));
+                break;
+            }
+            permit = permits.clone().acquire_owned() => permit,
+        };
+        let Ok(permit) = permit else {
+            break;
+        };
+        server.tasks.spawn(answer(
+            server.clone(),
+            subject,
+            message,
+            received,
+            Some(permit),
+        ));
+    }
+    // Stop taking requests (another instance gets them), then answer what was already here
+    // rather than letting those callers wait for their deadline.
+    if let Err(error) = subscriber.unsubscribe().await {
+        tracing::debug!(%error, subject, "Could not unsubscribe.");
+    }
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(100), subscriber.next()).await
+    {
+        server.tasks.spawn(answer(
+            server.clone(),
+            subject,
+            message,
+            Instant::now(),
+            None,
+        ));
+    }
+}
+
+/// Answers one request.
+async fn answer(
+    server: Arc<Server>,
+    subject: &'static str,
+    message: async_nats::Message,
+    received: Instant,
+    _permit: Option<OwnedSemaphorePermit>,
+) {
+    let Some(reply) = message.reply.clone() else {
+        tracing::warn!(
+            subject,
+            "Bad request on the wire: no reply subject; ignoring it."
+        );
+        return;
+    };
+    let map = message.headers.as_ref();
+    let outcome = match decode_envelope(map, subject) {
+        Ok(envelope) => {
+            let deadline = header(map, headers::DEADLINE_MS)
+                .and_then(|raw| raw.parse::<u64>().ok())
+                .map_or_else(
+                    || server.bus.config().request_timeout(),
+                    Duration::from_millis,
+                )
+                .saturating_sub(received.elapsed());
+            let correlation_id = envelope.correlation_id.clone();
+            let outcome = if deadline.is_zero() {
+                Err(BusError::Timeout {
+                    subject: subject.to_owned(),
+                    after: received.elapsed(),
+                })
+            } else {
+                server
+                    .bus
+                    .inbound()
+                    .serve_remote_request(envelope, &message.payload, deadline)
+                    .await
+            };
+            if let Err(BusError::Codec { reason, .. }) = &outcome {
+                tracing::warn!(subject, %correlation_id, %reason, "Bad request on the wire: its body does not decode.");
+            }
+            outcome
+        }
+        Err(reason) => {
+            tracing::warn!(subject, %reason, "Bad request on the wire; answering with a codec error.");
+            Err(codec(subject, &reason))
+        }
+    };
+    let (map, body) = encode_outcome(subject, &outcome);
+    if let Err(error) = server.client.publish_with_headers(reply, map, body).await {
+        tracing::warn!(subject, %error, "Could not send a reply.");
+    }
+}
