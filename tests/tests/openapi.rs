@@ -198,6 +198,17 @@ async fn the_openapi_document_is_valid_openapi_3() {
 
     let all = operations(document);
     assert!(!all.is_empty());
+
+    // The shared error responses (kit's `ServerErrors`, `BodyErrors`) land in each operation.
+    let create = &document["paths"]["/api/v1/products"]["post"]["responses"];
+    for status in ["400", "413", "415", "422", "500", "503"] {
+        let body = &create[status]["content"]["application/json"]["schema"]["$ref"];
+        assert_eq!(
+            body, "#/components/schemas/ErrorBody",
+            "POST /api/v1/products {status}: {create}"
+        );
+    }
+    assert_eq!(create["503"]["description"], "The database is busy; try again.");
     let mut operation_ids = BTreeSet::new();
     for op in &all {
         let operation = op.operation;

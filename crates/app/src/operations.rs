@@ -9,7 +9,7 @@ use axum::{extract::State, http::StatusCode};
 use banyan_bus::{Outbox, dead_letter};
 use banyan_db::Db;
 use banyan_kit::{
-    ApiError, ApiResult, ErrorBody,
+    ApiError, ApiResult, ErrorBody, ServerErrors,
     auth::Caller,
     extract::{Json, Path, Query},
 };
@@ -270,8 +270,7 @@ struct ReplayRequested {
         (status = 403, description = "The caller is not an admin.", body = ErrorBody),
         (status = 404, description = "The module is not hosted here, or it has no such letter \
             awaiting replay.", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn replay_dead_letter(

@@ -400,6 +400,35 @@ pub fn now_millis() -> i64 {
         .unwrap_or_default()
 }
 
+/// At most this many ids go into one `IN (...)` list: far below SQLite's and PostgreSQL's
+/// limits on bound parameters, large enough that a request's ids take one statement.
+pub const IN_CHUNK: usize = 500;
+
+/// The rows of `select` (a query up to its key column, such as
+/// `SELECT id, name FROM products WHERE id`) whose key is one of `ids`, read in statements of
+/// at most [`IN_CHUNK`] ids, in no particular order. Ids are bound as text, as Banyan stores
+/// them.
+pub async fn fetch_by_ids<R>(
+    db: &Db,
+    select: &str,
+    ids: &[uuid::Uuid],
+) -> Result<Vec<R>, sqlx::Error>
+where
+    R: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+{
+    let mut rows = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(IN_CHUNK) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!("{select} IN ({})", placeholders.join(", "));
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(id.to_string());
+        }
+        rows.extend(query.fetch_all(db.reader()).await?);
+    }
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

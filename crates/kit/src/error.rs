@@ -133,6 +133,30 @@ impl ApiError {
     }
 }
 
+/// What any route that reads the database may answer that is not its own doing, for its
+/// `#[utoipa::path(responses(...))]`.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum ServerErrors {
+    /// An unexpected failure.
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// The database is busy; try again.
+    #[response(status = 503)]
+    Busy(ErrorBody),
+}
+
+/// What a route that takes a JSON body may answer for the body alone (beyond its own 400 and
+/// 422), for its `#[utoipa::path(responses(...))]`.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum BodyErrors {
+    /// The body is too large.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// The body is not `application/json`.
+    #[response(status = 415)]
+    NotJson(ErrorBody),
+}
+
 /// The body of every error answer: `{"error": {"code", "message", "details"?}}`.
 // What `ApiError` serializes to, and the schema every error response of the API document names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -25,7 +25,9 @@ mod page;
 pub mod testing;
 mod waiters;
 
-pub use error::{ApiError, ApiResult, ErrorBody, ErrorCause, ErrorDetail, Invalid};
+pub use error::{
+    ApiError, ApiResult, BodyErrors, ErrorBody, ErrorCause, ErrorDetail, Invalid, ServerErrors,
+};
 pub use module::{Module, ModuleContext};
 pub use page::{Page, Paged};
 pub use waiters::{Waiters, Watch};

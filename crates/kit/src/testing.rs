@@ -67,6 +67,15 @@ pub fn with_auth(router: impl Into<Router>) -> (Router, Arc<Authenticator>) {
     (router.into().layer(axum::Extension(auth.clone())), auth)
 }
 
+/// The module's routes with an authenticator installed, as the app installs it, and a token
+/// for an admin and one for a customer.
+pub fn with_admin_and_customer(router: impl Into<Router>) -> (Router, String, String) {
+    let (router, auth) = with_auth(router);
+    let admin = token(&auth, Uuid::now_v7(), Role::Admin);
+    let customer = token(&auth, Uuid::now_v7(), Role::Customer);
+    (router, admin, customer)
+}
+
 /// A bearer token for `user` with `role`.
 pub fn token(auth: &Authenticator, user: Uuid, role: Role) -> String {
     auth.issue(user, role).expect("a token").access_token
@@ -83,6 +92,16 @@ pub struct TestModule {
 }
 
 impl TestModule {
+    /// A fresh database for `module` (its name, its migrations) with a default bus.
+    pub async fn of(module: &dyn crate::Module) -> Self {
+        Self::open(
+            module.name(),
+            module.migrations(),
+            banyan_bus::BusConfig::default(),
+        )
+        .await
+    }
+
     /// The module's own handle on the test's bus, as the app gives it to the module.
     pub fn module_bus(&self) -> banyan_bus::ModuleBus {
         banyan_bus::ModuleBus::new(&self.bus, self.outbox.db().module())

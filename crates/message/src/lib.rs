@@ -123,6 +123,53 @@ impl Rejection {
     }
 }
 
+/// Makes a type an [`Event`] on `subject`, its aggregate being `aggregate` of the event `e`:
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// pub struct WidgetMade { pub widget_id: uuid::Uuid }
+/// banyan_message::event!(WidgetMade, "widgets.widget_made.v1", |e| e.widget_id);
+/// # use banyan_message::{Event, Message};
+/// assert_eq!(WidgetMade::SUBJECT, "widgets.widget_made.v1");
+/// ```
+#[macro_export]
+macro_rules! event {
+    ($event:ty, $subject:literal, |$e:ident| $aggregate:expr) => {
+        impl $crate::Message for $event {
+            const SUBJECT: &'static str = $subject;
+        }
+
+        impl $crate::Event for $event {
+            fn aggregate_id(&self) -> ::uuid::Uuid {
+                let $e = self;
+                $aggregate
+            }
+        }
+    };
+}
+
+/// Makes a type a [`Request`] on `subject`, answered with `response`:
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// pub struct CountWidgets;
+/// banyan_message::request!(CountWidgets, "widgets.count_widgets.v1", u64);
+/// ```
+#[macro_export]
+macro_rules! request {
+    ($request:ty, $subject:literal, $response:ty) => {
+        impl $crate::Message for $request {
+            const SUBJECT: &'static str = $subject;
+        }
+
+        impl $crate::Request for $request {
+            type Response = $response;
+        }
+    };
+}
+
 /// Defines a typed id: a UUID newtype that serializes as a bare UUID string.
 ///
 /// ```

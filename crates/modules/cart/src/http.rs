@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use banyan_kit::{
-    ApiError, ApiResult, ErrorBody,
+    ApiError, ApiResult, BodyErrors, ErrorBody, ServerErrors,
     auth::Caller,
     extract::{Cx, Json, Path},
     timestamp,
@@ -103,8 +103,7 @@ fn owned(caller: &Caller, user_id: Uuid) -> ApiResult<()> {
         (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
         (status = 401, description = "No valid token.", body = ErrorBody),
         (status = 404, description = "Not the caller's cart.", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn get_cart(
@@ -143,8 +142,7 @@ struct NewItem {
         (status = 400, description = "The id is not a UUID, or the body is not JSON.", body = ErrorBody),
         (status = 401, description = "No valid token.", body = ErrorBody),
         (status = 404, description = "Not the caller's cart.", body = ErrorBody),
-        (status = 413, description = "The body is too large.", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        BodyErrors,
         (status = 422, description = "An unknown product, a quantity out of range, a full cart, or \
             a body of the wrong shape.", body = ErrorBody),
         (status = 500, description = "An unexpected failure.", body = ErrorBody),
@@ -191,8 +189,7 @@ async fn add_item(
         (status = 400, description = "An id is not a UUID (`invalid_path`).", body = ErrorBody),
         (status = 401, description = "No valid token.", body = ErrorBody),
         (status = 404, description = "Not the caller's cart, or the product is not in it.", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn remove_item(
@@ -225,8 +222,7 @@ async fn remove_item(
         (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
         (status = 401, description = "No valid token.", body = ErrorBody),
         (status = 404, description = "Not the caller's cart.", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn clear(

@@ -61,7 +61,6 @@ mod test_support {
 
     use std::sync::Arc;
 
-    use banyan_bus::BusConfig;
     use banyan_catalog_contract::ProductId;
     use banyan_kit::testing::FakeCatalog;
 
@@ -71,7 +70,7 @@ mod test_support {
 
     /// Opens a fresh cart database (see `banyan_kit::testing::TestModule`).
     pub(crate) async fn open() -> TestDb {
-        TestDb::open(crate::NAME, &crate::MIGRATIONS, BusConfig::default()).await
+        TestDb::of(&crate::Cart).await
     }
 
     /// A cart database with the module's handlers on its bus, and a stand-in catalog that

@@ -7,7 +7,7 @@ use axum::{
     response::IntoResponse,
 };
 use banyan_kit::{
-    ApiError, ApiResult, ErrorBody, Page, Paged,
+    ApiError, ApiResult, BodyErrors, ErrorBody, Page, Paged, ServerErrors,
     auth::Admin,
     extract::{Cx, Json, Path, Query},
     timestamp,
@@ -109,8 +109,7 @@ struct Listing {
         (status = 200, description = "A page of products.", body = Paged<ProductView>),
         (status = 400, description = "An unknown or unparsable query parameter (`invalid_query`).", body = ErrorBody),
         (status = 422, description = "`page`, `per_page` or `category` invalid.", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn list(
@@ -149,8 +148,7 @@ async fn list(
         (status = 200, description = "The product.", body = ProductView),
         (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
         (status = 404, description = "No such product.", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn get_product(
@@ -177,11 +175,9 @@ async fn get_product(
         (status = 401, description = "No valid token.", body = ErrorBody),
         (status = 403, description = "The caller is not an admin.", body = ErrorBody),
         (status = 409, description = "The SKU is already taken (`already_exists`).", body = ErrorBody),
-        (status = 413, description = "The body is too large.", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        BodyErrors,
         (status = 422, description = "A field is missing, unknown or invalid (`validation_failed`).", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn create(
@@ -216,11 +212,9 @@ async fn create(
         (status = 401, description = "No valid token.", body = ErrorBody),
         (status = 403, description = "The caller is not an admin.", body = ErrorBody),
         (status = 404, description = "No such product.", body = ErrorBody),
-        (status = 413, description = "The body is too large.", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        BodyErrors,
         (status = 422, description = "No field given, an unknown field, or an invalid value.", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn update(

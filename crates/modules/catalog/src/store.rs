@@ -39,9 +39,6 @@ impl ProductRow {
 const COLUMNS: &str = "id, sku, name, description, category, price_minor, currency, available, \
                        created_at, updated_at";
 
-/// At most this many ids go into one `IN (...)` list.
-const IN_CHUNK: usize = 500;
-
 pub(crate) async fn sku_taken(conn: &mut AnyConnection, sku: &Sku) -> Result<bool, sqlx::Error> {
     let found: Option<(String,)> = sqlx::query_as("SELECT id FROM products WHERE sku = $1")
         .bind(sku.as_str())
@@ -98,20 +95,8 @@ pub(crate) async fn find(db: &Db, id: Uuid) -> Result<Option<ProductRow>, sqlx::
 
 /// The products among `ids` that exist, in no particular order.
 pub(crate) async fn find_many(db: &Db, ids: &[Uuid]) -> Result<Vec<ProductRow>, sqlx::Error> {
-    let mut rows = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(IN_CHUNK) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "SELECT {COLUMNS} FROM products WHERE id IN ({})",
-            placeholders.join(", ")
-        );
-        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            query = query.bind(id.to_string());
-        }
-        rows.extend(query.fetch_all(db.reader()).await?);
-    }
-    Ok(rows)
+    let select = format!("SELECT {COLUMNS} FROM products WHERE id");
+    banyan_db::fetch_by_ids(db, &select, ids).await
 }
 
 /// One page of products, oldest first, of one category or of all.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use banyan_kit::{
-    ApiError, ApiResult, ErrorBody,
+    ApiError, ApiResult, BodyErrors, ErrorBody, ServerErrors,
     auth::Admin,
     extract::{Cx, Json, Path},
     timestamp,
@@ -80,8 +80,7 @@ impl From<StockRow> for StockView {
         (status = 200, description = "The stock.", body = StockView),
         (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
         (status = 404, description = "The product has no stock record.", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn get_stock(
@@ -117,11 +116,9 @@ struct StockChange {
         (status = 401, description = "No valid token.", body = ErrorBody),
         (status = 403, description = "The caller is not an admin.", body = ErrorBody),
         (status = 409, description = "Below what is reserved (`below_reserved`, with details).", body = ErrorBody),
-        (status = 413, description = "The body is too large.", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        BodyErrors,
         (status = 422, description = "`on_hand` missing or out of range, or an unknown field.", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn set_stock(

@@ -61,25 +61,14 @@ struct State {
 mod test_support {
     //! A real module database (SQLite, in a temporary directory) for the tests that run SQL.
 
-    use banyan_bus::BusConfig;
-
     pub(crate) use banyan_kit::testing::TestModule as TestDb;
 
     /// Opens a fresh inventory database (see `banyan_kit::testing::TestModule`).
     pub(crate) async fn open() -> TestDb {
-        TestDb::open(crate::NAME, &crate::MIGRATIONS, BusConfig::default()).await
+        TestDb::of(&crate::Inventory).await
     }
 
     pub(crate) use banyan_kit::testing::call;
 
-    /// The module's routes with an authenticator installed, as the app installs it, and a
-    /// token for an admin and one for a customer.
-    pub(crate) fn with_auth(router: impl Into<axum::Router>) -> (axum::Router, String, String) {
-        use banyan_kit::{auth::Role, testing::token};
-
-        let (router, auth) = banyan_kit::testing::with_auth(router);
-        let admin = token(&auth, uuid::Uuid::now_v7(), Role::Admin);
-        let customer = token(&auth, uuid::Uuid::now_v7(), Role::Customer);
-        (router, admin, customer)
-    }
+    pub(crate) use banyan_kit::testing::with_admin_and_customer as with_auth;
 }

@@ -73,9 +73,6 @@ impl ReservationRow {
 
 const COLUMNS: &str = "product_id, on_hand, reserved, version, updated_at";
 
-/// At most this many ids go into one `IN (...)` list.
-const IN_CHUNK: usize = 500;
-
 pub(crate) async fn find(db: &Db, product_id: Uuid) -> Result<Option<StockRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM stock WHERE product_id = $1"
@@ -87,20 +84,8 @@ pub(crate) async fn find(db: &Db, product_id: Uuid) -> Result<Option<StockRow>, 
 
 /// The stock rows among `product_ids` that exist, in no particular order.
 pub(crate) async fn find_many(db: &Db, product_ids: &[Uuid]) -> Result<Vec<StockRow>, sqlx::Error> {
-    let mut rows = Vec::with_capacity(product_ids.len());
-    for chunk in product_ids.chunks(IN_CHUNK) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "SELECT {COLUMNS} FROM stock WHERE product_id IN ({})",
-            placeholders.join(", ")
-        );
-        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            query = query.bind(id.to_string());
-        }
-        rows.extend(query.fetch_all(db.reader()).await?);
-    }
-    Ok(rows)
+    let select = format!("SELECT {COLUMNS} FROM stock WHERE product_id");
+    banyan_db::fetch_by_ids(db, &select, product_ids).await
 }
 
 /// A product's stock as this transaction sees it.

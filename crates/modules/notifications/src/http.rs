@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use banyan_kit::{
-    ApiError, ApiResult, ErrorBody, Page, Paged,
+    ApiError, ApiResult, ErrorBody, Page, Paged, ServerErrors,
     auth::Caller,
     extract::{Json, Query},
     timestamp,
@@ -86,8 +86,7 @@ struct Listing {
         (status = 401, description = "No valid token.", body = ErrorBody),
         (status = 404, description = "Not the caller's notifications.", body = ErrorBody),
         (status = 422, description = "`page` or `per_page` out of range.", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn list(

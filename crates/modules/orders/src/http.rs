@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use banyan_kit::{
-    ApiError, ApiResult, ErrorBody, Page, Paged, Watch,
+    ApiError, ApiResult, BodyErrors, ErrorBody, Page, Paged, ServerErrors, Watch,
     auth::{Admin, Caller},
     extract::{Cx, Json, Path, Query},
     timestamp,
@@ -167,8 +167,7 @@ const MAX_WAIT_MS: u64 = 30_000;
             headers(("location" = String, description = "The order's URL."))),
         (status = 400, description = "An unknown or unparsable query parameter, or the body is not JSON.", body = ErrorBody),
         (status = 401, description = "No valid token.", body = ErrorBody),
-        (status = 413, description = "The body is too large.", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        BodyErrors,
         (status = 422, description = "Invalid lines, an empty cart, unknown products, a bad \
             payment method, `wait_ms` out of range, or a body of the wrong shape.", body = ErrorBody),
         (status = 500, description = "An unexpected failure.", body = ErrorBody),
@@ -269,8 +268,7 @@ async fn await_outcome(
         (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
         (status = 401, description = "No valid token.", body = ErrorBody),
         (status = 404, description = "No such order, or not the caller's.", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn get_order(
@@ -302,8 +300,7 @@ async fn get_order(
         (status = 401, description = "No valid token.", body = ErrorBody),
         (status = 404, description = "Not the caller's orders.", body = ErrorBody),
         (status = 422, description = "`page` or `per_page` out of range.", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn list_for_user(
@@ -355,11 +352,9 @@ struct StatusChange {
         (status = 403, description = "The caller is not an admin.", body = ErrorBody),
         (status = 404, description = "No such order.", body = ErrorBody),
         (status = 409, description = "Not a move the order can make (`invalid_transition`, with details).", body = ErrorBody),
-        (status = 413, description = "The body is too large.", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        BodyErrors,
         (status = 422, description = "Not a status, or a body of the wrong shape.", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn change_status(

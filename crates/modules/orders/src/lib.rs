@@ -109,13 +109,11 @@ struct State {
 mod test_support {
     //! A real module database (SQLite, in a temporary directory) for the tests that run SQL.
 
-    use banyan_bus::BusConfig;
-
     pub(crate) use banyan_kit::testing::TestModule as TestDb;
 
     /// Opens a fresh orders database (see `banyan_kit::testing::TestModule`).
     pub(crate) async fn open() -> TestDb {
-        TestDb::open(crate::NAME, &crate::MIGRATIONS, BusConfig::default()).await
+        TestDb::of(&crate::Orders).await
     }
 
     pub(crate) use banyan_kit::testing::call;

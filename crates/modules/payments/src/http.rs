@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use banyan_kit::{
-    ApiError, ApiResult, ErrorBody,
+    ApiError, ApiResult, ErrorBody, ServerErrors,
     auth::Caller,
     extract::{Json, Path},
     timestamp,
@@ -92,8 +92,7 @@ impl From<PaymentRow> for PaymentBody {
         (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
         (status = 401, description = "No valid token.", body = ErrorBody),
         (status = 404, description = "No payment for that order, or not the caller's.", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn get_payment(

@@ -150,13 +150,11 @@ mod tests {
 mod test_support {
     //! A real module database (SQLite, in a temporary directory) for the tests that run SQL.
 
-    use banyan_bus::BusConfig;
-
     pub(crate) use banyan_kit::testing::TestModule as TestDb;
 
     /// Opens a fresh payments database (see `banyan_kit::testing::TestModule`).
     pub(crate) async fn open() -> TestDb {
-        TestDb::open(crate::NAME, &crate::MIGRATIONS, BusConfig::default()).await
+        TestDb::of(&crate::Payments).await
     }
 
     pub(crate) use banyan_kit::testing::call;

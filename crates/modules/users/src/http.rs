@@ -7,7 +7,7 @@ use axum::{
     response::IntoResponse,
 };
 use banyan_kit::{
-    ApiError, ApiResult, ErrorBody, Page, Paged,
+    ApiError, ApiResult, BodyErrors, ErrorBody, Page, Paged, ServerErrors,
     auth::{Caller, Role, Token},
     extract::{Cx, Json, Path, Query},
     timestamp,
@@ -93,11 +93,9 @@ impl From<UserRow> for UserView {
             headers(("location" = String, description = "The account's URL."))),
         (status = 400, description = "The body is not JSON.", body = ErrorBody),
         (status = 409, description = "The username or email is already taken (`already_exists`).", body = ErrorBody),
-        (status = 413, description = "The body is too large.", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        BodyErrors,
         (status = 422, description = "A field is missing, unknown or invalid (`validation_failed`).", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn register(
@@ -146,11 +144,9 @@ struct LoginAnswer {
         (status = 200, description = "Logged in.", body = LoginAnswer),
         (status = 400, description = "The body is not JSON.", body = ErrorBody),
         (status = 401, description = "Invalid username or password.", body = ErrorBody),
-        (status = 413, description = "The body is too large.", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        BodyErrors,
         (status = 422, description = "A field is missing or unknown.", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn login(
@@ -186,8 +182,7 @@ async fn login(
         (status = 401, description = "No valid token.", body = ErrorBody),
         (status = 403, description = "The caller is not an admin.", body = ErrorBody),
         (status = 422, description = "`page` or `per_page` out of range.", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn list(
@@ -234,8 +229,7 @@ fn not_found(id: Uuid) -> ApiError {
         (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
         (status = 401, description = "No valid token.", body = ErrorBody),
         (status = 404, description = "No such account, or not the caller's.", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn get_user(
@@ -275,11 +269,9 @@ struct AccountChanges {
         (status = 401, description = "No valid token.", body = ErrorBody),
         (status = 404, description = "No such account, or not the caller's.", body = ErrorBody),
         (status = 409, description = "The email is already taken (`already_exists`).", body = ErrorBody),
-        (status = 413, description = "The body is too large.", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        BodyErrors,
         (status = 422, description = "Neither field given, an unknown field, or an invalid value.", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn update(
@@ -313,8 +305,7 @@ async fn update(
         (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
         (status = 401, description = "No valid token.", body = ErrorBody),
         (status = 404, description = "No such account, or not the caller's.", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn delete(
@@ -386,8 +377,7 @@ struct OrderLineDoc {
         (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
         (status = 401, description = "No valid token.", body = ErrorBody),
         (status = 404, description = "No such account, or not the caller's.", body = ErrorBody),
-        (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy; try again.", body = ErrorBody),
+        ServerErrors,
     )
 )]
 async fn overview(

@@ -1,7 +1,6 @@
 //! What other modules may know of `cart`: a customer's cart, read when an order is made from
 //! it. A customer has one cart, named by their user id.
 
-use banyan_message::{Message, Request};
 use serde::{Deserialize, Serialize};
 
 pub use banyan_catalog_contract::ProductId;
@@ -19,13 +18,7 @@ pub struct GetCart {
     pub user_id: UserId,
 }
 
-impl Message for GetCart {
-    const SUBJECT: &'static str = "cart.get_cart.v1";
-}
-
-impl Request for GetCart {
-    type Response = CartContents;
-}
+banyan_message::request!(GetCart, "cart.get_cart.v1", CartContents);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CartContents {

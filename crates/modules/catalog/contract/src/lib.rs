@@ -1,6 +1,6 @@
 //! What other modules may know of `catalog`: its requests and its events. Nothing else.
 
-use banyan_message::{Event, Message, Money, Request};
+use banyan_message::Money;
 use serde::{Deserialize, Serialize};
 
 banyan_message::define_id!(
@@ -18,15 +18,9 @@ pub struct ProductCreated {
     pub price: Money,
 }
 
-impl Message for ProductCreated {
-    const SUBJECT: &'static str = "catalog.product_created.v1";
-}
-
-impl Event for ProductCreated {
-    fn aggregate_id(&self) -> uuid::Uuid {
-        self.product_id.0
-    }
-}
+banyan_message::event!(ProductCreated, "catalog.product_created.v1", |e| e
+    .product_id
+    .0);
 
 /// A product's price changed (its amount, its currency or both).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,15 +30,7 @@ pub struct PriceChanged {
     pub new_price: Money,
 }
 
-impl Message for PriceChanged {
-    const SUBJECT: &'static str = "catalog.price_changed.v1";
-}
-
-impl Event for PriceChanged {
-    fn aggregate_id(&self) -> uuid::Uuid {
-        self.product_id.0
-    }
-}
+banyan_message::event!(PriceChanged, "catalog.price_changed.v1", |e| e.product_id.0);
 
 /// Looks up products as they are now, answered in the order asked (a repeated id is answered
 /// repeatedly). Rejected with `unknown_product`, details `{"product_ids": [...]}` naming every
@@ -60,13 +46,7 @@ impl GetProducts {
     pub const MAX_IDS: usize = 1_000;
 }
 
-impl Message for GetProducts {
-    const SUBJECT: &'static str = "catalog.get_products.v1";
-}
-
-impl Request for GetProducts {
-    type Response = Vec<ProductSnapshot>;
-}
+banyan_message::request!(GetProducts, "catalog.get_products.v1", Vec<ProductSnapshot>);
 
 /// A product as other modules see it: what an order keeps as of ordering.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

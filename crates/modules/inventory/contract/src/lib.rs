@@ -3,7 +3,6 @@
 //! A reservation is named by a plain [`Uuid`] chosen by the caller (orders use the order id),
 //! so reserving and releasing are idempotent: asking twice has the effect of asking once.
 
-use banyan_message::{Event, Message, Request};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -37,15 +36,9 @@ pub struct StockChanged {
     pub version: i64,
 }
 
-impl Message for StockChanged {
-    const SUBJECT: &'static str = "inventory.stock_changed.v1";
-}
-
-impl Event for StockChanged {
-    fn aggregate_id(&self) -> Uuid {
-        self.product_id.0
-    }
-}
+banyan_message::event!(StockChanged, "inventory.stock_changed.v1", |e| e
+    .product_id
+    .0);
 
 /// Every line of a reservation is held (one line per product, sorted by product id).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,15 +47,8 @@ pub struct InventoryReserved {
     pub lines: Vec<StockLine>,
 }
 
-impl Message for InventoryReserved {
-    const SUBJECT: &'static str = "inventory.inventory_reserved.v1";
-}
-
-impl Event for InventoryReserved {
-    fn aggregate_id(&self) -> Uuid {
-        self.reservation_id
-    }
-}
+banyan_message::event!(InventoryReserved, "inventory.inventory_reserved.v1", |e| e
+    .reservation_id);
 
 /// A reservation could not be made; nothing of it is held.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,15 +57,11 @@ pub struct InventoryReservationFailed {
     pub shortages: Vec<Shortage>,
 }
 
-impl Message for InventoryReservationFailed {
-    const SUBJECT: &'static str = "inventory.inventory_reservation_failed.v1";
-}
-
-impl Event for InventoryReservationFailed {
-    fn aggregate_id(&self) -> Uuid {
-        self.reservation_id
-    }
-}
+banyan_message::event!(
+    InventoryReservationFailed,
+    "inventory.inventory_reservation_failed.v1",
+    |e| e.reservation_id
+);
 
 /// A reservation's stock was given back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,15 +69,8 @@ pub struct InventoryReleased {
     pub reservation_id: Uuid,
 }
 
-impl Message for InventoryReleased {
-    const SUBJECT: &'static str = "inventory.inventory_released.v1";
-}
-
-impl Event for InventoryReleased {
-    fn aggregate_id(&self) -> Uuid {
-        self.reservation_id
-    }
-}
+banyan_message::event!(InventoryReleased, "inventory.inventory_released.v1", |e| e
+    .reservation_id);
 
 /// Holds every line or none. Lines of one product are merged; each quantity must be 1 to
 /// 10 000 (merged too), and a reservation has 1 to 100 lines.
@@ -109,13 +84,7 @@ pub struct ReserveStock {
     pub lines: Vec<StockLine>,
 }
 
-impl Message for ReserveStock {
-    const SUBJECT: &'static str = "inventory.reserve_stock.v1";
-}
-
-impl Request for ReserveStock {
-    type Response = Reservation;
-}
+banyan_message::request!(ReserveStock, "inventory.reserve_stock.v1", Reservation);
 
 /// A held reservation: its lines, merged and sorted by product id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,13 +100,7 @@ pub struct ReleaseStock {
     pub reservation_id: Uuid,
 }
 
-impl Message for ReleaseStock {
-    const SUBJECT: &'static str = "inventory.release_stock.v1";
-}
-
-impl Request for ReleaseStock {
-    type Response = Released;
-}
+banyan_message::request!(ReleaseStock, "inventory.release_stock.v1", Released);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Released {
@@ -157,13 +120,7 @@ impl GetStock {
     pub const MAX_IDS: usize = 1_000;
 }
 
-impl Message for GetStock {
-    const SUBJECT: &'static str = "inventory.get_stock.v1";
-}
-
-impl Request for GetStock {
-    type Response = Vec<StockLevel>;
-}
+banyan_message::request!(GetStock, "inventory.get_stock.v1", Vec<StockLevel>);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StockLevel {

@@ -1,7 +1,6 @@
 //! What other modules may know of `notifications`: how many notifications a user was sent.
 //! The module mostly listens (to `UserRegistered`, `OrderConfirmed`, `OrderCancelled`).
 
-use banyan_message::{Message, Request};
 use serde::{Deserialize, Serialize};
 
 pub use banyan_users_contract::UserId;
@@ -13,13 +12,11 @@ pub struct ListNotifications {
     pub limit: u32,
 }
 
-impl Message for ListNotifications {
-    const SUBJECT: &'static str = "notifications.list_notifications.v1";
-}
-
-impl Request for ListNotifications {
-    type Response = Vec<NotificationView>;
-}
+banyan_message::request!(
+    ListNotifications,
+    "notifications.list_notifications.v1",
+    Vec<NotificationView>
+);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotificationView {

@@ -1,7 +1,7 @@
 //! What other modules may know of `orders`: the order events of the checkout saga and the
 //! queries that read orders. Nothing else.
 
-use banyan_message::{Event, Message, Money, Request};
+use banyan_message::Money;
 use serde::{Deserialize, Serialize};
 
 pub use banyan_catalog_contract::ProductId;
@@ -37,15 +37,7 @@ pub struct OrderPlaced {
     pub from_cart: bool,
 }
 
-impl Message for OrderPlaced {
-    const SUBJECT: &'static str = "orders.order_placed.v1";
-}
-
-impl Event for OrderPlaced {
-    fn aggregate_id(&self) -> uuid::Uuid {
-        self.order_id.0
-    }
-}
+banyan_message::event!(OrderPlaced, "orders.order_placed.v1", |e| e.order_id.0);
 
 /// The order is paid and its stock is held: it is `confirmed`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,15 +47,9 @@ pub struct OrderConfirmed {
     pub total: Money,
 }
 
-impl Message for OrderConfirmed {
-    const SUBJECT: &'static str = "orders.order_confirmed.v1";
-}
-
-impl Event for OrderConfirmed {
-    fn aggregate_id(&self) -> uuid::Uuid {
-        self.order_id.0
-    }
-}
+banyan_message::event!(OrderConfirmed, "orders.order_confirmed.v1", |e| e
+    .order_id
+    .0);
 
 /// The order is `cancelled`; `reason` says why (`out_of_stock`, `payment_declined`,
 /// `payment_over_limit`, `payment_failed`, `cancelled_by_admin`).
@@ -74,15 +60,9 @@ pub struct OrderCancelled {
     pub reason: String,
 }
 
-impl Message for OrderCancelled {
-    const SUBJECT: &'static str = "orders.order_cancelled.v1";
-}
-
-impl Event for OrderCancelled {
-    fn aggregate_id(&self) -> uuid::Uuid {
-        self.order_id.0
-    }
-}
+banyan_message::event!(OrderCancelled, "orders.order_cancelled.v1", |e| e
+    .order_id
+    .0);
 
 /// An order as other modules see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,13 +83,7 @@ pub struct GetOrder {
     pub order_id: OrderId,
 }
 
-impl Message for GetOrder {
-    const SUBJECT: &'static str = "orders.get_order.v1";
-}
-
-impl Request for GetOrder {
-    type Response = OrderSummary;
-}
+banyan_message::request!(GetOrder, "orders.get_order.v1", OrderSummary);
 
 /// A user's orders, newest first, at most `limit` (1 to 100).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,10 +92,4 @@ pub struct ListOrders {
     pub limit: u32,
 }
 
-impl Message for ListOrders {
-    const SUBJECT: &'static str = "orders.list_orders.v1";
-}
-
-impl Request for ListOrders {
-    type Response = Vec<OrderSummary>;
-}
+banyan_message::request!(ListOrders, "orders.list_orders.v1", Vec<OrderSummary>);

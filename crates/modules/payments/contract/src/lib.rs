@@ -3,7 +3,7 @@
 //! Order ids are plain UUIDs here (orders' contract depends on this one, so this one cannot
 //! depend on orders').
 
-use banyan_message::{Event, Message, Money, Request};
+use banyan_message::Money;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -20,15 +20,8 @@ pub struct PaymentCompleted {
     pub amount: Money,
 }
 
-impl Message for PaymentCompleted {
-    const SUBJECT: &'static str = "payments.payment_completed.v1";
-}
-
-impl Event for PaymentCompleted {
-    fn aggregate_id(&self) -> Uuid {
-        self.order_id
-    }
-}
+banyan_message::event!(PaymentCompleted, "payments.payment_completed.v1", |e| e
+    .order_id);
 
 /// The charge was refused; nothing was taken. `reason`: `payment_declined` (the declining test
 /// method), `payment_over_limit` (above the provider's amount limit), `payment_failed` (the
@@ -41,15 +34,7 @@ pub struct PaymentFailed {
     pub reason: String,
 }
 
-impl Message for PaymentFailed {
-    const SUBJECT: &'static str = "payments.payment_failed.v1";
-}
-
-impl Event for PaymentFailed {
-    fn aggregate_id(&self) -> Uuid {
-        self.order_id
-    }
-}
+banyan_message::event!(PaymentFailed, "payments.payment_failed.v1", |e| e.order_id);
 
 /// The payment of an order. Rejected with `not_found` when the order has none (yet).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,13 +42,7 @@ pub struct GetPayment {
     pub order_id: Uuid,
 }
 
-impl Message for GetPayment {
-    const SUBJECT: &'static str = "payments.get_payment.v1";
-}
-
-impl Request for GetPayment {
-    type Response = PaymentView;
-}
+banyan_message::request!(GetPayment, "payments.get_payment.v1", PaymentView);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentView {

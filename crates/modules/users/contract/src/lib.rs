@@ -1,6 +1,5 @@
 //! What other modules may know of `users`: its requests and its events. Nothing else.
 
-use banyan_message::{Event, Message, Request};
 use serde::{Deserialize, Serialize};
 
 banyan_message::define_id!(
@@ -16,15 +15,7 @@ pub struct UserRegistered {
     pub email: String,
 }
 
-impl Message for UserRegistered {
-    const SUBJECT: &'static str = "users.user_registered.v1";
-}
-
-impl Event for UserRegistered {
-    fn aggregate_id(&self) -> uuid::Uuid {
-        self.user_id.0
-    }
-}
+banyan_message::event!(UserRegistered, "users.user_registered.v1", |e| e.user_id.0);
 
 /// Looks up an account's public profile. Rejected with `not_found` for an unknown id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,13 +23,7 @@ pub struct GetUser {
     pub user_id: UserId,
 }
 
-impl Message for GetUser {
-    const SUBJECT: &'static str = "users.get_user.v1";
-}
-
-impl Request for GetUser {
-    type Response = UserProfile;
-}
+banyan_message::request!(GetUser, "users.get_user.v1", UserProfile);
 
 /// An account as other modules see it: no credentials.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
