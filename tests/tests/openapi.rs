@@ -208,7 +208,10 @@ async fn the_openapi_document_is_valid_openapi_3() {
             "POST /api/v1/products {status}: {create}"
         );
     }
-    assert_eq!(create["503"]["description"], "The database is busy; try again.");
+    assert_eq!(
+        create["503"]["description"],
+        "The database is busy; try again."
+    );
     let mut operation_ids = BTreeSet::new();
     for op in &all {
         let operation = op.operation;

@@ -23,6 +23,7 @@
 
 mod chart;
 mod checkout;
+mod cluster;
 mod reply;
 mod report;
 
