@@ -12,19 +12,28 @@ use uuid::Uuid;
 
 use crate::{Envelope, envelope::partition_key};
 
-/// A dead letter as operators see it.
+/// An event that failed every delivery attempt to one subscribing module, as operators see it.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeadLetter {
     pub id: Uuid,
+    /// The subscribing module that failed to handle it.
     pub module: String,
     pub message_id: Uuid,
+    /// The event's subject, such as `orders.order_placed.v1`.
     pub subject: String,
     pub correlation_id: String,
+    /// The last error.
     pub error: String,
     pub attempts: i64,
+    /// `dead`, `replay_requested`, `replaying` or `replayed`.
     pub status: String,
+    /// Milliseconds since the epoch.
     pub failed_at_ms: i64,
+    /// Milliseconds since the epoch; `null` until replayed.
     pub replayed_at_ms: Option<i64>,
+    /// The event, as JSON.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub payload: serde_json::Value,
 }
 

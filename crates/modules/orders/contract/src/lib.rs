@@ -16,7 +16,9 @@ banyan_message::define_id!(
 /// One line of an order, with the product's name and unit price as they were when it was
 /// ordered (a snapshot: later price changes do not touch it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderLine {
+    #[cfg_attr(feature = "openapi", schema(value_type = uuid::Uuid))]
     pub product_id: ProductId,
     pub name: String,
     pub unit_price: Money,
@@ -66,14 +68,19 @@ banyan_message::event!(OrderCancelled, "orders.order_cancelled.v1", |e| e
 
 /// An order as other modules see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderSummary {
+    #[cfg_attr(feature = "openapi", schema(value_type = uuid::Uuid))]
     pub order_id: OrderId,
+    #[cfg_attr(feature = "openapi", schema(value_type = uuid::Uuid))]
     pub user_id: UserId,
-    /// `pending`, `confirmed` or `cancelled`.
+    /// `pending`, `confirmed`, `cancelled`, `shipped` or `delivered`.
     pub status: String,
+    /// Why it was cancelled; `null` unless it was.
     pub cancel_reason: Option<String>,
     pub lines: Vec<OrderLine>,
     pub total: Money,
+    /// Milliseconds since the epoch.
     pub created_at_ms: i64,
 }
 
