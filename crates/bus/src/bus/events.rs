@@ -129,6 +129,10 @@ impl Bus {
                 "the bus is shutting down",
             ));
         }
+        // A held bus (see `Bus::held`) dispatches nothing until every module of the process
+        // has subscribed: an event handed out now would be acked by the subscribers of this
+        // moment, its outbox row deleted, and a module subscribing a moment later would never
+        // get it. The fast path (TryNow) leaves the event to the relay; the relay waits.
         if !*self.inner.events_open.borrow() {
             let opened = match mode {
                 Mode::TryNow => return Ok(Dispatch::Full),
@@ -141,6 +145,9 @@ impl Bus {
                 ));
             }
         }
+        // The subscribers known now are the event's audience: the ack below counts exactly
+        // them, and the outbox row is deleted when they have all reported. Cloned out of the
+        // lock so that no lock is held across an await.
         let mut subscribers: Vec<Subscription> = self
             .inner
             .subscriptions
@@ -155,6 +162,9 @@ impl Bus {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        // A group that reads its events from the broker (its JetStream consumer) gets them from
+        // there, this process's own included: a local copy as well would be a second delivery.
+        // Only while a forwarder exists, so an event always has a way to every group.
         if !forwarders.is_empty() {
             let through = self
                 .inner
@@ -165,15 +175,20 @@ impl Bus {
                 subscribers.retain(|s| !through.contains(s.group.name));
             }
         }
+        // Chaos runs deliver everything twice, to show that inboxes make each effect happen once.
         let copies = if self.inner.config.chaos_duplicate_deliveries {
             2
         } else {
             1
         };
+        // Declared before the first delivery can report: a fast handler finishing before the
+        // count is known must not complete the event early (Ack holds a placeholder count).
         if let Some(ack) = ack {
             ack.expect(subscribers.len() * copies + forwarders.len());
         }
         for subscription in subscribers {
+            // One partition per aggregate key: a group's events of one aggregate are handled by
+            // one worker, in the order dispatched; other aggregates proceed in parallel.
             let partitions = &subscription.group.partitions;
             let partition = &partitions[(message.key % partitions.len() as u64) as usize];
             for _ in 0..copies {
@@ -189,6 +204,11 @@ impl Bus {
                     Mode::Wait => partition.send(delivery).await.map_err(|_| {
                         unavailable(&message.envelope.subject, "the subscriber is shutting down")
                     })?,
+                    // The fast path after a commit never waits on a full queue: the saga's modules
+                    // publish to each other in a cycle, and a worker blocked on a peer's full
+                    // queue while that peer's worker blocks on its own would deadlock. What was
+                    // queued stays queued (the unfinished ack keeps the row); the relay resends
+                    // the rest and inboxes drop the repeats.
                     Mode::TryNow => {
                         if partition.try_send(delivery).is_err() {
                             return Ok(Dispatch::Full);
@@ -213,6 +233,8 @@ impl Bus {
                             ack.done();
                         }
                     }
+                    // No `done`: the event stays unacked, its row's lease lapses and the relay
+                    // sends it again (to every subscriber; inboxes drop what they had).
                     Err(error) => {
                         tracing::warn!(%error, "Forwarding an event failed; the relay will resend it.");
                     }

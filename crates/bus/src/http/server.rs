@@ -230,6 +230,19 @@ async fn serve_event(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Answers one pushed event. The answer is the pusher's acknowledgement, so it must mean what
+/// it says:
+/// - **2xx only when the event is safe here**: handled by the module's worker (in order with
+///   the aggregate's other events, through the module's inbox) or kept in its dead letters.
+///   The pusher then counts this module as done and, once every module is, its outbox row goes.
+/// - **4xx for what can never succeed as sent** (no secret, a malformed envelope, a module not
+///   hosted here): the pusher gives up on this instance rather than retrying forever.
+/// - **5xx for what may succeed later** (shutting down, the worker failed every attempt and
+///   could not even record a dead letter): the pusher retries, then its relay resends.
+///
+/// Poison (a subject or version this module does not subscribe to, a body that is not JSON)
+/// is answered 200 `dead_lettered`: retrying would fail identically, so it is recorded for an
+/// operator instead, and the rest of the stream flows on.
 async fn answer_event(
     server: &Server,
     path: Result<Path<String>, PathRejection>,
@@ -254,8 +267,11 @@ async fn answer_event(
             Uuid::parse_str(a).map_err(|_| format!("header `{AGGREGATE_ID}` is not a UUID"))
         })
         .map_err(|reason| refuse("event", &subject, reason))?;
+    // Everything the headers say is checked before the body is read: a refusal costs nothing.
     let body = read_body(request, &subject).await?;
     let bus = &server.bus;
+    // A module this process does not host: the pusher's directory is stale (the module moved,
+    // or this is another process at a recycled address). 404, so it routes elsewhere.
     if !bus.wiring().groups().contains(&module.as_str()) {
         tracing::warn!(%subject, module, "Refused a bus event: that module subscribes to nothing in this process.");
         return Err(Refusal::new(
@@ -291,6 +307,8 @@ async fn answer_event(
     if let Some(reason) = poison {
         return dead_letter(bus, &module, &envelope, &body, &reason).await;
     }
+    // Delivered to this one module's worker and awaited: the worker retries with backoff and
+    // dead-letters after its last attempt, so `Ok` means handled or kept, never lost.
     let json: Arc<str> = String::from_utf8_lossy(&body).into();
     let message_id = envelope.message_id;
     let correlation_id = envelope.correlation_id.clone();

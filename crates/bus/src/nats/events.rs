@@ -200,8 +200,12 @@ struct Events {
 
 /// What to tell JetStream about an event.
 enum Verdict {
+    /// Done with: handled (or dead-lettered by the bus's worker after its own retries).
     Ack,
+    /// Failed this time: deliver it again after this pause (JetStream counts the delivery).
     Nak(Duration),
+    /// Never deliver it again: it is in this module's dead letters (or could not be kept and
+    /// was logged as dropped).
     Term,
 }
 
@@ -233,6 +237,21 @@ impl Events {
         }
     }
 
+    /// What to do with one event of this module's consumer. The invariant: an event leaves
+    /// the stream for this module (Ack or Term) only once it was handled or is in the module's
+    /// dead letters, so no event is lost to a crash; everything else is a Nak, and the
+    /// consumer's `max_deliver` bounds the retries. Three kinds of outcome:
+    ///
+    /// 1. **Not ours to deliver** (a subject outside the prefix, a version no handler knows, a
+    ///    subject the module does not subscribe to on a filtering server, headers or a body
+    ///    that do not decode): poison. Retrying would fail the same way forever, so it goes
+    ///    straight to dead letters and is terminated ([`reject`](Self::reject)).
+    /// 2. **Delivered**: handed to the bus, which runs the module's handler on the aggregate's
+    ///    worker (order kept across this instance's concurrent events by the `Chains` above)
+    ///    and dead-letters what fails all of the bus's own attempts. `Ok` is then an Ack.
+    /// 3. **Failed anyway** (the bus is shutting down, its queue is closed): Nak with growing
+    ///    pauses, and on JetStream's last delivery the event is dead-lettered here instead, so
+    ///    it is never silently dropped by `max_deliver`.
     async fn decide(&self, message: &jetstream::Message) -> Verdict {
         let server = &self.server;
         let wire_subject = message.subject.as_str();
@@ -259,7 +278,8 @@ impl Events {
                 return self.reject(message, subject, reason, last).await;
             }
             Route::Unknown => {
-                // An unfiltered consumer (old server) sees the other modules' events too.
+                // An unfiltered consumer (a server older than 2.10 ignores multi-subject
+                // filters) sees the other modules' events too: not poison, just not ours.
                 tracing::trace!(
                     module = self.group,
                     subject,
@@ -268,6 +288,8 @@ impl Events {
                 return Verdict::Ack;
             }
         }
+        // The aggregate header orders the event among its aggregate's; without one the message
+        // id stands in (the event is then ordered with nothing, which is still correct).
         let map = message.headers.as_ref();
         let parsed = decode_envelope(map, subject).and_then(|envelope| {
             let aggregate = match header(map, headers::AGGREGATE_ID) {
