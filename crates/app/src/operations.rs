@@ -9,7 +9,7 @@ use axum::{extract::State, http::StatusCode};
 use banyan_bus::{Outbox, dead_letter};
 use banyan_db::Db;
 use banyan_kit::{
-    ApiError, ApiResult, ErrorBody, ServerErrors,
+    AdminErrors, ApiError, ApiResult, ErrorBody, ServerErrors,
     auth::Caller,
     extract::{Json, Path, Query},
 };
@@ -164,8 +164,7 @@ struct DeadLetters {
     responses(
         (status = 200, description = "The dead letters.", body = DeadLetters),
         (status = 400, description = "An unknown or unparsable query parameter (`invalid_query`).", body = ErrorBody),
-        (status = 401, description = "No valid token.", body = ErrorBody),
-        (status = 403, description = "The caller is not an admin.", body = ErrorBody),
+        AdminErrors,
         (status = 404, description = "The module is not hosted here.", body = ErrorBody),
         (status = 422, description = "`limit` out of range or an unknown `status`.", body = ErrorBody),
         (status = 500, description = "An unexpected failure.", body = ErrorBody),
@@ -237,8 +236,7 @@ struct ReplayRequested {
     responses(
         (status = 202, description = "The replay is asked for.", body = ReplayRequested),
         (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
-        (status = 401, description = "No valid token.", body = ErrorBody),
-        (status = 403, description = "The caller is not an admin.", body = ErrorBody),
+        AdminErrors,
         (status = 404, description = "The module is not hosted here, or it has no such letter \
             awaiting replay.", body = ErrorBody),
         ServerErrors,

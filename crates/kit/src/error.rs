@@ -145,6 +145,25 @@ pub enum ServerErrors {
     Busy(ErrorBody),
 }
 
+/// What a route that needs a token answers without a valid one.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum AuthErrors {
+    /// No valid token.
+    #[response(status = 401)]
+    Unauthenticated(ErrorBody),
+}
+
+/// What an admins-only route answers to anyone else.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum AdminErrors {
+    /// No valid token.
+    #[response(status = 401)]
+    Unauthenticated(ErrorBody),
+    /// The caller is not an admin.
+    #[response(status = 403)]
+    NotAdmin(ErrorBody),
+}
+
 /// What a route that takes a JSON body may answer for the body alone (beyond its own 400 and
 /// 422), for its `#[utoipa::path(responses(...))]`.
 #[derive(Debug, utoipa::IntoResponses)]

@@ -26,7 +26,8 @@ pub mod testing;
 mod waiters;
 
 pub use error::{
-    ApiError, ApiResult, BodyErrors, ErrorBody, ErrorCause, ErrorDetail, Invalid, ServerErrors,
+    AdminErrors, ApiError, ApiResult, AuthErrors, BodyErrors, ErrorBody, ErrorCause, ErrorDetail,
+    Invalid, ServerErrors,
 };
 pub use module::{Module, ModuleContext};
 pub use page::{Page, Paged};

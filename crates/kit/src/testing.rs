@@ -299,3 +299,69 @@ impl<E: Event + Clone> EventRecorder<E> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use banyan_bus::{BusConfig, BusError, Context};
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Rang {
+        bell: Uuid,
+    }
+
+    banyan_message::event!(Rang, "tests.rang.v1", |e| e.bell);
+
+    #[tokio::test]
+    async fn a_scenario_waits_for_the_event_its_stimulus_caused() {
+        let bus = Bus::new(BusConfig::default());
+        let bell = Uuid::now_v7();
+        let publisher = bus.clone();
+        let (answer, rang) = Scenario::new(&bus)
+            .stimulate(async move {
+                publisher
+                    .publish(&Context::root(), Rang { bell })
+                    .await
+                    .map(|()| "published")
+            })
+            .and_wait_for_event::<Rang>()
+            .await;
+        assert_eq!(answer.unwrap(), "published");
+        assert_eq!(rang, Rang { bell });
+        let mut recorder = EventRecorder::<Rang>::on(&bus);
+        bus.publish(&Context::root(), Rang { bell }).await.unwrap();
+        recorder.next_within(Duration::from_secs(5)).await;
+        assert_eq!(recorder.all(), vec![Rang { bell }]);
+        bus.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn the_fake_catalog_knows_what_it_was_given_and_names_what_it_does_not() {
+        let bus = Bus::new(BusConfig::default());
+        let catalog = FakeCatalog::serve(&bus);
+        let teapot = catalog.add("Teapot", 1999, Currency::EUR);
+        let (known, ghost) = (ProductId::new(), ProductId::new());
+        catalog.insert(known);
+        let cx = Context::root();
+        let found = bus
+            .request(&cx, GetProducts { product_ids: vec![known, teapot] })
+            .await
+            .unwrap();
+        assert_eq!(found[0].product_id, known);
+        assert_eq!(found[1].name, "Teapot");
+        assert_eq!(found[1].price, Money::new(1999, Currency::EUR));
+        let asked = GetProducts {
+            product_ids: vec![teapot, ghost],
+        };
+        let Err(BusError::Rejected(rejection)) = bus.request(&cx, asked).await else {
+            panic!("an unknown product is rejected");
+        };
+        assert_eq!(rejection.code, "unknown_product");
+        assert_eq!(rejection.details["product_ids"][0], ghost.to_string());
+        bus.shutdown().await;
+    }
+}

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use banyan_kit::{
-    ApiError, ApiResult, BodyErrors, ErrorBody, ServerErrors,
+    AuthErrors, ApiError, ApiResult, BodyErrors, ErrorBody, ServerErrors,
     auth::Caller,
     extract::{Cx, Json, Path},
     timestamp,
@@ -101,7 +101,7 @@ fn owned(caller: &Caller, user_id: Uuid) -> ApiResult<()> {
     responses(
         (status = 200, description = "The cart.", body = CartView),
         (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
-        (status = 401, description = "No valid token.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "Not the caller's cart.", body = ErrorBody),
         ServerErrors,
     )
@@ -140,7 +140,7 @@ struct NewItem {
     responses(
         (status = 200, description = "The cart, with the product added.", body = CartView),
         (status = 400, description = "The id is not a UUID, or the body is not JSON.", body = ErrorBody),
-        (status = 401, description = "No valid token.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "Not the caller's cart.", body = ErrorBody),
         BodyErrors,
         (status = 422, description = "An unknown product, a quantity out of range, a full cart, or \
@@ -187,7 +187,7 @@ async fn add_item(
     responses(
         (status = 200, description = "The cart, without the product.", body = CartView),
         (status = 400, description = "An id is not a UUID (`invalid_path`).", body = ErrorBody),
-        (status = 401, description = "No valid token.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "Not the caller's cart, or the product is not in it.", body = ErrorBody),
         ServerErrors,
     )
@@ -220,7 +220,7 @@ async fn remove_item(
     responses(
         (status = 204, description = "Emptied."),
         (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
-        (status = 401, description = "No valid token.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "Not the caller's cart.", body = ErrorBody),
         ServerErrors,
     )

@@ -7,7 +7,7 @@ use axum::{
     response::IntoResponse,
 };
 use banyan_kit::{
-    ApiError, ApiResult, BodyErrors, ErrorBody, Page, Paged, ServerErrors,
+    AdminErrors, ApiError, ApiResult, BodyErrors, ErrorBody, Page, Paged, ServerErrors,
     auth::Admin,
     extract::{Cx, Json, Path, Query},
     timestamp,
@@ -172,8 +172,7 @@ async fn get_product(
         (status = 201, description = "Created.", body = ProductView,
             headers(("location" = String, description = "The product's URL."))),
         (status = 400, description = "The body is not JSON.", body = ErrorBody),
-        (status = 401, description = "No valid token.", body = ErrorBody),
-        (status = 403, description = "The caller is not an admin.", body = ErrorBody),
+        AdminErrors,
         (status = 409, description = "The SKU is already taken (`already_exists`).", body = ErrorBody),
         BodyErrors,
         (status = 422, description = "A field is missing, unknown or invalid (`validation_failed`).", body = ErrorBody),
@@ -209,8 +208,7 @@ async fn create(
     responses(
         (status = 200, description = "The changed product.", body = ProductView),
         (status = 400, description = "The id is not a UUID, or the body is not JSON.", body = ErrorBody),
-        (status = 401, description = "No valid token.", body = ErrorBody),
-        (status = 403, description = "The caller is not an admin.", body = ErrorBody),
+        AdminErrors,
         (status = 404, description = "No such product.", body = ErrorBody),
         BodyErrors,
         (status = 422, description = "No field given, an unknown field, or an invalid value.", body = ErrorBody),

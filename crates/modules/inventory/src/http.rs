@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use banyan_kit::{
-    ApiError, ApiResult, BodyErrors, ErrorBody, ServerErrors,
+    AdminErrors, ApiError, ApiResult, BodyErrors, ErrorBody, ServerErrors,
     auth::Admin,
     extract::{Cx, Json, Path},
     timestamp,
@@ -113,8 +113,7 @@ struct StockChange {
     responses(
         (status = 200, description = "The stock as set.", body = StockView),
         (status = 400, description = "The id is not a UUID, or the body is not JSON.", body = ErrorBody),
-        (status = 401, description = "No valid token.", body = ErrorBody),
-        (status = 403, description = "The caller is not an admin.", body = ErrorBody),
+        AdminErrors,
         (status = 409, description = "Below what is reserved (`below_reserved`, with details).", body = ErrorBody),
         BodyErrors,
         (status = 422, description = "`on_hand` missing or out of range, or an unknown field.", body = ErrorBody),

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use banyan_kit::{
-    ApiError, ApiResult, ErrorBody, Page, Paged, ServerErrors,
+    AuthErrors, ApiError, ApiResult, ErrorBody, Page, Paged, ServerErrors,
     auth::Caller,
     extract::{Json, Query},
     timestamp,
@@ -83,7 +83,7 @@ struct Listing {
     responses(
         (status = 200, description = "A page of notifications.", body = Paged<NotificationView>),
         (status = 400, description = "An unknown or unparsable query parameter (`invalid_query`).", body = ErrorBody),
-        (status = 401, description = "No valid token.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "Not the caller's notifications.", body = ErrorBody),
         (status = 422, description = "`page` or `per_page` out of range.", body = ErrorBody),
         ServerErrors,

@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use banyan_kit::{
-    ApiError, ApiResult, BodyErrors, ErrorBody, Page, Paged, ServerErrors, Watch,
+    AdminErrors, AuthErrors, ApiError, ApiResult, BodyErrors, ErrorBody, Page, Paged, ServerErrors, Watch,
     auth::{Admin, Caller},
     extract::{Cx, Json, Path, Query},
     timestamp,
@@ -166,7 +166,7 @@ const MAX_WAIT_MS: u64 = 30_000;
         (status = 202, description = "Placed, still pending: poll the `Location`.", body = OrderView,
             headers(("location" = String, description = "The order's URL."))),
         (status = 400, description = "An unknown or unparsable query parameter, or the body is not JSON.", body = ErrorBody),
-        (status = 401, description = "No valid token.", body = ErrorBody),
+        AuthErrors,
         BodyErrors,
         (status = 422, description = "Invalid lines, an empty cart, unknown products, a bad \
             payment method, `wait_ms` out of range, or a body of the wrong shape.", body = ErrorBody),
@@ -266,7 +266,7 @@ async fn await_outcome(
     responses(
         (status = 200, description = "The order.", body = OrderView),
         (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
-        (status = 401, description = "No valid token.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "No such order, or not the caller's.", body = ErrorBody),
         ServerErrors,
     )
@@ -297,7 +297,7 @@ async fn get_order(
     responses(
         (status = 200, description = "A page of orders.", body = Paged<OrderView>),
         (status = 400, description = "The id is not a UUID, or an unknown or unparsable query parameter.", body = ErrorBody),
-        (status = 401, description = "No valid token.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "Not the caller's orders.", body = ErrorBody),
         (status = 422, description = "`page` or `per_page` out of range.", body = ErrorBody),
         ServerErrors,
@@ -348,8 +348,7 @@ struct StatusChange {
     responses(
         (status = 200, description = "The order, moved on.", body = OrderView),
         (status = 400, description = "The id is not a UUID, or the body is not JSON.", body = ErrorBody),
-        (status = 401, description = "No valid token.", body = ErrorBody),
-        (status = 403, description = "The caller is not an admin.", body = ErrorBody),
+        AdminErrors,
         (status = 404, description = "No such order.", body = ErrorBody),
         (status = 409, description = "Not a move the order can make (`invalid_transition`, with details).", body = ErrorBody),
         BodyErrors,

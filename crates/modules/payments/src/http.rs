@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use banyan_kit::{
-    ApiError, ApiResult, ErrorBody, ServerErrors,
+    AuthErrors, ApiError, ApiResult, ErrorBody, ServerErrors,
     auth::Caller,
     extract::{Json, Path},
     timestamp,
@@ -90,7 +90,7 @@ impl From<PaymentRow> for PaymentBody {
     responses(
         (status = 200, description = "The payment.", body = PaymentBody),
         (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
-        (status = 401, description = "No valid token.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "No payment for that order, or not the caller's.", body = ErrorBody),
         ServerErrors,
     )

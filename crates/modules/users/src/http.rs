@@ -7,7 +7,7 @@ use axum::{
     response::IntoResponse,
 };
 use banyan_kit::{
-    ApiError, ApiResult, BodyErrors, ErrorBody, Page, Paged, ServerErrors,
+    AdminErrors, AuthErrors, ApiError, ApiResult, BodyErrors, ErrorBody, Page, Paged, ServerErrors,
     auth::{Caller, Role, Token},
     extract::{Cx, Json, Path, Query},
     timestamp,
@@ -178,8 +178,7 @@ async fn login(
     responses(
         (status = 200, description = "A page of accounts.", body = Paged<UserView>),
         (status = 400, description = "An unknown or unparsable query parameter (`invalid_query`).", body = ErrorBody),
-        (status = 401, description = "No valid token.", body = ErrorBody),
-        (status = 403, description = "The caller is not an admin.", body = ErrorBody),
+        AdminErrors,
         (status = 422, description = "`page` or `per_page` out of range.", body = ErrorBody),
         ServerErrors,
     )
@@ -226,7 +225,7 @@ fn not_found(id: Uuid) -> ApiError {
     responses(
         (status = 200, description = "The account.", body = UserView),
         (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
-        (status = 401, description = "No valid token.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "No such account, or not the caller's.", body = ErrorBody),
         ServerErrors,
     )
@@ -265,7 +264,7 @@ struct AccountChanges {
     responses(
         (status = 200, description = "The changed account.", body = UserView),
         (status = 400, description = "The id is not a UUID, or the body is not JSON.", body = ErrorBody),
-        (status = 401, description = "No valid token.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "No such account, or not the caller's.", body = ErrorBody),
         (status = 409, description = "The email is already taken (`already_exists`).", body = ErrorBody),
         BodyErrors,
@@ -302,7 +301,7 @@ async fn update(
     responses(
         (status = 204, description = "Deleted."),
         (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
-        (status = 401, description = "No valid token.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "No such account, or not the caller's.", body = ErrorBody),
         ServerErrors,
     )
@@ -341,7 +340,7 @@ struct Overview {
     responses(
         (status = 200, description = "The overview.", body = Overview),
         (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
-        (status = 401, description = "No valid token.", body = ErrorBody),
+        AuthErrors,
         (status = 404, description = "No such account, or not the caller's.", body = ErrorBody),
         ServerErrors,
     )
