@@ -348,7 +348,12 @@ mod tests {
         catalog.insert(known);
         let cx = Context::root();
         let found = bus
-            .request(&cx, GetProducts { product_ids: vec![known, teapot] })
+            .request(
+                &cx,
+                GetProducts {
+                    product_ids: vec![known, teapot],
+                },
+            )
             .await
             .unwrap();
         assert_eq!(found[0].product_id, known);

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use banyan_kit::{
-    AuthErrors, ApiError, ApiResult, BodyErrors, ErrorBody, ServerErrors,
+    ApiError, ApiResult, AuthErrors, BodyErrors, ErrorBody, ServerErrors,
     auth::Caller,
     extract::{Cx, Json, Path},
     timestamp,

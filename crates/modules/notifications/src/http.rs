@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use banyan_kit::{
-    AuthErrors, ApiError, ApiResult, ErrorBody, Page, Paged, ServerErrors,
+    ApiError, ApiResult, AuthErrors, ErrorBody, Page, Paged, ServerErrors,
     auth::Caller,
     extract::{Json, Query},
     timestamp,

@@ -7,7 +7,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use banyan_kit::{
-    AdminErrors, AuthErrors, ApiError, ApiResult, BodyErrors, ErrorBody, Page, Paged, ServerErrors, Watch,
+    AdminErrors, ApiError, ApiResult, AuthErrors, BodyErrors, ErrorBody, Page, Paged, ServerErrors,
+    Watch,
     auth::{Admin, Caller},
     extract::{Cx, Json, Path, Query},
     timestamp,

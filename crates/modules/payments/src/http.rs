@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use banyan_kit::{
-    AuthErrors, ApiError, ApiResult, ErrorBody, ServerErrors,
+    ApiError, ApiResult, AuthErrors, ErrorBody, ServerErrors,
     auth::Caller,
     extract::{Json, Path},
     timestamp,

@@ -7,7 +7,7 @@ use axum::{
     response::IntoResponse,
 };
 use banyan_kit::{
-    AdminErrors, AuthErrors, ApiError, ApiResult, BodyErrors, ErrorBody, Page, Paged, ServerErrors,
+    AdminErrors, ApiError, ApiResult, AuthErrors, BodyErrors, ErrorBody, Page, Paged, ServerErrors,
     auth::{Caller, Role, Token},
     extract::{Cx, Json, Path, Query},
     timestamp,
