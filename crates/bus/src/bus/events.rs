@@ -21,16 +21,11 @@ use crate::{
     transport::Transport,
 };
 
-use super::{Bus, SharedPayload, codec, unavailable};
+use super::{Bus, SharedPayload, codec, read, unavailable, write};
 
 impl Bus {
     fn has_forwarders(&self) -> bool {
-        !self
-            .inner
-            .event_forwarders
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
+        !read(&self.inner.event_forwarders).is_empty()
     }
 
     /// Subscribes module `group` to event `E`. Every subscribing module receives each event
@@ -50,11 +45,7 @@ impl Bus {
             handler,
             _event: std::marker::PhantomData,
         });
-        let mut subscriptions = self
-            .inner
-            .subscriptions
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut subscriptions = write(&self.inner.subscriptions);
         let subscribers = subscriptions.entry(E::SUBJECT).or_default();
         assert!(
             !subscribers.iter().any(|s| s.group.name == group.name),
@@ -66,7 +57,7 @@ impl Bus {
     }
 
     pub(super) fn group(&self, name: &'static str) -> Arc<Group> {
-        let mut groups = self.inner.groups.write().unwrap_or_else(|e| e.into_inner());
+        let mut groups = write(&self.inner.groups);
         if let Some(group) = groups.get(name) {
             return group.clone();
         }
@@ -148,29 +139,16 @@ impl Bus {
         // The subscribers known now are the event's audience: the ack below counts exactly
         // them, and the outbox row is deleted when they have all reported. Cloned out of the
         // lock so that no lock is held across an await.
-        let mut subscribers: Vec<Subscription> = self
-            .inner
-            .subscriptions
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        let mut subscribers: Vec<Subscription> = read(&self.inner.subscriptions)
             .get(message.envelope.subject.as_str())
             .cloned()
             .unwrap_or_default();
-        let forwarders: Vec<Arc<dyn Transport>> = self
-            .inner
-            .event_forwarders
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let forwarders: Vec<Arc<dyn Transport>> = read(&self.inner.event_forwarders).clone();
         // A group that reads its events from the broker (its JetStream consumer) gets them from
         // there, this process's own included: a local copy as well would be a second delivery.
         // Only while a forwarder exists, so an event always has a way to every group.
         if !forwarders.is_empty() {
-            let through = self
-                .inner
-                .through_transport
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
+            let through = read(&self.inner.through_transport);
             if !through.is_empty() {
                 subscribers.retain(|s| !through.contains(s.group.name));
             }
@@ -251,11 +229,7 @@ impl Bus {
         group: &str,
         letter: &dead_letter::StoredLetter,
     ) -> Result<(), BusError> {
-        let subscription = self
-            .inner
-            .subscriptions
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        let subscription = read(&self.inner.subscriptions)
             .get(letter.envelope.subject.as_str())
             .and_then(|subs| subs.iter().find(|s| s.group.name == group).cloned());
         let Some(subscription) = subscription else {

@@ -10,7 +10,7 @@ use crate::{BusError, Envelope, dead_letter, envelope::partition_key, transport:
 use super::{
     Bus,
     events::{Ack, Delivery},
-    unavailable,
+    read, unavailable,
 };
 
 /// A transport's handle on the bus of the process it serves: requests and events that arrived
@@ -29,12 +29,7 @@ impl Inbound<'_> {
         body: &[u8],
         deadline: Duration,
     ) -> Result<RemoteReply, BusError> {
-        let endpoint = self
-            .bus
-            .inner
-            .requests
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        let endpoint = read(&self.bus.inner.requests)
             .get(envelope.subject.as_str())
             .cloned();
         let Some(endpoint) = endpoint else {
@@ -84,12 +79,7 @@ impl Inbound<'_> {
                 let _ = done.send(());
             }
         });
-        let subscribers = self
-            .bus
-            .inner
-            .subscriptions
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        let subscribers = read(&self.bus.inner.subscriptions)
             .get(envelope.subject.as_str())
             .cloned()
             .unwrap_or_default()
@@ -135,12 +125,7 @@ impl Inbound<'_> {
         payload: &str,
         error: &str,
     ) -> Result<bool, banyan_db::sqlx::Error> {
-        let store = self
-            .bus
-            .inner
-            .groups
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        let store = read(&self.bus.inner.groups)
             .get(group)
             .and_then(|g| g.store.get().cloned());
         let Some(db) = store else {

@@ -27,7 +27,7 @@ use std::{
     any::Any,
     collections::{HashMap, HashSet},
     future::Future,
-    sync::{Arc, RwLock},
+    sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
     time::Duration,
 };
 
@@ -147,20 +147,10 @@ impl Bus {
     pub async fn shutdown(&self) -> bool {
         let inner = &self.inner;
         inner.closing.cancel();
-        for endpoint in inner
-            .requests
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-        {
+        for endpoint in read(&inner.requests).values() {
             endpoint.close();
         }
-        for group in inner
-            .groups
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-        {
+        for group in read(&inner.groups).values() {
             for partition in &group.partitions {
                 partition.close();
             }
@@ -190,6 +180,17 @@ impl Bus {
     pub fn inbound(&self) -> Inbound<'_> {
         Inbound { bus: self }
     }
+}
+
+/// A table's read guard. The tables are written only while wiring (one insert or push at a
+/// time), so a panic elsewhere cannot leave one half-written: a poisoned lock is read as it is.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A table's write guard; see [`read`] on poisoning.
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
 pub(crate) fn unavailable(subject: &str, reason: &str) -> BusError {

@@ -14,7 +14,7 @@ use crate::{
     transport::{RemoteReply, Transport},
 };
 
-use super::{Bus, codec, unavailable};
+use super::{Bus, codec, read, unavailable, write};
 
 impl Bus {
     /// Registers the handler of request `R` in this process.
@@ -39,12 +39,7 @@ impl Bus {
             permits: Arc::new(Semaphore::new(self.inner.config.request_concurrency)),
             in_flight: self.inner.workers.clone(),
         });
-        let previous = self
-            .inner
-            .requests
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(R::SUBJECT, endpoint);
+        let previous = write(&self.inner.requests).insert(R::SUBJECT, endpoint);
         assert!(
             previous.is_none(),
             "two handlers registered for {}",
@@ -72,13 +67,7 @@ impl Bus {
         if self.inner.closing.is_cancelled() {
             return Err(unavailable(R::SUBJECT, "the bus is shutting down"));
         }
-        let local = self
-            .inner
-            .requests
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(R::SUBJECT)
-            .cloned();
+        let local = read(&self.inner.requests).get(R::SUBJECT).cloned();
         if let Some(endpoint) = local {
             let Some(endpoint) = endpoint.as_any().downcast_ref::<TypedEndpoint<R>>() else {
                 return Err(codec(R::SUBJECT, "handler registered with another type"));
@@ -114,12 +103,7 @@ impl Bus {
     }
 
     fn remote_for(&self, subject: &str) -> Option<Arc<dyn Transport>> {
-        self.inner
-            .remotes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(module_of(subject))
-            .cloned()
+        read(&self.inner.remotes).get(module_of(subject)).cloned()
     }
 }
 

@@ -6,7 +6,7 @@ use banyan_db::Db;
 
 use crate::transport::Transport;
 
-use super::Bus;
+use super::{Bus, read, write};
 
 /// The app's handle on a process's bus: where modules hosted elsewhere are reached, where
 /// events go, when events may flow; and what the bus holds (for registrations, `/ready` and
@@ -25,22 +25,12 @@ impl Wiring<'_> {
     /// Routes the requests of `module` (and events it must see) through `transport`: the
     /// module is hosted in another process.
     pub fn set_remote(self, module: &str, transport: Arc<dyn Transport>) {
-        self.bus
-            .inner
-            .remotes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(module.to_owned(), transport);
+        write(&self.bus.inner.remotes).insert(module.to_owned(), transport);
     }
 
     /// Sends every published event through `transport` too, for subscribers in other processes.
     pub fn forward_events_to(self, transport: Arc<dyn Transport>) {
-        self.bus
-            .inner
-            .event_forwarders
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(transport);
+        write(&self.bus.inner.event_forwarders).push(transport);
     }
 
     /// Module `group` of this process receives its events through the transport's broker
@@ -50,22 +40,12 @@ impl Wiring<'_> {
     /// drop the second). Applies only while at least one forwarder is set, so an event is
     /// never left with no way to the group.
     pub fn consume_through_transport(self, group: &str) {
-        self.bus
-            .inner
-            .through_transport
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(group.to_owned());
+        write(&self.bus.inner.through_transport).insert(group.to_owned());
     }
 
     /// Whether this process has a handler for `subject`.
     pub fn handles(self, subject: &str) -> bool {
-        self.bus
-            .inner
-            .requests
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(subject)
+        read(&self.bus.inner.requests).contains_key(subject)
     }
 
     /// Gives module `group` a database for its dead letters.
@@ -76,33 +56,16 @@ impl Wiring<'_> {
 
     /// Whether anything (here or elsewhere) listens to `subject`.
     pub fn has_subscribers(self, subject: &str) -> bool {
-        let local = self
-            .bus
-            .inner
-            .subscriptions
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        let local = read(&self.bus.inner.subscriptions)
             .get(subject)
             .is_some_and(|s| !s.is_empty());
-        local
-            || !self
-                .bus
-                .inner
-                .event_forwarders
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty()
+        local || !read(&self.bus.inner.event_forwarders).is_empty()
     }
 
     /// The event subjects module `group` subscribes to in this process (for transports that
     /// must ask a broker for exactly those).
     pub fn subscriptions_of(self, group: &str) -> Vec<&'static str> {
-        let mut subjects: Vec<&'static str> = self
-            .bus
-            .inner
-            .subscriptions
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        let mut subjects: Vec<&'static str> = read(&self.bus.inner.subscriptions)
             .iter()
             .filter(|(_, subs)| subs.iter().any(|s| s.group.name == group))
             .map(|(subject, _)| *subject)
@@ -113,55 +76,30 @@ impl Wiring<'_> {
 
     /// The subscribing modules of this process.
     pub fn groups(self) -> Vec<&'static str> {
-        let mut groups: Vec<&'static str> = self
-            .bus
-            .inner
-            .groups
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .copied()
-            .collect();
+        let mut groups: Vec<&'static str> = read(&self.bus.inner.groups).keys().copied().collect();
         groups.sort_unstable();
         groups
     }
 
     /// The request subjects handled in this process.
     pub fn handled_subjects(self) -> Vec<&'static str> {
-        let mut subjects: Vec<&'static str> = self
-            .bus
-            .inner
-            .requests
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .copied()
-            .collect();
+        let mut subjects: Vec<&'static str> =
+            read(&self.bus.inner.requests).keys().copied().collect();
         subjects.sort_unstable();
         subjects
     }
 
     /// Events waiting in the queues of module `group`, for metrics and tests.
     pub fn queue_depth(self, group: &str) -> usize {
-        self.bus
-            .inner
-            .groups
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        read(&self.bus.inner.groups)
             .get(group)
             .map_or(0, |g| g.partitions.iter().map(|p| p.len()).sum())
     }
 
     /// Every event handler queue's capacity, summed over a group's workers.
     pub fn queue_capacity(self, group: &str) -> usize {
-        self.bus
-            .inner
-            .groups
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(group)
-            .map_or(0, |g| {
-                g.partitions.len() * self.bus.inner.config.event_queue
-            })
+        read(&self.bus.inner.groups).get(group).map_or(0, |g| {
+            g.partitions.len() * self.bus.inner.config.event_queue
+        })
     }
 }
