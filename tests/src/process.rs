@@ -21,18 +21,13 @@ pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("BANYAN_BIN") {
         return PathBuf::from(path);
     }
-    workspace_binary("banyan")
-}
-
-/// An executable of this workspace's build (`banyan`, `banyan-bench`), next to the test's.
-pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
     // target/<profile>/deps/<test> -> target/<profile>/banyan
     let profile_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("the test executable lives in target/<profile>/deps");
-    let binary = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let binary = profile_dir.join(format!("banyan{}", std::env::consts::EXE_SUFFIX));
     assert!(
         binary.exists(),
         "{} is missing: run the tests with `cargo test --workspace`, which builds it",

@@ -129,6 +129,25 @@ impl TestModule {
     }
 }
 
+/// The property names `T`'s schema documents and those `value` serializes to, each sorted:
+/// equal when the API document tells the truth about the type.
+pub fn documented_and_serialized<T>(value: &T) -> (Vec<String>, Vec<String>)
+where
+    T: utoipa::PartialSchema + serde::Serialize,
+{
+    let keys = |object: &Value| {
+        let mut keys: Vec<String> = object
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        keys.sort();
+        keys
+    };
+    let schema = serde_json::to_value(T::schema()).expect("a schema is JSON");
+    let json = serde_json::to_value(value).expect("the value is JSON");
+    (keys(&schema["properties"]), keys(&json))
+}
+
 /// A stand-in catalog for a module's tests: answers `GetProducts` on the bus from the products
 /// the test adds, and `unknown_product` (with the unknown ids) for any other.
 #[derive(Debug, Clone, Default)]

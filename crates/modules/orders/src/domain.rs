@@ -10,6 +10,7 @@ use banyan_cart_contract::GetCart;
 use banyan_catalog_contract::GetProducts;
 use banyan_db::{now_millis, sqlx};
 use banyan_kit::Invalid;
+use banyan_message::Money;
 use banyan_orders_contract::{
     OrderCancelled, OrderConfirmed, OrderId, OrderPlaced, ProductId, UserId,
 };
@@ -147,8 +148,8 @@ pub(crate) async fn place(outbox: &Outbox, cx: &Context, order: NewOrder) -> Res
 /// How the saga ends an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    /// Paid, with its stock held.
-    Confirm,
+    /// Paid `paid`, with its stock held.
+    Confirm { paid: Money },
     /// Not to be: `reason` says why (`out_of_stock`, `payment_declined`, ...).
     Cancel(String),
 }
@@ -165,17 +166,34 @@ pub(crate) enum Ended {
     Unknown,
 }
 
+/// The cancel reason of an order paid another amount than its total.
+pub(crate) const PAYMENT_MISMATCH: &str = "payment_mismatch";
+
 /// Applies the saga's outcome to a pending order and emits `OrderConfirmed` or
 /// `OrderCancelled` in the caller's unit of work. Only a pending order changes, so applying
 /// an outcome twice (or a late one) does nothing. The caller commits.
+///
+/// A payment confirms only an order whose total it is, amount and currency: orders checks the
+/// facts it can check rather than trusting whoever sent the event. Any other amount cancels
+/// the order (`payment_mismatch`) with a warning for an operator.
 pub(crate) async fn end_saga(
     uow: &mut UnitOfWork,
     cx: &Context,
     order_id: Uuid,
     outcome: Outcome,
 ) -> Result<Ended, sqlx::Error> {
+    let outcome = match outcome {
+        Outcome::Confirm { paid } => match store::row_in(uow, order_id).await? {
+            Some(order) if order.status() == Status::Pending && order.total() != paid => {
+                tracing::warn!(%order_id, total = ?order.total(), ?paid, "A payment of another amount than the order's total; cancelling the order.");
+                Outcome::Cancel(PAYMENT_MISMATCH.to_owned())
+            }
+            _ => Outcome::Confirm { paid },
+        },
+        other => other,
+    };
     let (status, reason) = match &outcome {
-        Outcome::Confirm => (Status::Confirmed, None),
+        Outcome::Confirm { .. } => (Status::Confirmed, None),
         Outcome::Cancel(reason) => (Status::Cancelled, Some(reason.as_str())),
     };
     let Some(ended) = store::end_pending(uow, order_id, status, reason).await? else {
@@ -186,7 +204,7 @@ pub(crate) async fn end_saga(
     };
     let (order_id, user_id) = (OrderId(order_id), UserId(ended.user_id()));
     match outcome {
-        Outcome::Confirm => {
+        Outcome::Confirm { .. } => {
             let total = ended.total();
             uow.emit(
                 cx,

@@ -765,14 +765,62 @@ mod tests {
         assert!(page.is_empty());
     }
 
+    /// Pays order `id` its total, as payments would.
     async fn confirm(h: &Harness, id: Uuid) {
+        let total = store::find(h.state.outbox.db(), id)
+            .await
+            .unwrap()
+            .unwrap()
+            .row
+            .total();
         let paid = PaymentCompleted {
             payment_id: PaymentId::new(),
             order_id: id,
-            amount: Money::new(1, banyan_message::Currency::EUR),
+            amount: total,
         };
         h.deliver(&paid, &Context::root().envelope(PaymentCompleted::SUBJECT))
             .await;
+    }
+
+    #[tokio::test]
+    async fn a_payment_of_another_amount_cancels_the_order_instead_of_confirming_it() {
+        let h = harness::start().await;
+        let cancelled = EventRecorder::<OrderCancelled>::on(&h.db.bus);
+        let teapot = h.product("Teapot", 65_000, "EUR");
+        let body = json!({ "lines": [{ "product_id": teapot, "quantity": 1 }] });
+        let (_, location, view) = post(&h, "/api/v1/orders", &h.users.alice.1, body).await;
+        let id = order_id(&view);
+        for amount in [
+            Money::new(1, banyan_message::Currency::EUR),
+            Money::new(65_000, banyan_message::Currency::parse("USD").unwrap()),
+        ] {
+            let forged = PaymentCompleted {
+                payment_id: PaymentId::new(),
+                order_id: id,
+                amount,
+            };
+            h.deliver(
+                &forged,
+                &Context::root().envelope(PaymentCompleted::SUBJECT),
+            )
+            .await;
+        }
+        let (_, _, read) = call(&h.router, "GET", &location, Some(&h.users.alice.1), None).await;
+        assert_eq!(read["status"], "cancelled", "{read}");
+        assert_eq!(read["cancel_reason"], "payment_mismatch");
+        for _ in 0..50 {
+            if !cancelled.all().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let cancelled = cancelled.all();
+        assert_eq!(cancelled.len(), 1, "{cancelled:?}");
+        assert_eq!(cancelled[0].reason, "payment_mismatch");
+        // The order's own total, paid later, changes nothing: it ended.
+        confirm(&h, id).await;
+        let (_, _, read) = call(&h.router, "GET", &location, Some(&h.users.alice.1), None).await;
+        assert_eq!(read["status"], "cancelled");
     }
 
     #[tokio::test]

@@ -85,8 +85,8 @@ async fn on_payment_completed(
     state: Arc<State>,
     delivered: Delivered<PaymentCompleted>,
 ) -> Result<(), HandlerError> {
-    let order_id = delivered.order_id;
-    end(&state, &delivered, order_id, Outcome::Confirm).await
+    let (order_id, paid) = (delivered.order_id, delivered.amount);
+    end(&state, &delivered, order_id, Outcome::Confirm { paid }).await
 }
 
 /// The payment failed: the order is cancelled with the payment's reason.

@@ -261,6 +261,19 @@ pub(crate) async fn status_in(
     Ok(found.map(|(status,)| status))
 }
 
+/// An order's row as this transaction sees it.
+pub(crate) async fn row_in(
+    conn: &mut AnyConnection,
+    id: Uuid,
+) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"
+    )))
+    .bind(id.to_string())
+    .fetch_optional(conn)
+    .await
+}
+
 /// Ends a pending order with `status` (and `reason` when cancelled). `None` if the order is
 /// not pending (or does not exist); then nothing changes.
 pub(crate) async fn end_pending(

@@ -10,7 +10,6 @@
 
 use std::time::Duration;
 
-use banyan_e2e::process::workspace_binary;
 use serde_json::Value;
 
 const REQUEST_REPLY_CASES: [&str; 5] = ["in_process", "bare_http", "http", "bare_nats", "nats"];
@@ -38,7 +37,7 @@ async fn the_bench_measures_every_placement_and_writes_its_figures_and_chart() {
         Some(url) => args.extend(["--nats-url".to_owned(), url.clone()]),
         None => args.push("--skip-nats".to_owned()),
     }
-    let run = tokio::process::Command::new(workspace_binary("banyan-bench"))
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_banyan-bench"))
         .args(&args)
         .kill_on_drop(true)
         .output();
