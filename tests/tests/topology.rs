@@ -654,3 +654,44 @@ async fn bad_messages_on_the_wire_are_dead_lettered_and_the_processes_carry_on()
     .await;
     app.stop().await;
 }
+
+/// One `GET` of `target` exactly as written (an HTTP client would resolve its dot segments
+/// first): the status and the body.
+async fn raw_get(addr: std::net::SocketAddr, target: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_never_forwards_a_path_that_resolves_outside_the_module() {
+    let app = split(Topology::one("payments", Transport::Http))
+        .await
+        .unwrap();
+    for target in [
+        "/api/v1/payments/../../../ready",
+        "/api/v1/payments/%2e%2e/%2e%2e/%2e%2e/ready",
+        "/api/v1/payments/..%2f..%2f..%2fready",
+        "/api/v1/payments/%2E%2E/%2E%2E/%2E%2E/bus/v1/requests/payments.get_payment.v1",
+        "/api/v1/payments/x/%2f..%2fhealth",
+    ] {
+        let (status, answer) = raw_get(app.addr, target).await;
+        assert_eq!(status, 400, "{target}: {answer}");
+        assert!(answer.contains("\"bad_request\""), "{target}: {answer}");
+    }
+    // The module's own routes still go through.
+    let (status, answer) = raw_get(app.addr, "/api/v1/payments/not-a-uuid").await;
+    assert!(status == 400 || status == 401, "{answer}");
+    assert!(!answer.contains("dot segments"), "{answer}");
+    app.stop().await;
+}

@@ -71,6 +71,9 @@ impl Gateway {
     /// The fallback of the main process's router: proxies a moved module's route, or answers
     /// 404 as the monolith does.
     pub(crate) async fn handle(self: Arc<Self>, request: Request) -> Response {
+        if let Err(refused) = unambiguous(request.uri().path()) {
+            return refused.into_response();
+        }
         let module = edge::module_of_path(request.uri().path());
         if module == "app" || self.topology.hosts(module) {
             return edge::not_found().await.into_response();
@@ -157,6 +160,31 @@ impl Gateway {
     }
 }
 
+/// Refuses a path that could resolve elsewhere than it reads: a dot segment (`.`, `..`), an
+/// encoded dot, slash or backslash (`%2e`, `%2f`, `%5c`), a backslash or an empty segment.
+/// The URL the gateway builds (or a proxy in between, or the instance) would resolve it, and
+/// `/api/v1/payments/../../../bus/v1/...` would reach a moved module's internal routes through
+/// main's public port. So it is refused with 400 before anything is forwarded, never "fixed".
+fn unambiguous(path: &str) -> Result<(), ApiError> {
+    let lower = path.to_ascii_lowercase();
+    let encoded = ["%2e", "%2f", "%5c"].iter().any(|e| lower.contains(e));
+    let segments = path.strip_prefix('/').unwrap_or(path).split('/');
+    let dotted = segments
+        .clone()
+        .any(|segment| segment == "." || segment == "..");
+    let empty = segments.clone().rev().skip(1).any(str::is_empty);
+    if encoded || dotted || empty || path.contains('\\') {
+        tracing::warn!(
+            path,
+            "Refused a path with dot segments or encoded separators."
+        );
+        return Err(ApiError::bad_request(
+            "the path has dot segments, empty segments or encoded separators",
+        ));
+    }
+    Ok(())
+}
+
 /// The instance's answer as it is (without per-connection headers).
 async fn pass_back(answer: reqwest::Response) -> Response {
     let status = answer.status();
@@ -181,6 +209,35 @@ async fn pass_back(answer: reqwest::Response) -> Response {
                 "the module's answer broke off",
             )
             .into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_that_could_resolve_elsewhere_is_refused_and_a_plain_one_passes() {
+        for bad in [
+            "/api/v1/payments/../../../ready",
+            "/api/v1/payments/./x",
+            "/api/v1/payments/%2e%2e/%2E%2E/bus/v1/requests/x",
+            "/api/v1/payments/..%2f..%2fready",
+            "/api/v1/payments/%5c..",
+            "/api/v1/payments\\..\\ready",
+            "/api/v1//payments",
+            "/api/v1/payments/..",
+        ] {
+            assert!(unambiguous(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "/api/v1/payments/0196f1c2-5b1e-7c4a-9d2e-3f4a5b6c7d8e",
+            "/api/v1/payments/",
+            "/api/v1/products/a.b..c",
+            "/api/v1/products/...",
+        ] {
+            assert!(unambiguous(good).is_ok(), "{good}");
         }
     }
 }
