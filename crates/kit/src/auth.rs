@@ -59,11 +59,19 @@ impl Role {
     }
 }
 
+/// Who issues Banyan's tokens, and for what: a token of another issuer or audience signed
+/// with the same secret (another service sharing it by mistake) opens nothing here.
+const ISSUER: &str = "banyan";
+const AUDIENCE: &str = "banyan-api";
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: Uuid,
     role: Role,
+    iss: String,
+    aud: String,
     iat: u64,
+    nbf: u64,
     exp: u64,
 }
 
@@ -99,6 +107,10 @@ impl Authenticator {
     pub fn new(secret: &[u8], ttl: Duration) -> Arc<Self> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["sub", "iss", "aud", "iat", "nbf", "exp"]);
         Arc::new(Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
@@ -112,7 +124,10 @@ impl Authenticator {
         let claims = Claims {
             sub: user,
             role,
+            iss: ISSUER.to_owned(),
+            aud: AUDIENCE.to_owned(),
             iat: now,
+            nbf: now,
             exp: now + self.ttl.as_secs(),
         };
         let access_token =
@@ -126,8 +141,13 @@ impl Authenticator {
     }
 
     pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
+        let invalid = || ApiError::unauthorized("the token is invalid or expired");
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|_| ApiError::unauthorized("the token is invalid or expired"))?;
+            .map_err(|_| invalid())?;
+        // A token issued in the future was not issued by this clock.
+        if data.claims.iat > jsonwebtoken::get_current_timestamp() + self.validation.leeway {
+            return Err(invalid());
+        }
         Ok(Caller {
             user_id: data.claims.sub,
             role: data.claims.role,
@@ -208,6 +228,41 @@ pub use banyan_bus::http::bearer_token;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A token signed with `secret` carrying `claims` as given.
+    fn forged(secret: &[u8], claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_token_not_yet_valid_issued_in_the_future_or_for_someone_else_is_refused() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let auth = Authenticator::new(secret, Duration::from_secs(60));
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = |iat: u64, nbf: u64, iss: &str, aud: &str| {
+            serde_json::json!({
+                "sub": Uuid::now_v7(), "role": "admin", "iss": iss, "aud": aud,
+                "iat": iat, "nbf": nbf, "exp": now + 600,
+            })
+        };
+        assert!(auth.verify(&forged(secret, claims(now, now, ISSUER, AUDIENCE))).is_ok());
+        for (what, bad) in [
+            ("nbf in the future", claims(now, now + 600, ISSUER, AUDIENCE)),
+            ("iat in the future", claims(now + 600, now, ISSUER, AUDIENCE)),
+            ("another issuer", claims(now, now, "someone-else", AUDIENCE)),
+            ("another audience", claims(now, now, ISSUER, "another-api")),
+        ] {
+            let error = auth.verify(&forged(secret, bad)).unwrap_err();
+            assert_eq!(error.status, axum::http::StatusCode::UNAUTHORIZED, "{what}");
+        }
+        let bare = serde_json::json!({ "sub": Uuid::now_v7(), "role": "admin", "exp": now + 600 });
+        assert!(auth.verify(&forged(secret, bare)).is_err(), "claims missing");
+    }
 
     #[test]
     fn a_token_verifies_with_its_secret_and_not_with_another() {
