@@ -17,7 +17,74 @@ on_every_topology!(
     only_an_admin_lists_accounts,
     bad_registrations_get_a_4xx_with_a_json_error,
     protected_routes_need_a_valid_token,
+    changing_ones_password_needs_the_current_one,
+    the_last_admin_cannot_be_deleted,
 );
+
+async fn changing_ones_password_needs_the_current_one(app: &TestApp) {
+    let (id, token) = app.customer("jill").await;
+    let path = format!("/api/v1/users/{id}");
+    let missing = app
+        .put(
+            &path,
+            Some(&token),
+            json!({ "password": "jill-new-password" }),
+        )
+        .await;
+    assert_eq!(
+        missing.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        missing.text
+    );
+    assert_eq!(
+        missing.body["error"]["details"]["field"],
+        "current_password"
+    );
+    let wrong = app
+        .put(
+            &path,
+            Some(&token),
+            json!({ "password": "jill-new-password", "current_password": "not-jills-password" }),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::FORBIDDEN, "{}", wrong.text);
+    assert_eq!(wrong.error_code(), "wrong_password");
+    let old_still_works = app.login("jill", "jill-secret-pw").await;
+    assert!(!old_still_works.is_empty());
+    // An admin resets another's password without knowing it.
+    let admin = app.admin_token().await;
+    let reset = app
+        .put(
+            &path,
+            Some(&admin),
+            json!({ "password": "jill-reset-password" }),
+        )
+        .await;
+    assert_eq!(reset.status, StatusCode::OK, "{}", reset.text);
+    app.login("jill", "jill-reset-password").await;
+}
+
+async fn the_last_admin_cannot_be_deleted(app: &TestApp) {
+    let admin = app.admin_token().await;
+    let listed = app.get("/api/v1/users?per_page=100", Some(&admin)).await;
+    let admins: Vec<String> = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["role"] == "admin")
+        .map(|u| u["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(admins.len(), 1, "{}", listed.text);
+    let refused = app
+        .delete(&format!("/api/v1/users/{}", admins[0]), Some(&admin))
+        .await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.text);
+    assert_eq!(refused.error_code(), "last_admin");
+    // The admin is still there and still works.
+    let again = app.get("/api/v1/users?per_page=1", Some(&admin)).await;
+    assert_eq!(again.status, StatusCode::OK);
+}
 
 async fn a_customer_registers_logs_in_and_reads_their_account(app: &TestApp) {
     let reply = app
@@ -107,7 +174,7 @@ async fn no_response_ever_carries_a_password_or_its_hash(app: &TestApp) {
         .put(
             &format!("/api/v1/users/{id}"),
             Some(&token),
-            json!({ "password": "another-distinctive-pw" }),
+            json!({ "password": "another-distinctive-pw", "current_password": password }),
         )
         .await;
     let admin = app.admin_token().await;
@@ -176,7 +243,11 @@ async fn an_account_changes_its_email_and_password_but_not_its_role(app: &TestAp
         .put(
             &path,
             Some(&token),
-            json!({ "email": "gina@new.example.test", "password": "gina-new-password" }),
+            json!({
+                "email": "gina@new.example.test",
+                "password": "gina-new-password",
+                "current_password": "gina-secret-pw",
+            }),
         )
         .await;
     assert_eq!(changed.status, StatusCode::OK, "{}", changed.text);

@@ -250,10 +250,19 @@ mod tests {
                 "iat": iat, "nbf": nbf, "exp": now + 600,
             })
         };
-        assert!(auth.verify(&forged(secret, claims(now, now, ISSUER, AUDIENCE))).is_ok());
+        assert!(
+            auth.verify(&forged(secret, claims(now, now, ISSUER, AUDIENCE)))
+                .is_ok()
+        );
         for (what, bad) in [
-            ("nbf in the future", claims(now, now + 600, ISSUER, AUDIENCE)),
-            ("iat in the future", claims(now + 600, now, ISSUER, AUDIENCE)),
+            (
+                "nbf in the future",
+                claims(now, now + 600, ISSUER, AUDIENCE),
+            ),
+            (
+                "iat in the future",
+                claims(now + 600, now, ISSUER, AUDIENCE),
+            ),
             ("another issuer", claims(now, now, "someone-else", AUDIENCE)),
             ("another audience", claims(now, now, ISSUER, "another-api")),
         ] {
@@ -261,7 +270,10 @@ mod tests {
             assert_eq!(error.status, axum::http::StatusCode::UNAUTHORIZED, "{what}");
         }
         let bare = serde_json::json!({ "sub": Uuid::now_v7(), "role": "admin", "exp": now + 600 });
-        assert!(auth.verify(&forged(secret, bare)).is_err(), "claims missing");
+        assert!(
+            auth.verify(&forged(secret, bare)).is_err(),
+            "claims missing"
+        );
     }
 
     #[test]

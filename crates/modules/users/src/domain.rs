@@ -63,16 +63,44 @@ pub(crate) async fn ensure_admin(
     Ok(())
 }
 
-/// Changes an account's email, password, or both (at least one is given).
+/// What an account's owner or an admin asks to change.
+#[derive(Debug)]
+pub(crate) struct Changes {
+    pub(crate) email: Option<String>,
+    pub(crate) password: Option<Password>,
+    /// Needed when the owner changes their own password: a stolen token alone cannot take
+    /// the account over.
+    pub(crate) current_password: Option<Password>,
+}
+
+/// Changes an account's email, password, or both (at least one is given). `by_owner`: the
+/// caller is the account's owner, who must give the current password to change it.
 pub(crate) async fn change(
     outbox: &Outbox,
     id: Uuid,
-    email: Option<&str>,
-    password: Option<Password>,
+    by_owner: bool,
+    changes: Changes,
 ) -> Result<UserRow, Error> {
+    let Changes {
+        email,
+        password,
+        current_password,
+    } = changes;
     if email.is_none() && password.is_none() {
         return Err(banyan_kit::Invalid::new("body", "give an email, a password, or both").into());
     }
+    if password.is_some() && by_owner {
+        let current = current_password.ok_or_else(|| {
+            banyan_kit::Invalid::new("current_password", "needed to change the password")
+        })?;
+        let stored = store::find(outbox.db(), id)
+            .await?
+            .map(|user| user.password_hash);
+        if !current.verify(stored).await {
+            return Err(Error::WrongPassword);
+        }
+    }
+    let email = email.as_deref();
     let email = email.map(Email::parse).transpose()?;
     let hash = match password {
         Some(password) => Some(Password::parse(password)?.hash().await?),
@@ -92,9 +120,13 @@ pub(crate) async fn change(
     Ok(user)
 }
 
-/// Deletes an account.
+/// Deletes an account; never the last admin.
 pub(crate) async fn delete(outbox: &Outbox, id: Uuid) -> Result<(), Error> {
     let mut uow = outbox.begin().await?;
+    let (role, admins) = store::role_and_admins(&mut uow, id).await?;
+    if role.as_deref() == Some(Role::Admin.as_str()) && admins <= 1 {
+        return Err(Error::LastAdmin);
+    }
     if !store::delete(&mut uow, id).await? {
         return Err(Error::NotFound(id));
     }

@@ -33,6 +33,10 @@ impl From<Error> for ApiError {
                 ApiError::conflict("already_exists", format!("that {field} is already taken"))
             }
             Error::NotFound(id) => not_found(id),
+            Error::WrongPassword => {
+                ApiError::new(StatusCode::FORBIDDEN, "wrong_password", error.to_string())
+            }
+            Error::LastAdmin => ApiError::conflict("last_admin", error.to_string()),
             Error::Storage(error) => error.into(),
             Error::Unexpected(cause) => ApiError::internal(cause),
         }
@@ -248,6 +252,10 @@ struct AccountChanges {
     /// 8 to 128 characters.
     #[schema(value_type = Option<String>, format = Password)]
     password: Option<Password>,
+    /// The account's password now: needed when its owner changes the password (an admin
+    /// resetting another's does not give it).
+    #[schema(value_type = Option<String>, format = Password)]
+    current_password: Option<Password>,
 }
 
 /// `PUT /api/v1/users/{id}`: change the email or the password. The role is not a field a
@@ -257,7 +265,8 @@ struct AccountChanges {
     path = "/api/v1/users/{id}",
     operation_id = "update_user",
     summary = "Change an account's email or password",
-    description = "The owner or an admin. The role is not a field a client may set.",
+    description = "The owner or an admin. The role is not a field a client may set. The owner \
+        changing their password gives the current one (`current_password`).",
     params(("id" = Uuid, Path, description = "The user's id.")),
     request_body = AccountChanges,
     security(("bearer" = [])),
@@ -266,6 +275,7 @@ struct AccountChanges {
         (status = 400, description = "The id is not a UUID, or the body is not JSON.", body = ErrorBody),
         AuthErrors,
         (status = 404, description = "No such account, or not the caller's.", body = ErrorBody),
+        (status = 403, description = "The current password is wrong (`wrong_password`).", body = ErrorBody),
         (status = 409, description = "The email is already taken (`already_exists`).", body = ErrorBody),
         BodyErrors,
         (status = 422, description = "Neither field given, an unknown field, or an invalid value.", body = ErrorBody),
@@ -279,13 +289,12 @@ async fn update(
     Json(changes): Json<AccountChanges>,
 ) -> ApiResult<Json<UserView>> {
     owned(&caller, id)?;
-    let user = domain::change(
-        &state.outbox,
-        id,
-        changes.email.as_deref(),
-        changes.password,
-    )
-    .await?;
+    let changes = domain::Changes {
+        email: changes.email,
+        password: changes.password,
+        current_password: changes.current_password,
+    };
+    let user = domain::change(&state.outbox, id, caller.user_id == id, changes).await?;
     Ok(Json(user.into()))
 }
 
@@ -300,6 +309,7 @@ async fn update(
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Deleted."),
+        (status = 409, description = "The last admin cannot be deleted (`last_admin`).", body = ErrorBody),
         (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
         AuthErrors,
         (status = 404, description = "No such account, or not the caller's.", body = ErrorBody),

@@ -19,6 +19,8 @@ impl From<Error> for Rejection {
                 Rejection::conflict("already_exists", format!("that {field} is already taken"))
             }
             Error::NotFound(id) => Rejection::not_found("user", id),
+            Error::WrongPassword => Rejection::new("wrong_password", error.to_string()),
+            Error::LastAdmin => Rejection::conflict("last_admin", error.to_string()),
             Error::Storage(error) => Rejection::internal(error),
             Error::Unexpected(cause) => Rejection::internal(cause),
         }

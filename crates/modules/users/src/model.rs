@@ -20,6 +20,12 @@ pub(crate) enum Error {
     Taken(&'static str),
     #[error("user {0} does not exist")]
     NotFound(Uuid),
+    /// The current password, asked to change the password, is not the account's.
+    #[error("the current password is wrong")]
+    WrongPassword,
+    /// Deleting this account would leave the shop without an admin.
+    #[error("the last admin cannot be deleted")]
+    LastAdmin,
     #[error(transparent)]
     Storage(#[from] sqlx::Error),
     #[error("{0}")]

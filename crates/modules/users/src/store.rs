@@ -157,6 +157,29 @@ pub(crate) async fn update(
     .await
 }
 
+/// An account's role as this transaction sees it, and how many admins there are (with a row
+/// lock on PostgreSQL, so two admins deleting each other cannot both pass the count).
+pub(crate) async fn role_and_admins(
+    conn: &mut AnyConnection,
+    id: Uuid,
+) -> Result<(Option<String>, i64), sqlx::Error> {
+    let role: Option<(String,)> = sqlx::query_as("SELECT role FROM users WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    let admins: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id FROM users WHERE role = 'admin'{}",
+        if conn.backend_name() == "PostgreSQL" {
+            " FOR UPDATE"
+        } else {
+            ""
+        }
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok((role.map(|(r,)| r), admins.len() as i64))
+}
+
 pub(crate) async fn delete(conn: &mut AnyConnection, id: Uuid) -> Result<bool, sqlx::Error> {
     let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
         .bind(id.to_string())
