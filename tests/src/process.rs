@@ -108,6 +108,11 @@ impl BanyanProcess {
         process
     }
 
+    /// The process's id, to read what the kernel says of it (`/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("a running process")
+    }
+
     /// Waits for a stderr line containing `needle` and returns it. Panics if the process
     /// exits first or nothing comes within 60 s.
     pub async fn wait_for_line(&mut self, needle: &str) -> String {

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
 
+use std::time::Duration;
+
 use banyan_db::sqlx::{self, AnyPool};
 use banyan_e2e::{ADMIN_PASSWORD, ADMIN_USERNAME, eventually, process::BanyanProcess, send};
 use serde_json::{Value, json};
@@ -439,4 +441,109 @@ async fn seed_fills_a_fresh_shop_once_and_a_checkout_works_against_it() {
     .await;
     assert_eq!(order.body["status"], "confirmed", "{}", order.text);
     assert!(server.terminate().await.success());
+}
+
+/// The resident memory of process `pid`, in MiB, as the kernel counts it.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .expect("a VmRSS line");
+    kib / 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_wrong_password_logins_neither_grows_the_process_nor_locks_others_out() {
+    const FLOODERS: usize = 64;
+    const FLOOD: Duration = Duration::from_secs(20);
+    const MAX_RSS_MIB: u64 = 300;
+    let data = tempfile::tempdir().expect("a data directory");
+    let process = BanyanProcess::start(&environment(data.path())).await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(FLOODERS + 4)
+        .build()
+        .unwrap();
+    let registered = send(client.post(process.url("/api/v1/users")).json(
+        &json!({ "username": "ursula", "email": "ursula@example.test", "password": "ursula-secret-pw" }),
+    ))
+    .await;
+    assert_eq!(registered.status.as_u16(), 201, "{}", registered.text);
+    let before = rss_mib(process.pid());
+    let started = std::time::Instant::now();
+    let flooders: Vec<_> = (0..FLOODERS)
+        .map(|i| {
+            let (client, url) = (client.clone(), process.url("/api/v1/users/login"));
+            tokio::spawn(async move {
+                let (mut refused, mut busy, mut other) = (0u32, 0u32, Vec::new());
+                while started.elapsed() < FLOOD {
+                    let user = if i % 2 == 0 {
+                        "ursula"
+                    } else {
+                        "nobody-at-all"
+                    };
+                    let answer = client
+                        .post(&url)
+                        .json(&json!({ "username": user, "password": "wrong-password-1" }))
+                        .send()
+                        .await
+                        .expect("an answer");
+                    match answer.status().as_u16() {
+                        401 => refused += 1,
+                        503 => {
+                            assert!(answer.headers().contains_key("retry-after"));
+                            busy += 1;
+                        }
+                        status => other.push(status),
+                    }
+                }
+                (refused, busy, other)
+            })
+        })
+        .collect();
+    // Meanwhile: the process's memory, its health, and a customer who knows her password.
+    let (mut peak, mut logins, mut healthy) = (0u64, 0u32, 0u32);
+    while started.elapsed() < FLOOD {
+        peak = peak.max(rss_mib(process.pid()));
+        let health = send(client.get(process.url("/health"))).await;
+        healthy += u32::from(health.status.is_success());
+        for _ in 0..10 {
+            let answer = send(
+                client
+                    .post(process.url("/api/v1/users/login"))
+                    .json(&json!({ "username": "ursula", "password": "ursula-secret-pw" })),
+            )
+            .await;
+            match answer.status.as_u16() {
+                200 => {
+                    logins += 1;
+                    break;
+                }
+                503 => tokio::time::sleep(Duration::from_millis(100)).await,
+                status => panic!("a correct login got {status}: {}", answer.text),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (mut refused, mut busy) = (0, 0);
+    for flooder in flooders {
+        let (r, b, other) = flooder.await.unwrap();
+        assert!(other.is_empty(), "wrong logins answered {other:?}");
+        (refused, busy) = (refused + r, busy + b);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_mib(process.pid());
+    eprintln!(
+        "flood: {refused} refused, {busy} busy; {logins} correct logins; RSS before {before} MiB, \
+         peak {peak} MiB, after {after} MiB"
+    );
+    assert!(refused > 0, "some wrong logins were checked");
+    assert!(logins > 0, "correct logins got through the flood");
+    assert!(healthy > 0);
+    assert!(peak < MAX_RSS_MIB, "RSS peaked at {peak} MiB");
+    assert!(after < MAX_RSS_MIB, "RSS stayed at {after} MiB");
+    let health = send(client.get(process.url("/health"))).await;
+    assert!(health.status.is_success());
 }

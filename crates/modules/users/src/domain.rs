@@ -1,6 +1,8 @@
 //! What `users` does with accounts: register, change and delete them, each in one unit of
 //! work with the event it announces.
 
+use std::time::Duration;
+
 use banyan_bus::{Context, Outbox};
 use banyan_kit::auth::Role;
 use banyan_users_contract::{UserId, UserRegistered};
@@ -11,16 +13,85 @@ use crate::{
     store::{self, UserRow},
 };
 
+/// The module's password hashing: a few threads of its own, at most one hash each at a time.
+///
+/// Argon2id takes tens of milliseconds and 19 MiB per hash, and anyone may send logins. On
+/// tokio's blocking pool every concurrent login got a thread, and each thread's allocator
+/// arena kept its 19 MiB afterwards: 32 logins in flight grew the process past 6 GB. Here at
+/// most `threads` hashes run, so their memory is bounded and reused; callers beyond them wait
+/// at most `wait` for a thread and then get [`Error::Busy`] (a fast 503 with `Retry-After`).
+#[derive(Debug, Clone)]
+pub(crate) struct Hasher {
+    jobs: async_channel::Sender<Job>,
+    wait: Duration,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+impl Hasher {
+    /// `threads` hashing threads; a caller waits at most `wait` for one. The threads end when
+    /// the last handle is dropped.
+    pub(crate) fn new(threads: usize, wait: Duration) -> std::io::Result<Self> {
+        // No queue beyond the threads themselves: a waiting caller waits in `send`, bounded.
+        let (jobs, queue) = async_channel::bounded::<Job>(1);
+        for n in 0..threads.max(1) {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("users-hash-{n}"))
+                .spawn(move || {
+                    while let Ok(job) = queue.recv_blocking() {
+                        job();
+                    }
+                })?;
+        }
+        Ok(Self { jobs, wait })
+    }
+
+    /// Runs `work` on a hashing thread, or `Busy` if none takes it within the wait.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = done.send(work());
+        });
+        match tokio::time::timeout(self.wait, self.jobs.send(job)).await {
+            Ok(Ok(())) => answer
+                .await
+                .map_err(|_| Error::Unexpected("a hashing thread ended".into())),
+            Ok(Err(_)) => Err(Error::Unexpected("the hashing threads ended".into())),
+            Err(_) => Err(Error::Busy),
+        }
+    }
+
+    /// The argon2id hash of `password`.
+    pub(crate) async fn hash(&self, password: Password) -> Result<String, Error> {
+        self.run(move || password.hash_blocking()).await?
+    }
+
+    /// Whether `password` matches `stored` (see [`Password::verify_blocking`]).
+    pub(crate) async fn verify(
+        &self,
+        password: Password,
+        stored: Option<String>,
+    ) -> Result<bool, Error> {
+        self.run(move || password.verify_blocking(stored.as_deref()))
+            .await
+    }
+}
+
 /// Creates an account and announces it, in one transaction.
 pub(crate) async fn register(
     outbox: &Outbox,
+    hasher: &Hasher,
     cx: &Context,
     account: NewAccount,
     role: Role,
 ) -> Result<UserRow, Error> {
     let username = Username::parse(&account.username)?;
     let email = Email::parse(&account.email)?;
-    let hash = Password::parse(account.password)?.hash().await?;
+    let hash = hasher.hash(Password::parse(account.password)?).await?;
     let mut uow = outbox.begin().await?;
     if let Some(field) = store::taken(&mut uow, &username, &email, None).await? {
         return Err(Error::Taken(field));
@@ -45,6 +116,7 @@ pub(crate) async fn register(
 /// Creates the configured admin unless an account with its username exists.
 pub(crate) async fn ensure_admin(
     outbox: &Outbox,
+    hasher: &Hasher,
     cx: &Context,
     admin: NewAccount,
 ) -> anyhow::Result<()> {
@@ -56,7 +128,7 @@ pub(crate) async fn ensure_admin(
     {
         return Ok(());
     }
-    register(outbox, cx, admin, Role::Admin)
+    register(outbox, hasher, cx, admin, Role::Admin)
         .await
         .map_err(|e| anyhow::anyhow!("bootstrap_admin: {e}"))?;
     tracing::info!(username = username.as_str(), "Bootstrap admin created.");
@@ -77,6 +149,7 @@ pub(crate) struct Changes {
 /// caller is the account's owner, who must give the current password to change it.
 pub(crate) async fn change(
     outbox: &Outbox,
+    hasher: &Hasher,
     id: Uuid,
     by_owner: bool,
     changes: Changes,
@@ -96,14 +169,14 @@ pub(crate) async fn change(
         let stored = store::find(outbox.db(), id)
             .await?
             .map(|user| user.password_hash);
-        if !current.verify(stored).await {
+        if !hasher.verify(current, stored).await? {
             return Err(Error::WrongPassword);
         }
     }
     let email = email.as_deref();
     let email = email.map(Email::parse).transpose()?;
     let hash = match password {
-        Some(password) => Some(Password::parse(password)?.hash().await?),
+        Some(password) => Some(hasher.hash(Password::parse(password)?).await?),
         None => None,
     };
     let mut uow = outbox.begin().await?;
@@ -140,4 +213,34 @@ pub(crate) async fn find(outbox: &Outbox, id: Uuid) -> Result<UserRow, Error> {
     store::find(outbox.db(), id)
         .await?
         .ok_or(Error::NotFound(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_caller_beyond_the_hashing_threads_is_told_busy_not_queued_forever() {
+        let hasher = Hasher::new(1, Duration::from_millis(50)).unwrap();
+        let password = || Password::parse_test("correct horse battery");
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        // The one thread is taken...
+        let held = {
+            let hasher = hasher.clone();
+            tokio::spawn(async move { hasher.run(move || hold.recv().ok()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // ...and the one place in front of it too.
+        let queued = {
+            let hasher = hasher.clone();
+            tokio::spawn(async move { hasher.hash(password()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let refused = hasher.hash(password()).await;
+        assert!(matches!(refused, Err(Error::Busy)), "{refused:?}");
+        release.send(()).unwrap();
+        assert!(held.await.unwrap().is_ok());
+        let hash = queued.await.unwrap().unwrap();
+        assert!(hasher.verify(password(), Some(hash)).await.unwrap());
+    }
 }

@@ -38,6 +38,7 @@ impl From<Error> for ApiError {
             }
             Error::LastAdmin => ApiError::conflict("last_admin", error.to_string()),
             Error::Storage(error) => error.into(),
+            Error::Busy => ApiError::unavailable(error.to_string()),
             Error::Unexpected(cause) => ApiError::internal(cause),
         }
     }
@@ -106,7 +107,7 @@ async fn register(
     cx: Cx,
     Json(account): Json<NewAccount>,
 ) -> ApiResult<impl IntoResponse> {
-    let user = domain::register(&state.outbox, &cx, account, Role::Customer).await?;
+    let user = domain::register(&state.outbox, &state.hasher, &cx, account, Role::Customer).await?;
     let location = format!("/api/v1/users/{}", user.id);
     Ok((
         StatusCode::CREATED,
@@ -158,7 +159,7 @@ async fn login(
 ) -> ApiResult<Json<LoginAnswer>> {
     let user = store::find_by_login(state.outbox.db(), &credentials.username).await?;
     let stored = user.as_ref().map(|u| u.password_hash.clone());
-    if !credentials.password.verify(stored).await {
+    if !state.hasher.verify(credentials.password, stored).await? {
         return Err(ApiError::unauthorized("invalid username or password"));
     }
     let user = user.ok_or_else(|| ApiError::unauthorized("invalid username or password"))?;
@@ -294,7 +295,8 @@ async fn update(
         password: changes.password,
         current_password: changes.current_password,
     };
-    let user = domain::change(&state.outbox, id, caller.user_id == id, changes).await?;
+    let by_owner = caller.user_id == id;
+    let user = domain::change(&state.outbox, &state.hasher, id, by_owner, changes).await?;
     Ok(Json(user.into()))
 }
 

@@ -54,23 +54,31 @@ async fn start(ctx: ModuleContext) -> anyhow::Result<OpenApiRouter> {
     if !(1..=60_000).contains(&overview_timeout) {
         anyhow::bail!("modules.users.overview_orders_timeout_ms must be 1 to 60000");
     }
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let state = Arc::new(State {
         outbox: ctx.outbox.clone(),
+        hasher: domain::Hasher::new(threads, HASH_WAIT)?,
         auth: ctx.auth.clone(),
         bus: ctx.bus.clone(),
         overview_timeout: std::time::Duration::from_millis(overview_timeout),
     });
     if let Some(admin) = settings.bootstrap_admin {
-        domain::ensure_admin(&state.outbox, &Context::root(), admin).await?;
+        domain::ensure_admin(&state.outbox, &state.hasher, &Context::root(), admin).await?;
     }
     messages::register(&ctx.bus, &state);
     Ok(http::routes(state))
 }
 
+/// The longest a login (or a registration) waits for a hashing thread before it is answered
+/// 503: a little over the time the threads take to work off a short burst.
+const HASH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What the module's handlers share.
 #[derive(Debug)]
 struct State {
     outbox: banyan_bus::Outbox,
+    /// Password hashing, a hash per core at a time (see `domain::Hasher`).
+    hasher: domain::Hasher,
     auth: Arc<banyan_kit::auth::Authenticator>,
     bus: banyan_bus::ModuleBus,
     overview_timeout: std::time::Duration,

@@ -22,6 +22,7 @@ impl From<Error> for Rejection {
             Error::WrongPassword => Rejection::new("wrong_password", error.to_string()),
             Error::LastAdmin => Rejection::conflict("last_admin", error.to_string()),
             Error::Storage(error) => Rejection::internal(error),
+            Error::Busy => Rejection::internal(error),
             Error::Unexpected(cause) => Rejection::internal(cause),
         }
     }
