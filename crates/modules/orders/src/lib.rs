@@ -152,16 +152,19 @@ mod harness {
         time::Duration,
     };
 
-    use banyan_bus::{Envelope, Event};
+    use axum::http::{StatusCode, header};
+    use banyan_bus::{Context, Envelope, Event, Message};
     use banyan_cart_contract::{CartContents, CartLine, GetCart};
     use banyan_catalog_contract::ProductId;
     use banyan_kit::testing::FakeCatalog;
     use banyan_message::Currency;
+    use banyan_payments_contract::{PaymentCompleted, PaymentId};
+    use serde_json::Value;
     use uuid::Uuid;
 
     use crate::{
-        State,
-        test_support::{self, TestDb, Users},
+        State, store,
+        test_support::{self, TestDb, Users, call},
     };
 
     pub(crate) type Shared<T> = Arc<Mutex<T>>;
@@ -211,6 +214,43 @@ mod harness {
             catalog,
             carts,
         }
+    }
+
+    /// Posts `body` to `uri` as `token`: the status, the `Location` and the body.
+    pub(crate) async fn post(
+        h: &Harness,
+        uri: &str,
+        token: &str,
+        body: Value,
+    ) -> (StatusCode, String, Value) {
+        let (status, headers, body) = call(&h.router, "POST", uri, Some(token), Some(body)).await;
+        let location = headers
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (status, location, body)
+    }
+
+    pub(crate) fn order_id(view: &Value) -> Uuid {
+        view["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Pays order `id` its total, as payments would.
+    pub(crate) async fn confirm(h: &Harness, id: Uuid) {
+        let total = store::find(h.state.outbox.db(), id)
+            .await
+            .unwrap()
+            .unwrap()
+            .row
+            .total();
+        let paid = PaymentCompleted {
+            payment_id: PaymentId::new(),
+            order_id: id,
+            amount: total,
+        };
+        h.deliver(&paid, &Context::root().envelope(PaymentCompleted::SUBJECT))
+            .await;
     }
 
     impl Harness {

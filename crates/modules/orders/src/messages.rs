@@ -144,8 +144,20 @@ mod tests {
     use banyan_orders_contract::{OrderId, UserId};
     use serde_json::json;
 
+    use std::time::Duration;
+
+    use axum::http::StatusCode;
+    use banyan_bus::Message;
+    use banyan_kit::testing::EventRecorder;
+    use banyan_message::Money;
+    use banyan_orders_contract::OrderCancelled;
+    use banyan_payments_contract::PaymentId;
+
     use super::*;
-    use crate::{harness, test_support::call};
+    use crate::{
+        harness::{self, confirm, order_id, post},
+        test_support::call,
+    };
 
     #[tokio::test]
     async fn orders_are_answered_on_the_bus_and_unknown_ones_rejected() {
@@ -224,5 +236,93 @@ mod tests {
             assert_eq!(rejection.code, "validation_failed");
             assert_eq!(rejection.details["field"], "limit");
         }
+    }
+
+    #[tokio::test]
+    async fn an_out_of_stock_order_is_cancelled_once_however_often_the_event_comes() {
+        let h = harness::start().await;
+        let cancelled = EventRecorder::<OrderCancelled>::on(&h.db.bus);
+        let teapot = h.product("Teapot", 1999, "EUR");
+        let body = json!({ "lines": [{ "product_id": teapot, "quantity": 1 }] });
+        let (_, location, view) = post(&h, "/api/v1/orders", &h.users.alice.1, body).await;
+        let id = order_id(&view);
+        let failed = InventoryReservationFailed {
+            reservation_id: id,
+            shortages: vec![],
+        };
+        let envelope = Context::root().envelope(InventoryReservationFailed::SUBJECT);
+        h.deliver(&failed, &envelope).await;
+        h.deliver(&failed, &envelope).await;
+        // A second, distinct event (a late payment) finds the order ended and leaves it.
+        let late = PaymentCompleted {
+            payment_id: PaymentId::new(),
+            order_id: id,
+            amount: Money::new(1999, banyan_message::Currency::EUR),
+        };
+        h.deliver(&late, &Context::root().envelope(PaymentCompleted::SUBJECT))
+            .await;
+        // An event about an order nobody placed is skipped, not retried.
+        let stray = InventoryReservationFailed {
+            reservation_id: Uuid::now_v7(),
+            shortages: vec![],
+        };
+        h.deliver(
+            &stray,
+            &Context::root().envelope(InventoryReservationFailed::SUBJECT),
+        )
+        .await;
+        let (status, _, read) =
+            call(&h.router, "GET", &location, Some(&h.users.alice.1), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(read["status"], "cancelled");
+        assert_eq!(read["cancel_reason"], "out_of_stock");
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let cancelled = cancelled.all();
+        assert_eq!(cancelled.len(), 1, "{cancelled:?}");
+        assert_eq!(cancelled[0].reason, "out_of_stock");
+        assert_eq!(cancelled[0].user_id.0, h.users.alice.0);
+    }
+
+    #[tokio::test]
+    async fn a_payment_of_another_amount_cancels_the_order_instead_of_confirming_it() {
+        let h = harness::start().await;
+        let cancelled = EventRecorder::<OrderCancelled>::on(&h.db.bus);
+        let teapot = h.product("Teapot", 65_000, "EUR");
+        let body = json!({ "lines": [{ "product_id": teapot, "quantity": 1 }] });
+        let (_, location, view) = post(&h, "/api/v1/orders", &h.users.alice.1, body).await;
+        let id = order_id(&view);
+        for amount in [
+            Money::new(1, banyan_message::Currency::EUR),
+            Money::new(65_000, banyan_message::Currency::parse("USD").unwrap()),
+        ] {
+            let forged = PaymentCompleted {
+                payment_id: PaymentId::new(),
+                order_id: id,
+                amount,
+            };
+            h.deliver(
+                &forged,
+                &Context::root().envelope(PaymentCompleted::SUBJECT),
+            )
+            .await;
+        }
+        let (_, _, read) = call(&h.router, "GET", &location, Some(&h.users.alice.1), None).await;
+        assert_eq!(read["status"], "cancelled", "{read}");
+        assert_eq!(read["cancel_reason"], "payment_mismatch");
+        for _ in 0..50 {
+            if !cancelled.all().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let cancelled = cancelled.all();
+        assert_eq!(cancelled.len(), 1, "{cancelled:?}");
+        assert_eq!(cancelled[0].reason, "payment_mismatch");
+        // The order's own total, paid later, changes nothing: it ended.
+        confirm(&h, id).await;
+        let (_, _, read) = call(&h.router, "GET", &location, Some(&h.users.alice.1), None).await;
+        assert_eq!(read["status"], "cancelled");
     }
 }
