@@ -150,7 +150,8 @@ struct LoginAnswer {
         (status = 401, description = "Invalid username or password.", body = ErrorBody),
         BodyErrors,
         (status = 422, description = "A field is missing or unknown.", body = ErrorBody),
-        ServerErrors,
+        (status = 500, description = "An unexpected failure.", body = ErrorBody),
+        (status = 503, description = "The database or the password hashing is busy; try again after `Retry-After`.", body = ErrorBody),
     )
 )]
 async fn login(
