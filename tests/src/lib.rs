@@ -27,6 +27,8 @@ pub use banyan_app;
 
 pub const ADMIN_USERNAME: &str = "admin";
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
+/// The JWT key of every test server (the shipped configuration has none).
+pub const TEST_JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
@@ -118,6 +120,7 @@ impl Drop for PgDatabase {
 pub fn test_figment(database_url: &str) -> figment::Figment {
     let mut figment = config::layers(&[]).expect("the default layers");
     figment = config::with(figment, "database.url", database_url);
+    figment = config::with(figment, "auth.jwt_secret", TEST_JWT_SECRET);
     figment = config::with(figment, "database.max_connections", 4);
     figment = config::with(figment, "bus.relay_interval_ms", 50);
     figment = config::with(figment, "bus.relay_lease_ms", 2_000);

@@ -4,7 +4,7 @@
 //! next to the test executable (`target/<profile>/banyan`).
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
@@ -56,6 +56,21 @@ impl BanyanProcess {
     /// Starts `banyan serve --addr 127.0.0.1:0 <args>` with `env` (say `--config FILE
     /// --process payments`), and waits until it serves.
     pub async fn start_with_args(args: &[&str], env: &[(&str, String)]) -> Self {
+        let mut command = Self::command(args);
+        // Set explicitly, so that no test process generates one into the working directory.
+        command.env("BANYAN_AUTH__JWT_SECRET", crate::TEST_JWT_SECRET);
+        Self::launch(command, args, env).await
+    }
+
+    /// Starts `banyan serve --addr 127.0.0.1:0 <args>` in `dir` with only `env` configured,
+    /// as a fresh `cargo run` there would: no secret set.
+    pub async fn start_fresh_in(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Self {
+        let mut command = Self::command(args);
+        command.current_dir(dir);
+        Self::launch(command, args, env).await
+    }
+
+    fn command(args: &[&str]) -> Command {
         let mut command = Command::new(binary());
         command
             .args(["serve", "--addr", "127.0.0.1:0", "--log-format", "json"])
@@ -65,6 +80,10 @@ impl BanyanProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        command
+    }
+
+    async fn launch(mut command: Command, args: &[&str], env: &[(&str, String)]) -> Self {
         for (key, value) in env {
             command.env(key, value);
         }

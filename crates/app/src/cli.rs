@@ -102,14 +102,36 @@ pub async fn main() -> ExitCode {
             figment = config::with(figment, "log.format", format);
         }
     }
-    let settings = match config::load(&figment) {
+    let mut settings = match config::load(&figment) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("banyan: cannot start: {error}");
             return ExitCode::from(2);
         }
     };
+    // Seeding and the dead-letter commands listen nowhere.
+    let listening = match &command {
+        Command::Serve(_) => settings.listening(),
+        _ => Vec::new(),
+    };
+    let origins = match crate::secrets::resolve(&mut settings, &listening) {
+        Ok(origins) => origins,
+        Err(error) => {
+            eprintln!("banyan: cannot start: {error}");
+            return ExitCode::from(2);
+        }
+    };
     telemetry::init(&settings.log);
+    for (key, origin) in origins {
+        if origin == crate::secrets::Origin::Generated {
+            tracing::info!(
+                key,
+                dir = %settings.server.state_dir.display(),
+                "Using a generated development secret (loopback only); set your own to listen \
+                 elsewhere."
+            );
+        }
+    }
     let outcome = match command {
         Command::Serve(_) => serve(settings, figment).await,
         // Seeding runs every module in this one process, whatever the topology.

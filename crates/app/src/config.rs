@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub modules: Option<Vec<String>>,
     pub max_body_bytes: usize,
     pub request_timeout_ms: u64,
+    /// Where a development run keeps what it generates for itself (its secrets).
+    pub state_dir: PathBuf,
 }
 
 impl ServerConfig {
@@ -58,7 +60,10 @@ impl ServerConfig {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    pub jwt_secret: String,
+    /// The HS256 key; generated for a development run on loopback when absent (see
+    /// [`crate::secrets`]).
+    #[serde(default)]
+    pub jwt_secret: Option<String>,
     pub token_ttl_secs: u64,
 }
 
@@ -154,6 +159,11 @@ pub fn load(figment: &Figment) -> Result<Settings, ConfigError> {
 }
 
 impl Settings {
+    /// Every address this process listens on.
+    pub fn listening(&self) -> Vec<SocketAddr> {
+        vec![self.server.addr]
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, reason: &str| ConfigError::Invalid {
             key: key.into(),
@@ -186,8 +196,8 @@ impl Settings {
                 "must be greater than 0",
             ));
         }
-        if self.auth.jwt_secret.len() < 32 {
-            return Err(invalid("auth.jwt_secret", "must be at least 32 bytes"));
+        if let Some(secret) = &self.auth.jwt_secret {
+            crate::secrets::check(secret).map_err(|reason| invalid("auth.jwt_secret", reason))?;
         }
         if !(60..=30 * 24 * 3600).contains(&self.auth.token_ttl_secs) {
             return Err(invalid(

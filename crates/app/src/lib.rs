@@ -3,6 +3,8 @@
 //! # Layout
 //! - `config`: the figment layers (defaults, `--config` files, `BANYAN_*`, flags) and
 //!   validation that names the bad key.
+//! - `secrets`: the JWT key and the split's shared secret, configured or (on loopback only)
+//!   generated once into the state directory; published and short ones refused.
 //! - `modules`: every module Banyan has, the one list the rest is built from.
 //! - `server`: builds a process from its modules (storage, migrations, outbox relay, bus
 //!   handlers, routes) and serves it; one path drains and closes it.
@@ -27,6 +29,7 @@ pub mod modules;
 mod openapi;
 mod operations;
 pub mod registry;
+pub mod secrets;
 mod seed;
 pub mod server;
 mod split;

@@ -15,8 +15,11 @@ use tower::ServiceExt;
 
 use crate::{config::Settings, server::Server};
 
-pub(crate) const ADMIN: (&str, &str, &str) =
-    ("admin", "admin@example.com", "banyan-admin-password");
+/// The admin seed creates unless one is configured; its password is random, made once and
+/// kept in the state directory (like the development secrets), so a second seed still logs in.
+const ADMIN: (&str, &str) = ("admin", "admin@example.com");
+const ADMIN_PASSWORD_FILE: &str = "seed_admin_password";
+/// The demo customer. Its password is published on purpose: it can only shop.
 pub(crate) const CUSTOMER: (&str, &str, &str) = ("alice", "alice@example.com", "alice-password");
 
 const PRODUCTS: &[(&str, &str, &str, i64, i64)] = &[
@@ -74,15 +77,20 @@ pub(crate) async fn run(settings: Settings, figment: figment::Figment) -> anyhow
     let figment = if configured {
         figment
     } else {
+        let dir = &settings.server.state_dir;
+        let password = crate::secrets::generated(dir, ADMIN_PASSWORD_FILE).map_err(|e| {
+            anyhow::anyhow!("cannot keep the admin's password in {}: {e}", dir.display())
+        })?;
         crate::config::with(
             figment,
             "modules.users.bootstrap_admin",
-            json!({ "username": ADMIN.0, "email": ADMIN.1, "password": ADMIN.2 }),
+            json!({ "username": ADMIN.0, "email": ADMIN.1, "password": password }),
         )
     };
     let admin: Value = figment
         .extract_inner("modules.users.bootstrap_admin")
         .map_err(|e| anyhow::anyhow!("modules.users.bootstrap_admin: {e}"))?;
+    let settings_dir = settings.server.state_dir.clone();
     let server = Server::build(settings, figment).await?;
     let router = server.router();
 
@@ -143,12 +151,20 @@ pub(crate) async fn run(settings: Settings, figment: figment::Figment) -> anyhow
         CUSTOMER.0
     );
     server.stop().await;
+    let admin_password = if configured {
+        "(the configured bootstrap password)".to_owned()
+    } else {
+        format!(
+            "{} (kept in {})",
+            admin["password"].as_str().unwrap_or_default(),
+            settings_dir.join(ADMIN_PASSWORD_FILE).display()
+        )
+    };
     println!(
         "Seeded {created} new products ({} in the catalog).\n\
-         Admin:    {} / {}\nCustomer: {} / {}",
+         Admin:    {} / {admin_password}\nCustomer: {} / {}",
         PRODUCTS.len(),
         admin["username"].as_str().unwrap_or_default(),
-        admin["password"].as_str().unwrap_or_default(),
         CUSTOMER.0,
         CUSTOMER.2
     );

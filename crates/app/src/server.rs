@@ -44,9 +44,17 @@ impl Server {
     /// routes behind the edge middleware.
     pub async fn build(settings: Settings, figment: figment::Figment) -> anyhow::Result<Self> {
         // Held until every module has subscribed: see `Bus::held`.
+        let Some(jwt_secret) = &settings.auth.jwt_secret else {
+            anyhow::bail!("auth.jwt_secret is not set (`banyan serve` generates one on loopback)");
+        };
+        if settings.topology.is_active() && settings.topology.http.secret.is_none() {
+            anyhow::bail!(
+                "topology.http.secret is not set (`banyan serve` generates one on loopback)"
+            );
+        }
         let bus = Bus::held(settings.bus.clone());
         let auth = Authenticator::new(
-            settings.auth.jwt_secret.as_bytes(),
+            jwt_secret.as_bytes(),
             Duration::from_secs(settings.auth.token_ttl_secs),
         );
         let mut hosted = BTreeMap::new();

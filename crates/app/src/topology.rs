@@ -330,27 +330,14 @@ impl TopologyConfig {
                 "must be at least topology.http.backoff_base_ms".into(),
             );
         }
-        if let Some(secret) = &http.secret
-            && (secret.len() < 32 || !secret.bytes().all(|b| b.is_ascii_graphic()))
-        {
-            return invalid(
-                "topology.http.secret",
-                "must be at least 32 bytes of visible ASCII (no spaces)".into(),
-            );
+        if let Some(secret) = &http.secret {
+            crate::secrets::check(secret)
+                .map_err(|reason| ("topology.http.secret".to_owned(), reason.to_owned()))?;
         }
-        if self.is_active() {
-            if http.secret.is_none() {
-                return invalid(
-                    "topology.http.secret",
-                    "must be set (at least 32 bytes) when a module runs outside the main process"
-                        .into(),
-                );
-            }
-            if self.uses_nats() {
-                self.nats
-                    .validate()
-                    .map_err(|(key, reason)| (format!("topology.{key}"), reason))?;
-            }
+        if self.is_active() && self.uses_nats() {
+            self.nats
+                .validate()
+                .map_err(|(key, reason)| (format!("topology.{key}"), reason))?;
         }
         Ok(())
     }
@@ -435,8 +422,7 @@ mod tests {
         t.process = "nowhere".into();
         assert_eq!(key(&t), "topology.process");
         t = topology(&[("payments", "payments", TransportKind::Http)]);
-        t.http.secret = None;
-        assert_eq!(key(&t), "topology.http.secret");
+        // Unset is no error here: `secrets::resolve` generates one on loopback.
         t.http.secret = Some("short".into());
         assert_eq!(key(&t), "topology.http.secret");
         t = topology(&[("payments", "payments", TransportKind::Http)]);

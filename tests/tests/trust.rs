@@ -1,0 +1,177 @@
+//! Trust, tried as an attacker would: secrets that shipped in a file open nothing, a process
+//! exposed beyond loopback starts only with secrets of its own, and the split keeps its
+//! internal traffic to itself.
+
+#![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
+
+use std::{process::Stdio, time::Duration};
+
+use banyan_app::secrets::PUBLISHED;
+use banyan_e2e::{Engine, TestApp, cluster::Topology, process::BanyanProcess, send};
+use banyan_kit::auth::{Authenticator, Role};
+use reqwest::StatusCode;
+
+/// An admin token for a random user, signed with `secret`.
+fn forged_admin_token(secret: &str) -> String {
+    Authenticator::new(secret.as_bytes(), Duration::from_secs(3600))
+        .issue(uuid::Uuid::new_v4(), Role::Admin)
+        .unwrap()
+        .access_token
+}
+
+/// What every forged token is tried on: an admin route of main's own, and (in a split) one
+/// of a moved module's, which main proxies.
+const ADMIN_ROUTES: [&str; 2] = [
+    "/api/v1/users",
+    "/api/v1/payments/018f0000-0000-7000-8000-000000000000",
+];
+
+async fn refuses_forged_tokens(client: &reqwest::Client, base: &str) {
+    let mut secrets: Vec<&str> = PUBLISHED.to_vec();
+    // And a secret a test might have used: nothing but the process's own key is accepted.
+    secrets.push("0123456789abcdef0123456789abcdef");
+    for secret in secrets {
+        let token = forged_admin_token(secret);
+        for route in ADMIN_ROUTES {
+            let reply = send(client.get(format!("{base}{route}")).bearer_auth(&token)).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::UNAUTHORIZED,
+                "{route} with a token signed by {secret:?}: {}",
+                reply.text
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_fresh_run_keeps_a_generated_key_and_refuses_tokens_signed_with_any_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let process = BanyanProcess::start_fresh_in(dir.path(), &[], &[]).await;
+    let client = reqwest::Client::new();
+    refuses_forged_tokens(&client, &process.url("")).await;
+
+    let key = dir.path().join("data/jwt_secret");
+    let secret = std::fs::read_to_string(&key).unwrap();
+    assert!(
+        secret.len() >= 32,
+        "a generated key of {} bytes",
+        secret.len()
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "only its owner reads the key");
+    }
+    // The kept key is the one in use: it survives a restart, so tokens do too.
+    let token = forged_admin_token(&secret);
+    let reply = send(client.get(process.url("/api/v1/users")).bearer_auth(&token)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert!(process.terminate().await.success());
+    let restarted = BanyanProcess::start_fresh_in(dir.path(), &[], &[]).await;
+    let reply = send(
+        client
+            .get(restarted.url("/api/v1/users"))
+            .bearer_auth(&token),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+}
+
+/// Runs `banyan serve --addr <addr> <args>` in an empty directory with `env` and returns its
+/// exit code and stderr if it exits within a few seconds, `None` if it is still serving.
+async fn start_on(addr: &str, args: &[&str], env: &[(&str, &str)]) -> Option<(i32, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = tokio::process::Command::new(banyan_e2e::process::binary());
+    command
+        .args(["serve", "--addr", addr])
+        .args(args)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let exited = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    match exited {
+        Ok(status) => {
+            let mut text = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text)
+                .await
+                .unwrap();
+            Some((status.unwrap().code().unwrap_or(-1), text))
+        }
+        Err(_) => None,
+    }
+}
+
+/// A case of start-up refused: its name, the arguments, the environment and the key named.
+type Refusal<'a> = (&'a str, &'a [&'a str], Vec<(&'a str, &'a str)>, &'a str);
+
+#[tokio::test]
+async fn a_process_listening_beyond_loopback_starts_only_with_secrets_of_its_own() {
+    let own_key = (
+        "BANYAN_AUTH__JWT_SECRET",
+        "a-key-of-our-own-0123456789abcdef0123",
+    );
+    let split = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../config/split-payments-http.toml")
+        .canonicalize()
+        .unwrap();
+    let split = split.to_str().unwrap();
+    let cases: [Refusal; 4] = [
+        ("no key", &[], vec![], "auth.jwt_secret"),
+        (
+            "a published key",
+            &[],
+            vec![("BANYAN_AUTH__JWT_SECRET", PUBLISHED[0])],
+            "auth.jwt_secret",
+        ),
+        (
+            "a short key",
+            &[],
+            vec![("BANYAN_AUTH__JWT_SECRET", "too-short")],
+            "auth.jwt_secret",
+        ),
+        (
+            "a split without its shared secret",
+            &["--config", split],
+            vec![own_key],
+            "topology.http.secret",
+        ),
+    ];
+    for (case, args, env, key) in cases {
+        let (code, stderr) = start_on("0.0.0.0:0", args, &env)
+            .await
+            .unwrap_or_else(|| panic!("{case}: the process started"));
+        assert_ne!(code, 0, "{case}: {stderr}");
+        assert!(stderr.contains(key), "{case}: names {key}: {stderr}");
+        if let Some((_, secret)) = env.first() {
+            assert!(!stderr.contains(secret), "{case}: echoes the secret");
+        }
+    }
+    assert!(
+        start_on("0.0.0.0:0", &[], &[own_key]).await.is_none(),
+        "with a key of its own it serves"
+    );
+}
+
+#[tokio::test]
+async fn a_split_refuses_tokens_signed_with_any_shipped_secret() {
+    let Some(app) = TestApp::spawn_split(
+        Engine::Sqlite,
+        Topology::one("payments", banyan_e2e::cluster::Transport::Http),
+        |figment| figment,
+    )
+    .await
+    else {
+        return;
+    };
+    refuses_forged_tokens(&app.client, &app.url("")).await;
+    app.stop().await;
+}
