@@ -165,6 +165,11 @@ pub(super) fn environment(dir: &Path) -> Vec<(String, String)> {
             "BANYAN_DATABASE__URL",
             format!("sqlite://{}", dir.join("data").display()),
         ),
+        // The generated development secrets, shared by the placement's processes.
+        (
+            "BANYAN_SERVER__STATE_DIR",
+            dir.join("data").display().to_string(),
+        ),
         (
             "BANYAN_MODULES__USERS__BOOTSTRAP_ADMIN__USERNAME",
             ADMIN.0.to_owned(),
