@@ -191,7 +191,7 @@ impl Cluster {
     /// Starts one more `banyan serve --process <name>` pointed at main; returns its index in
     /// `others`.
     pub async fn start_process(&mut self, name: &str) -> usize {
-        let registry = format!("http://{}", self.main.addr);
+        let registry = self.main.internal_url("");
         let process = BanyanProcess::start_with_args(
             &[
                 "--config",
@@ -225,11 +225,11 @@ impl Cluster {
         self.others.remove(index).1
     }
 
-    /// `GET /api/v1/services`, authenticated with the shared secret.
+    /// `GET /api/v1/services` on main's internal listener, with the shared secret.
     pub async fn services(&self) -> Value {
         let reply = crate::send(
             self.client
-                .get(self.main.url("/api/v1/services"))
+                .get(self.main.internal_url("/api/v1/services"))
                 .bearer_auth(SECRET),
         )
         .await;

@@ -43,6 +43,8 @@ pub struct BanyanProcess {
     pub name: String,
     child: Child,
     pub addr: std::net::SocketAddr,
+    /// Its internal listener (the bus, the registry), in a split.
+    pub internal_addr: Option<std::net::SocketAddr>,
     lines: Arc<Mutex<Vec<String>>>,
     new_line: Arc<Notify>,
 }
@@ -74,6 +76,8 @@ impl BanyanProcess {
         let mut command = Command::new(binary());
         command
             .args(["serve", "--addr", "127.0.0.1:0", "--log-format", "json"])
+            // In a split, the bus and the registry listen there (a free port too).
+            .args(["--internal-addr", "127.0.0.1:0"])
             .args(args)
             .env("BANYAN_LOG__LEVEL", "info")
             .stdin(Stdio::null())
@@ -115,6 +119,7 @@ impl BanyanProcess {
             name,
             child,
             addr: "127.0.0.1:0".parse().expect("an address"),
+            internal_addr: None,
             lines,
             new_line,
         };
@@ -124,6 +129,7 @@ impl BanyanProcess {
             .as_str()
             .and_then(|a| a.parse().ok())
             .expect("the serving line names the address");
+        process.internal_addr = log["internal_addr"].as_str().and_then(|a| a.parse().ok());
         process
     }
 
@@ -169,6 +175,14 @@ impl BanyanProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// A URL on the internal listener (a process of a split has one).
+    pub fn internal_url(&self, path: &str) -> String {
+        let addr = self
+            .internal_addr
+            .expect("a process of a split has an internal listener");
+        format!("http://{addr}{path}")
     }
 
     /// Every stderr line so far that parses as a JSON log line.

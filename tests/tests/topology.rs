@@ -13,7 +13,7 @@ use banyan_e2e::{
     process::BanyanProcess,
     send,
 };
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 /// Starts `topology` on SQLite with the test settings; `None` when NATS is skipped.
@@ -304,6 +304,11 @@ async fn the_registry_lists_instances_and_a_killed_one_leaves_rotation() {
     let instance = &instances[0];
     assert_eq!(instance["process"], "payments");
     assert_eq!(instance["base_url"], format!("http://{payments_addr}"));
+    assert_eq!(
+        instance["bus_url"],
+        cluster.process("payments").internal_url(""),
+        "the bus calls the internal listener"
+    );
     assert!(instance["last_heartbeat_ms"].as_i64().unwrap() > 0);
     let services = cluster.services().await;
     let listed = &services["modules"]["payments"];
@@ -359,89 +364,108 @@ async fn the_registry_lists_instances_and_a_killed_one_leaves_rotation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_between_processes_without_the_shared_secret_are_refused() {
+async fn the_bus_and_the_registry_answer_on_the_internal_listener_only_and_with_the_secret() {
     let app = split(Topology::one("payments", Transport::Http))
         .await
         .unwrap();
-    let payments_addr = app.cluster().process("payments").addr;
+    let payments = app.cluster().process("payments");
+    let main = &app.cluster().main;
     let admin = app.admin_token().await;
     let client = &app.client;
-    let bus_request = |base: String, token: Option<&str>| {
+    let post = |url: String, token: Option<&str>, body: &str| {
         let mut request = client
-            .post(format!("{base}/bus/v1/requests/payments.get_payment.v1"))
+            .post(url)
             .header("content-type", "application/json")
-            .body("{}");
+            .body(body.to_owned());
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
         send(request)
     };
-    for base in [
-        format!("http://{payments_addr}"),
-        format!("http://{}", app.addr),
-    ] {
-        for token in [
-            None,
-            Some("not-the-secret-at-all-0123456789abcdef"),
-            Some(&admin),
-        ] {
-            // No secret, a wrong one, and a user's token (not the processes' secret either).
-            let reply = bus_request(base.clone(), token).await;
-            assert_eq!(
-                reply.status,
-                StatusCode::UNAUTHORIZED,
-                "{base} {token:?}: {}",
-                reply.text
-            );
-        }
-    }
-    let events = send(
-        client
-            .post(format!(
-                "http://{payments_addr}/bus/v1/events/orders.order_placed.v1?module=payments"
-            ))
-            .header("content-type", "application/json")
-            .body("{}"),
-    )
-    .await;
-    assert_eq!(events.status, StatusCode::UNAUTHORIZED, "{}", events.text);
-
-    // The registry takes registrations with the secret only, and lists for admins (or the
-    // secret) only.
     let registration = json!({
         "instance_id": "intruder", "process": "payments", "base_url": "http://127.0.0.1:9",
+        "bus_url": "http://127.0.0.1:9",
         "modules": [{ "name": "payments", "transport": "http", "subscriptions": [] }],
-    });
-    let reply = app
-        .call(
-            Method::POST,
-            "/api/v1/services/register",
-            None,
-            Some(registration.clone()),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
-    let reply = app
-        .call(
-            Method::POST,
-            "/api/v1/services/register",
-            Some(&admin),
-            Some(registration),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
+    })
+    .to_string();
+    let internal_paths = [
+        ("/bus/v1/requests/payments.get_payment.v1", "{}"),
+        (
+            "/bus/v1/events/orders.order_placed.v1?module=payments",
+            "{}",
+        ),
+        ("/api/v1/services/register", registration.as_str()),
+    ];
+    // The public port of every process: not there at all, whatever the caller carries.
+    for process in [main, payments] {
+        for (path, body) in internal_paths {
+            for token in [None, Some(SECRET), Some(admin.as_str())] {
+                let reply = post(process.url(path), token, body).await;
+                assert_eq!(
+                    reply.status,
+                    StatusCode::NOT_FOUND,
+                    "{} public {path} {token:?}: {}",
+                    process.name,
+                    reply.text
+                );
+            }
+        }
+    }
+    // The internal listeners: no secret, a wrong one, a user's token are refused.
+    for process in [main, payments] {
+        for (path, body) in internal_paths {
+            if path.contains("services") && process.name != "main" {
+                continue;
+            }
+            for token in [
+                None,
+                Some("not-the-secret-at-all-0123456789abcdef"),
+                Some(admin.as_str()),
+            ] {
+                let reply = post(process.internal_url(path), token, body).await;
+                assert_eq!(
+                    reply.status,
+                    StatusCode::UNAUTHORIZED,
+                    "{} internal {path} {token:?}: {}",
+                    process.name,
+                    reply.text
+                );
+            }
+        }
+    }
+    // With the secret they are served (an empty envelope is refused as malformed).
+    let reply = post(
+        payments.internal_url("/bus/v1/requests/payments.get_payment.v1"),
+        Some(SECRET),
+        "{}",
+    )
+    .await;
+    assert!(
+        !matches!(
+            reply.status,
+            StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED
+        ),
+        "{}: {}",
+        reply.status,
+        reply.text
+    );
+    // The listing: on the public port for admins only (the processes' secret is no token).
     let reply = app.get("/api/v1/services", None).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
     let (_, customer) = app.customer("not-an-admin").await;
     let reply = app.get("/api/v1/services", Some(&customer)).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text);
     let reply = app.get("/api/v1/services", Some(SECRET)).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
+    let reply = app.get("/api/v1/services", Some(&admin)).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let healthy = app.cluster().healthy("payments", 1).await;
     assert_eq!(
-        app.cluster().healthy("payments", 1).await[0]["base_url"],
-        format!("http://{payments_addr}"),
+        healthy[0]["base_url"],
+        payments.url(""),
         "nothing was registered without the secret"
     );
+    assert_eq!(healthy[0]["bus_url"], payments.internal_url(""));
     app.stop().await;
 }
 
@@ -580,7 +604,10 @@ async fn bad_messages_on_the_wire_are_dead_lettered_and_the_processes_carry_on()
         );
         let reply = send(
             app.client
-                .post(notifications.url(&format!("/bus/v1/events/{subject}?module=notifications")))
+                .post(
+                    notifications
+                        .internal_url(&format!("/bus/v1/events/{subject}?module=notifications")),
+                )
                 .bearer_auth(SECRET)
                 .headers(headers)
                 .body(body),

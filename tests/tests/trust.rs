@@ -173,5 +173,19 @@ async fn a_split_refuses_tokens_signed_with_any_shipped_secret() {
         return;
     };
     refuses_forged_tokens(&app.client, &app.url("")).await;
+    // Main refused them: not one reached the process hosting payments.
+    let payments = app.cluster().process("payments").output();
+    assert!(
+        !payments.contains(&ADMIN_ROUTES[1][16..]),
+        "a forged token was forwarded:\n{payments}"
+    );
+    // An expired or garbled token neither.
+    let reply = send(
+        app.client
+            .get(app.url(ADMIN_ROUTES[1]))
+            .header("authorization", "Bearer not.a.token"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
     app.stop().await;
 }

@@ -44,6 +44,9 @@ struct ServeArgs {
     /// Address to listen on (server.addr).
     #[arg(long)]
     addr: Option<std::net::SocketAddr>,
+    /// The internal listener of a split: the bus and the registry (topology.internal_addr).
+    #[arg(long, value_name = "ADDR")]
+    internal_addr: Option<std::net::SocketAddr>,
     /// sqlite://<dir> or postgres://... (database.url).
     #[arg(long)]
     database_url: Option<String>,
@@ -88,6 +91,9 @@ pub async fn main() -> ExitCode {
         if let Some(addr) = args.addr {
             figment = config::with(figment, "server.addr", addr.to_string());
         }
+        if let Some(addr) = args.internal_addr {
+            figment = config::with(figment, "topology.internal_addr", addr.to_string());
+        }
         if let Some(url) = &args.database_url {
             figment = config::with(figment, "database.url", url);
         }
@@ -114,7 +120,7 @@ pub async fn main() -> ExitCode {
         Command::Serve(_) => settings.listening(),
         _ => Vec::new(),
     };
-    let origins = match crate::secrets::resolve(&mut settings, &listening) {
+    let origins = match settings.resolve_secrets(&listening) {
         Ok(origins) => origins,
         Err(error) => {
             eprintln!("banyan: cannot start: {error}");

@@ -10,7 +10,10 @@ use figment::{
 };
 use serde::Deserialize;
 
-use crate::topology::TopologyConfig;
+use crate::{
+    secrets::{self, Origin},
+    topology::TopologyConfig,
+};
 
 /// `config/default.toml`, compiled in so the binary runs from any directory.
 const DEFAULTS: &str = include_str!("../../../config/default.toml");
@@ -159,9 +162,43 @@ pub fn load(figment: &Figment) -> Result<Settings, ConfigError> {
 }
 
 impl Settings {
+    /// Fills in the secrets the configuration leaves out (see [`crate::secrets`]), or refuses
+    /// to start, naming the key. `listening` is every address the process binds. Returns where
+    /// each secret came from.
+    pub fn resolve_secrets(
+        &mut self,
+        listening: &[SocketAddr],
+    ) -> Result<Vec<(&'static str, Origin)>, ConfigError> {
+        let exposed = listening.iter().find(|addr| !addr.ip().is_loopback());
+        let dir = self.server.state_dir.clone();
+        let mut slots = vec![("auth.jwt_secret", "jwt_secret", &mut self.auth.jwt_secret)];
+        if self.topology.is_active() {
+            slots.push((
+                "topology.http.secret",
+                "bus_secret",
+                &mut self.topology.http.secret,
+            ));
+        }
+        slots
+            .into_iter()
+            .map(|(key, file, slot)| {
+                secrets::fill(slot, file, &dir, exposed)
+                    .map(|origin| (key, origin))
+                    .map_err(|reason| ConfigError::Invalid {
+                        key: key.to_owned(),
+                        reason,
+                    })
+            })
+            .collect()
+    }
+
     /// Every address this process listens on.
     pub fn listening(&self) -> Vec<SocketAddr> {
-        vec![self.server.addr]
+        let mut addrs = vec![self.server.addr];
+        if self.topology.is_active() {
+            addrs.push(self.topology.internal_bind());
+        }
+        addrs
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -197,7 +234,7 @@ impl Settings {
             ));
         }
         if let Some(secret) = &self.auth.jwt_secret {
-            crate::secrets::check(secret).map_err(|reason| invalid("auth.jwt_secret", reason))?;
+            secrets::check(secret).map_err(|reason| invalid("auth.jwt_secret", reason))?;
         }
         if !(60..=30 * 24 * 3600).contains(&self.auth.token_ttl_secs) {
             return Err(invalid(

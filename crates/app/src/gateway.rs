@@ -1,9 +1,13 @@
 //! The gateway: the main process keeps answering every `/api/v1/...` route; those of a module
 //! hosted in another process are proxied to a healthy instance of it, round robin.
 //!
-//! The request goes as it came (method, path, query, headers including `authorization`, body),
-//! with `x-request-id` set to the request's correlation id and `traceparent` to the gateway's
-//! span, so the correlation crosses the hop. The answer comes back as the instance gave it.
+//! Before anything is forwarded the gateway refuses a path that could resolve elsewhere than
+//! it reads (400) and a bearer token it does not accept (401): a forged or expired token never
+//! reaches a moved module. The request then goes as it came (method, path, query, body, the
+//! end-to-end headers including `authorization`), without hop-by-hop headers (and those the
+//! `connection` header names) or the bus's own `banyan-*` headers, with `x-request-id` set to
+//! the request's correlation id and `traceparent` to the gateway's span, so the correlation
+//! crosses the hop. The answer comes back as the instance gave it, minus hop-by-hop headers.
 //! An instance that refuses the connection is skipped (nothing was sent); no healthy instance,
 //! or none reachable, is a 503 with `Retry-After`.
 
@@ -16,7 +20,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use banyan_bus::Context;
-use banyan_kit::ApiError;
+use banyan_kit::{ApiError, auth::Authenticator};
 
 use crate::{edge, registry::Registry, topology::TopologyConfig};
 
@@ -42,8 +46,28 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-fn forwardable(name: &HeaderName) -> bool {
-    !HOP_BY_HOP.contains(&name.as_str())
+/// Whether a header of the client's request may travel on: not hop-by-hop, not named by
+/// its `connection` header, and not one of the bus's `banyan-*` headers (only processes set
+/// those).
+fn forwardable(name: &HeaderName, connection: &[String]) -> bool {
+    let name = name.as_str();
+    !HOP_BY_HOP.contains(&name)
+        && !connection.iter().any(|c| c == name)
+        && !name.starts_with("banyan-")
+        && name != header::HOST
+        && name != header::CONTENT_LENGTH
+}
+
+/// The header names listed in `connection` (lower-cased), hop-by-hop too (RFC 9110 §7.6.1).
+fn named_by_connection(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect()
 }
 
 impl Gateway {
@@ -78,6 +102,9 @@ impl Gateway {
         if module == "app" || self.topology.hosts(module) {
             return edge::not_found().await.into_response();
         }
+        if let Err(refused) = accepted_token(&request) {
+            return refused.into_response();
+        }
         self.proxy(module, request)
             .await
             .unwrap_or_else(IntoResponse::into_response)
@@ -102,8 +129,9 @@ impl Gateway {
                 )
             })?;
         let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
+        let connection = named_by_connection(&parts.headers);
         for (name, value) in &parts.headers {
-            if forwardable(name) && name != header::HOST && name != header::CONTENT_LENGTH {
+            if forwardable(name, &connection) {
                 headers.append(name.clone(), value.clone());
             }
         }
@@ -160,6 +188,24 @@ impl Gateway {
     }
 }
 
+/// A request with `authorization` goes on only if its bearer token is one this shop issued
+/// and still accepts; one without goes on (the module decides what is public).
+fn accepted_token(request: &Request) -> Result<(), ApiError> {
+    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
+        return Ok(());
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::unauthorized("the authorization header is not a bearer token"))?;
+    let auth = request
+        .extensions()
+        .get::<Arc<Authenticator>>()
+        .ok_or_else(|| ApiError::internal("the edge installs the authenticator"))?;
+    auth.verify(token.trim()).map(|_| ())
+}
+
 /// Refuses a path that could resolve elsewhere than it reads: a dot segment (`.`, `..`), an
 /// encoded dot, slash or backslash (`%2e`, `%2f`, `%5c`), a backslash or an empty segment.
 /// The URL the gateway builds (or a proxy in between, or the instance) would resolve it, and
@@ -189,8 +235,9 @@ fn unambiguous(path: &str) -> Result<(), ApiError> {
 async fn pass_back(answer: reqwest::Response) -> Response {
     let status = answer.status();
     let mut headers = HeaderMap::with_capacity(answer.headers().len());
+    let connection = named_by_connection(answer.headers());
     for (name, value) in answer.headers() {
-        if forwardable(name) {
+        if forwardable(name, &connection) {
             headers.append(name.clone(), value.clone());
         }
     }
@@ -239,5 +286,32 @@ mod tests {
         ] {
             assert!(unambiguous(good).is_ok(), "{good}");
         }
+    }
+
+    #[test]
+    fn only_end_to_end_headers_travel() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("authorization", "Bearer x"),
+            ("content-type", "application/json"),
+            ("connection", "keep-alive, X-Client-Hop"),
+            ("x-client-hop", "1"),
+            ("te", "trailers"),
+            ("banyan-subject", "payments.refund.v1"),
+            ("banyan-deadline-ms", "1"),
+            ("host", "main"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let connection = named_by_connection(&headers);
+        let kept: Vec<&str> = headers
+            .keys()
+            .filter(|name| forwardable(name, &connection))
+            .map(HeaderName::as_str)
+            .collect();
+        assert_eq!(kept, ["authorization", "content-type"]);
     }
 }

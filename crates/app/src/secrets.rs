@@ -16,8 +16,6 @@ use std::{
 
 use rand::{Rng, distr::Alphanumeric};
 
-use crate::config::{ConfigError, Settings};
-
 /// The smallest secret accepted, in bytes.
 pub const MIN_SECRET_BYTES: usize = 32;
 
@@ -35,69 +33,32 @@ pub enum Origin {
     Generated,
 }
 
-/// Fills in the secrets the configuration leaves out, or refuses to start, naming the key.
-///
-/// `listening` is every address the process binds. Returns where each secret came from.
-pub fn resolve(
-    settings: &mut Settings,
-    listening: &[SocketAddr],
-) -> Result<Vec<(&'static str, Origin)>, ConfigError> {
-    let exposed = listening.iter().find(|addr| !addr.ip().is_loopback());
-    let dir = settings.server.state_dir.clone();
-    let mut origins = vec![(
-        "auth.jwt_secret",
-        fill(
-            &mut settings.auth.jwt_secret,
-            "auth.jwt_secret",
-            "jwt_secret",
-            &dir,
-            exposed,
-        )?,
-    )];
-    if settings.topology.is_active() {
-        origins.push((
-            "topology.http.secret",
-            fill(
-                &mut settings.topology.http.secret,
-                "topology.http.secret",
-                "bus_secret",
-                &dir,
-                exposed,
-            )?,
-        ));
-    }
-    Ok(origins)
-}
-
-fn fill(
+/// Checks the configured secret in `slot`, or fills it with the one kept in `dir/file` —
+/// unless the process listens at `exposed`, beyond loopback. The error is the reason.
+pub fn fill(
     slot: &mut Option<String>,
-    key: &str,
     file: &str,
     dir: &Path,
     exposed: Option<&SocketAddr>,
-) -> Result<Origin, ConfigError> {
-    let invalid = |reason: String| ConfigError::Invalid {
-        key: key.to_owned(),
-        reason,
-    };
+) -> Result<Origin, String> {
     match slot {
         Some(secret) => {
-            check(secret).map_err(|reason| invalid(reason.to_owned()))?;
+            check(secret).map_err(str::to_owned)?;
             Ok(Origin::Configured)
         }
         None => {
             if let Some(addr) = exposed {
-                return Err(invalid(format!(
+                return Err(format!(
                     "must be set to a secret of your own (at least {MIN_SECRET_BYTES} bytes) to \
                      listen on {addr}, which is not a loopback address; a generated development \
                      secret is used on loopback only"
-                )));
+                ));
             }
             let secret = generated(dir, file).map_err(|e| {
-                invalid(format!(
+                format!(
                     "is not set, and no development secret could be kept in {}: {e}",
                     dir.display()
-                ))
+                )
             })?;
             *slot = Some(secret);
             Ok(Origin::Generated)

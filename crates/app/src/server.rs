@@ -35,6 +35,8 @@ pub struct Server {
     bus: Bus,
     hosted: Arc<BTreeMap<&'static str, Hosted>>,
     router: Router,
+    /// The internal listener's routes (the bus's and the registry's), in a split.
+    internal: Option<Router>,
     /// What runs beside the modules when the topology places some of them elsewhere.
     split: Option<Split>,
 }
@@ -111,6 +113,7 @@ impl Server {
         openapi.tags = Some(document_tags(started));
         let document = Bytes::from(openapi.to_json()?);
         let mut routes = routes.route(OPENAPI_PATH, get(move || serve_document(document.clone())));
+        let mut internal = None;
         if let Some(split) = &mut split {
             if let Some(client) = split.nats_client.clone() {
                 // Every handler and subscription is registered: serve them over NATS.
@@ -129,11 +132,13 @@ impl Server {
                         Duration::from_millis(topology.http.connect_timeout_ms),
                         settings.server.max_body_bytes,
                     )?);
+                    let state = RegistryState {
+                        registry: registry.clone(),
+                        secret: topology.http.secret().into(),
+                    };
+                    internal = Some(crate::registry::internal_routes(state.clone()));
                     routes
-                        .merge(crate::registry::routes(RegistryState {
-                            registry: registry.clone(),
-                            secret: topology.http.secret().into(),
-                        }))
+                        .merge(crate::registry::public_routes(state))
                         .fallback(move |request: axum::extract::Request| {
                             gateway.clone().handle(request)
                         })
@@ -143,34 +148,45 @@ impl Server {
         } else {
             routes = routes.fallback(edge::not_found);
         }
-        let mut router = routes
-            .method_not_allowed_fallback(edge::method_not_allowed)
-            // Outermost last: the edge sees every request first and every response last.
-            .layer(DefaultBodyLimit::max(settings.server.max_body_bytes))
-            .layer(edge::authenticator_layer(auth))
-            .layer(middleware::from_fn_with_state(
-                edge::Limits {
-                    timeout: settings.server.request_timeout(),
-                    max_body_bytes: settings.server.max_body_bytes as u64,
-                },
-                edge::context,
-            ))
-            .layer(CatchPanicLayer::custom(edge::panic_response));
+        let limits = edge::Limits {
+            timeout: settings.server.request_timeout(),
+            max_body_bytes: settings.server.max_body_bytes as u64,
+        };
+        let edged = |routes: Router| {
+            routes
+                .method_not_allowed_fallback(edge::method_not_allowed)
+                // Outermost last: the edge sees every request first and every response last.
+                .layer(DefaultBodyLimit::max(settings.server.max_body_bytes))
+                .layer(edge::authenticator_layer(auth.clone()))
+                .layer(middleware::from_fn_with_state(limits, edge::context))
+                .layer(CatchPanicLayer::custom(edge::panic_response))
+        };
+        let router = edged(routes);
+        if split.is_some() {
+            let mut routes = edged(
+                internal
+                    .take()
+                    .unwrap_or_default()
+                    .fallback(edge::not_found),
+            );
+            if topology.uses_http() {
+                // The bus's own endpoints: outside the edge (they carry their envelope, their
+                // shared secret and their own body limit) and outside the OpenAPI document.
+                routes = routes.merge(banyan_bus::http::routes(
+                    bus.clone(),
+                    topology.http.secret().into(),
+                ));
+            }
+            internal = Some(routes);
+        }
         // Every module of the process has subscribed, every transport is wired.
         bus.wiring().open_events();
-        if split.is_some() && topology.uses_http() {
-            // The bus's own endpoints: outside the edge (they carry their envelope, their
-            // shared secret and their own body limit) and outside the OpenAPI document.
-            router = router.merge(banyan_bus::http::routes(
-                bus.clone(),
-                topology.http.secret().into(),
-            ));
-        }
         Ok(Self {
             settings,
             bus,
             hosted,
             router,
+            internal,
             split,
         })
     }
@@ -215,14 +231,35 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
+        let internal = match (&self.split, &self.internal) {
+            (Some(split), Some(routes)) => {
+                let bind = split.topology.internal_bind();
+                let listener = TcpListener::bind(bind).await.map_err(|e| {
+                    anyhow::anyhow!("cannot listen on {bind} (topology.internal_addr): {e}")
+                })?;
+                Some((listener.local_addr()?, listener, routes.clone()))
+            }
+            _ => None,
+        };
+        let internal_addr = internal.as_ref().map(|(addr, _, _)| *addr);
         let modules = self.hosted.keys().collect::<Vec<_>>();
         let process = self.split.as_ref().map(|s| s.topology.process.clone());
-        tracing::info!(addr = %addr, modules = ?modules, process, "Banyan is serving.");
+        tracing::info!(
+            addr = %addr,
+            internal_addr = internal_addr.map(|a| a.to_string()),
+            modules = ?modules,
+            process,
+            "Banyan is serving."
+        );
         let stop_beating = CancellationToken::new();
         let mut beating = None;
         let mut leaving = None;
-        if let Some(split) = &self.split {
-            let registration = split.registration(&self.bus, split.topology.advertised(addr));
+        if let (Some(split), Some(internal_addr)) = (&self.split, internal_addr) {
+            let registration = split.registration(
+                &self.bus,
+                split.topology.advertised(addr),
+                split.topology.internal_advertised(internal_addr),
+            );
             if let Some(registry) = &split.registry {
                 registry.register_own(registration);
             } else if let Some(heartbeat) = &split.heartbeat {
@@ -241,9 +278,25 @@ impl Server {
                 heartbeat.leave(&instance_id).await;
             }
         };
-        axum::serve(listener, self.router.clone())
+        // The internal listener stops with the public one, and only then: in-flight bus calls
+        // finish (the bus drains after both).
+        let internal_stop = CancellationToken::new();
+        let internal_served = internal.map(|(_, listener, routes)| {
+            let stop = internal_stop.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, routes)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            })
+        });
+        let public = axum::serve(listener, self.router.clone())
             .with_graceful_shutdown(shutdown)
-            .await?;
+            .await;
+        internal_stop.cancel();
+        if let Some(served) = internal_served {
+            served.await??;
+        }
+        public?;
         stop_beating.cancel();
         if let Some(beating) = beating {
             let _ = beating.await;

@@ -1,8 +1,6 @@
 //! A process of a split topology: its place in the registry, its transports, and how it is
 //! wired before its modules start.
 
-//! One Banyan process: its modules, its bus, its HTTP server.
-
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use banyan_bus::{
@@ -41,11 +39,17 @@ pub(crate) struct Split {
 
 impl Split {
     /// This process as the registry lists it.
-    pub(crate) fn registration(&self, bus: &Bus, base_url: String) -> Registration {
+    pub(crate) fn registration(
+        &self,
+        bus: &Bus,
+        base_url: String,
+        bus_url: String,
+    ) -> Registration {
         Registration {
             instance_id: self.instance_id.clone(),
             process: self.topology.process.clone(),
             base_url,
+            bus_url,
             modules: self
                 .here
                 .iter()

@@ -24,6 +24,9 @@ use serde::{Deserialize, Serialize};
 /// registry.
 pub const MAIN: &str = "main";
 
+/// The main process's internal listener unless `topology.internal_addr` says otherwise.
+pub const MAIN_INTERNAL_ADDR: &str = "127.0.0.1:9080";
+
 /// How the modules of a process are reached from the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,11 +66,18 @@ pub struct TopologyConfig {
     pub nats: NatsConfig,
     /// The shared secret and the HTTP adapter's settings.
     pub http: HttpSettings,
-    /// Where the main process (registry and gateway) is reached by the other processes.
+    /// Where the other processes reach the main process's registry: its internal listener.
     pub registry_url: String,
-    /// This process's own base URL as the others reach it; derived from the bound address
-    /// when absent.
+    /// This process's public base URL as main's gateway reaches it; derived from the bound
+    /// address when absent.
     pub advertise_url: Option<String>,
+    /// The internal listener: the bus's `/bus/v1/...` and (main) the registry, never on the
+    /// public address. Default: main `127.0.0.1:9080` (the default `registry_url`), any
+    /// other process `127.0.0.1:0` (a free port, which it advertises).
+    pub internal_addr: Option<SocketAddr>,
+    /// The internal listener's base URL as the other processes reach it; derived from its
+    /// bound address when absent.
+    pub internal_advertise_url: Option<String>,
     /// How often a process registers again (its heartbeat).
     pub heartbeat_ms: u64,
     /// An instance not heard from for this long is stale and leaves rotation.
@@ -81,8 +91,10 @@ impl Default for TopologyConfig {
             modules: BTreeMap::new(),
             nats: NatsConfig::default(),
             http: HttpSettings::default(),
-            registry_url: "http://127.0.0.1:8080".to_owned(),
+            registry_url: format!("http://{MAIN_INTERNAL_ADDR}"),
             advertise_url: None,
+            internal_addr: None,
+            internal_advertise_url: None,
             heartbeat_ms: 1_000,
             instance_ttl_ms: 3_000,
         }
@@ -233,10 +245,31 @@ impl TopologyConfig {
         Duration::from_millis(self.instance_ttl_ms)
     }
 
-    /// This process's base URL for the others: `advertise_url`, or `http://<bound address>`
-    /// (an unspecified address becomes the loopback one).
+    /// Where this process's internal listener binds (see [`Self::internal_addr`]).
+    pub fn internal_bind(&self) -> SocketAddr {
+        self.internal_addr.unwrap_or_else(|| {
+            if self.is_main() {
+                MAIN_INTERNAL_ADDR.parse().expect("a socket address")
+            } else {
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        })
+    }
+
+    /// This process's internal base URL for the others: `internal_advertise_url`, or
+    /// `http://<bound internal address>`.
+    pub fn internal_advertised(&self, bound: SocketAddr) -> String {
+        Self::url_for(self.internal_advertise_url.as_deref(), bound)
+    }
+
+    /// This process's public base URL for the gateway: `advertise_url`, or
+    /// `http://<bound address>` (an unspecified address becomes the loopback one).
     pub fn advertised(&self, bound: SocketAddr) -> String {
-        if let Some(url) = &self.advertise_url {
+        Self::url_for(self.advertise_url.as_deref(), bound)
+    }
+
+    fn url_for(configured: Option<&str>, bound: SocketAddr) -> String {
+        if let Some(url) = configured {
             return url.trim_end_matches('/').to_owned();
         }
         let mut addr = bound;
@@ -298,6 +331,9 @@ impl TopologyConfig {
         check_url(&self.registry_url).map_err(|r| ("topology.registry_url".to_owned(), r))?;
         if let Some(url) = &self.advertise_url {
             check_url(url).map_err(|r| ("topology.advertise_url".to_owned(), r))?;
+        }
+        if let Some(url) = &self.internal_advertise_url {
+            check_url(url).map_err(|r| ("topology.internal_advertise_url".to_owned(), r))?;
         }
         let http = &self.http;
         if http.connect_timeout_ms == 0 {

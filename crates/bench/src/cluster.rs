@@ -86,7 +86,7 @@ impl Cluster {
         let mut env = env;
         env.push((
             "BANYAN_TOPOLOGY__REGISTRY_URL".to_owned(),
-            cluster.main.url(""),
+            cluster.main.internal_url(""),
         ));
         args.extend(["--process".to_owned(), "payments".to_owned()]);
         cluster.payments = Some(Process::start(exe, &dir_path, "payments", &args, &env).await?);
@@ -108,7 +108,7 @@ impl Cluster {
     /// Waits until the registry lists a healthy payments instance.
     pub(super) async fn payments_healthy(&self, secret: &str) -> anyhow::Result<()> {
         let client = reqwest::Client::builder().no_proxy().build()?;
-        let url = self.main.url("/api/v1/services");
+        let url = self.main.internal_url("/api/v1/services");
         eventually("a healthy payments instance in the registry", || async {
             let response = client.get(&url).bearer_auth(secret).send().await.ok()?;
             let services: Value = response.json().await.ok()?;
@@ -214,6 +214,8 @@ pub(super) struct Process {
     name: &'static str,
     child: Child,
     addr: SocketAddr,
+    /// The internal listener (the bus, the registry), in a split.
+    internal_addr: Option<SocketAddr>,
     log: PathBuf,
 }
 
@@ -231,6 +233,7 @@ impl Process {
         let mut command = Command::new(exe);
         command
             .args(["serve", "--addr", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--internal-addr", "127.0.0.1:0"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(file.try_clone()?))
@@ -249,14 +252,15 @@ impl Process {
             name,
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            internal_addr: None,
             log,
         };
-        process.addr = process.serving_addr().await?;
+        (process.addr, process.internal_addr) = process.serving_addrs().await?;
         Ok(process)
     }
 
-    /// Waits for the "Banyan is serving." line and reads the bound address from it.
-    async fn serving_addr(&mut self) -> anyhow::Result<SocketAddr> {
+    /// Waits for the "Banyan is serving." line and reads the bound addresses from it.
+    async fn serving_addrs(&mut self) -> anyhow::Result<(SocketAddr, Option<SocketAddr>)> {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -264,10 +268,19 @@ impl Process {
                 .lines()
                 .filter(|l| l.contains("Banyan is serving."))
                 .find_map(|l| serde_json::from_str::<Value>(l).ok());
-            if let Some(addr) = serving.as_ref().and_then(|l| l["addr"].as_str()) {
-                return addr
-                    .parse()
-                    .with_context(|| format!("{}: a bad address in {addr:?}", self.name));
+            if let Some(line) = serving {
+                let parse = |key: &str| {
+                    line[key]
+                        .as_str()
+                        .map(|addr| {
+                            addr.parse::<SocketAddr>()
+                                .with_context(|| format!("{}: a bad {key} {addr:?}", self.name))
+                        })
+                        .transpose()
+                };
+                let addr = parse("addr")?
+                    .with_context(|| format!("{}: no address in {line}", self.name))?;
+                return Ok((addr, parse("internal_addr")?));
             }
             if let Some(status) = self.child.try_wait()? {
                 anyhow::bail!(
@@ -288,6 +301,11 @@ impl Process {
 
     pub(super) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// A URL on the internal listener; the public one if there is none (a monolith).
+    pub(super) fn internal_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.internal_addr.unwrap_or(self.addr))
     }
 
     fn log_tail(&self, lines: usize) -> String {

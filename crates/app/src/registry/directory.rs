@@ -46,7 +46,7 @@ impl Instances for Directory {
                 m.instances
                     .iter()
                     .filter(|i| i.health == Health::Healthy && i.instance_id != self.own_id)
-                    .map(|i| i.base_url.clone())
+                    .map(|i| i.bus_url.clone())
                     .collect()
             })
             .unwrap_or_default()

@@ -34,7 +34,7 @@ mod table;
 pub(crate) use directory::Directory;
 pub(crate) use events::{Awareness, HttpEvents};
 pub(crate) use heartbeat::Heartbeat;
-pub(crate) use routes::{RegistryState, routes};
+pub(crate) use routes::{RegistryState, internal_routes, public_routes};
 pub(crate) use table::Registry;
 
 use std::collections::BTreeMap;
@@ -73,8 +73,10 @@ pub struct Registration {
     pub instance_id: String,
     /// Its process name (`--process`).
     pub process: String,
-    /// Where it serves HTTP (its `/api/v1/...` routes, and `/bus/v1/...` with HTTP).
+    /// Where it serves its public `/api/v1/...` routes (main's gateway proxies there).
     pub base_url: String,
+    /// Its internal listener (the bus's `/bus/v1/...`).
+    pub bus_url: String,
     /// The modules it hosts.
     pub modules: Vec<RegisteredModule>,
 }
@@ -114,6 +116,7 @@ pub struct InstanceView {
     pub instance_id: String,
     pub process: String,
     pub base_url: String,
+    pub bus_url: String,
     pub transport: InstanceTransport,
     /// Milliseconds since the epoch.
     pub registered_at_ms: i64,
@@ -160,6 +163,7 @@ mod tests {
             instance_id: id.into(),
             process: "payments".into(),
             base_url: url.into(),
+            bus_url: format!("{url}0"),
             modules: vec![RegisteredModule {
                 name: "payments".into(),
                 transport: InstanceTransport::Http,
@@ -186,6 +190,11 @@ mod tests {
         std::thread::sleep(Duration::from_millis(80));
         registry.register(payments("b", "http://b:1")).unwrap();
         assert_eq!(registry.healthy("payments"), ["http://b:1"]);
+        assert_eq!(
+            registry.instances("payments"),
+            ["http://b:10"],
+            "the bus's listener"
+        );
         let listing = registry.listing();
         let health: Vec<Health> = listing.modules["payments"]
             .instances
@@ -224,6 +233,7 @@ mod tests {
             instance_id: "main".into(),
             process: MAIN.into(),
             base_url: "http://main:1".into(),
+            bus_url: "http://main:2".into(),
             modules: vec![RegisteredModule {
                 name: "orders".into(),
                 transport: InstanceTransport::InProcess,
@@ -249,6 +259,10 @@ mod tests {
             directory.modules_for("payments.payment_completed.v1"),
             ["orders"]
         );
-        assert_eq!(directory.instances("orders"), ["http://main:1"]);
+        assert_eq!(
+            directory.instances("orders"),
+            ["http://main:2"],
+            "the bus's listener"
+        );
     }
 }

@@ -1,17 +1,19 @@
-//! The registry's HTTP routes on the main process.
+//! The registry's HTTP routes on the main process: registering and leaving on its internal
+//! listener only (with the shared secret); the listing there too, and on the public one for
+//! an admin.
 
 use std::sync::Arc;
 
 use axum::{
-    Extension, Router,
+    Router,
     body::Bytes,
     extract::{Path, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     response::IntoResponse,
     routing::{delete, get, post},
 };
 use banyan_bus::http::{bearer_token, same_secret};
-use banyan_kit::{ApiError, auth::Authenticator, extract::Json};
+use banyan_kit::{ApiError, auth::Admin, extract::Json};
 
 use super::{Listing, Registration, SERVICES_PATH, table::Registry};
 
@@ -31,13 +33,21 @@ impl std::fmt::Debug for RegistryState {
     }
 }
 
-/// `POST /api/v1/services/register`, `DELETE /api/v1/services/{instance_id}` (the shared
-/// secret) and `GET /api/v1/services` (an admin's token or the shared secret).
-pub(crate) fn routes(state: RegistryState) -> Router {
+/// The internal listener's: `POST /api/v1/services/register`,
+/// `DELETE /api/v1/services/{instance_id}` and `GET /api/v1/services`, all with the shared
+/// secret.
+pub(crate) fn internal_routes(state: RegistryState) -> Router {
     Router::new()
-        .route(SERVICES_PATH, get(list))
+        .route(SERVICES_PATH, get(list_for_processes))
         .route(&format!("{SERVICES_PATH}/register"), post(register))
         .route(&format!("{SERVICES_PATH}/{{instance_id}}"), delete(leave))
+        .with_state(state)
+}
+
+/// The public listener's: `GET /api/v1/services` for an admin.
+pub(crate) fn public_routes(state: RegistryState) -> Router {
+    Router::new()
+        .route(SERVICES_PATH, get(list_for_admins))
         .with_state(state)
 }
 
@@ -89,20 +99,14 @@ async fn leave(
     }
 }
 
-async fn list(
+async fn list_for_processes(
     State(state): State<RegistryState>,
-    Extension(auth): Extension<Arc<Authenticator>>,
     headers: HeaderMap,
 ) -> Result<Json<Listing>, ApiError> {
-    if !carries_secret(&headers, &state.secret) {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::unauthorized("this needs an admin's token or the shared secret")
-            })?;
-        auth.verify(token.trim())?.require_admin()?;
-    }
+    require_secret(&headers, &state.secret)?;
     Ok(Json(state.registry.listing()))
+}
+
+async fn list_for_admins(State(state): State<RegistryState>, Admin(_): Admin) -> Json<Listing> {
+    Json(state.registry.listing())
 }

@@ -110,13 +110,19 @@ impl Registry {
                 "must be 1 to 128 visible ASCII characters without `/`".into(),
             ));
         }
-        match reqwest::Url::parse(&registration.base_url) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {}
-            _ => {
-                return Err(Refused::Invalid(
-                    "base_url",
-                    "must be an http:// or https:// URL".into(),
-                ));
+        for (field, url) in [
+            ("base_url", &registration.base_url),
+            ("bus_url", &registration.bus_url),
+        ] {
+            match reqwest::Url::parse(url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {
+                }
+                _ => {
+                    return Err(Refused::Invalid(
+                        field,
+                        "must be an http:// or https:// URL".into(),
+                    ));
+                }
             }
         }
         if registration.modules.is_empty() {
@@ -239,6 +245,7 @@ impl Registry {
                         instance_id: id.clone(),
                         process: entry.registration.process.clone(),
                         base_url: entry.registration.base_url.clone(),
+                        bus_url: entry.registration.bus_url.clone(),
                         transport: hosted.transport,
                         registered_at_ms: entry.registered_at_ms,
                         last_heartbeat_ms: if state.own.as_ref() == Some(id) {
@@ -263,8 +270,12 @@ impl Registry {
         Listing { modules }
     }
 
-    /// The base URLs of `module`'s healthy instances.
+    /// The public base URLs of `module`'s healthy instances.
     pub(crate) fn healthy(&self, module: &str) -> Vec<String> {
+        self.healthy_urls(module, |r| &r.base_url)
+    }
+
+    fn healthy_urls(&self, module: &str, url: impl Fn(&Registration) -> &String) -> Vec<String> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         state
             .instances
@@ -273,7 +284,7 @@ impl Registry {
                 entry.registration.modules.iter().any(|m| m.name == module)
                     && self.health(&state, id, entry) == Health::Healthy
             })
-            .map(|(_, entry)| entry.registration.base_url.clone())
+            .map(|(_, entry)| url(&entry.registration).clone())
             .collect()
     }
 
@@ -296,8 +307,9 @@ impl Registry {
 }
 
 impl Instances for Registry {
+    /// The internal listeners of `module`'s healthy instances, for the bus.
     fn instances(&self, module: &str) -> Vec<String> {
-        self.healthy(module)
+        self.healthy_urls(module, |r| &r.bus_url)
     }
 }
 
