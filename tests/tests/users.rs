@@ -19,7 +19,68 @@ on_every_topology!(
     protected_routes_need_a_valid_token,
     changing_ones_password_needs_the_current_one,
     the_last_admin_cannot_be_deleted,
+    a_deleted_accounts_token_is_refused_on_every_route,
+    a_token_older_than_a_password_change_is_refused_and_a_new_one_works,
 );
+
+/// A route of every module that a customer's own token opens (payments': one that would,
+/// were the payment there). Wherever the module runs, a revoked token is refused on each.
+fn routes_of_every_module(id: &str) -> Vec<String> {
+    vec![
+        format!("/api/v1/users/{id}"),
+        format!("/api/v1/users/{id}/overview"),
+        format!("/api/v1/carts/{id}"),
+        format!("/api/v1/orders/user/{id}"),
+        "/api/v1/notifications".to_owned(),
+        format!("/api/v1/payments/{}", uuid::Uuid::now_v7()),
+        format!("/api/v1/inventory/{}", uuid::Uuid::now_v7()),
+    ]
+}
+
+/// Waits until `token` is refused with 401 on every route of [`routes_of_every_module`].
+async fn refused_everywhere(app: &TestApp, id: &str, token: &str) {
+    banyan_e2e::eventually("the revoked token is refused on every route", || async {
+        for route in routes_of_every_module(id) {
+            if app.get(&route, Some(token)).await.status != StatusCode::UNAUTHORIZED {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
+async fn a_deleted_accounts_token_is_refused_on_every_route(app: &TestApp) {
+    let (id, token) = app.customer("kate").await;
+    let cart = format!("/api/v1/carts/{id}");
+    assert_eq!(app.get(&cart, Some(&token)).await.status, StatusCode::OK);
+    let deleted = app
+        .delete(&format!("/api/v1/users/{id}"), Some(&token))
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
+    refused_everywhere(app, &id, &token).await;
+    let reply = app.get(&cart, Some(&token)).await;
+    assert_eq!(reply.error_code(), "unauthorized", "{}", reply.text);
+}
+
+async fn a_token_older_than_a_password_change_is_refused_and_a_new_one_works(app: &TestApp) {
+    let (id, old) = app.customer("liam").await;
+    let changed = app
+        .put(
+            &format!("/api/v1/users/{id}"),
+            Some(&old),
+            json!({ "password": "liam-new-password", "current_password": "liam-secret-pw" }),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.text);
+    // A login right after the change: its token is newer than the revocation.
+    let new = app.login("liam", "liam-new-password").await;
+    refused_everywhere(app, &id, &old).await;
+    for route in [format!("/api/v1/carts/{id}"), format!("/api/v1/users/{id}")] {
+        let reply = app.get(&route, Some(&new)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{route}: {}", reply.text);
+    }
+}
 
 async fn changing_ones_password_needs_the_current_one(app: &TestApp) {
     let (id, token) = app.customer("jill").await;
@@ -252,7 +313,8 @@ async fn an_account_changes_its_email_and_password_but_not_its_role(app: &TestAp
         .await;
     assert_eq!(changed.status, StatusCode::OK, "{}", changed.text);
     assert_eq!(changed.body["email"], "gina@new.example.test");
-    app.login("gina", "gina-new-password").await;
+    // The change revoked the old token: the rest goes on with a new one.
+    let token = app.login("gina", "gina-new-password").await;
 
     app.customer("hank").await;
     let taken = app

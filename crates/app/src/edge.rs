@@ -146,6 +146,44 @@ pub(crate) async fn method_not_allowed() -> ApiError {
 }
 
 /// Lets a module's extractors find the authenticator.
+/// A request that carries `authorization` is answered 401 unless its bearer token is one this
+/// shop issued and still accepts (not forged, expired or revoked), on every route, public ones
+/// too: so a route answers the same whichever process serves it, and a bad token never
+/// reaches the gateway. The accepted caller is kept for the [`Caller`] extractor.
+///
+/// [`Caller`]: banyan_kit::auth::Caller
+pub(crate) async fn refuse_bad_tokens(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !request
+        .headers()
+        .contains_key(axum::http::header::AUTHORIZATION)
+    {
+        return next.run(request).await;
+    }
+    let verified = match request
+        .extensions()
+        .get::<Arc<banyan_kit::auth::Authenticator>>()
+    {
+        Some(auth) => match banyan_kit::auth::bearer_token(request.headers()) {
+            Some(token) => auth.verify(token),
+            None => Err(ApiError::unauthorized(
+                "the Authorization header must be `Bearer <token>`",
+            )),
+        },
+        None => Err(ApiError::internal("no authenticator installed")),
+    };
+    match verified {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(refused) => refused.into_response(),
+    }
+}
+
 pub(crate) fn authenticator_layer(
     auth: Arc<banyan_kit::auth::Authenticator>,
 ) -> axum::Extension<Arc<banyan_kit::auth::Authenticator>> {

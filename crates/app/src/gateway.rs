@@ -2,8 +2,9 @@
 //! hosted in another process are proxied to a healthy instance of it, round robin.
 //!
 //! Before anything is forwarded the gateway refuses a path that could resolve elsewhere than
-//! it reads (400) and a bearer token it does not accept (401): a forged or expired token never
-//! reaches a moved module. The request then goes as it came (method, path, query, body, the
+//! it reads (400); a bearer token main does not accept was answered 401 by its edge already
+//! (`edge::refuse_bad_tokens`), so a forged, expired or revoked token never reaches a moved
+//! module. The request then goes as it came (method, path, query, body, the
 //! end-to-end headers including `authorization`), without hop-by-hop headers (and those the
 //! `connection` header names) or the bus's own `banyan-*` headers, with `x-request-id` set to
 //! the request's correlation id and `traceparent` to the gateway's span, so the correlation
@@ -20,7 +21,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use banyan_bus::Context;
-use banyan_kit::{ApiError, auth::Authenticator};
+use banyan_kit::ApiError;
 
 use crate::{edge, registry::Registry, topology::TopologyConfig};
 
@@ -101,9 +102,6 @@ impl Gateway {
         let module = edge::module_of_path(request.uri().path());
         if module == "app" || self.topology.hosts(module) {
             return edge::not_found().await.into_response();
-        }
-        if let Err(refused) = accepted_token(&request) {
-            return refused.into_response();
         }
         self.proxy(module, request)
             .await
@@ -186,24 +184,6 @@ impl Gateway {
             refused.len()
         )))
     }
-}
-
-/// A request with `authorization` goes on only if its bearer token is one this shop issued
-/// and still accepts; one without goes on (the module decides what is public).
-fn accepted_token(request: &Request) -> Result<(), ApiError> {
-    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
-        return Ok(());
-    };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::unauthorized("the authorization header is not a bearer token"))?;
-    let auth = request
-        .extensions()
-        .get::<Arc<Authenticator>>()
-        .ok_or_else(|| ApiError::internal("the edge installs the authenticator"))?;
-    auth.verify(token.trim()).map(|_| ())
 }
 
 /// Refuses a path that could resolve elsewhere than it reads: a dot segment (`.`, `..`), an

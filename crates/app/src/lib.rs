@@ -17,6 +17,8 @@
 //! - `registry`: the main process's registry of instances, and the other processes' side of it
 //!   (registration, heartbeat, the directory they route by).
 //! - `gateway`: the main process proxies the routes of modules hosted elsewhere.
+//! - `revocation`: every hosted module follows `users.tokens_revoked.v1` into its own table
+//!   and the process's authenticator, which then refuses the account's older tokens.
 //! - `cli`: `banyan serve [--process <name>]`, `banyan seed`, `banyan dead-letters list|replay`.
 //! - `seed`: demo data through the modules' own routes.
 //! - `telemetry`: JSON logs.
@@ -29,6 +31,7 @@ pub mod modules;
 mod openapi;
 mod operations;
 pub mod registry;
+mod revocation;
 pub mod secrets;
 mod seed;
 pub mod server;

@@ -86,10 +86,15 @@ impl Server {
             let db = Db::open(
                 name,
                 &settings.database,
-                &[&*banyan_bus::MESSAGING_MIGRATIONS, module.migrations()],
+                &[
+                    &*banyan_bus::MESSAGING_MIGRATIONS,
+                    &*crate::revocation::REVOCATION_MIGRATIONS,
+                    module.migrations(),
+                ],
             )
             .await?;
             let outbox = Outbox::start(&bus, db.clone());
+            crate::revocation::follow(&ModuleBus::new(&bus, name), &outbox, &auth).await?;
             let ctx = ModuleContext {
                 bus: ModuleBus::new(&bus, name),
                 db: db.clone(),
@@ -161,7 +166,8 @@ impl Server {
                 .layer(middleware::from_fn_with_state(limits, edge::context))
                 .layer(CatchPanicLayer::custom(edge::panic_response))
         };
-        let router = edged(routes);
+        // Public routes only: the internal listener's callers carry the processes' secret.
+        let router = edged(routes.layer(middleware::from_fn(edge::refuse_bad_tokens)));
         if split.is_some() {
             let mut routes = edged(
                 internal

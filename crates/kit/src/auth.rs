@@ -3,7 +3,11 @@
 //! The [`Authenticator`] is put into every request's extensions by the app, so that the
 //! [`Caller`] extractor works in any module's router without the module holding the key.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -71,6 +75,10 @@ struct Claims {
     iss: String,
     aud: String,
     iat: u64,
+    /// `iat` in milliseconds, so that a token issued just after a revocation (a login right
+    /// after a password change) is told from one issued just before it.
+    #[serde(default)]
+    iat_ms: u64,
     nbf: u64,
     exp: u64,
 }
@@ -81,6 +89,9 @@ pub struct Authenticator {
     decoding: DecodingKey,
     validation: Validation,
     ttl: Duration,
+    /// Per account, the instant (ms) before which its tokens are refused: fed by
+    /// `users.tokens_revoked.v1` in every process (see [`Authenticator::revoke`]).
+    revoked: RwLock<HashMap<Uuid, u64>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -116,17 +127,41 @@ impl Authenticator {
             decoding: DecodingKey::from_secret(secret),
             validation,
             ttl,
+            revoked: RwLock::default(),
         })
     }
 
+    /// Refuses from now on every token of `user` issued before `not_before_ms`. Keeps the
+    /// latest instant per account, and forgets those older than a token's lifetime (no token
+    /// they could refuse is still valid), so the map stays as small as the recent revocations.
+    pub fn revoke(&self, user: Uuid, not_before_ms: u64) {
+        let now_ms = jsonwebtoken::get_current_timestamp() * 1000;
+        let horizon = now_ms.saturating_sub(self.ttl.as_millis() as u64 + 60_000);
+        let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
+        revoked.retain(|_, instant| *instant >= horizon);
+        if not_before_ms >= horizon {
+            let instant = revoked.entry(user).or_default();
+            *instant = (*instant).max(not_before_ms);
+        }
+    }
+
+    /// How many accounts have revoked tokens that could still be presented.
+    pub fn revocations(&self) -> usize {
+        self.revoked.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     pub fn issue(&self, user: Uuid, role: Role) -> Result<Token, ApiError> {
-        let now = jsonwebtoken::get_current_timestamp();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let now = now_ms / 1000;
         let claims = Claims {
             sub: user,
             role,
             iss: ISSUER.to_owned(),
             aud: AUDIENCE.to_owned(),
             iat: now,
+            iat_ms: now_ms,
             nbf: now,
             exp: now + self.ttl.as_secs(),
         };
@@ -148,6 +183,20 @@ impl Authenticator {
         if data.claims.iat > jsonwebtoken::get_current_timestamp() + self.validation.leeway {
             return Err(invalid());
         }
+        let issued_ms = match data.claims.iat_ms {
+            0 => data.claims.iat * 1000,
+            ms => ms,
+        };
+        let revoked = self.revoked.read().unwrap_or_else(|e| e.into_inner());
+        if revoked
+            .get(&data.claims.sub)
+            .is_some_and(|not_before| issued_ms < *not_before)
+        {
+            return Err(ApiError::unauthorized(
+                "the token was revoked (the account was deleted or its password changed)",
+            ));
+        }
+        drop(revoked);
         Ok(Caller {
             user_id: data.claims.sub,
             role: data.claims.role,
@@ -187,6 +236,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        // Verified already by the app's edge, which refuses a request with a bad token.
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(*caller);
+        }
         let authenticator = parts
             .extensions
             .get::<Arc<Authenticator>>()
@@ -274,6 +327,31 @@ mod tests {
             auth.verify(&forged(secret, bare)).is_err(),
             "claims missing"
         );
+    }
+
+    #[test]
+    fn a_revoked_token_is_refused_and_one_issued_after_the_revocation_works() {
+        let auth = Authenticator::new(b"0123456789abcdef0123456789abcdef", Duration::from_secs(60));
+        let (user, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let before = auth.issue(user, Role::Customer).unwrap().access_token;
+        let others = auth.issue(other, Role::Customer).unwrap().access_token;
+        std::thread::sleep(Duration::from_millis(2));
+        let now_ms = jsonwebtoken::get_current_timestamp() * 1000;
+        let revoked_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        auth.revoke(user, revoked_at);
+        // An older revocation changes nothing; one past every token's life is forgotten.
+        auth.revoke(user, revoked_at - 1);
+        auth.revoke(Uuid::now_v7(), now_ms - 3_600_000);
+        assert_eq!(auth.revocations(), 1);
+        std::thread::sleep(Duration::from_millis(2));
+        let after = auth.issue(user, Role::Customer).unwrap().access_token;
+        let error = auth.verify(&before).unwrap_err();
+        assert_eq!(error.status, axum::http::StatusCode::UNAUTHORIZED);
+        assert!(auth.verify(&after).is_ok(), "a login after the revocation");
+        assert!(auth.verify(&others).is_ok(), "another account's token");
     }
 
     #[test]

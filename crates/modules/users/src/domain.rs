@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use banyan_bus::{Context, Outbox};
+use banyan_bus::{Context, Outbox, UnitOfWork};
 use banyan_kit::auth::Role;
-use banyan_users_contract::{UserId, UserRegistered};
+use banyan_users_contract::{TokensRevoked, UserId, UserRegistered};
 use uuid::Uuid;
 
 use crate::{
@@ -150,6 +150,7 @@ pub(crate) struct Changes {
 pub(crate) async fn change(
     outbox: &Outbox,
     hasher: &Hasher,
+    cx: &Context,
     id: Uuid,
     by_owner: bool,
     changes: Changes,
@@ -189,12 +190,15 @@ pub(crate) async fn change(
         .await
         .map_err(Error::taken_or_storage)?
         .ok_or(Error::NotFound(id))?;
+    if hash.is_some() {
+        revoke_tokens(&mut uow, cx, id, "password_changed").await?;
+    }
     uow.commit().await.map_err(Error::taken_or_storage)?;
     Ok(user)
 }
 
 /// Deletes an account; never the last admin.
-pub(crate) async fn delete(outbox: &Outbox, id: Uuid) -> Result<(), Error> {
+pub(crate) async fn delete(outbox: &Outbox, cx: &Context, id: Uuid) -> Result<(), Error> {
     let mut uow = outbox.begin().await?;
     let (role, admins) = store::role_and_admins(&mut uow, id).await?;
     if role.as_deref() == Some(Role::Admin.as_str()) && admins <= 1 {
@@ -203,8 +207,25 @@ pub(crate) async fn delete(outbox: &Outbox, id: Uuid) -> Result<(), Error> {
     if !store::delete(&mut uow, id).await? {
         return Err(Error::NotFound(id));
     }
+    revoke_tokens(&mut uow, cx, id, "deleted").await?;
     uow.commit().await?;
     tracing::info!(user_id = %id, "Account deleted.");
+    Ok(())
+}
+
+/// Announces, in the unit of work, that every token of `id` issued until now stops working.
+async fn revoke_tokens(
+    uow: &mut UnitOfWork,
+    cx: &Context,
+    id: Uuid,
+    reason: &str,
+) -> Result<(), Error> {
+    let revoked = TokensRevoked {
+        user_id: UserId(id),
+        not_before_ms: banyan_db::now_millis(),
+        reason: reason.to_owned(),
+    };
+    uow.emit(cx, revoked).await?;
     Ok(())
 }
 

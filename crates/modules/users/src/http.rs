@@ -286,6 +286,7 @@ struct AccountChanges {
 )]
 async fn update(
     axum::extract::State(state): AppState,
+    cx: Cx,
     caller: Caller,
     Path(id): Path<Uuid>,
     Json(changes): Json<AccountChanges>,
@@ -297,7 +298,7 @@ async fn update(
         current_password: changes.current_password,
     };
     let by_owner = caller.user_id == id;
-    let user = domain::change(&state.outbox, &state.hasher, id, by_owner, changes).await?;
+    let user = domain::change(&state.outbox, &state.hasher, &cx, id, by_owner, changes).await?;
     Ok(Json(user.into()))
 }
 
@@ -321,11 +322,12 @@ async fn update(
 )]
 async fn delete(
     axum::extract::State(state): AppState,
+    cx: Cx,
     caller: Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
     owned(&caller, id)?;
-    domain::delete(&state.outbox, id).await?;
+    domain::delete(&state.outbox, &cx, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -17,6 +17,20 @@ pub struct UserRegistered {
 
 banyan_message::event!(UserRegistered, "users.user_registered.v1", |e| e.user_id.0);
 
+/// Every token of the account issued before `not_before_ms` stops working, in every process:
+/// the account was deleted or its password changed. Each process keeps the latest instant per
+/// account (see `banyan_kit::auth::Authenticator::revoke`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokensRevoked {
+    pub user_id: UserId,
+    /// Milliseconds since the epoch; tokens issued earlier are refused.
+    pub not_before_ms: i64,
+    /// Why: `deleted` or `password_changed`.
+    pub reason: String,
+}
+
+banyan_message::event!(TokensRevoked, "users.tokens_revoked.v1", |e| e.user_id.0);
+
 /// Looks up an account's public profile. Rejected with `not_found` for an unknown id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GetUser {
