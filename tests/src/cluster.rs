@@ -18,9 +18,6 @@ use serde_json::{Value, json};
 
 use crate::process::BanyanProcess;
 
-/// The secret every process of a test cluster shares.
-pub const SECRET: &str = "topology-test-secret-0123456789abcdef";
-
 /// How long a cluster waits for a condition before it gives up (a hang guard, never a timing).
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -115,7 +112,6 @@ impl Topology {
             .collect();
         settings.push(("topology.heartbeat_ms".into(), json!(200)));
         settings.push(("topology.instance_ttl_ms".into(), json!(1000)));
-        settings.push(("topology.http.secret".into(), json!(SECRET)));
         if let Some(nats) = nats {
             settings.push((
                 "topology.nats".into(),
@@ -137,7 +133,7 @@ pub struct Cluster {
     config: PathBuf,
     client: reqwest::Client,
     // Dropped last: the stream outlives the processes that use it.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     pub nats: Option<TestStream>,
 }
 
@@ -155,8 +151,14 @@ impl Cluster {
         for (key, value) in topology.settings(nats.as_ref()) {
             figment = banyan_app::config::with(figment, &key, value);
         }
-        let config: figment::value::Value = figment.extract().expect("the settings extract");
         let dir = tempfile::tempdir().expect("a temporary directory");
+        // Each process's development identity, kept here: the cluster's own keys.
+        let figment = banyan_app::config::with(
+            figment,
+            "server.state_dir",
+            dir.path().display().to_string(),
+        );
+        let config: figment::value::Value = figment.extract().expect("the settings extract");
         let path = dir.path().join("banyan.toml");
         std::fs::write(
             &path,
@@ -171,7 +173,7 @@ impl Cluster {
             topology: topology.clone(),
             config: path,
             client: reqwest::Client::new(),
-            _dir: dir,
+            dir,
             nats,
         };
         for name in &topology.processes {
@@ -225,12 +227,19 @@ impl Cluster {
         self.others.remove(index).1
     }
 
-    /// `GET /api/v1/services` on main's internal listener, with the shared secret.
+    /// A token that process `process` of this cluster would present (signed with its
+    /// development key), to act as it.
+    pub fn credential(&self, process: &str) -> String {
+        banyan_app::identity::development_credential(self.dir.path(), process)
+            .expect("a development credential")
+    }
+
+    /// `GET /api/v1/services` on main's internal listener, as main.
     pub async fn services(&self) -> Value {
         let reply = crate::send(
             self.client
                 .get(self.main.internal_url("/api/v1/services"))
-                .bearer_auth(SECRET),
+                .bearer_auth(self.credential("main")),
         )
         .await;
         assert!(reply.status.is_success(), "services: {}", reply.text);

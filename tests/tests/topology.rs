@@ -2,13 +2,13 @@
 //! and registry) and the processes hosting the modules moved out of it, over HTTP or NATS (see
 //! `banyan_e2e::cluster`). The shop's own suites run in the ready-made topologies through
 //! `on_every_topology!`; this file checks what only a split shows: each of the seven modules
-//! moved in turn, the registry, the gateway, the shared secret, balancing and correlation ids.
+//! moved in turn, the registry, the gateway, the internal listener, balancing and correlation ids.
 
 #![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
 
 use banyan_e2e::{
     Engine, TestApp,
-    cluster::{SECRET, Topology, Transport},
+    cluster::{Topology, Transport},
     eventually,
     process::BanyanProcess,
     send,
@@ -364,13 +364,14 @@ async fn the_registry_lists_instances_and_a_killed_one_leaves_rotation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_bus_and_the_registry_answer_on_the_internal_listener_only_and_with_the_secret() {
+async fn the_bus_and_the_registry_answer_on_the_internal_listener_only_and_to_processes_only() {
     let app = split(Topology::one("payments", Transport::Http))
         .await
         .unwrap();
     let payments = app.cluster().process("payments");
     let main = &app.cluster().main;
     let admin = app.admin_token().await;
+    let as_main = app.cluster().credential("main");
     let client = &app.client;
     let post = |url: String, token: Option<&str>, body: &str| {
         let mut request = client
@@ -396,14 +397,14 @@ async fn the_bus_and_the_registry_answer_on_the_internal_listener_only_and_with_
         ),
         ("/api/v1/services/register", registration.as_str()),
     ];
-    // The public port of every process: not there at all, whatever the caller carries (the
-    // processes' secret is no user's token: the edge refuses it with 401 before routing).
+    // The public port of every process: not there at all, whatever the caller carries (a
+    // process's token is no user's token: the edge refuses it with 401 before routing).
     for process in [main, payments] {
         for (path, body) in internal_paths {
             for (token, status) in [
                 (None, StatusCode::NOT_FOUND),
                 (Some(admin.as_str()), StatusCode::NOT_FOUND),
-                (Some(SECRET), StatusCode::UNAUTHORIZED),
+                (Some(as_main.as_str()), StatusCode::UNAUTHORIZED),
             ] {
                 let reply = post(process.url(path), token, body).await;
                 assert_eq!(
@@ -414,7 +415,7 @@ async fn the_bus_and_the_registry_answer_on_the_internal_listener_only_and_with_
             }
         }
     }
-    // The internal listeners: no secret, a wrong one, a user's token are refused.
+    // The internal listeners: no token, a made-up one, a user's token are refused.
     for process in [main, payments] {
         for (path, body) in internal_paths {
             if path.contains("services") && process.name != "main" {
@@ -436,10 +437,10 @@ async fn the_bus_and_the_registry_answer_on_the_internal_listener_only_and_with_
             }
         }
     }
-    // With the secret they are served (an empty envelope is refused as malformed).
+    // With a process's token they are served (an empty envelope is refused as malformed).
     let reply = post(
         payments.internal_url("/bus/v1/requests/payments.get_payment.v1"),
-        Some(SECRET),
+        Some(&as_main),
         "{}",
     )
     .await;
@@ -452,13 +453,13 @@ async fn the_bus_and_the_registry_answer_on_the_internal_listener_only_and_with_
         reply.status,
         reply.text
     );
-    // The listing: on the public port for admins only (the processes' secret is no token).
+    // The listing: on the public port for admins only (a process's token is no user's).
     let reply = app.get("/api/v1/services", None).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
     let (_, customer) = app.customer("not-an-admin").await;
     let reply = app.get("/api/v1/services", Some(&customer)).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text);
-    let reply = app.get("/api/v1/services", Some(SECRET)).await;
+    let reply = app.get("/api/v1/services", Some(&as_main)).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
     let reply = app.get("/api/v1/services", Some(&admin)).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
@@ -466,7 +467,7 @@ async fn the_bus_and_the_registry_answer_on_the_internal_listener_only_and_with_
     assert_eq!(
         healthy[0]["base_url"],
         payments.url(""),
-        "nothing was registered without the secret"
+        "nothing was registered by an unknown caller"
     );
     assert_eq!(healthy[0]["bus_url"], payments.internal_url(""));
     app.stop().await;
@@ -569,7 +570,7 @@ async fn two_payments_instances_on_postgres_charge_every_order_of_a_burst_once()
 
 // ------------------------------------------------------------------------------ bad wire
 
-/// Bad messages on both wires: pushed to notifications' HTTP event endpoint (with the secret)
+/// Bad messages on both wires: pushed to notifications' HTTP event endpoint (as main, which hosts users)
 /// and published on payments' JetStream subjects. Each is refused with a WARN line and kept in
 /// the receiving module's dead letters; both processes carry on and a checkout still works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -611,7 +612,7 @@ async fn bad_messages_on_the_wire_are_dead_lettered_and_the_processes_carry_on()
                     notifications
                         .internal_url(&format!("/bus/v1/events/{subject}?module=notifications")),
                 )
-                .bearer_auth(SECRET)
+                .bearer_auth(cluster.credential("main"))
                 .headers(headers)
                 .body(body),
         )

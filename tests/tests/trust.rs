@@ -139,10 +139,10 @@ async fn a_process_listening_beyond_loopback_starts_only_with_secrets_of_its_own
             "auth.jwt_secret",
         ),
         (
-            "a split without its shared secret",
+            "a split without the process's identity key",
             &["--config", split],
             vec![own_key],
-            "topology.http.secret",
+            "topology.identity.key",
         ),
     ];
     for (case, args, env, key) in cases {
@@ -187,5 +187,118 @@ async fn a_split_refuses_tokens_signed_with_any_shipped_secret() {
     )
     .await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
+    app.stop().await;
+}
+
+/// A registration of an instance of `module` in `process`, at a listener nobody serves.
+fn registration(instance: &str, process: &str, module: &str) -> serde_json::Value {
+    serde_json::json!({
+        "instance_id": instance, "process": process,
+        "base_url": "http://127.0.0.1:9", "bus_url": "http://127.0.0.1:9",
+        "modules": [{ "name": module, "transport": "http", "subscriptions": [] }],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_speaks_only_as_itself_and_only_for_its_own_modules() {
+    let Some(app) = TestApp::spawn_split(
+        Engine::Sqlite,
+        Topology::one("payments", banyan_e2e::cluster::Transport::Http),
+        |figment| figment,
+    )
+    .await
+    else {
+        return;
+    };
+    let cluster = app.cluster();
+    let main = &cluster.main;
+    let as_payments = cluster.credential("payments");
+    // Another key that says it is payments: what a rogue with the configuration file has.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let as_rogue =
+        banyan_app::identity::development_credential(elsewhere.path(), "payments").unwrap();
+    let client = &app.client;
+    let register = |token: Option<String>, body: serde_json::Value| {
+        let mut request = client
+            .post(main.internal_url("/api/v1/services/register"))
+            .json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        send(request)
+    };
+    for (case, token, body, status) in [
+        (
+            "no identity",
+            None,
+            registration("intruder", "payments", "payments"),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "another key as payments",
+            Some(as_rogue.clone()),
+            registration("intruder", "payments", "payments"),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "payments as main",
+            Some(as_payments.clone()),
+            registration("intruder", "main", "orders"),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "payments registering orders",
+            Some(as_payments.clone()),
+            registration("intruder", "payments", "orders"),
+            StatusCode::CONFLICT,
+        ),
+    ] {
+        let reply = register(token, body).await;
+        assert_eq!(reply.status, status, "{case}: {}", reply.text);
+    }
+
+    // Events: payments may not publish orders', a rogue nothing at all; requests need an
+    // identity too.
+    let push = |subject: &str, token: &str| {
+        send(
+            client
+                .post(main.internal_url(&format!("/bus/v1/events/{subject}?module=notifications")))
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body("{}"),
+        )
+    };
+    let reply = push("orders.order_confirmed.v1", &as_payments).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text);
+    let reply = push("payments.payment_completed.v1", &as_rogue).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
+    let reply = send(
+        client
+            .post(main.internal_url("/bus/v1/requests/users.get_user.v1"))
+            .bearer_auth(&as_rogue)
+            .header("content-type", "application/json")
+            .body("{}"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
+
+    // Nor can payments take main's own instance out of rotation.
+    let services = cluster.services().await;
+    let main_instance = services["modules"]["orders"]["instances"][0]["instance_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reply = send(
+        client
+            .delete(main.internal_url(&format!("/api/v1/services/{main_instance}")))
+            .bearer_auth(&as_payments),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
+
+    // Nothing rogue is in rotation: the only payments instance is the real one.
+    let healthy = cluster.healthy("payments", 1).await;
+    assert_eq!(healthy[0]["base_url"], cluster.process("payments").url(""));
+    assert!(!cluster.services().await.to_string().contains("intruder"));
     app.stop().await;
 }

@@ -37,6 +37,20 @@ enum Command {
     /// List and replay events that failed every delivery attempt.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// Make a process's identity: an Ed25519 key for it, and its public key for every
+    /// process's configuration.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum IdentityCommand {
+    /// Print a new key pair, as TOML.
+    New {
+        /// The process it is for (named in the output).
+        #[arg(long, value_name = "NAME", default_value = "main")]
+        process: String,
+    },
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -80,6 +94,17 @@ enum DeadLetterCommand {
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
+    // Needs no configuration.
+    if let Command::Identity(IdentityCommand::New { process }) = &command {
+        let (key, public) = crate::identity::new_key_pair();
+        println!(
+            "# For process `{process}` only, secret: BANYAN_TOPOLOGY__IDENTITY__KEY, or\n\
+             # [topology.identity] key = \"{key}\"\n\
+             # For every process's configuration:\n\
+             [topology.identity.public_keys]\n{process} = \"{public}\""
+        );
+        return ExitCode::SUCCESS;
+    }
     let mut figment = match config::layers(&cli.config) {
         Ok(figment) => figment,
         Err(error) => {
@@ -147,6 +172,7 @@ pub async fn main() -> ExitCode {
             crate::seed::run(settings, figment).await
         }
         Command::DeadLetters(command) => dead_letters(settings, command).await,
+        Command::Identity(_) => unreachable!("answered before the configuration"),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -171,15 +171,8 @@ impl Settings {
     ) -> Result<Vec<(&'static str, Origin)>, ConfigError> {
         let exposed = listening.iter().find(|addr| !addr.ip().is_loopback());
         let dir = self.server.state_dir.clone();
-        let mut slots = vec![("auth.jwt_secret", "jwt_secret", &mut self.auth.jwt_secret)];
-        if self.topology.is_active() {
-            slots.push((
-                "topology.http.secret",
-                "bus_secret",
-                &mut self.topology.http.secret,
-            ));
-        }
-        slots
+        // The split's processes prove themselves with keys of their own: see `identity`.
+        [("auth.jwt_secret", "jwt_secret", &mut self.auth.jwt_secret)]
             .into_iter()
             .map(|(key, file, slot)| {
                 secrets::fill(slot, file, &dir, exposed)
@@ -299,15 +292,10 @@ mod tests {
     #[test]
     fn a_topology_is_read_and_checked_by_key() {
         let base = || {
-            let figment = with(
+            with(
                 Figment::from(Toml::string(DEFAULTS)),
                 "topology.modules.payments",
                 serde_json::json!({ "process": "payments", "transport": "http" }),
-            );
-            with(
-                figment,
-                "topology.http.secret",
-                "0123456789abcdef0123456789abcdef",
             )
         };
         let settings = load(&base()).unwrap();
@@ -329,13 +317,13 @@ mod tests {
             error.contains("topology.modules.payments.transport"),
             "{error}"
         );
-        let error = load(&with(base(), "topology.http.secret", "short"))
+        let error = load(&with(base(), "topology.identity.key", "short-key"))
             .unwrap_err()
             .to_string();
-        assert!(error.contains("topology.http.secret"), "{error}");
+        assert!(error.contains("topology.identity.key"), "{error}");
         assert!(
-            !error.contains("short"),
-            "the secret is not echoed: {error}"
+            !error.contains("short-key"),
+            "the key is not echoed: {error}"
         );
     }
 

@@ -3,8 +3,10 @@
 //! # Layout
 //! - `config`: the figment layers (defaults, `--config` files, `BANYAN_*`, flags) and
 //!   validation that names the bad key.
-//! - `secrets`: the JWT key and the split's shared secret, configured or (on loopback only)
-//!   generated once into the state directory; published and short ones refused.
+//! - `secrets`: the JWT key, configured or (on loopback only) generated once into the state
+//!   directory; published and short ones refused.
+//! - `identity`: each process of a split its own Ed25519 key; the tokens its calls carry, and
+//!   what a caller process may hand in (the events of its own modules only).
 //! - `modules`: every module Banyan has, the one list the rest is built from.
 //! - `server`: builds a process from its modules (storage, migrations, outbox relay, bus
 //!   handlers, routes) and serves it; one path drains and closes it.
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod config;
 mod edge;
 mod gateway;
+pub mod identity;
 pub mod modules;
 mod openapi;
 mod operations;

@@ -1,7 +1,8 @@
-//! The secrets a process needs: the JWT signing key and, in a split, the secret its processes
-//! share. Either configured, or — for a development run that listens on loopback only —
-//! generated once and kept in `server.state_dir`, so `cargo run` needs no setup and every
-//! process of a split started from the same directory shares them.
+//! The secrets a process needs: the JWT signing key (and, through [`generated_with`], the
+//! development identities of `crate::identity`). Either configured, or — for a development
+//! run that listens on loopback only — generated once and kept in `server.state_dir`, so
+//! `cargo run` needs no setup and every process of a split started from the same directory
+//! shares them.
 //!
 //! Nothing shipped in a file opens anything: the defaults carry no secret, a secret Banyan
 //! once published is refused, and a process listening beyond loopback starts only with
@@ -80,16 +81,23 @@ pub fn check(secret: &str) -> Result<(), &'static str> {
 /// A random value kept in `dir/name`: read if it is there, else made once. Two processes
 /// starting together agree on one: the first link wins, the other reads it.
 pub fn generated(dir: &Path, name: &str) -> io::Result<String> {
+    generated_with(dir, name, || {
+        rand::rng()
+            .sample_iter(Alphanumeric)
+            .take(48)
+            .map(char::from)
+            .collect()
+    })
+}
+
+/// [`generated`], with the value made by `make` (at least 32 visible ASCII bytes).
+pub fn generated_with(dir: &Path, name: &str, make: impl FnOnce() -> String) -> io::Result<String> {
     let path = dir.join(name);
     if let Some(secret) = read(&path)? {
         return Ok(secret);
     }
     fs::create_dir_all(dir)?;
-    let secret: String = rand::rng()
-        .sample_iter(Alphanumeric)
-        .take(48)
-        .map(char::from)
-        .collect();
+    let secret = make();
     let draft = dir.join(format!(".{name}.{}.draft", uuid::Uuid::new_v4().simple()));
     write_private(&draft, &secret)?;
     let linked = fs::hard_link(&draft, &path);

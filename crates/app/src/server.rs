@@ -18,6 +18,7 @@ use crate::{
     config::Settings,
     edge,
     gateway::Gateway,
+    identity::Identity,
     modules::all_modules,
     openapi::{
         OPENAPI_PATH, check_schema_names, document_base, document_tags, serve_document,
@@ -49,11 +50,6 @@ impl Server {
         let Some(jwt_secret) = &settings.auth.jwt_secret else {
             anyhow::bail!("auth.jwt_secret is not set (`banyan serve` generates one on loopback)");
         };
-        if settings.topology.is_active() && settings.topology.http.secret.is_none() {
-            anyhow::bail!(
-                "topology.http.secret is not set (`banyan serve` generates one on loopback)"
-            );
-        }
         let bus = Bus::held(settings.bus.clone());
         let auth = Authenticator::new(
             jwt_secret.as_bytes(),
@@ -77,7 +73,13 @@ impl Server {
                 .map(|m| m.name())
                 .filter(|name| hosted_here(name))
                 .collect();
-            Some(wire_split(&bus, topology.clone(), here).await?)
+            let exposed = settings
+                .listening()
+                .into_iter()
+                .find(|addr| !addr.ip().is_loopback());
+            let identity = Identity::load(topology.clone(), &settings.server.state_dir, exposed)
+                .map_err(|(key, reason)| anyhow::anyhow!("invalid value for `{key}`: {reason}"))?;
+            Some(wire_split(&bus, topology.clone(), here, Arc::new(identity)).await?)
         } else {
             None
         };
@@ -139,7 +141,7 @@ impl Server {
                     )?);
                     let state = RegistryState {
                         registry: registry.clone(),
-                        secret: topology.http.secret().into(),
+                        peers: split.peers.clone(),
                     };
                     internal = Some(crate::registry::internal_routes(state.clone()));
                     routes
@@ -177,11 +179,11 @@ impl Server {
             );
             if topology.uses_http() {
                 // The bus's own endpoints: outside the edge (they carry their envelope, their
-                // shared secret and their own body limit) and outside the OpenAPI document.
-                routes = routes.merge(banyan_bus::http::routes(
-                    bus.clone(),
-                    topology.http.secret().into(),
-                ));
+                // callers' identities and their own body limit) and outside the OpenAPI document.
+                let peers = split.as_ref().map(|s| s.peers.clone());
+                if let Some(peers) = peers {
+                    routes = routes.merge(banyan_bus::http::routes(bus.clone(), peers));
+                }
             }
             internal = Some(routes);
         }

@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use banyan_bus::{
     Bus, Transport,
-    http::{HttpTransport, Instances, Subscribers},
+    http::{HttpTransport, Instances, Peers, Subscribers},
     nats::{self, NatsTransport, ServeHandle},
 };
 use tokio_util::sync::CancellationToken;
@@ -25,6 +25,8 @@ use crate::{
 pub(crate) struct Split {
     pub(crate) topology: Arc<TopologyConfig>,
     pub(crate) instance_id: String,
+    /// This process's identity, and what it lets other processes do.
+    pub(crate) peers: Arc<dyn Peers>,
     /// The modules hosted here.
     pub(crate) here: BTreeSet<&'static str>,
     /// The main process keeps the registry...
@@ -91,10 +93,10 @@ pub(crate) async fn wire_split(
     bus: &Bus,
     topology: Arc<TopologyConfig>,
     here: BTreeSet<&'static str>,
+    peers: Arc<dyn Peers>,
 ) -> anyhow::Result<Split> {
     let known: Vec<&'static str> = all_modules().iter().map(|m| m.name()).collect();
     let instance_id = Uuid::now_v7().to_string();
-    let secret = topology.http.secret();
     let (registry, directory) = if topology.is_main() {
         let registry = Arc::new(Registry::new(topology.clone(), known.clone()));
         (Some(registry), None)
@@ -118,7 +120,7 @@ pub(crate) async fn wire_split(
             transport: Arc::new(HttpTransport::new(
                 instances,
                 subscribers,
-                secret,
+                peers.clone(),
                 topology.http.transport_config(),
             )?),
             awareness,
@@ -167,7 +169,7 @@ pub(crate) async fn wire_split(
                 .connect_timeout(Duration::from_millis(topology.http.connect_timeout_ms))
                 .build()?,
             registry_url: topology.registry_url.clone(),
-            secret: secret.into(),
+            peers: peers.clone(),
             directory,
             period: topology.heartbeat(),
         })),
@@ -176,6 +178,7 @@ pub(crate) async fn wire_split(
     Ok(Split {
         topology,
         instance_id,
+        peers,
         here,
         registry,
         heartbeat,

@@ -8,14 +8,15 @@
 //! [topology.modules]
 //! payments = { process = "payments", transport = "http" }   # or "nats"
 //!
-//! [topology.http]
-//! secret = "at least 32 bytes, shared by every process"
 //! ```
+//!
+//! Each process proves which one it is with a key of its own (`[topology.identity]`, see
+//! [`crate::identity`]).
 //!
 //! With no module placed outside `main` the topology is *inactive*: the process is exactly the
 //! monolith (no registry, no gateway, no transports).
 
-use std::{collections::BTreeMap, fmt, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use banyan_bus::{http::HttpTransportConfig, nats::NatsConfig};
 use serde::{Deserialize, Serialize};
@@ -64,8 +65,10 @@ pub struct TopologyConfig {
     pub modules: BTreeMap<String, Placement>,
     /// The NATS adapter's settings, used when a module is reached over NATS.
     pub nats: NatsConfig,
-    /// The shared secret and the HTTP adapter's settings.
+    /// The HTTP adapter's settings.
     pub http: HttpSettings,
+    /// Each process's key, and every process's public key (see [`crate::identity`]).
+    pub identity: crate::identity::IdentityConfig,
     /// Where the other processes reach the main process's registry: its internal listener.
     pub registry_url: String,
     /// This process's public base URL as main's gateway reaches it; derived from the bound
@@ -91,6 +94,7 @@ impl Default for TopologyConfig {
             modules: BTreeMap::new(),
             nats: NatsConfig::default(),
             http: HttpSettings::default(),
+            identity: Default::default(),
             registry_url: format!("http://{MAIN_INTERNAL_ADDR}"),
             advertise_url: None,
             internal_addr: None,
@@ -101,14 +105,10 @@ impl Default for TopologyConfig {
     }
 }
 
-/// `[topology.http]`: the secret every call between processes carries, and the HTTP
-/// adapter's tunables (see [`HttpTransportConfig`]).
-#[derive(Clone, Deserialize)]
+/// `[topology.http]`: the HTTP adapter's tunables (see [`HttpTransportConfig`]).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
-    /// Sent as `authorization: Bearer <secret>` on bus calls and registrations; at least 32
-    /// bytes of visible ASCII. Required as soon as a module runs outside `main`.
-    pub secret: Option<String>,
     pub connect_timeout_ms: u64,
     pub event_timeout_ms: u64,
     pub publish_attempts: u32,
@@ -120,26 +120,12 @@ impl Default for HttpSettings {
     fn default() -> Self {
         let defaults = HttpTransportConfig::default();
         Self {
-            secret: None,
             connect_timeout_ms: defaults.connect_timeout_ms,
             event_timeout_ms: defaults.event_timeout_ms,
             publish_attempts: defaults.publish_attempts,
             backoff_base_ms: defaults.backoff_base_ms,
             backoff_max_ms: defaults.backoff_max_ms,
         }
-    }
-}
-
-impl fmt::Debug for HttpSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpSettings")
-            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
-            .field("connect_timeout_ms", &self.connect_timeout_ms)
-            .field("event_timeout_ms", &self.event_timeout_ms)
-            .field("publish_attempts", &self.publish_attempts)
-            .field("backoff_base_ms", &self.backoff_base_ms)
-            .field("backoff_max_ms", &self.backoff_max_ms)
-            .finish()
     }
 }
 
@@ -153,11 +139,6 @@ impl HttpSettings {
             backoff_base_ms: self.backoff_base_ms,
             backoff_max_ms: self.backoff_max_ms,
         }
-    }
-
-    /// The shared secret (validated to exist whenever the topology is active).
-    pub fn secret(&self) -> &str {
-        self.secret.as_deref().unwrap_or_default()
     }
 }
 
@@ -366,10 +347,7 @@ impl TopologyConfig {
                 "must be at least topology.http.backoff_base_ms".into(),
             );
         }
-        if let Some(secret) = &http.secret {
-            crate::secrets::check(secret)
-                .map_err(|reason| ("topology.http.secret".to_owned(), reason.to_owned()))?;
-        }
+        self.identity.validate()?;
         if self.is_active() && self.uses_nats() {
             self.nats
                 .validate()
@@ -414,9 +392,9 @@ mod tests {
                     )
                 })
                 .collect(),
-            http: HttpSettings {
-                secret: Some("0123456789abcdef0123456789abcdef".into()),
-                ..HttpSettings::default()
+            identity: crate::identity::IdentityConfig {
+                key: Some(crate::identity::new_key_pair().0),
+                ..Default::default()
             },
             ..TopologyConfig::default()
         }
@@ -458,10 +436,6 @@ mod tests {
         t.process = "nowhere".into();
         assert_eq!(key(&t), "topology.process");
         t = topology(&[("payments", "payments", TransportKind::Http)]);
-        // Unset is no error here: `secrets::resolve` generates one on loopback.
-        t.http.secret = Some("short".into());
-        assert_eq!(key(&t), "topology.http.secret");
-        t = topology(&[("payments", "payments", TransportKind::Http)]);
         t.registry_url = "nowhere".into();
         assert_eq!(key(&t), "topology.registry_url");
         t = topology(&[("payments", "payments", TransportKind::Http)]);
@@ -473,10 +447,11 @@ mod tests {
     }
 
     #[test]
-    fn the_secret_never_shows_in_debug() {
+    fn the_key_never_shows_in_debug() {
         let t = topology(&[("payments", "payments", TransportKind::Http)]);
         let text = format!("{t:?}");
-        assert!(!text.contains("0123456789abcdef"), "{text}");
+        let key = t.identity.key.clone().unwrap();
+        assert!(!text.contains(&key), "{text}");
         assert!(text.contains("<redacted>"));
     }
 

@@ -47,7 +47,6 @@ impl Cluster {
     pub(super) async fn start(exe: &Path, placement: &Placement) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("banyan-bench-").tempdir()?;
         std::fs::create_dir(dir.path().join("data"))?;
-        let secret = format!("{}{}", unique_suffix(), unique_suffix());
         let nats = match placement {
             Placement::Nats { url } => {
                 let unique = unique_suffix();
@@ -67,7 +66,7 @@ impl Cluster {
         let mut args = Vec::new();
         if let Some(transport) = transport {
             let config = dir.path().join("topology.toml");
-            std::fs::write(&config, topology(transport, &secret, nats.as_ref()))?;
+            std::fs::write(&config, topology(transport, nats.as_ref()))?;
             args = vec!["--config".to_owned(), config.display().to_string()];
         }
         let dir_path = dir.path().to_path_buf();
@@ -90,7 +89,7 @@ impl Cluster {
         ));
         args.extend(["--process".to_owned(), "payments".to_owned()]);
         cluster.payments = Some(Process::start(exe, &dir_path, "payments", &args, &env).await?);
-        cluster.payments_healthy(&secret).await?;
+        cluster.payments_healthy().await?;
         Ok(cluster)
     }
 
@@ -106,11 +105,19 @@ impl Cluster {
     }
 
     /// Waits until the registry lists a healthy payments instance.
-    pub(super) async fn payments_healthy(&self, secret: &str) -> anyhow::Result<()> {
+    pub(super) async fn payments_healthy(&self) -> anyhow::Result<()> {
+        // Asked as main, with its development key in the placement's state directory.
+        let credential =
+            banyan_app::identity::development_credential(&self._dir.path().join("data"), "main")?;
         let client = reqwest::Client::builder().no_proxy().build()?;
         let url = self.main.internal_url("/api/v1/services");
         eventually("a healthy payments instance in the registry", || async {
-            let response = client.get(&url).bearer_auth(secret).send().await.ok()?;
+            let response = client
+                .get(&url)
+                .bearer_auth(&credential)
+                .send()
+                .await
+                .ok()?;
             let services: Value = response.json().await.ok()?;
             services["modules"]["payments"]["instances"]
                 .as_array()?
@@ -144,10 +151,9 @@ impl Cluster {
 }
 
 /// The configuration file of a split placement: payments moved out over `transport`.
-pub(super) fn topology(transport: &str, secret: &str, nats: Option<&NatsCorner>) -> String {
+pub(super) fn topology(transport: &str, nats: Option<&NatsCorner>) -> String {
     let mut text = format!(
-        "[topology.modules]\npayments = {{ process = \"payments\", transport = \"{transport}\" }}\n\n\
-         [topology.http]\nsecret = \"{secret}\"\n"
+        "[topology.modules]\npayments = {{ process = \"payments\", transport = \"{transport}\" }}\n"
     );
     if let Some(nats) = nats {
         text.push_str(&format!(
@@ -165,7 +171,7 @@ pub(super) fn environment(dir: &Path) -> Vec<(String, String)> {
             "BANYAN_DATABASE__URL",
             format!("sqlite://{}", dir.join("data").display()),
         ),
-        // The generated development secrets, shared by the placement's processes.
+        // The generated development secret and identities, shared by the placement's processes.
         (
             "BANYAN_SERVER__STATE_DIR",
             dir.join("data").display().to_string(),
@@ -360,14 +366,13 @@ mod tests {
 
     #[test]
     fn the_generated_topology_is_a_valid_configuration() {
-        let secret = format!("{}{}", unique_suffix(), unique_suffix());
         let nats = NatsCorner {
             url: "nats://127.0.0.1:4222".into(),
             stream: "BANYAN_BENCH_CHECKOUT_X".into(),
             prefix: "banyan_bench_checkout_x".into(),
         };
         for (transport, corner) in [("http", None), ("nats", Some(&nats))] {
-            let text = topology(transport, &secret, corner);
+            let text = topology(transport, corner);
             let figment = banyan_app::config::layers(&[])
                 .expect("the default layers")
                 .merge(<figment::providers::Toml as figment::providers::Format>::string(&text));
@@ -377,7 +382,6 @@ mod tests {
                 topology.transport_of("payments").map(|t| t.as_str()),
                 Some(transport)
             );
-            assert_eq!(topology.http.secret(), secret);
             if corner.is_some() {
                 assert_eq!(topology.nats.stream, nats.stream);
                 assert_eq!(topology.nats.subject_prefix, nats.prefix);

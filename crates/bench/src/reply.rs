@@ -25,7 +25,7 @@ use anyhow::Context as _;
 use axum::{Json, Router, http::header, routing::post};
 use banyan_bus::{
     Bus, BusConfig, Context, Message, Rejection, Request,
-    http::{HttpTransport, HttpTransportConfig, StaticInstances, StaticSubscribers},
+    http::{HttpTransport, HttpTransportConfig, SharedSecret, StaticInstances, StaticSubscribers},
     nats::{self, NatsConfig, NatsTransport, ServeHandle},
 };
 use futures::{StreamExt, future::BoxFuture};
@@ -233,14 +233,14 @@ async fn http_case(teardown: &mut Teardown) -> anyhow::Result<Case> {
     let secret = format!("{}{}", unique_suffix(), unique_suffix());
     let server = handling_bus();
     let base = serve(
-        banyan_bus::http::routes(server.clone(), secret.as_str().into()),
+        banyan_bus::http::routes(server.clone(), SharedSecret::new(&secret)?),
         teardown,
     )
     .await?;
     let transport = HttpTransport::new(
         Arc::new(StaticInstances::new([(MODULE, vec![base])])),
         Arc::new(StaticSubscribers::default()),
-        &secret,
+        SharedSecret::new(&secret)?,
         HttpTransportConfig::default(),
     )?;
     let client = Bus::new(BusConfig::default());

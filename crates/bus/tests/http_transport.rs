@@ -13,8 +13,8 @@ use banyan_bus::{
     Bus, BusConfig, BusError, Context, CorrelationId, Event, Message, Outbox, Rejection, Request,
     Transport, dead_letter,
     http::{
-        self, AGGREGATE_ID, HttpTransport, HttpTransportConfig, StaticInstances, StaticSubscribers,
-        routes,
+        self, AGGREGATE_ID, HttpTransport, HttpTransportConfig, SharedSecret, StaticInstances,
+        StaticSubscribers, routes,
     },
 };
 use banyan_db::Db;
@@ -87,7 +87,7 @@ async fn serve(bus: &Bus) -> String {
         .await
         .expect("binding a port for the server");
     let address = listener.local_addr().expect("the server's address");
-    let app = routes(bus.clone(), SECRET.into());
+    let app = routes(bus.clone(), SharedSecret::new(SECRET).expect("a secret"));
     tokio::spawn(async move {
         axum::serve(listener, app).await.expect("serving the bus");
     });
@@ -136,7 +136,7 @@ fn transport(
         HttpTransport::new(
             Arc::new(StaticInstances::new(instances)),
             Arc::new(StaticSubscribers::new(subscribers)),
-            secret,
+            SharedSecret::new(secret).expect("a secret"),
             config,
         )
         .expect("building the HTTP transport"),

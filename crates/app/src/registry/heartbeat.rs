@@ -2,6 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use banyan_bus::http::Peers;
 use tokio_util::sync::CancellationToken;
 
 use super::{Listing, Registration, SERVICES_PATH, directory::Directory};
@@ -10,7 +11,7 @@ use super::{Listing, Registration, SERVICES_PATH, directory::Directory};
 pub(crate) struct Heartbeat {
     pub(crate) client: reqwest::Client,
     pub(crate) registry_url: String,
-    pub(crate) secret: Arc<str>,
+    pub(crate) peers: Arc<dyn Peers>,
     pub(crate) directory: Arc<Directory>,
     pub(crate) period: Duration,
 }
@@ -19,7 +20,6 @@ impl std::fmt::Debug for Heartbeat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Heartbeat")
             .field("registry_url", &self.registry_url)
-            .field("secret", &"<redacted>")
             .field("period", &self.period)
             .finish_non_exhaustive()
     }
@@ -35,7 +35,7 @@ impl Heartbeat {
         let response = self
             .client
             .post(self.url(&format!("{SERVICES_PATH}/register")))
-            .bearer_auth(&*self.secret)
+            .header(reqwest::header::AUTHORIZATION, self.peers.credential())
             .json(registration)
             .timeout(self.period.max(Duration::from_secs(2)))
             .send()
@@ -87,7 +87,7 @@ impl Heartbeat {
         let sent = self
             .client
             .delete(self.url(&format!("{SERVICES_PATH}/{instance_id}")))
-            .bearer_auth(&*self.secret)
+            .header(reqwest::header::AUTHORIZATION, self.peers.credential())
             .timeout(Duration::from_secs(2))
             .send()
             .await;

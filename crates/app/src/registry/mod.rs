@@ -1,7 +1,7 @@
 //! The registry: which instances of each module are up, and where.
 //!
 //! The main process keeps it ([`Registry`]). Every other process registers itself at start
-//! (`POST /api/v1/services/register`, with the shared secret), sends the same registration
+//! (`POST /api/v1/services/register` on main's internal listener, with its identity), sends the same registration
 //! again every `topology.heartbeat_ms` (its heartbeat; the answer is the current [`Listing`],
 //! which it keeps in its [`Directory`]) and leaves on a graceful shutdown
 //! (`DELETE /api/v1/services/{instance_id}`). An instance not heard from for
@@ -9,7 +9,8 @@
 //! request goes to it) until it heartbeats again; after ten times that it is forgotten.
 //!
 //! `GET /api/v1/services` lists every module with its instances, each with its transport,
-//! base URL, last heartbeat and health; it needs an admin's token or the shared secret.
+//! base URL, last heartbeat and health; an admin's token on the public port, a process's on the
+//! internal one.
 //!
 //! What a module subscribes to travels with its registration, so a process publishing an
 //! event over HTTP knows which modules elsewhere want it. Until the subscriptions of every
@@ -202,7 +203,7 @@ mod tests {
             .map(|i| i.health)
             .collect();
         assert_eq!(health, [Health::Stale, Health::Healthy]);
-        assert!(registry.remove("b"));
+        assert!(registry.remove("payments", "b"));
         assert!(registry.healthy("payments").is_empty());
         // What payments wants is remembered when its instances are gone.
         assert!(registry.unknown().is_empty());

@@ -1,5 +1,5 @@
 //! The registry's HTTP routes on the main process: registering and leaving on its internal
-//! listener only (with the shared secret); the listing there too, and on the public one for
+//! listener only (a process, proving which one it is); the listing there too, and on the public one for
 //! an admin.
 
 use std::sync::Arc;
@@ -12,30 +12,22 @@ use axum::{
     response::IntoResponse,
     routing::{delete, get, post},
 };
-use banyan_bus::http::{bearer_token, same_secret};
+use banyan_bus::http::{Peers, bearer_token};
 use banyan_kit::{ApiError, auth::Admin, extract::Json};
 
 use super::{Listing, Registration, SERVICES_PATH, table::Registry};
 
 /// What the registry's routes share.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub(crate) struct RegistryState {
     pub(crate) registry: Arc<Registry>,
-    pub(crate) secret: Arc<str>,
-}
-
-impl std::fmt::Debug for RegistryState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryState")
-            .field("registry", &self.registry)
-            .field("secret", &"<redacted>")
-            .finish()
-    }
+    /// Which process a caller is (see `crate::identity`).
+    pub(crate) peers: Arc<dyn Peers>,
 }
 
 /// The internal listener's: `POST /api/v1/services/register`,
-/// `DELETE /api/v1/services/{instance_id}` and `GET /api/v1/services`, all with the shared
-/// secret.
+/// `DELETE /api/v1/services/{instance_id}` and `GET /api/v1/services`, each for a process of
+/// the topology proving which one it is.
 pub(crate) fn internal_routes(state: RegistryState) -> Router {
     Router::new()
         .route(SERVICES_PATH, get(list_for_processes))
@@ -51,20 +43,16 @@ pub(crate) fn public_routes(state: RegistryState) -> Router {
         .with_state(state)
 }
 
-/// Whether the request carries `authorization: Bearer <secret>` (compared in constant time).
-pub(crate) fn carries_secret(headers: &HeaderMap, secret: &str) -> bool {
-    bearer_token(headers).is_some_and(|token| same_secret(token, secret))
-}
-
-fn require_secret(headers: &HeaderMap, secret: &str) -> Result<(), ApiError> {
-    if carries_secret(headers, secret) {
-        Ok(())
-    } else {
-        tracing::warn!("Refused a registry call without the shared secret.");
-        Err(ApiError::unauthorized(
-            "this needs the processes' shared secret as a bearer token",
-        ))
-    }
+/// The process the caller proves it is; 401 otherwise (logged, never the token).
+fn calling_process(headers: &HeaderMap, peers: &dyn Peers) -> Result<String, ApiError> {
+    let checked = match bearer_token(headers) {
+        Some(token) => peers.authenticate(token),
+        None => Err("no bearer token".to_owned()),
+    };
+    checked.map_err(|reason| {
+        tracing::warn!(reason, "Refused a registry call from an unknown process.");
+        ApiError::unauthorized("this needs the token of a process of the topology")
+    })
 }
 
 async fn register(
@@ -72,7 +60,7 @@ async fn register(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Listing>, ApiError> {
-    require_secret(&headers, &state.secret)?;
+    let process = calling_process(&headers, &*state.peers)?;
     let registration: Registration = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -80,6 +68,13 @@ async fn register(
             format!("not a registration: {e}"),
         )
     })?;
+    if registration.process != process {
+        tracing::warn!(process, claimed = %registration.process, "Refused a registration for another process.");
+        return Err(ApiError::forbidden(format!(
+            "process `{process}` may register only itself, not `{}`",
+            registration.process
+        )));
+    }
     state.registry.register(registration)?;
     Ok(Json(state.registry.listing()))
 }
@@ -89,12 +84,12 @@ async fn leave(
     headers: HeaderMap,
     Path(instance_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_secret(&headers, &state.secret)?;
-    if state.registry.remove(&instance_id) {
+    let process = calling_process(&headers, &*state.peers)?;
+    if state.registry.remove(&process, &instance_id) {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(
-            "no instance {instance_id} is registered"
+            "process `{process}` has no instance {instance_id} registered"
         )))
     }
 }
@@ -103,7 +98,7 @@ async fn list_for_processes(
     State(state): State<RegistryState>,
     headers: HeaderMap,
 ) -> Result<Json<Listing>, ApiError> {
-    require_secret(&headers, &state.secret)?;
+    calling_process(&headers, &*state.peers)?;
     Ok(Json(state.registry.listing()))
 }
 

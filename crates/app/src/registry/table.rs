@@ -181,12 +181,18 @@ impl Registry {
     }
 
     /// Removes an instance (it left); whether it was there.
-    pub(crate) fn remove(&self, instance_id: &str) -> bool {
+    /// Removes instance `instance_id` if process `process` registered it (no process can
+    /// take another's instances out of rotation).
+    pub(crate) fn remove(&self, process: &str, instance_id: &str) -> bool {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         if state.own.as_deref() == Some(instance_id) {
             return false;
         }
-        let removed = state.instances.remove(instance_id).is_some();
+        let owned = state
+            .instances
+            .get(instance_id)
+            .is_some_and(|entry| entry.registration.process == process);
+        let removed = owned && state.instances.remove(instance_id).is_some();
         if removed {
             tracing::info!(instance_id, "Instance left.");
         }

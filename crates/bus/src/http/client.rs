@@ -55,8 +55,8 @@ pub struct HttpTransport {
     client: reqwest::Client,
     instances: Arc<dyn Instances>,
     subscribers: Arc<dyn Subscribers>,
-    /// `Bearer <secret>`, marked sensitive.
-    authorization: HeaderValue,
+    /// This process's credential, sent with every call.
+    peers: Arc<dyn Peers>,
     config: HttpTransportConfig,
     /// Round-robin cursor per module.
     cursors: RwLock<HashMap<String, Arc<AtomicUsize>>>,
@@ -81,19 +81,13 @@ enum Push {
 
 impl HttpTransport {
     /// A transport that finds modules through `instances`, sends events to the modules
-    /// `subscribers` names, and authenticates with `secret`.
+    /// `subscribers` names, and presents the credential of `peers`.
     pub fn new(
         instances: Arc<dyn Instances>,
         subscribers: Arc<dyn Subscribers>,
-        secret: &str,
+        peers: Arc<dyn Peers>,
         config: HttpTransportConfig,
     ) -> Result<Self, HttpSetupError> {
-        if secret.is_empty() || !secret.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(HttpSetupError::BadSecret);
-        }
-        let mut authorization = HeaderValue::from_str(&format!("Bearer {secret}"))
-            .map_err(|_| HttpSetupError::BadSecret)?;
-        authorization.set_sensitive(true);
         let client = reqwest::Client::builder()
             // The bus talks to its own instances: never through an environment's proxy.
             .no_proxy()
@@ -104,7 +98,7 @@ impl HttpTransport {
             client,
             instances,
             subscribers,
-            authorization,
+            peers,
             config,
             cursors: RwLock::default(),
         })
@@ -162,7 +156,7 @@ impl HttpTransport {
                 .client
                 .post(url)
                 .headers(headers.clone())
-                .header(header::AUTHORIZATION, self.authorization.clone())
+                .header(header::AUTHORIZATION, self.peers.credential())
                 .header(header::CONTENT_TYPE, "application/json")
                 .header(DEADLINE_MS, remaining.as_millis().max(1).to_string())
                 .timeout(remaining)
@@ -213,7 +207,7 @@ impl HttpTransport {
                 reason: "the aggregate id is not a valid header value".into(),
             })?,
         );
-        headers.insert(header::AUTHORIZATION, self.authorization.clone());
+        headers.insert(header::AUTHORIZATION, self.peers.credential());
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -405,7 +399,7 @@ async fn read_reply(
     if wire.kind == "unauthorized" {
         return Err(unavailable(
             subject,
-            "the remote refused this process's credentials (check the shared secret)".into(),
+            "the remote refused this process's credentials (check its identity)".into(),
         ));
     }
     Err(wire.into_error(subject, deadline))

@@ -17,7 +17,8 @@
 //!
 //! # Server: [`routes`]
 //! The receiving side, a state-less `axum::Router` the application merges into its own. Both
-//! endpoints demand `authorization: Bearer <shared secret>` (401 otherwise), cap bodies at
+//! endpoints demand a caller's credential that the process's [`Peers`] accepts (401
+//! otherwise) and that may hand in that subject (403 otherwise), cap bodies at
 //! [`MAX_BODY_BYTES`] (413), and rebuild the [`Envelope`] from the headers (400 `codec` when one
 //! is missing or malformed).
 //!
@@ -33,7 +34,8 @@
 //! | 200 | `{"status":"dead_lettered"}` | poison event (bad JSON, unknown subject or version), kept in dead letters |
 //! | 422 | `{"rejection":{"code","message","details"}}` | the handler's domain rejection |
 //! | 400 | `{"error":{"kind":"codec","reason"}}` | bad envelope headers or undecodable request |
-//! | 401 | `{"error":{"kind":"unauthorized","reason"}}` | missing or wrong shared secret |
+//! | 401 | `{"error":{"kind":"unauthorized","reason"}}` | no credential, or one not accepted |
+//! | 403 | `{"error":{"kind":"forbidden","reason"}}` | the calling process may not hand in that subject |
 //! | 404 | `{"error":{"kind":"no_handler","reason"}}` | no handler (request) or module not hosted here (event) |
 //! | 413 | `{"error":{"kind":"codec","reason"}}` | body over [`MAX_BODY_BYTES`] |
 //! | 503 | `{"error":{"kind":"unavailable","reason"}}` | shutting down |
@@ -71,9 +73,11 @@ use crate::{
 };
 
 mod client;
+mod peers;
 mod server;
 
 pub use client::{HttpSetupError, HttpTransport, HttpTransportConfig};
+pub use peers::{MessageKind, Peers, SharedSecret};
 pub use server::{bearer_token, routes, same_secret};
 
 pub use crate::wire::headers::{
@@ -237,18 +241,14 @@ mod tests {
 
     #[test]
     fn a_secret_that_cannot_be_a_header_is_refused() {
-        let instances = Arc::new(StaticInstances::default());
-        let subscribers = Arc::new(StaticSubscribers::default());
         for bad in ["", "has space", "new\nline"] {
             assert!(matches!(
-                HttpTransport::new(
-                    instances.clone(),
-                    subscribers.clone(),
-                    bad,
-                    HttpTransportConfig::default()
-                ),
+                SharedSecret::new(bad),
                 Err(HttpSetupError::BadSecret)
             ));
         }
+        let shared = SharedSecret::new("s3cret").unwrap();
+        assert!(shared.authenticate("s3cret").is_ok());
+        assert!(shared.authenticate("s3cre7").is_err());
     }
 }

@@ -4,17 +4,14 @@ use super::*;
 
 struct Server {
     bus: Bus,
-    secret: Arc<str>,
+    peers: Arc<dyn Peers>,
 }
 
 /// The bus's HTTP endpoints, to merge into the application's router:
 /// `POST /bus/v1/requests/{subject}` and `POST /bus/v1/events/{subject}?module={m}`.
-/// Every call must carry `authorization: Bearer <secret>`; an empty secret refuses them all.
-pub fn routes(bus: Bus, secret: Arc<str>) -> Router {
-    if secret.is_empty() {
-        tracing::error!("The bus's HTTP endpoints have no shared secret; every call is refused.");
-    }
-    let server = Arc::new(Server { bus, secret });
+/// Every call must carry a credential `peers` accepts, from a process it permits the subject.
+pub fn routes(bus: Bus, peers: Arc<dyn Peers>) -> Router {
+    let server = Arc::new(Server { bus, peers });
     Router::new()
         .route("/bus/v1/requests/{subject}", post(serve_request))
         .route("/bus/v1/events/{subject}", post(serve_event))
@@ -70,24 +67,42 @@ impl IntoResponse for Refusal {
 }
 
 impl Server {
-    /// Checks the bearer token in constant time; logs why a call is refused, never the token.
-    fn authorize(&self, headers: &HeaderMap, route: &str) -> Result<(), Refusal> {
-        let refused = match bearer_token(headers) {
-            _ if !headers.contains_key(header::AUTHORIZATION) => Some("no authorization header"),
-            None => Some("not a bearer token"),
-            Some(token) => (!same_secret(token, &self.secret)).then_some("wrong shared secret"),
-        };
-        match refused {
-            None => Ok(()),
-            Some(reason) => {
-                tracing::warn!(route, reason, "Refused an unauthenticated bus call.");
-                Err(Refusal::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "a valid bearer token is required",
-                ))
+    /// The calling process, if its credential is accepted; logs why a call is refused, never
+    /// the token.
+    fn authenticate(&self, headers: &HeaderMap, route: &str) -> Result<String, Refusal> {
+        let checked = match bearer_token(headers) {
+            _ if !headers.contains_key(header::AUTHORIZATION) => {
+                Err("no authorization header".to_owned())
             }
+            None => Err("not a bearer token".to_owned()),
+            Some(token) => self.peers.authenticate(token),
+        };
+        checked.map_err(|reason| {
+            tracing::warn!(route, reason, "Refused an unauthenticated bus call.");
+            Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required",
+            )
+        })
+    }
+
+    /// Whether `peer` may hand in `kind` on `subject`; a refusal is logged as a warning.
+    fn permit(&self, peer: &str, kind: MessageKind, subject: &str) -> Result<(), Refusal> {
+        if self.peers.permits(peer, kind, subject) {
+            return Ok(());
         }
+        tracing::warn!(
+            peer,
+            subject,
+            ?kind,
+            "Refused a bus call the calling process may not make."
+        );
+        Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("process `{peer}` may not hand in {subject}"),
+        ))
     }
 }
 
@@ -176,8 +191,9 @@ async fn answer_request(
     request: Request,
 ) -> Result<Response, Refusal> {
     const ROUTE: &str = "/bus/v1/requests";
-    server.authorize(request.headers(), ROUTE)?;
+    let peer = server.authenticate(request.headers(), ROUTE)?;
     let subject = subject_from(path, ROUTE)?;
+    server.permit(&peer, MessageKind::Request, &subject)?;
     let headers = request.headers();
     let envelope = envelope_from_headers(headers, &subject)
         .map_err(|reason| refuse("request", &subject, reason))?;
@@ -249,8 +265,9 @@ async fn answer_event(
     request: Request,
 ) -> Result<Response, Refusal> {
     const ROUTE: &str = "/bus/v1/events";
-    server.authorize(request.headers(), ROUTE)?;
+    let peer = server.authenticate(request.headers(), ROUTE)?;
     let subject = subject_from(path, ROUTE)?;
+    server.permit(&peer, MessageKind::Event, &subject)?;
     let module = match Query::<EventTarget>::try_from_uri(request.uri()) {
         Ok(Query(target)) if !target.module.is_empty() => target.module,
         _ => {
