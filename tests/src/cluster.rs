@@ -45,11 +45,14 @@ pub struct Topology {
     pub processes: Vec<String>,
     /// The NATS server to use instead of the shared one (say a private one the test stops).
     pub nats_url: Option<String>,
+    /// TLS on every listener (public and internal), with certificates made for the test.
+    pub tls: bool,
 }
 
 impl Topology {
-    /// Payments and notifications in a process each, reached over HTTP.
-    pub fn payments_and_notifications_over_http() -> Self {
+    /// Payments and notifications in a process each, reached over HTTP with TLS on every
+    /// listener: the shop's suites run over TLS in this topology.
+    pub fn payments_and_notifications_over_https() -> Self {
         Self {
             placements: vec![
                 ("payments".into(), "payments".into(), Transport::Http),
@@ -61,6 +64,7 @@ impl Topology {
             ],
             processes: vec!["payments".into(), "notifications".into()],
             nats_url: None,
+            tls: true,
         }
     }
 
@@ -73,6 +77,7 @@ impl Topology {
             ],
             processes: vec!["inventory".into(), "payments".into(), "payments".into()],
             nats_url: None,
+            tls: false,
         }
     }
 
@@ -82,6 +87,7 @@ impl Topology {
             placements: vec![(module.into(), module.into(), transport)],
             processes: vec![module.into()],
             nats_url: None,
+            tls: false,
         }
     }
 
@@ -98,8 +104,12 @@ impl Topology {
             .any(|(_, _, t)| *t == Transport::Nats)
     }
 
-    /// The `[topology]` settings, as figment keys and values.
-    fn settings(&self, nats: Option<&TestStream>) -> Vec<(String, Value)> {
+    /// The `[topology]` settings, as figment keys and values; `certificates` when TLS.
+    fn settings(
+        &self,
+        nats: Option<&TestStream>,
+        certificates: Option<&Certificates>,
+    ) -> Vec<(String, Value)> {
         let mut settings: Vec<(String, Value)> = self
             .placements
             .iter()
@@ -112,6 +122,21 @@ impl Topology {
             .collect();
         settings.push(("topology.heartbeat_ms".into(), json!(200)));
         settings.push(("topology.instance_ttl_ms".into(), json!(1000)));
+        if let Some(certificates) = certificates {
+            let (cert, key, ca) = (
+                certificates.cert.display().to_string(),
+                certificates.key.display().to_string(),
+                certificates.ca.display().to_string(),
+            );
+            settings.push((
+                "server.tls".into(),
+                json!({ "cert_file": cert, "key_file": key }),
+            ));
+            settings.push((
+                "topology.tls".into(),
+                json!({ "cert_file": cert, "key_file": key, "ca_file": ca }),
+            ));
+        }
         if let Some(nats) = nats {
             settings.push((
                 "topology.nats".into(),
@@ -120,6 +145,106 @@ impl Topology {
             ));
         }
         settings
+    }
+}
+
+/// A certificate authority and a certificate it signed for `127.0.0.1` and `localhost`, made
+/// with the `openssl` command for one test (PEM files).
+#[derive(Debug)]
+pub struct Certificates {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl Certificates {
+    pub fn make(dir: &std::path::Path) -> Self {
+        let run = |args: &[&str]| {
+            let output = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("the openssl command runs (it makes the test's certificates)");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(&[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=banyan-test-ca",
+            ],
+        ]
+        .concat());
+        run(&[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "node.key",
+                "-out",
+                "node.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat());
+        std::fs::write(
+            dir.join("node.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             extendedKeyUsage=serverAuth\n",
+        )
+        .expect("the extensions file");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "node.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "node.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "node.ext",
+        ]);
+        Self {
+            cert: dir.join("node.pem"),
+            key: dir.join("node.key"),
+            ca: dir.join("ca.pem"),
+        }
+    }
+
+    /// A client that trusts this authority only.
+    pub fn client(&self) -> reqwest::Client {
+        banyan_bus::http::client_builder()
+            .tls_backend_preconfigured(
+                banyan_app::tls::client_config(&self.ca).expect("the test's authority"),
+            )
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .expect("an HTTPS client")
     }
 }
 
@@ -132,6 +257,8 @@ pub struct Cluster {
     pub topology: Topology,
     config: PathBuf,
     client: reqwest::Client,
+    /// The certificates of a cluster with TLS.
+    pub certificates: Option<Certificates>,
     // Dropped last: the stream outlives the processes that use it.
     dir: tempfile::TempDir,
     pub nats: Option<TestStream>,
@@ -147,11 +274,12 @@ impl Cluster {
             (Some(url), true) => Some(TestStream::on(url.clone())),
             (None, true) => Some(TestStream::start().await?),
         };
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let certificates = topology.tls.then(|| Certificates::make(dir.path()));
         let mut figment = figment;
-        for (key, value) in topology.settings(nats.as_ref()) {
+        for (key, value) in topology.settings(nats.as_ref(), certificates.as_ref()) {
             figment = banyan_app::config::with(figment, &key, value);
         }
-        let dir = tempfile::tempdir().expect("a temporary directory");
         // Each process's development identity, kept here: the cluster's own keys.
         let figment = banyan_app::config::with(
             figment,
@@ -172,7 +300,13 @@ impl Cluster {
             others: Vec::new(),
             topology: topology.clone(),
             config: path,
-            client: reqwest::Client::new(),
+            client: match &certificates {
+                Some(certificates) => certificates.client(),
+                None => banyan_bus::http::client_builder()
+                    .build()
+                    .expect("an HTTP client"),
+            },
+            certificates,
             dir,
             nats,
         };

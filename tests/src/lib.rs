@@ -225,7 +225,10 @@ impl TestApp {
         Some(Self {
             addr: cluster.main.addr,
             engine,
-            client: client(),
+            client: match &cluster.certificates {
+                Some(certificates) => certificates.client(),
+                None => client(),
+            },
             backend: Backend::Cluster(Box::new(cluster)),
             storage,
         })
@@ -270,8 +273,48 @@ impl TestApp {
         }
     }
 
+    /// Sends raw bytes to the app (over TLS if it has TLS) and reads the whole answer (the
+    /// request must say `connection: close`).
+    pub async fn raw(&self, request: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("a connection");
+        let mut answer = Vec::new();
+        let certificates = match &self.backend {
+            Backend::Cluster(cluster) => cluster.certificates.as_ref(),
+            Backend::InProcess { .. } => None,
+        };
+        match certificates {
+            Some(certificates) => {
+                let config = banyan_app::tls::client_config(&certificates.ca).expect("a client");
+                let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+                let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
+                let mut stream = connector
+                    .connect(name, stream)
+                    .await
+                    .expect("a TLS handshake");
+                stream.write_all(request).await.expect("the request sent");
+                // A server may close without close_notify once it answered.
+                let _ = stream.read_to_end(&mut answer).await;
+            }
+            None => {
+                let mut stream = stream;
+                stream.write_all(request).await.expect("the request sent");
+                stream
+                    .read_to_end(&mut answer)
+                    .await
+                    .expect("the answer read");
+            }
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        match &self.backend {
+            Backend::Cluster(cluster) => cluster.main.url(path),
+            Backend::InProcess { .. } => format!("http://{}{}", self.addr, path),
+        }
     }
 
     /// Sends a request with an optional bearer token and JSON body.
@@ -541,7 +584,7 @@ pub struct Burst {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    banyan_bus::http::client_builder()
         .timeout(Duration::from_secs(60))
         .build()
         .expect("an HTTP client")
@@ -619,19 +662,19 @@ macro_rules! on_both_engines {
 
 /// Declares each named scenario `async fn name(app: &TestApp)` as four tests, one per place
 /// the shop can run: `sqlite::name` and `postgres::name` (all in the test's process),
-/// `split_http::name` (payments and notifications in processes of their own, over HTTP, on
-/// SQLite) and `split_nats::name` (inventory and two payments processes over NATS, on
-/// PostgreSQL). `settings = f;` first adjusts every app's settings, as for
+/// `split_https::name` (payments and notifications in processes of their own, over HTTP with
+/// TLS on every listener, on SQLite) and `split_nats::name` (inventory and two payments
+/// processes over NATS, on PostgreSQL). `settings = f;` first adjusts every app's settings, as for
 /// [`on_both_engines!`].
 #[macro_export]
 macro_rules! on_every_topology {
     (settings = $adjust:path; $($name:ident),* $(,)?) => {
         $crate::on_both_engines!(settings = $adjust; $($name),*);
         $crate::scenarios_in!(
-            split_http,
+            split_https,
             $crate::TestApp::spawn_split(
                 $crate::Engine::Sqlite,
-                $crate::cluster::Topology::payments_and_notifications_over_http(),
+                $crate::cluster::Topology::payments_and_notifications_over_https(),
                 $adjust,
             ),
             $($name),*

@@ -45,6 +45,9 @@ pub struct BanyanProcess {
     pub addr: std::net::SocketAddr,
     /// Its internal listener (the bus, the registry), in a split.
     pub internal_addr: Option<std::net::SocketAddr>,
+    /// Whether the public listener, and the internal one, speak TLS.
+    pub tls: bool,
+    pub internal_tls: bool,
     lines: Arc<Mutex<Vec<String>>>,
     new_line: Arc<Notify>,
 }
@@ -120,6 +123,8 @@ impl BanyanProcess {
             child,
             addr: "127.0.0.1:0".parse().expect("an address"),
             internal_addr: None,
+            tls: false,
+            internal_tls: false,
             lines,
             new_line,
         };
@@ -130,6 +135,8 @@ impl BanyanProcess {
             .and_then(|a| a.parse().ok())
             .expect("the serving line names the address");
         process.internal_addr = log["internal_addr"].as_str().and_then(|a| a.parse().ok());
+        process.tls = log["tls"] == true;
+        process.internal_tls = log["internal_tls"] == true;
         process
     }
 
@@ -174,7 +181,8 @@ impl BanyanProcess {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.addr, path)
     }
 
     /// A URL on the internal listener (a process of a split has one).
@@ -182,7 +190,8 @@ impl BanyanProcess {
         let addr = self
             .internal_addr
             .expect("a process of a split has an internal listener");
-        format!("http://{addr}{path}")
+        let scheme = if self.internal_tls { "https" } else { "http" };
+        format!("{scheme}://{addr}{path}")
     }
 
     /// Every stderr line so far that parses as a JSON log line.

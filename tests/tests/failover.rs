@@ -24,6 +24,7 @@ fn payments_in(processes: usize, transport: Transport) -> Topology {
         placements: vec![("payments".into(), "payments".into(), transport)],
         processes: vec!["payments".into(); processes],
         nats_url: None,
+        tls: false,
     }
 }
 

@@ -67,7 +67,9 @@ async fn count(pool: &AnyPool, sql: &'static str) -> i64 {
 async fn an_event_committed_before_a_sigkill_is_delivered_after_restart_and_applied_once() {
     let data = tempfile::tempdir().expect("a data directory");
     let env = environment(data.path());
-    let client = reqwest::Client::new();
+    let client = banyan_bus::http::client_builder()
+        .build()
+        .expect("an HTTP client");
 
     // 1. A product exists; a clean stop.
     let first = BanyanProcess::start(&env).await;
@@ -159,7 +161,9 @@ async fn an_event_committed_before_a_sigkill_is_delivered_after_restart_and_appl
 async fn logs_carry_the_correlation_id_and_never_a_password_or_hash() {
     let data = tempfile::tempdir().expect("a data directory");
     let process = BanyanProcess::start(&environment(data.path())).await;
-    let client = reqwest::Client::new();
+    let client = banyan_bus::http::client_builder()
+        .build()
+        .expect("an HTTP client");
     let password = "log-check-password-9183";
     let registered = send(
         client
@@ -222,7 +226,9 @@ async fn a_server_killed_during_a_burst_of_checkouts_finishes_every_accepted_ord
     };
     let data = tempfile::tempdir().expect("a data directory");
     let env = environment(data.path());
-    let client = reqwest::Client::new();
+    let client = banyan_bus::http::client_builder()
+        .build()
+        .expect("an HTTP client");
     let first = BanyanProcess::start(&env).await;
     let admin = login(&client, &first, ADMIN_USERNAME, ADMIN_PASSWORD).await;
 
@@ -422,7 +428,9 @@ async fn seed_fills_a_fresh_shop_once_and_a_checkout_works_against_it() {
         assert!(stdout.contains(expected), "{stdout}");
     }
     let server = BanyanProcess::start(&[("BANYAN_DATABASE__URL", url)]).await;
-    let client = reqwest::Client::new();
+    let client = banyan_bus::http::client_builder()
+        .build()
+        .expect("an HTTP client");
     let token = login(&client, &server, "alice", "alice-password").await;
     let teas = send(client.get(server.url("/api/v1/products?category=tea"))).await;
     assert_eq!(teas.body["total"], 3);
@@ -462,7 +470,7 @@ async fn a_flood_of_wrong_password_logins_neither_grows_the_process_nor_locks_ot
     const MAX_RSS_MIB: u64 = 300;
     let data = tempfile::tempdir().expect("a data directory");
     let process = BanyanProcess::start(&environment(data.path())).await;
-    let client = reqwest::Client::builder()
+    let client = banyan_bus::http::client_builder()
         .pool_max_idle_per_host(FLOODERS + 4)
         .build()
         .unwrap();

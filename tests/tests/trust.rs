@@ -48,7 +48,9 @@ async fn refuses_forged_tokens(client: &reqwest::Client, base: &str) {
 async fn a_fresh_run_keeps_a_generated_key_and_refuses_tokens_signed_with_any_other() {
     let dir = tempfile::tempdir().unwrap();
     let process = BanyanProcess::start_fresh_in(dir.path(), &[], &[]).await;
-    let client = reqwest::Client::new();
+    let client = banyan_bus::http::client_builder()
+        .build()
+        .expect("an HTTP client");
     refuses_forged_tokens(&client, &process.url("")).await;
 
     let key = dir.path().join("data/jwt_secret");
@@ -300,5 +302,69 @@ async fn a_process_speaks_only_as_itself_and_only_for_its_own_modules() {
     let healthy = cluster.healthy("payments", 1).await;
     assert_eq!(healthy[0]["base_url"], cluster.process("payments").url(""));
     assert!(!cluster.services().await.to_string().contains("intruder"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_every_listener_refuses_plaintext_and_the_processes_call_each_other_over_it() {
+    let Some(app) = TestApp::spawn_split(
+        Engine::Sqlite,
+        Topology::payments_and_notifications_over_https(),
+        |figment| figment,
+    )
+    .await
+    else {
+        return;
+    };
+    let cluster = app.cluster();
+    let plain = banyan_bus::http::client_builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let payments = cluster.process("payments");
+    for (name, base) in [
+        ("main", cluster.main.url("")),
+        ("main internal", cluster.main.internal_url("")),
+        ("payments", payments.url("")),
+        ("payments internal", payments.internal_url("")),
+    ] {
+        assert!(base.starts_with("https://"), "{name}: {base}");
+        let plaintext = base.replacen("https://", "http://", 1);
+        let answer = plain.get(format!("{plaintext}/health")).send().await;
+        assert!(answer.is_err(), "{name} answered plaintext: {answer:?}");
+        // And a client that does not trust the test's authority is refused too.
+        let untrusting = plain.get(format!("{base}/health")).send().await;
+        assert!(untrusting.is_err(), "{name}: {untrusting:?}");
+    }
+    // Over TLS the processes found and called each other: the registry lists them at https
+    // addresses, and a checkout through main crosses every hop.
+    let instance = &cluster.healthy("payments", 1).await[0];
+    assert!(
+        instance["bus_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://"),
+        "{instance}"
+    );
+    assert!(
+        instance["base_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://"),
+        "{instance}"
+    );
+    let (_, token) = app.customer("tls-shopper").await;
+    let reply = app
+        .get(
+            &format!("/api/v1/payments/{}", uuid::Uuid::now_v7()),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::NOT_FOUND,
+        "proxied to payments: {}",
+        reply.text
+    );
     app.stop().await;
 }

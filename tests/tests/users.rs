@@ -458,10 +458,5 @@ async fn protected_routes_need_a_valid_token(app: &TestApp) {
 
 /// Sends raw bytes and reads the whole answer (the request must say `connection: close`).
 async fn raw_http(app: &TestApp, request: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
-    String::from_utf8_lossy(&answer).into_owned()
+    app.raw(request.as_bytes()).await
 }

@@ -52,6 +52,9 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     /// Where a development run keeps what it generates for itself (its secrets).
     pub state_dir: PathBuf,
+    /// TLS on the public listener (`[server.tls]`); plaintext without.
+    #[serde(default)]
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl ServerConfig {

@@ -79,8 +79,8 @@ impl Gateway {
         connect_timeout: Duration,
         max_body_bytes: usize,
     ) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
+        let client = crate::tls::client_builder(topology.tls.as_ref())
+            .map_err(|e| anyhow::anyhow!("topology.tls: {e}"))?
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(connect_timeout)
             .timeout(timeout)

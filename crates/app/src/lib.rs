@@ -21,6 +21,7 @@
 //! - `gateway`: the main process proxies the routes of modules hosted elsewhere.
 //! - `revocation`: every hosted module follows `users.tokens_revoked.v1` into its own table
 //!   and the process's authenticator, which then refuses the account's older tokens.
+//! - `tls`: rustls for the public and internal listeners and the clients between processes.
 //! - `cli`: `banyan serve [--process <name>]`, `banyan seed`, `banyan dead-letters list|replay`.
 //! - `seed`: demo data through the modules' own routes.
 //! - `telemetry`: JSON logs.
@@ -40,6 +41,7 @@ mod seed;
 pub mod server;
 mod split;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;
 
 pub use server::Server;

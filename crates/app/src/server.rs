@@ -27,6 +27,7 @@ use crate::{
     operations::{Hosted, operations_routes},
     registry::RegistryState,
     split::{Split, wire_split},
+    tls::TlsListener,
 };
 
 /// A built process, ready to serve.
@@ -38,6 +39,9 @@ pub struct Server {
     router: Router,
     /// The internal listener's routes (the bus's and the registry's), in a split.
     internal: Option<Router>,
+    /// TLS on the public listener, and on the internal one.
+    public_tls: Option<Arc<rustls::ServerConfig>>,
+    internal_tls: Option<Arc<rustls::ServerConfig>>,
     /// What runs beside the modules when the topology places some of them elsewhere.
     split: Option<Split>,
 }
@@ -189,12 +193,28 @@ impl Server {
         }
         // Every module of the process has subscribed, every transport is wired.
         bus.wiring().open_events();
+        let public_tls = match &settings.server.tls {
+            Some(tls) => Some(
+                crate::tls::server_config(&tls.cert_file, &tls.key_file)
+                    .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?,
+            ),
+            None => None,
+        };
+        let internal_tls = match topology.tls.as_ref().filter(|_| split.is_some()) {
+            Some(tls) => Some(
+                crate::tls::server_config(&tls.cert_file, &tls.key_file)
+                    .map_err(|e| anyhow::anyhow!("topology.tls: {e}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             settings,
             bus,
             hosted,
             router,
             internal,
+            public_tls,
+            internal_tls,
             split,
         })
     }
@@ -255,6 +275,8 @@ impl Server {
         tracing::info!(
             addr = %addr,
             internal_addr = internal_addr.map(|a| a.to_string()),
+            tls = self.public_tls.is_some(),
+            internal_tls = self.internal_tls.is_some(),
             modules = ?modules,
             process,
             "Banyan is serving."
@@ -265,7 +287,7 @@ impl Server {
         if let (Some(split), Some(internal_addr)) = (&self.split, internal_addr) {
             let registration = split.registration(
                 &self.bus,
-                split.topology.advertised(addr),
+                split.topology.advertised(addr, self.public_tls.is_some()),
                 split.topology.internal_advertised(internal_addr),
             );
             if let Some(registry) = &split.registry {
@@ -291,15 +313,18 @@ impl Server {
         let internal_stop = CancellationToken::new();
         let internal_served = internal.map(|(_, listener, routes)| {
             let stop = internal_stop.clone();
-            tokio::spawn(async move {
-                axum::serve(listener, routes)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            })
+            let tls = self.internal_tls.clone();
+            tokio::spawn(serve(listener, tls, routes, async move {
+                stop.cancelled().await;
+            }))
         });
-        let public = axum::serve(listener, self.router.clone())
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let public = serve(
+            listener,
+            self.public_tls.clone(),
+            self.router.clone(),
+            shutdown,
+        )
+        .await;
         internal_stop.cancel();
         if let Some(served) = internal_served {
             served.await??;
@@ -313,6 +338,27 @@ impl Server {
         let drained = self.drain().await;
         tracing::info!(drained, "Banyan stopped.");
         Ok(())
+    }
+}
+
+/// Serves `router` on `listener`, over TLS if `tls` is given, until `shutdown` resolves.
+async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    match tls {
+        Some(tls) => {
+            axum::serve(TlsListener::new(listener, tls)?, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
     }
 }
 

@@ -117,12 +117,23 @@ pub(crate) async fn wire_split(
     let http: Option<Arc<HttpEvents>> = if topology.uses_http() {
         let subscribers: Arc<dyn Subscribers> = awareness.clone();
         Some(Arc::new(HttpEvents {
-            transport: Arc::new(HttpTransport::new(
-                instances,
-                subscribers,
-                peers.clone(),
-                topology.http.transport_config(),
-            )?),
+            transport: Arc::new(
+                HttpTransport::new(
+                    instances,
+                    subscribers,
+                    peers.clone(),
+                    topology.http.transport_config(),
+                )?
+                .with_client(
+                    crate::tls::client_builder(topology.tls.as_ref())
+                        .map_err(|e| anyhow::anyhow!("topology.tls: {e}"))?
+                        .connect_timeout(Duration::from_millis(
+                            topology.http.connect_timeout_ms.max(1),
+                        ))
+                        .tcp_nodelay(true)
+                        .build()?,
+                ),
+            ),
             awareness,
         }))
     } else {
@@ -164,8 +175,8 @@ pub(crate) async fn wire_split(
     }
     let heartbeat = match directory {
         Some(directory) => Some(Arc::new(Heartbeat {
-            client: reqwest::Client::builder()
-                .no_proxy()
+            client: crate::tls::client_builder(topology.tls.as_ref())
+                .map_err(|e| anyhow::anyhow!("topology.tls: {e}"))?
                 .connect_timeout(Duration::from_millis(topology.http.connect_timeout_ms))
                 .build()?,
             registry_url: topology.registry_url.clone(),

@@ -67,8 +67,10 @@ pub struct TopologyConfig {
     pub nats: NatsConfig,
     /// The HTTP adapter's settings.
     pub http: HttpSettings,
+    /// TLS on the internal listener, and the authority trusted for calls between processes.
+    pub tls: Option<crate::tls::InternalTls>,
     /// Each process's key, and every process's public key (see [`crate::identity`]).
-    pub identity: crate::identity::IdentityConfig,
+    pub identity: crate::identity::keys::IdentityConfig,
     /// Where the other processes reach the main process's registry: its internal listener.
     pub registry_url: String,
     /// This process's public base URL as main's gateway reaches it; derived from the bound
@@ -94,6 +96,7 @@ impl Default for TopologyConfig {
             modules: BTreeMap::new(),
             nats: NatsConfig::default(),
             http: HttpSettings::default(),
+            tls: None,
             identity: Default::default(),
             registry_url: format!("http://{MAIN_INTERNAL_ADDR}"),
             advertise_url: None,
@@ -238,18 +241,22 @@ impl TopologyConfig {
     }
 
     /// This process's internal base URL for the others: `internal_advertise_url`, or
-    /// `http://<bound internal address>`.
+    /// `http(s)://<bound internal address>`.
     pub fn internal_advertised(&self, bound: SocketAddr) -> String {
-        Self::url_for(self.internal_advertise_url.as_deref(), bound)
+        Self::url_for(
+            self.internal_advertise_url.as_deref(),
+            bound,
+            self.tls.is_some(),
+        )
     }
 
     /// This process's public base URL for the gateway: `advertise_url`, or
-    /// `http://<bound address>` (an unspecified address becomes the loopback one).
-    pub fn advertised(&self, bound: SocketAddr) -> String {
-        Self::url_for(self.advertise_url.as_deref(), bound)
+    /// `http(s)://<bound address>` (an unspecified address becomes the loopback one).
+    pub fn advertised(&self, bound: SocketAddr, tls: bool) -> String {
+        Self::url_for(self.advertise_url.as_deref(), bound, tls)
     }
 
-    fn url_for(configured: Option<&str>, bound: SocketAddr) -> String {
+    fn url_for(configured: Option<&str>, bound: SocketAddr, tls: bool) -> String {
         if let Some(url) = configured {
             return url.trim_end_matches('/').to_owned();
         }
@@ -260,7 +267,7 @@ impl TopologyConfig {
                 SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
             });
         }
-        format!("http://{addr}")
+        format!("{}://{addr}", if tls { "https" } else { "http" })
     }
 
     /// Checks the section against the module names; the error names the key.
@@ -392,8 +399,8 @@ mod tests {
                     )
                 })
                 .collect(),
-            identity: crate::identity::IdentityConfig {
-                key: Some(crate::identity::new_key_pair().0),
+            identity: crate::identity::keys::IdentityConfig {
+                key: Some(crate::identity::keys::new_key_pair().0),
                 ..Default::default()
             },
             ..TopologyConfig::default()
@@ -459,11 +466,11 @@ mod tests {
     fn the_advertised_url_defaults_to_the_bound_address() {
         let t = TopologyConfig::default();
         assert_eq!(
-            t.advertised("0.0.0.0:9000".parse().unwrap()),
+            t.advertised("0.0.0.0:9000".parse().unwrap(), false),
             "http://127.0.0.1:9000"
         );
         assert_eq!(
-            t.advertised("10.1.2.3:9000".parse().unwrap()),
+            t.advertised("10.1.2.3:9000".parse().unwrap(), false),
             "http://10.1.2.3:9000"
         );
     }

@@ -233,7 +233,7 @@ struct Shop {
 
 impl Shop {
     async fn prepare(cluster: &Cluster) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
+        let client = banyan_bus::http::client_builder()
             .no_proxy()
             .timeout(Duration::from_millis(WAIT_MS) + PATIENCE)
             .build()?;

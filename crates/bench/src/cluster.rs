@@ -95,7 +95,7 @@ impl Cluster {
 
     /// Waits until the monolith answers `GET /ready`.
     pub(super) async fn ready(&self) -> anyhow::Result<()> {
-        let client = reqwest::Client::builder().no_proxy().build()?;
+        let client = banyan_bus::http::client_builder().build()?;
         let url = self.main.url("/ready");
         eventually("the main process to be ready", || async {
             let response = client.get(&url).send().await.ok()?;
@@ -109,7 +109,7 @@ impl Cluster {
         // Asked as main, with its development key in the placement's state directory.
         let credential =
             banyan_app::identity::development_credential(&self._dir.path().join("data"), "main")?;
-        let client = reqwest::Client::builder().no_proxy().build()?;
+        let client = banyan_bus::http::client_builder().build()?;
         let url = self.main.internal_url("/api/v1/services");
         eventually("a healthy payments instance in the registry", || async {
             let response = client

@@ -203,7 +203,7 @@ async fn bare_http_case(teardown: &mut Teardown) -> anyhow::Result<Case> {
     );
     let url: Arc<str> = format!("{}/bare/ping", serve(router, teardown).await?).into();
     // Built as the HTTP adapter builds its client, so the two differ only in what they send.
-    let client = reqwest::Client::builder()
+    let client = banyan_bus::http::client_builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)

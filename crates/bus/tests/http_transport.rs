@@ -185,7 +185,9 @@ fn events_to_shipping(instances: Vec<String>, config: HttpTransportConfig) -> Ar
 /// A raw event POST with a full envelope, as another process would send it.
 async fn raw_event(base: &str, subject: &str, module: &str, body: &'static str) -> (u16, String) {
     let envelope = Context::root().envelope(subject);
-    let response = reqwest::Client::new()
+    let response = banyan_bus::http::client_builder()
+        .build()
+        .expect("an HTTP client")
         .post(format!(
             "{base}{}?module={module}",
             http::event_path(subject)
@@ -280,7 +282,9 @@ async fn an_unauthenticated_or_wrongly_authenticated_call_is_refused_with_401_an
     let storage = TestStorage::sqlite();
     let (_events_server, shipping_db, events_base) = shipping_server(&storage).await;
     let base = serve(&server).await;
-    let raw = reqwest::Client::new();
+    let raw = banyan_bus::http::client_builder()
+        .build()
+        .expect("an HTTP client");
     let envelope = Context::root().envelope("calc.add.v1");
     let wrong_same_length = format!("Bearer {}", "x".repeat(SECRET.len()));
     let credentials = [
@@ -357,7 +361,9 @@ async fn an_unauthenticated_or_wrongly_authenticated_call_is_refused_with_401_an
 async fn a_call_with_a_bad_envelope_or_an_oversized_body_is_refused_with_json() {
     let (server, calls) = calc_server("one");
     let base = serve(&server).await;
-    let raw = reqwest::Client::new();
+    let raw = banyan_bus::http::client_builder()
+        .build()
+        .expect("an HTTP client");
     let url = format!("{base}{}", http::request_path("calc.add.v1"));
     let bearer = format!("Bearer {SECRET}");
 

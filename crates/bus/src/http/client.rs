@@ -50,6 +50,19 @@ pub enum HttpSetupError {
     Client(#[from] reqwest::Error),
 }
 
+/// A `reqwest` client builder for calls between processes (never through an environment's
+/// proxy). Every HTTP client of Banyan starts here: it makes rustls's `ring` provider the
+/// process's default first, which `reqwest` needs (Banyan builds it without a provider of its
+/// own, so as not to compile a second one).
+pub fn client_builder() -> reqwest::ClientBuilder {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        // Err only if a default is installed already: then that one serves.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder().no_proxy()
+}
+
 /// The client side of the HTTP adapter. See the [module docs](self).
 pub struct HttpTransport {
     client: reqwest::Client,
@@ -80,6 +93,13 @@ enum Push {
 }
 
 impl HttpTransport {
+    /// The same transport calling through `client` (say one that trusts the topology's own
+    /// certificate authority); it should keep `no_proxy` and a connect timeout.
+    pub fn with_client(mut self, client: reqwest::Client) -> Self {
+        self.client = client;
+        self
+    }
+
     /// A transport that finds modules through `instances`, sends events to the modules
     /// `subscribers` names, and presents the credential of `peers`.
     pub fn new(
@@ -88,9 +108,7 @@ impl HttpTransport {
         peers: Arc<dyn Peers>,
         config: HttpTransportConfig,
     ) -> Result<Self, HttpSetupError> {
-        let client = reqwest::Client::builder()
-            // The bus talks to its own instances: never through an environment's proxy.
-            .no_proxy()
+        let client = client_builder()
             .connect_timeout(Duration::from_millis(config.connect_timeout_ms.max(1)))
             .tcp_nodelay(true)
             .build()?;

@@ -76,7 +76,7 @@ mod client;
 mod peers;
 mod server;
 
-pub use client::{HttpSetupError, HttpTransport, HttpTransportConfig};
+pub use client::{HttpSetupError, HttpTransport, HttpTransportConfig, client_builder};
 pub use peers::{MessageKind, Peers, SharedSecret};
 pub use server::{bearer_token, routes, same_secret};
 

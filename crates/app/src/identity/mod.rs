@@ -31,6 +31,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::topology::TopologyConfig;
 
+pub(crate) mod keys;
+
+pub use keys::{IdentityConfig, new_key_pair};
+use keys::{public_key_of, seed_of};
+
 /// How long a token this process signs is accepted; it signs a new one well before.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 const AUDIENCE: &str = "banyan-processes";
@@ -39,62 +44,6 @@ const AUDIENCE: &str = "banyan-processes";
 const PKCS8_ED25519_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
-
-/// `[topology.identity]`.
-#[derive(Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IdentityConfig {
-    /// This process's Ed25519 seed, base64 (secret).
-    pub key: Option<String>,
-    /// Every process's public key, base64, by process name.
-    pub public_keys: BTreeMap<String, String>,
-}
-
-impl std::fmt::Debug for IdentityConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdentityConfig")
-            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
-            .field("public_keys", &self.public_keys)
-            .finish()
-    }
-}
-
-impl IdentityConfig {
-    /// Checks the keys' form; the error names the key and never echoes it.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        if let Some(key) = &self.key {
-            seed_of(key).map_err(|r| ("topology.identity.key".to_owned(), r))?;
-        }
-        for (process, key) in &self.public_keys {
-            public_key_of(key)
-                .map_err(|r| (format!("topology.identity.public_keys.{process}"), r))?;
-        }
-        Ok(())
-    }
-}
-
-/// A new key pair: the seed (secret) and the public key, both base64.
-pub fn new_key_pair() -> (String, String) {
-    let seed: [u8; 32] = rand::random();
-    let public = SigningKey::from_bytes(&seed).verifying_key().to_bytes();
-    (STANDARD.encode(seed), STANDARD.encode(public))
-}
-
-fn seed_of(text: &str) -> Result<[u8; 32], String> {
-    STANDARD
-        .decode(text.trim())
-        .ok()
-        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-        .ok_or_else(|| "must be 32 bytes, base64 (see `banyan identity new`)".to_owned())
-}
-
-fn public_key_of(text: &str) -> Result<DecodingKey, String> {
-    let bytes = seed_of(text)?;
-    ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-        .map_err(|_| "is not an Ed25519 public key".to_owned())?;
-    DecodingKey::from_ed_components(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
-        .map_err(|e| e.to_string())
-}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
