@@ -47,6 +47,9 @@ pub struct Topology {
     pub nats_url: Option<String>,
     /// TLS on every listener (public and internal), with certificates made for the test.
     pub tls: bool,
+    /// `(process, variable, value)`: the environment of one process only (say its own NATS
+    /// credentials).
+    pub process_env: Vec<(String, String, String)>,
 }
 
 impl Topology {
@@ -65,6 +68,7 @@ impl Topology {
             processes: vec!["payments".into(), "notifications".into()],
             nats_url: None,
             tls: true,
+            process_env: Vec::new(),
         }
     }
 
@@ -78,6 +82,7 @@ impl Topology {
             processes: vec!["inventory".into(), "payments".into(), "payments".into()],
             nats_url: None,
             tls: false,
+            process_env: Vec::new(),
         }
     }
 
@@ -88,6 +93,7 @@ impl Topology {
             processes: vec![module.into()],
             nats_url: None,
             tls: false,
+            process_env: Vec::new(),
         }
     }
 
@@ -335,7 +341,14 @@ impl Cluster {
                 "--process",
                 name,
             ],
-            &[("BANYAN_TOPOLOGY__REGISTRY_URL", registry)],
+            &self
+                .topology
+                .process_env
+                .iter()
+                .filter(|(process, _, _)| process == name)
+                .map(|(_, key, value)| (key.as_str(), value.clone()))
+                .chain([("BANYAN_TOPOLOGY__REGISTRY_URL", registry)])
+                .collect::<Vec<_>>(),
         )
         .await;
         self.others.push((name.to_owned(), process));

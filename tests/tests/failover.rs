@@ -25,6 +25,7 @@ fn payments_in(processes: usize, transport: Transport) -> Topology {
         processes: vec!["payments".into(); processes],
         nats_url: None,
         tls: false,
+        process_env: Vec::new(),
     }
 }
 

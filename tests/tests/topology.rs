@@ -587,6 +587,7 @@ async fn bad_messages_on_the_wire_are_dead_lettered_and_the_processes_carry_on()
         processes: vec!["payments".into(), "notifications".into()],
         nats_url: None,
         tls: false,
+        process_env: Vec::new(),
     };
     let Some(app) = split(topology).await else {
         return;

@@ -368,3 +368,128 @@ async fn with_tls_every_listener_refuses_plaintext_and_the_processes_call_each_o
     );
     app.stop().await;
 }
+
+/// Publish rights of one process's NATS user: its modules' events, any request, JetStream's
+/// API and acks, replies.
+fn nats_user(user: &str, prefix: &str, modules: &[&str]) -> String {
+    let events: Vec<String> = modules
+        .iter()
+        .map(|m| format!("\"{prefix}.evt.{m}.>\""))
+        .collect();
+    let requests: Vec<String> = modules
+        .iter()
+        .map(|m| format!("\"{prefix}.req.{m}.>\""))
+        .collect();
+    format!(
+        "{{ user: \"{user}\", password: \"{user}-nats-password\", permissions: {{ \
+           publish: {{ allow: [{events}, \"{prefix}.req.>\", \"$JS.API.>\", \"$JS.ACK.>\", \"_INBOX.>\"] }}, \
+           subscribe: {{ allow: [\"_INBOX.>\", {requests}] }} }} }}",
+        events = events.join(", "),
+        requests = requests.join(", "),
+    )
+}
+
+/// Over NATS the processes connect as users of their own, and nats-server's subject
+/// permissions are what keeps one from speaking for another: Banyan's own identities ride
+/// the HTTP calls only (registration), not the NATS messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_nats_each_process_is_a_user_of_its_own_that_publishes_its_own_events_only() {
+    // Any prefix: the cluster picks one of its own.
+    let prefix = "*";
+    let main_modules = [
+        "users",
+        "catalog",
+        "inventory",
+        "cart",
+        "orders",
+        "notifications",
+    ];
+    let config = format!(
+        "authorization {{ users = [ {}, {} ] }}",
+        nats_user("main", prefix, &main_modules),
+        nats_user("payments", prefix, &["payments"]),
+    );
+    let Some(nats) = banyan_bus::testing::PrivateNats::start_with(&config).await else {
+        return;
+    };
+    // Without credentials nothing connects.
+    let anonymous = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(nats.url())
+        .await;
+    assert!(anonymous.is_err(), "an anonymous client connected");
+
+    let topology = Topology {
+        placements: vec![(
+            "payments".into(),
+            "payments".into(),
+            banyan_e2e::cluster::Transport::Nats,
+        )],
+        processes: vec!["payments".into()],
+        nats_url: Some(nats.url_as("main", "main-nats-password")),
+        tls: false,
+        process_env: vec![(
+            "payments".into(),
+            "BANYAN_TOPOLOGY__NATS__URL".into(),
+            nats.url_as("payments", "payments-nats-password"),
+        )],
+    };
+    let Some(app) = TestApp::spawn_split(Engine::Sqlite, topology, |figment| figment).await else {
+        return;
+    };
+    let cluster = app.cluster();
+    let corner = &cluster.nats.as_ref().unwrap().config;
+    let (stream, prefix) = (corner.stream.clone(), corner.subject_prefix.clone());
+
+    // Each on its own user, the shop works: a checkout crosses main and payments over NATS.
+    let admin = app.admin_token().await;
+    let product = app.product(&admin, "TRUST-NATS-1", "tea", 450).await;
+    let stocked = app.stock(&admin, &product, 10).await;
+    assert_eq!(stocked.status, StatusCode::OK, "{}", stocked.text);
+    let (_, token) = app.customer("nats-shopper").await;
+    let order = app
+        .post(
+            "/api/v1/orders?wait_ms=30000",
+            Some(&token),
+            serde_json::json!({ "lines": [{ "product_id": product, "quantity": 1 }],
+                                "payment_method": "tok_visa" }),
+        )
+        .await;
+    assert_eq!(order.body["status"], "confirmed", "{}", order.text);
+
+    // Payments' user may not publish orders' events: the server refuses the message, so the
+    // stream never holds it.
+    let as_payments = banyan_bus::nats::connect(&nats.url_as("payments", "payments-nats-password"))
+        .await
+        .unwrap();
+    let forged = format!("{prefix}.evt.orders.order_confirmed.v1");
+    let published = async {
+        async_nats::jetstream::new(as_payments)
+            .publish(forged.clone(), "{}".into())
+            .await?
+            .await
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(15), published).await;
+    assert!(
+        !matches!(outcome, Ok(Ok(_))),
+        "the forged event was acknowledged: {outcome:?}"
+    );
+    let as_main = banyan_bus::nats::connect(&nats.url_as("main", "main-nats-password"))
+        .await
+        .unwrap();
+    let held = async_nats::jetstream::new(as_main)
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&forged)
+        .await
+        .unwrap();
+    // The last on that subject is the real confirmation of the order, not the forgery.
+    let payload = String::from_utf8_lossy(&held.payload).into_owned();
+    assert!(
+        payload.contains(order.body["id"].as_str().unwrap()),
+        "the stream holds a forged event: {payload}"
+    );
+    app.stop().await;
+}

@@ -87,7 +87,7 @@ impl Drop for TestStream {
     fn drop(&mut self) {
         let (url, stream) = (self.config.url.clone(), self.config.stream.clone());
         banyan_db::testing::block_on_detached(async move {
-            let connect = async_nats::connect(url.as_str());
+            let connect = crate::nats::connect(url.as_str());
             if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(10), connect).await {
                 // Absent when the test never created it.
                 let _ = async_nats::jetstream::new(client)
@@ -105,12 +105,20 @@ pub struct PrivateNats {
     binary: String,
     port: u16,
     store: tempfile::TempDir,
+    /// A configuration file of the test's (say its users and their permissions).
+    config: Option<std::path::PathBuf>,
     child: Option<tokio::process::Child>,
 }
 
 impl PrivateNats {
     /// Starts one; `None` when it cannot be started and skipping is allowed.
     pub async fn start() -> Option<Self> {
+        Self::start_with("").await
+    }
+
+    /// Starts one that also reads `config` (nats-server's configuration syntax; empty for
+    /// none); `None` when it cannot be started and skipping is allowed.
+    pub async fn start_with(config: &str) -> Option<Self> {
         let binary =
             std::env::var("BANYAN_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_owned());
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -121,8 +129,14 @@ impl PrivateNats {
             binary,
             port,
             store: tempfile::TempDir::new().expect("a temporary JetStream directory"),
+            config: None,
             child: None,
         };
+        if !config.is_empty() {
+            let path = server.store.path().join("nats-server.conf");
+            std::fs::write(&path, config).expect("the server's configuration");
+            server.config = Some(path);
+        }
         match server.run().await {
             Ok(()) => Some(server),
             Err(error) => nats_unreachable(&error),
@@ -133,9 +147,19 @@ impl PrivateNats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The URL with a user's name and password.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("nats://{user}:{password}@127.0.0.1:{}", self.port)
+    }
+
     /// Starts the server (again, on the same port and store) and waits until it listens.
     pub async fn run(&mut self) -> Result<(), String> {
-        let child = tokio::process::Command::new(&self.binary)
+        let mut command = tokio::process::Command::new(&self.binary);
+        if let Some(config) = &self.config {
+            // Flags given after the file win over it.
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args([
                 "-a",
                 "127.0.0.1",

@@ -229,14 +229,20 @@ pub enum NatsError {
     Subscribe { subject: String, reason: String },
 }
 
-/// Connects to NATS at `url` (one address or several, comma-separated).
+/// Connects to NATS at `url` (one address or several, comma-separated), as the user the
+/// first address names (`nats://user:password@host:4222`, percent-encoded; the client does not
+/// read credentials from a URL by itself), over TLS with `tls://`.
 ///
 /// The client reconnects by itself, forever. If the server cannot be reached now, this waits
 /// a few seconds for it and then returns a client that keeps trying in the background (and
 /// logs a warning); only a malformed URL is an error.
 pub async fn connect(url: &str) -> Result<Client, NatsError> {
     let addresses: Vec<&str> = url.split(',').map(str::trim).collect();
-    let client = ConnectOptions::new()
+    let mut options = ConnectOptions::new();
+    if let Some((user, password)) = addresses.first().and_then(|a| credentials_in(a)) {
+        options = options.user_and_password(user, password);
+    }
+    let client = options
         .name(format!("banyan (pid {})", std::process::id()))
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -252,6 +258,23 @@ pub async fn connect(url: &str) -> Result<Client, NatsError> {
         tracing::warn!("NATS is not reachable yet; connecting in the background.");
     }
     Ok(client)
+}
+
+/// The user name and password a server URL carries, decoded.
+fn credentials_in(address: &str) -> Option<(String, String)> {
+    let url = url::Url::parse(address).ok()?;
+    if url.username().is_empty() {
+        return None;
+    }
+    let decode = |raw: &str| {
+        percent_encoding::percent_decode_str(raw)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    Some((
+        decode(url.username()),
+        decode(url.password().unwrap_or_default()),
+    ))
 }
 
 /// Creates the events stream if it is missing, or updates it so that it carries the prefix's
@@ -535,6 +558,15 @@ mod tests {
         let parsed: NatsConfig = serde_json::from_str(r#"{"max_deliver": 3}"#).expect("parses");
         assert_eq!(parsed.max_deliver, 3);
         assert_eq!(parsed.stream, "BANYAN_EVENTS");
+    }
+
+    #[test]
+    fn credentials_are_read_from_the_first_address() {
+        assert_eq!(
+            credentials_in("nats://payments:p%40ss@127.0.0.1:4222"),
+            Some(("payments".to_owned(), "p@ss".to_owned()))
+        );
+        assert_eq!(credentials_in("nats://127.0.0.1:4222"), None);
     }
 
     #[test]
