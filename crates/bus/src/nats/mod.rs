@@ -63,6 +63,7 @@
 
 use std::{
     collections::HashMap,
+    fmt,
     future::Future,
     sync::{
         Arc,
@@ -126,7 +127,7 @@ const NAK_BASE: Duration = Duration::from_secs(1);
 const NAK_MAX: Duration = Duration::from_secs(30);
 
 /// Settings of the NATS adapter (`[nats]` in the configuration).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
     /// The NATS server(s), such as `nats://127.0.0.1:4222`.
@@ -144,6 +145,25 @@ pub struct NatsConfig {
     pub ack_wait_ms: u64,
     /// Requests of one subject, and events of one module, an instance handles at once.
     pub max_in_flight: usize,
+}
+
+impl fmt::Debug for NatsConfig {
+    /// The URL without its password: it is a process's NATS credential.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = if credentials_in(self.url.split(',').next().unwrap_or_default()).is_some() {
+            "<with credentials>"
+        } else {
+            self.url.as_str()
+        };
+        f.debug_struct("NatsConfig")
+            .field("url", &url)
+            .field("stream", &self.stream)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("max_deliver", &self.max_deliver)
+            .field("ack_wait_ms", &self.ack_wait_ms)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
+    }
 }
 
 impl Default for NatsConfig {
@@ -567,6 +587,11 @@ mod tests {
             Some(("payments".to_owned(), "p@ss".to_owned()))
         );
         assert_eq!(credentials_in("nats://127.0.0.1:4222"), None);
+        let config = NatsConfig {
+            url: "nats://payments:s3cret@127.0.0.1:4222".into(),
+            ..NatsConfig::default()
+        };
+        assert!(!format!("{config:?}").contains("s3cret"));
     }
 
     #[test]
