@@ -283,6 +283,16 @@ async fn a_process_speaks_only_as_itself_and_only_for_its_own_modules() {
     )
     .await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
+    // Payments sends no request to users (its module declares none): refused.
+    let reply = send(
+        client
+            .post(main.internal_url("/bus/v1/requests/users.get_user.v1"))
+            .bearer_auth(&as_payments)
+            .header("content-type", "application/json")
+            .body("{}"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text);
 
     // Nor can payments take main's own instance out of rotation.
     let services = cluster.services().await;

@@ -81,8 +81,15 @@ impl Server {
                 .listening()
                 .into_iter()
                 .find(|addr| !addr.ip().is_loopback());
-            let identity = Identity::load(topology.clone(), &settings.server.state_dir, exposed)
-                .map_err(|(key, reason)| anyhow::anyhow!("invalid value for `{key}`: {reason}"))?;
+            let calls = all_modules()
+                .iter()
+                .map(|m| (m.name(), m.calls()))
+                .collect();
+            let identity =
+                Identity::load(topology.clone(), calls, &settings.server.state_dir, exposed)
+                    .map_err(|(key, reason)| {
+                        anyhow::anyhow!("invalid value for `{key}`: {reason}")
+                    })?;
             Some(wire_split(&bus, topology.clone(), here, Arc::new(identity)).await?)
         } else {
             None

@@ -37,6 +37,7 @@ pub use waiters::{Waiters, Watch};
 #[doc(hidden)]
 pub mod __private {
     pub use anyhow;
+    pub use banyan_bus::Message;
     pub use banyan_db::sqlx::migrate::Migrator;
     pub use futures::future::BoxFuture;
     pub use utoipa_axum::router::OpenApiRouter;

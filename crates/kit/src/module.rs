@@ -32,13 +32,17 @@ pub trait Module: Send + Sync + 'static {
     /// The module's own migrations (`migrations/<module>/`).
     fn migrations(&self) -> &'static Migrator;
 
+    /// The subjects of the requests the module sends to other modules. A process of a split
+    /// accepts a request from another process only if a module there declares it.
+    fn calls(&self) -> &'static [&'static str];
+
     /// Registers handlers and subscriptions; returns the module's HTTP routes with their
     /// OpenAPI description.
     fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<OpenApiRouter>>;
 }
 
-/// Declares a module crate's [`Module`]: its type, name, description, migrations and start
-/// function, written once. It also defines, for the crate's own use, `NAME` (the name) and
+/// Declares a module crate's [`Module`]: its type, name, description, migrations, the
+/// requests it sends (`calls`) and start function, written once. It also defines, for the crate's own use, `NAME` (the name) and
 /// `MIGRATIONS`.
 ///
 /// ```ignore
@@ -48,6 +52,7 @@ pub trait Module: Send + Sync + 'static {
 ///         name: "cart",
 ///         description: "Customers' carts.",
 ///         migrations: sqlx::migrate!("../../../migrations/cart"),
+///         calls: [banyan_catalog_contract::GetProducts],
 ///         start: start,
 ///     }
 /// }
@@ -60,6 +65,7 @@ macro_rules! module {
             name: $name:literal,
             description: $description:literal,
             migrations: $migrations:expr,
+            calls: [$($call:ty),* $(,)?],
             start: $start:path $(,)?
         }
     ) => {
@@ -84,6 +90,10 @@ macro_rules! module {
 
             fn migrations(&self) -> &'static $crate::__private::Migrator {
                 &MIGRATIONS
+            }
+
+            fn calls(&self) -> &'static [&'static str] {
+                &[$(<$call as $crate::__private::Message>::SUBJECT),*]
             }
 
             fn start(

@@ -66,6 +66,8 @@ pub struct Identity {
     /// Tokens already checked: token → (process, expiry), so a call costs a lookup.
     verified: RwLock<HashMap<String, (String, u64)>>,
     topology: Arc<TopologyConfig>,
+    /// The requests each module sends (`Module::calls`), by module.
+    calls: BTreeMap<&'static str, &'static [&'static str]>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -85,6 +87,7 @@ impl Identity {
     /// development key kept in `state_dir`. The error names the key at fault.
     pub fn load(
         topology: Arc<TopologyConfig>,
+        calls: BTreeMap<&'static str, &'static [&'static str]>,
         state_dir: &Path,
         exposed: Option<std::net::SocketAddr>,
     ) -> Result<Self, (String, String)> {
@@ -146,6 +149,7 @@ impl Identity {
             found: RwLock::default(),
             verified: RwLock::default(),
             topology,
+            calls,
         };
         identity
             .sign()
@@ -269,11 +273,13 @@ impl Peers for Identity {
         Ok(process)
     }
 
-    /// Events only from the process the topology places their module in; requests from any
-    /// process of the topology (which module may ask what is not declared anywhere yet).
+    /// Events only from the process the topology places their module in; requests only from
+    /// a process hosting a module that declares it sends them (`Module::calls`).
     fn permits(&self, peer: &str, kind: MessageKind, subject: &str) -> bool {
         match kind {
-            MessageKind::Request => true,
+            MessageKind::Request => self.calls.iter().any(|(module, calls)| {
+                self.topology.process_of(module) == peer && calls.contains(&subject)
+            }),
             MessageKind::Event => {
                 let module = subject.split('.').next().unwrap_or_default();
                 self.topology.process_of(module) == peer
@@ -326,6 +332,15 @@ mod tests {
         Arc::new(topology)
     }
 
+    /// Orders (in main) asks payments nothing; payments asks orders for orders.
+    fn calls() -> BTreeMap<&'static str, &'static [&'static str]> {
+        [
+            ("orders", &[][..]),
+            ("payments", &["orders.get_order.v1"][..]),
+        ]
+        .into()
+    }
+
     #[test]
     fn a_process_is_known_by_its_own_key_and_speaks_for_its_own_modules_only() {
         let (main_key, main_public) = new_key_pair();
@@ -337,9 +352,20 @@ mod tests {
         ]
         .into();
         let dir = tempfile::tempdir().unwrap();
-        let main = Identity::load(topology("main", &keys, &main_key), dir.path(), None).unwrap();
-        let payments =
-            Identity::load(topology("payments", &keys, &payments_key), dir.path(), None).unwrap();
+        let main = Identity::load(
+            topology("main", &keys, &main_key),
+            calls(),
+            dir.path(),
+            None,
+        )
+        .unwrap();
+        let payments = Identity::load(
+            topology("payments", &keys, &payments_key),
+            calls(),
+            dir.path(),
+            None,
+        )
+        .unwrap();
         let token = |identity: &Identity| {
             identity.credential().to_str().unwrap()["Bearer ".len()..].to_owned()
         };
@@ -349,8 +375,13 @@ mod tests {
         assert_eq!(main.authenticate(&token(&payments)).unwrap(), "payments");
 
         // Another key claiming to be payments is refused.
-        let rogue =
-            Identity::load(topology("payments", &keys, &rogue_key), dir.path(), None).unwrap();
+        let rogue = Identity::load(
+            topology("payments", &keys, &rogue_key),
+            calls(),
+            dir.path(),
+            None,
+        )
+        .unwrap();
         assert!(main.authenticate(&token(&rogue)).is_err());
         assert!(main.authenticate("garbage").is_err());
 
@@ -361,6 +392,9 @@ mod tests {
         ));
         assert!(!main.permits("payments", MessageKind::Event, "orders.order_confirmed.v1"));
         assert!(payments.permits("main", MessageKind::Event, "orders.order_placed.v1"));
+        assert!(main.permits("payments", MessageKind::Request, "orders.get_order.v1"));
+        assert!(!main.permits("payments", MessageKind::Request, "users.get_user.v1"));
+        assert!(!payments.permits("main", MessageKind::Request, "orders.get_order.v1"));
     }
 
     #[test]
@@ -369,11 +403,12 @@ mod tests {
         let keys: BTreeMap<String, String> = [("main".into(), public)].into();
         let dir = tempfile::tempdir().unwrap();
         let mut config = (*topology("main", &keys, &key)).clone();
-        let error = Identity::load(Arc::new(config.clone()), dir.path(), None).unwrap_err();
+        let error =
+            Identity::load(Arc::new(config.clone()), calls(), dir.path(), None).unwrap_err();
         assert_eq!(error.0, "topology.identity.public_keys.payments");
         config.identity.key = None;
         let exposed = Some("0.0.0.0:80".parse().unwrap());
-        let error = Identity::load(Arc::new(config), dir.path(), exposed).unwrap_err();
+        let error = Identity::load(Arc::new(config), calls(), dir.path(), exposed).unwrap_err();
         assert_eq!(error.0, "topology.identity.key");
     }
 }

@@ -34,6 +34,7 @@ banyan_kit::module! {
         name: "cart",
         description: "Customers' carts.",
         migrations: sqlx::migrate!("../../../migrations/cart"),
+        calls: [banyan_catalog_contract::GetProducts],
         start: start,
     }
 }

@@ -33,6 +33,7 @@ banyan_kit::module! {
         name: "catalog",
         description: "Products, categories and prices.",
         migrations: sqlx::migrate!("../../../migrations/catalog"),
+        calls: [],
         start: start,
     }
 }

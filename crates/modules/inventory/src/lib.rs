@@ -39,6 +39,7 @@ banyan_kit::module! {
         name: "inventory",
         description: "Stock on hand and reserved.",
         migrations: sqlx::migrate!("../../../migrations/inventory"),
+        calls: [],
         start: start,
     }
 }

@@ -34,6 +34,7 @@ banyan_kit::module! {
         name: "notifications",
         description: "Notifications sent to users.",
         migrations: sqlx::migrate!("../../../migrations/notifications"),
+        calls: [banyan_users_contract::GetUser],
         start: start,
     }
 }

@@ -39,6 +39,7 @@ banyan_kit::module! {
         name: "orders",
         description: "Orders and the checkout saga.",
         migrations: sqlx::migrate!("../../../migrations/orders"),
+        calls: [banyan_cart_contract::GetCart, banyan_catalog_contract::GetProducts],
         start: start,
     }
 }

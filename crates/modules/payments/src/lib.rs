@@ -38,6 +38,7 @@ banyan_kit::module! {
         name: "payments",
         description: "Payments of orders (a simulated provider).",
         migrations: sqlx::migrate!("../../../migrations/payments"),
+        calls: [],
         start: start,
     }
 }

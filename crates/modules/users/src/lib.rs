@@ -33,6 +33,7 @@ banyan_kit::module! {
         name: "users",
         description: "Accounts, credentials and login.",
         migrations: sqlx::migrate!("../../../migrations/users"),
+        calls: [banyan_orders_contract::ListOrders],
         start: start,
     }
 }
