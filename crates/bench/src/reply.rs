@@ -5,15 +5,18 @@
 //! |---|---|---|
 //! | `in_process` | `Bus::request` | a handler on the same bus |
 //! | `bare_http` | reqwest `POST` of the JSON | a bare axum route (the HTTP floor) |
-//! | `http` | `Bus::request` on a client bus | a second bus behind `banyan_bus::http::routes` |
+//! | `http` | `Bus::request` on a client bus, as process `main` | a second bus behind `banyan_bus::http::routes`, as process `bench` |
 //! | `bare_nats` | `async_nats` request of the JSON | a bare subscriber that replies (the NATS floor) |
 //! | `nats` | `Bus::request` on a client bus | a second bus behind `banyan_bus::nats::serve` |
 //!
 //! The bare cases do the same serde work as the adapters (the request encoded on one side,
 //! decoded and answered on the other), so the gap to them is what the adapter adds: envelope
-//! headers, the shared secret, deadlines, the bus's bookkeeping.
+//! headers, the processes' identity tokens (each side an `Identity` of its own, as in a split),
+//! deadlines, the bus's bookkeeping.
 
 use std::{
+    collections::BTreeMap,
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -25,7 +28,7 @@ use anyhow::Context as _;
 use axum::{Json, Router, http::header, routing::post};
 use banyan_bus::{
     Bus, BusConfig, Context, Message, Rejection, Request,
-    http::{HttpTransport, HttpTransportConfig, SharedSecret, StaticInstances, StaticSubscribers},
+    http::{HttpTransport, HttpTransportConfig, StaticInstances, StaticSubscribers},
     nats::{self, NatsConfig, NatsTransport, ServeHandle},
 };
 use futures::{StreamExt, future::BoxFuture};
@@ -33,6 +36,10 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use banyan_app::{
+    identity::{Identity, IdentityConfig, new_key_pair},
+    topology::{Placement, TopologyConfig, TransportKind},
+};
 use banyan_stats::{Latencies, median, micros, per_second};
 
 use super::{progress, unique_suffix};
@@ -229,18 +236,46 @@ async fn bare_http_case(teardown: &mut Teardown) -> anyhow::Result<Case> {
     })
 }
 
+/// The identities of the `http` case's two sides: `main`, whose module `caller` sends the
+/// bench's request, and `bench`, which hosts the module that answers it.
+fn identities() -> anyhow::Result<(Arc<Identity>, Arc<Identity>)> {
+    let (main_key, main_public) = new_key_pair();
+    let (bench_key, bench_public) = new_key_pair();
+    let calls: BTreeMap<&'static str, &'static [&'static str]> =
+        [("caller", &[Ping::SUBJECT][..])].into();
+    let identity = |process: &str, key: &str| -> anyhow::Result<Arc<Identity>> {
+        let mut topology = TopologyConfig::default();
+        topology.modules.insert(
+            MODULE.to_owned(),
+            Placement {
+                process: MODULE.to_owned(),
+                transport: TransportKind::Http,
+            },
+        );
+        topology.process = process.to_owned();
+        topology.identity = IdentityConfig {
+            key: Some(key.to_owned()),
+            public_keys: [
+                ("main".to_owned(), main_public.clone()),
+                (MODULE.to_owned(), bench_public.clone()),
+            ]
+            .into(),
+        };
+        let identity = Identity::load(Arc::new(topology), calls.clone(), Path::new("."), None)
+            .map_err(|(key, reason)| anyhow::anyhow!("{key}: {reason}"))?;
+        Ok(Arc::new(identity))
+    };
+    Ok((identity("main", &main_key)?, identity(MODULE, &bench_key)?))
+}
+
 async fn http_case(teardown: &mut Teardown) -> anyhow::Result<Case> {
-    let secret = format!("{}{}", unique_suffix(), unique_suffix());
+    let (caller, answerer) = identities()?;
     let server = handling_bus();
-    let base = serve(
-        banyan_bus::http::routes(server.clone(), SharedSecret::new(&secret)?),
-        teardown,
-    )
-    .await?;
+    let base = serve(banyan_bus::http::routes(server.clone(), answerer), teardown).await?;
     let transport = HttpTransport::new(
         Arc::new(StaticInstances::new([(MODULE, vec![base])])),
         Arc::new(StaticSubscribers::default()),
-        SharedSecret::new(&secret)?,
+        caller,
         HttpTransportConfig::default(),
     )?;
     let client = Bus::new(BusConfig::default());
