@@ -261,38 +261,47 @@ async fn a_process_speaks_only_as_itself_and_only_for_its_own_modules() {
 
     // Events: payments may not publish orders', a rogue nothing at all; requests need an
     // identity too.
-    let push = |subject: &str, token: &str| {
+    let bus_call = |path: String, token: &str| {
         send(
             client
-                .post(main.internal_url(&format!("/bus/v1/events/{subject}?module=notifications")))
+                .post(main.internal_url(&path))
                 .bearer_auth(token)
                 .header("content-type", "application/json")
                 .body("{}"),
         )
     };
-    let reply = push("orders.order_confirmed.v1", &as_payments).await;
-    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text);
-    let reply = push("payments.payment_completed.v1", &as_rogue).await;
-    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
-    let reply = send(
-        client
-            .post(main.internal_url("/bus/v1/requests/users.get_user.v1"))
-            .bearer_auth(&as_rogue)
-            .header("content-type", "application/json")
-            .body("{}"),
-    )
-    .await;
-    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
-    // Payments sends no request to users (its module declares none): refused.
-    let reply = send(
-        client
-            .post(main.internal_url("/bus/v1/requests/users.get_user.v1"))
-            .bearer_auth(&as_payments)
-            .header("content-type", "application/json")
-            .body("{}"),
-    )
-    .await;
-    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text);
+    let push = |subject: &str| format!("/bus/v1/events/{subject}?module=notifications");
+    let ask = "/bus/v1/requests/users.get_user.v1".to_owned();
+    for (case, path, token, status) in [
+        (
+            "payments publishing orders' event",
+            push("orders.order_confirmed.v1"),
+            &as_payments,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "another key publishing payments' event",
+            push("payments.payment_completed.v1"),
+            &as_rogue,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "another key asking users",
+            ask.clone(),
+            &as_rogue,
+            StatusCode::UNAUTHORIZED,
+        ),
+        // Payments sends no request to users (its module declares none).
+        (
+            "payments asking users",
+            ask,
+            &as_payments,
+            StatusCode::FORBIDDEN,
+        ),
+    ] {
+        let reply = bus_call(path, token).await;
+        assert_eq!(reply.status, status, "{case}: {}", reply.text);
+    }
 
     // Nor can payments take main's own instance out of rotation.
     let services = cluster.services().await;

@@ -138,11 +138,9 @@ impl Identity {
                 }
             }
         }
-        let mut der = PKCS8_ED25519_PREFIX.to_vec();
-        der.extend_from_slice(&seed);
         let identity = Self {
             process,
-            encoding: EncodingKey::from_ed_der(&der),
+            encoding: encoding_key(&seed),
             current: RwLock::new((HeaderValue::from_static(""), 0)),
             configured,
             dir,
@@ -160,15 +158,7 @@ impl Identity {
     /// Signs a fresh token and keeps it as the current credential.
     fn sign(&self) -> Result<HeaderValue, String> {
         let now = now_secs();
-        let claims = Claims {
-            iss: self.process.clone(),
-            aud: AUDIENCE.to_owned(),
-            iat: now,
-            exp: now + TOKEN_LIFETIME.as_secs(),
-        };
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.process.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
+        let token = signed_token(&self.process, &self.encoding, now)
             .map_err(|e| format!("cannot sign with it: {e}"))?;
         let mut value =
             HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
@@ -292,9 +282,22 @@ impl Peers for Identity {
 /// tests that act as one process of a cluster.
 pub fn development_credential(state_dir: &Path, process: &str) -> anyhow::Result<String> {
     let seed = development_seed(&state_dir.join("identity"), process)?;
+    Ok(signed_token(process, &encoding_key(&seed), now_secs())?)
+}
+
+/// The key the JWT library signs with, from an Ed25519 seed.
+fn encoding_key(seed: &[u8; 32]) -> EncodingKey {
     let mut der = PKCS8_ED25519_PREFIX.to_vec();
-    der.extend_from_slice(&seed);
-    let now = now_secs();
+    der.extend_from_slice(seed);
+    EncodingKey::from_ed_der(&der)
+}
+
+/// A token naming `process` (`kid` and `iss`), issued `now` for [`TOKEN_LIFETIME`].
+fn signed_token(
+    process: &str,
+    key: &EncodingKey,
+    now: u64,
+) -> Result<String, jsonwebtoken::errors::Error> {
     let claims = Claims {
         iss: process.to_owned(),
         aud: AUDIENCE.to_owned(),
@@ -303,11 +306,7 @@ pub fn development_credential(state_dir: &Path, process: &str) -> anyhow::Result
     };
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(process.to_owned());
-    Ok(jsonwebtoken::encode(
-        &header,
-        &claims,
-        &EncodingKey::from_ed_der(&der),
-    )?)
+    jsonwebtoken::encode(&header, &claims, key)
 }
 
 #[cfg(test)]
