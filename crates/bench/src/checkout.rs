@@ -41,6 +41,8 @@ pub(super) struct Settings {
     pub(super) clients: u64,
     /// `None`: the NATS placement is left out.
     pub(super) nats_url: Option<String>,
+    /// `BANYAN_*` variables every process gets on top of the shipped defaults (`--set`).
+    pub(super) overrides: Vec<(String, String)>,
 }
 
 impl Settings {
@@ -88,7 +90,7 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Vec<PlacementFigur
     let outcome = async {
         for (name, placement) in placements(&settings) {
             progress(format_args!("checkout {name}: starting the processes"));
-            let cluster = Cluster::start(&exe, &placement)
+            let cluster = Cluster::start(&exe, &placement, &settings.overrides)
                 .await
                 .with_context(|| format!("checkout {name}: the processes did not start"))?;
             clusters.push((name, cluster));

@@ -44,7 +44,11 @@ pub(super) struct Cluster {
 }
 
 impl Cluster {
-    pub(super) async fn start(exe: &Path, placement: &Placement) -> anyhow::Result<Self> {
+    pub(super) async fn start(
+        exe: &Path,
+        placement: &Placement,
+        overrides: &[(String, String)],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("banyan-bench-").tempdir()?;
         std::fs::create_dir(dir.path().join("data"))?;
         let nats = match placement {
@@ -70,7 +74,8 @@ impl Cluster {
             args = vec!["--config".to_owned(), config.display().to_string()];
         }
         let dir_path = dir.path().to_path_buf();
-        let env = environment(&dir_path);
+        let mut env = environment(&dir_path);
+        env.extend(overrides.iter().cloned());
         let main = Process::start(exe, &dir_path, "main", &args, &env).await?;
         let mut cluster = Self {
             _dir: dir,
@@ -82,7 +87,6 @@ impl Cluster {
             cluster.ready().await?;
             return Ok(cluster);
         }
-        let mut env = env;
         env.push((
             "BANYAN_TOPOLOGY__REGISTRY_URL".to_owned(),
             cluster.main.internal_url(""),

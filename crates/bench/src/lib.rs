@@ -24,6 +24,7 @@
 mod chart;
 mod checkout;
 mod cluster;
+pub mod load;
 mod reply;
 mod report;
 
@@ -64,6 +65,11 @@ pub struct BenchArgs {
     /// Leave out the checkout part.
     #[arg(long)]
     skip_checkout: bool,
+    /// Checkout: a setting every process gets, `KEY=VALUE` with the configuration's dotted key
+    /// (`--set bus.event_batch=1`), to compare a change against the shipped defaults.
+    /// Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
+    settings: Vec<(String, String)>,
     /// Where `bench.json` and `bench.svg` are written.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -108,6 +114,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             orders: args.orders,
             clients: args.clients,
             nats_url,
+            overrides: args.settings.clone(),
         };
         let figures = tokio::spawn(checkout::run(settings))
             .await
@@ -163,4 +170,23 @@ async fn check_nats(url: &str) -> anyhow::Result<()> {
 /// another run's (or a test's) on a shared server.
 fn unique_suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// `bus.event_batch=1` → (`BANYAN_BUS__EVENT_BATCH`, `1`): the environment form every process
+/// reads.
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))?;
+    let valid = !key.is_empty()
+        && key.split('.').all(|part| {
+            !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+    if !valid {
+        return Err(format!(
+            "`{key}` is not a dotted configuration key such as bus.event_batch"
+        ));
+    }
+    let variable = format!("BANYAN_{}", key.to_ascii_uppercase().replace('.', "__"));
+    Ok((variable, value.to_owned()))
 }

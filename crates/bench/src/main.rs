@@ -11,6 +11,17 @@ async fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|arg| arg == "serve") {
         return banyan_app::cli::main().await;
     }
+    // `banyan-bench load ...`: the seed's request mix against a running shop.
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == "load") {
+        let args = banyan_bench::load::LoadArgs::parse_from(std::env::args_os().skip(1));
+        return match banyan_bench::load::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("banyan-bench load: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = banyan_bench::BenchArgs::parse();
     match banyan_bench::run(args).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -34,6 +34,8 @@ pub(super) struct Setup {
     pub(super) checkout_warmup: u64,
     pub(super) nats: bool,
     pub(super) checkout: bool,
+    /// Settings the checkout's processes got on top of the shipped defaults (`--set`).
+    pub(super) settings: Vec<String>,
     pub(super) started_at_ms: i64,
 }
 
@@ -44,6 +46,7 @@ impl Setup {
             orders: args.orders,
             clients: args.clients,
             nats_url: None,
+            overrides: Vec::new(),
         };
         Self {
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -67,6 +70,11 @@ impl Setup {
             checkout_warmup: checkout.warmup(),
             nats: !args.skip_nats,
             checkout: !args.skip_checkout,
+            settings: args
+                .settings
+                .iter()
+                .map(|(variable, value)| format!("{variable}={value}"))
+                .collect(),
             started_at_ms: banyan_db::now_millis(),
         }
     }
@@ -99,8 +107,16 @@ impl Setup {
                 text,
                 "checkout: {} rounds × {} one-line orders from {} concurrent clients per placement \
                  (after {} warm-up), placements interleaved, medians over rounds; real processes \
-                 of this binary, fresh SQLite data, shipped defaults",
-                self.rounds, self.orders, self.clients, self.checkout_warmup
+                 of this binary, fresh SQLite data, {}",
+                self.rounds,
+                self.orders,
+                self.clients,
+                self.checkout_warmup,
+                if self.settings.is_empty() {
+                    "shipped defaults".to_owned()
+                } else {
+                    format!("shipped defaults but {}", self.settings.join(", "))
+                }
             );
         }
         if !self.nats {

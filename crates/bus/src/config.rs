@@ -20,6 +20,9 @@ pub struct BusConfig {
     /// Events that may wait in one worker's queue before publishers wait (or, for events from
     /// an outbox, before the event is left to the relay).
     pub event_queue: usize,
+    /// Events a worker handles in one transaction when that many wait in its queue (group
+    /// commit, ADR 0007); 1 gives every event a transaction of its own.
+    pub event_batch: usize,
     /// Attempts before an event goes to dead letters.
     pub max_attempts: u32,
     /// First retry delay; each retry doubles it, with jitter, up to `backoff_max_ms`.
@@ -45,6 +48,7 @@ impl Default for BusConfig {
             request_concurrency: 256,
             event_partitions: 8,
             event_queue: 1_024,
+            event_batch: 64,
             max_attempts: 5,
             backoff_base_ms: 50,
             backoff_max_ms: 5_000,
@@ -79,6 +83,7 @@ impl BusConfig {
             ("bus.request_concurrency", self.request_concurrency as u64),
             ("bus.event_partitions", self.event_partitions as u64),
             ("bus.event_queue", self.event_queue as u64),
+            ("bus.event_batch", self.event_batch as u64),
             ("bus.max_attempts", u64::from(self.max_attempts)),
             ("bus.relay_interval_ms", self.relay_interval_ms),
             ("bus.relay_lease_ms", self.relay_lease_ms),

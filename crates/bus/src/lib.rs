@@ -32,6 +32,7 @@ pub mod dead_letter;
 mod envelope;
 mod error;
 pub mod failpoint;
+mod group_commit;
 pub mod http;
 mod module_bus;
 pub mod nats;

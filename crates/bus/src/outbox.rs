@@ -25,6 +25,7 @@ use crate::{
     dead_letter,
     envelope::partition_key,
     failpoint,
+    group_commit::Batch,
 };
 
 /// A module's outbox and its relay. Cheap to clone; one per module.
@@ -69,17 +70,28 @@ impl Outbox {
     }
 
     /// Starts a write transaction whose events are published when it commits.
+    ///
+    /// Inside a handler that the worker runs in a batch (group commit, ADR 0007) it shares the
+    /// batch's transaction, as [`begin_handling`](Self::begin_handling) does.
     pub async fn begin(&self) -> Result<UnitOfWork, sqlx::Error> {
-        Ok(UnitOfWork {
-            tx: self.inner.db.begin().await?,
-            staged: Vec::new(),
-            outbox: self.clone(),
-        })
+        if let Some(batch) = Batch::joined(self.inner.db.module()) {
+            return Ok(UnitOfWork::new(batch.lend()?, self.clone(), Some(batch)));
+        }
+        Ok(UnitOfWork::new(
+            self.inner.db.begin().await?,
+            self.clone(),
+            None,
+        ))
     }
 
     /// A unit of work for handling `delivered`, with its inbox entry recorded (see
     /// [`UnitOfWork::first_delivery`]); `None` when this module handled it before (a
     /// redelivery), and the handler should return without applying it again.
+    ///
+    /// When the worker handles several waiting events in one transaction (group commit, see
+    /// ADR 0007), the unit of work shares that transaction: its `commit` hands the work back
+    /// to the batch, and what follows a commit (the events' fast path, [`UnitOfWork::on_commit`])
+    /// happens when the batch has committed.
     pub async fn begin_handling<E: Event>(
         &self,
         delivered: &Delivered<E>,
@@ -141,11 +153,25 @@ impl Outbox {
 /// (inbox). Dereferences to the connection for the module's own queries.
 ///
 /// Dropping it without [`commit`](UnitOfWork::commit) rolls everything back, events included.
-#[derive(Debug)]
 pub struct UnitOfWork {
-    tx: Transaction<'static, Any>,
+    /// `Some` until the unit of work commits (or, in a batch, hands the transaction back).
+    tx: Option<Transaction<'static, Any>>,
+    /// The events emitted, as their outbox rows are written at the commit: one statement.
     staged: Vec<OutgoingEvent>,
+    on_commit: Vec<Box<dyn FnOnce() + Send>>,
     outbox: Outbox,
+    /// The worker's batch whose transaction this borrows (group commit).
+    batch: Option<Arc<Batch>>,
+}
+
+impl std::fmt::Debug for UnitOfWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnitOfWork")
+            .field("module", &self.outbox.inner.db.module())
+            .field("staged", &self.staged)
+            .field("batched", &self.batch.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for OutgoingEvent {
@@ -157,6 +183,23 @@ impl std::fmt::Debug for OutgoingEvent {
 }
 
 impl UnitOfWork {
+    fn new(tx: Transaction<'static, Any>, outbox: Outbox, batch: Option<Arc<Batch>>) -> Self {
+        Self {
+            tx: Some(tx),
+            staged: Vec::new(),
+            on_commit: Vec::new(),
+            outbox,
+            batch,
+        }
+    }
+
+    fn tx(&mut self) -> &mut Transaction<'static, Any> {
+        // Only `commit` and `drop` take it, and both consume the unit of work.
+        self.tx
+            .as_mut()
+            .expect("a unit of work keeps its transaction until it ends")
+    }
+
     /// Records `event` in the outbox, in this transaction. It is published if and only if the
     /// transaction commits.
     pub async fn emit<E: Event>(&mut self, cx: &Context, event: E) -> Result<(), sqlx::Error> {
@@ -164,25 +207,7 @@ impl UnitOfWork {
         let json: Arc<str> = serde_json::to_string(&event)
             .map_err(|e| sqlx::Error::Encode(e.into()))?
             .into();
-        let envelope_json =
-            serde_json::to_string(&envelope).map_err(|e| sqlx::Error::Encode(e.into()))?;
         let aggregate = event.aggregate_id();
-        // The fast path owns the row for one lease; the relay steps in only if it lapses.
-        let lease_until = now_millis() + self.outbox.inner.bus.config().relay_lease_ms as i64;
-        sqlx::query(
-            "INSERT INTO outbox \
-             (message_id, subject, aggregate_id, envelope, payload, created_at, claimed_until, attempts) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 0)",
-        )
-        .bind(envelope.message_id.to_string())
-        .bind(E::SUBJECT)
-        .bind(aggregate.to_string())
-        .bind(envelope_json)
-        .bind(&*json)
-        .bind(envelope.timestamp_ms)
-        .bind(lease_until)
-        .execute(&mut *self.tx)
-        .await?;
         self.staged.push(OutgoingEvent {
             envelope: Arc::new(envelope),
             payload: Some(Arc::new(event)),
@@ -191,6 +216,19 @@ impl UnitOfWork {
             key: partition_key(aggregate),
         });
         Ok(())
+    }
+
+    /// Whether this unit of work shares a worker's batch (group commit, ADR 0007): its changes
+    /// then become durable when the batch commits, after `commit` returned.
+    pub fn is_batched(&self) -> bool {
+        self.batch.is_some()
+    }
+
+    /// Runs `callback` once this unit of work's changes are durable: right after its commit,
+    /// or, when it shares a worker's batch, after the batch's. Waking whoever waits for what
+    /// the handler decided belongs here, not after `commit` returns.
+    pub fn on_commit(&mut self, callback: impl FnOnce() + Send + 'static) {
+        self.on_commit.push(Box::new(callback));
     }
 
     /// Records that this module handles `delivered` now. `false` means it was handled before
@@ -207,21 +245,32 @@ impl UnitOfWork {
         &mut self,
         delivered: &Delivered<E>,
     ) -> Result<bool, sqlx::Error> {
+        self.lock_aggregate(delivered.event.aggregate_id()).await?;
+        self.record_inbox(&delivered.envelope).await
+    }
+
+    async fn lock_aggregate(&mut self, aggregate: Uuid) -> Result<(), sqlx::Error> {
         let db = &self.outbox.inner.db;
         if db.engine() == Engine::Postgres {
+            let key = aggregate_lock_key(db.module(), aggregate);
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(aggregate_lock_key(
-                    db.module(),
-                    delivered.event.aggregate_id(),
-                ))
-                .execute(&mut *self.tx)
+                .bind(key)
+                .execute(&mut **self.tx())
                 .await?;
         }
-        self.record_inbox(&delivered.envelope).await
+        Ok(())
     }
 
     /// Like [`first_delivery`](Self::first_delivery), for a bare envelope.
     pub async fn record_inbox(&mut self, envelope: &Envelope) -> Result<bool, sqlx::Error> {
+        // In a batch, the batch's one inbox statement has recorded it already.
+        if let Some(first) = self
+            .batch
+            .as_ref()
+            .and_then(|batch| batch.first_delivery(envelope.message_id))
+        {
+            return Ok(first);
+        }
         let inserted = sqlx::query(
             "INSERT INTO inbox (message_id, subject, received_at) VALUES ($1, $2, $3) \
              ON CONFLICT (message_id) DO NOTHING",
@@ -229,38 +278,120 @@ impl UnitOfWork {
         .bind(envelope.message_id.to_string())
         .bind(&envelope.subject)
         .bind(now_millis())
-        .execute(&mut *self.tx)
+        .execute(&mut **self.tx())
         .await?
         .rows_affected();
         Ok(inserted == 1)
     }
 
     /// Commits the state change and its events together, then publishes the events.
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        let Self { tx, staged, outbox } = self;
-        tx.commit().await?;
-        if staged.is_empty() {
-            return Ok(());
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        let staged = std::mem::take(&mut self.staged);
+        let on_commit = std::mem::take(&mut self.on_commit);
+        let outbox = self.outbox.clone();
+        write_rows(self.tx(), &staged, outbox.inner.bus.config().relay_lease_ms).await?;
+        let tx = self
+            .tx
+            .take()
+            .expect("a unit of work keeps its transaction until it ends");
+        let published = async move {
+            if !staged.is_empty() {
+                // A crash here loses nothing: the rows are committed and the relay sends them.
+                failpoint::hit("outbox.after_commit").await;
+                outbox.dispatch_committed(staged).await;
+            }
+            for callback in on_commit {
+                callback();
+            }
+        };
+        match self.batch.take() {
+            Some(batch) => batch.give_back(tx, Box::pin(published)),
+            None => {
+                tx.commit().await?;
+                published.await;
+            }
         }
-        // A crash here loses nothing: the rows are committed and the relay sends them.
-        failpoint::hit("outbox.after_commit").await;
-        outbox.dispatch_committed(staged).await;
         Ok(())
     }
+}
+
+impl Drop for UnitOfWork {
+    fn drop(&mut self) {
+        // Outside a batch, dropping the transaction rolls it back. In one, the batch gets its
+        // transaction back and must not commit what this handler half did.
+        if let (Some(batch), Some(tx)) = (self.batch.take(), self.tx.take()) {
+            batch.spoil(tx, "a unit of work ended without a commit");
+        }
+    }
+}
+
+/// Writes the outbox rows of `events` in one statement (per 256 events). The fast path owns
+/// each row for one lease; the relay steps in only if it lapses.
+async fn write_rows(
+    tx: &mut Transaction<'static, Any>,
+    events: &[OutgoingEvent],
+    lease_ms: u64,
+) -> Result<(), sqlx::Error> {
+    const COLUMNS: usize = 7;
+    let lease_until = now_millis() + lease_ms as i64;
+    for chunk in events.chunks(256) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let n = i * COLUMNS;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, 0)",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5,
+                    n + 6,
+                    n + 7
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO outbox \
+             (message_id, subject, aggregate_id, envelope, payload, created_at, claimed_until, attempts) \
+             VALUES {}",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for event in chunk {
+            let envelope = &event.envelope;
+            let envelope_json =
+                serde_json::to_string(&**envelope).map_err(|e| sqlx::Error::Encode(e.into()))?;
+            query = query
+                .bind(envelope.message_id.to_string())
+                .bind(envelope.subject.clone())
+                .bind(event.aggregate.to_string())
+                .bind(envelope_json)
+                .bind(event.json.as_deref().unwrap_or_default().to_owned())
+                .bind(envelope.timestamp_ms)
+                .bind(lease_until);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 impl std::ops::Deref for UnitOfWork {
     type Target = AnyConnection;
     fn deref(&self) -> &AnyConnection {
-        &self.tx
+        self.tx
+            .as_ref()
+            .expect("a unit of work keeps its transaction until it ends")
     }
 }
 
 impl std::ops::DerefMut for UnitOfWork {
     fn deref_mut(&mut self) -> &mut AnyConnection {
-        &mut self.tx
+        self.tx()
     }
 }
+
+/// How long the relay gathers completions before deleting their rows in one transaction.
+const DELETE_LINGER: Duration = Duration::from_millis(5);
 
 /// The module's background loop: deletes delivered rows, resends rows whose lease ran out,
 /// and carries out requested dead-letter replays.
@@ -292,6 +423,15 @@ impl Relay {
                 received = completions.recv_many(&mut done, 512) => {
                     if received == 0 {
                         break;
+                    }
+                    // Under load completions come in a stream: a moment's wait lets one
+                    // transaction (one fsync) delete the rows of many orders. A row kept a
+                    // little longer costs nothing; its lease keeps the relay off it.
+                    if done.len() < 512 {
+                        tokio::time::sleep(DELETE_LINGER).await;
+                        while done.len() < 4_096 && let Ok(id) = completions.try_recv() {
+                            done.push(id);
+                        }
                     }
                     self.delete_delivered(&mut done).await;
                     continue;

@@ -239,6 +239,10 @@ impl Db {
             AnyPoolOptions::new()
                 .max_connections(max)
                 .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+                // A connection to a local file does not go stale the way a socket does, and the
+                // ping would be one more trip to the connection's worker thread per transaction
+                // and per read (the round trips are what a checkout costs, ADR 0007).
+                .test_before_acquire(false)
                 .after_connect(move |conn, _| {
                     Box::pin(async move {
                         conn.execute(sqlx::raw_sql(pragmas)).await?;
@@ -359,6 +363,15 @@ impl Db {
 
     pub fn engine(&self) -> Engine {
         self.engine
+    }
+
+    /// How many write transactions can run at once: one on SQLite (one writer per file), the
+    /// pool's size on PostgreSQL.
+    pub fn concurrent_writers(&self) -> usize {
+        match self.engine {
+            Engine::Sqlite => 1,
+            Engine::Postgres => self.writer.options().get_max_connections() as usize,
+        }
     }
 
     pub fn module(&self) -> &'static str {

@@ -56,6 +56,13 @@ impl Latencies {
         Duration::from_nanos(self.histogram.value_at_quantile(q.clamp(0.0, 1.0)))
     }
 
+    /// Adds every latency of `other` (the total of several kinds, say).
+    pub fn add(&mut self, other: &Latencies) {
+        self.histogram
+            .add(&other.histogram)
+            .expect("every Latencies has the same bounds");
+    }
+
     /// The longest latency recorded.
     pub fn max(&self) -> Duration {
         Duration::from_nanos(self.histogram.max())

@@ -10,15 +10,16 @@ use std::{
     },
 };
 
-use banyan_db::Db;
+use banyan_db::{Db, sqlx};
 use banyan_message::Event;
 use futures::{FutureExt, future::BoxFuture};
+use sqlx::{Any, Transaction};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
     BusError, Context, Envelope, HandlerError, dead_letter, envelope::partition_key,
-    transport::Transport,
+    group_commit::Batch, transport::Transport,
 };
 
 use super::{Bus, SharedPayload, codec, read, unavailable, write};
@@ -67,6 +68,7 @@ impl Bus {
             .unzip();
         let group = Arc::new(Group {
             name,
+            in_use: AtomicUsize::new(partitions.len()),
             partitions,
             store: std::sync::OnceLock::new(),
         });
@@ -167,8 +169,7 @@ impl Bus {
         for subscription in subscribers {
             // One partition per aggregate key: a group's events of one aggregate are handled by
             // one worker, in the order dispatched; other aggregates proceed in parallel.
-            let partitions = &subscription.group.partitions;
-            let partition = &partitions[(message.key % partitions.len() as u64) as usize];
+            let partition = subscription.group.partition(message.key);
             for _ in 0..copies {
                 let delivery = Delivery {
                     envelope: message.envelope.clone(),
@@ -237,8 +238,7 @@ impl Bus {
                 subject: letter.envelope.subject.clone(),
             });
         };
-        let partitions = &subscription.group.partitions;
-        let partition = &partitions[(letter.aggregate_key % partitions.len() as u64) as usize];
+        let partition = subscription.group.partition(letter.aggregate_key);
         partition
             .send(Delivery {
                 envelope: Arc::new(letter.envelope.clone()),
@@ -354,7 +354,35 @@ pub(super) struct Subscription {
 pub(super) struct Group {
     pub(super) name: &'static str,
     pub(super) partitions: Vec<async_channel::Sender<Delivery>>,
+    /// How many of the partitions take events: all of them, unless the module's database
+    /// takes fewer writers at once (SQLite: one). More workers than writers would only queue
+    /// at the writer, each with its own small batch, instead of one batch of everything
+    /// waiting (ADR 0007).
+    pub(super) in_use: AtomicUsize,
     pub(super) store: std::sync::OnceLock<Db>,
+}
+
+impl Group {
+    /// The queue of the worker that handles the events of aggregate `key`.
+    pub(super) fn partition(&self, key: u64) -> &async_channel::Sender<Delivery> {
+        &self.partitions[(key % self.partitions_in_use() as u64) as usize]
+    }
+
+    pub(super) fn partitions_in_use(&self) -> usize {
+        self.in_use
+            .load(Ordering::Relaxed)
+            .clamp(1, self.partitions.len())
+    }
+
+    /// Gives the module's subscriptions their store (dead letters, batches), and matches the
+    /// partitions in use to the writers the store takes. Called at start-up, before events flow.
+    pub(super) fn attach(&self, db: Db) {
+        self.in_use.store(
+            self.partitions.len().min(db.concurrent_writers()),
+            Ordering::Relaxed,
+        );
+        let _ = self.store.set(db);
+    }
 }
 
 /// A subscriber's handler, seen without its event type.
@@ -415,21 +443,150 @@ pub(super) struct EventWorker {
 
 impl EventWorker {
     async fn run(self, queue: async_channel::Receiver<Delivery>) {
-        while let Ok(delivery) = queue.recv().await {
-            self.deliver(delivery).await;
+        let most = self.bus.config().event_batch.max(1);
+        // A delivery taken from the queue that could not join the batch before it.
+        let mut next: Option<Delivery> = None;
+        loop {
+            let first = match next.take() {
+                Some(delivery) => delivery,
+                None => match queue.recv().await {
+                    Ok(delivery) => delivery,
+                    Err(_) => break,
+                },
+            };
+            let Some(db) = self
+                .group
+                .store
+                .get()
+                .filter(|_| most > 1 && batchable(&first))
+            else {
+                self.deliver(first, None).await;
+                continue;
+            };
+            // The module's writer first: while this worker waited for it (behind the other
+            // workers, the requests and the relay), more events queued, and they join now
+            // (group commit: the batch grows with the load, and adds no wait of its own).
+            let tx = match db.begin().await {
+                Ok(tx) => tx,
+                Err(error) => {
+                    tracing::debug!(module = self.group.name, %error, "Could not begin a batch; delivering one by one.");
+                    self.deliver(first, None).await;
+                    continue;
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < most {
+                match queue.try_recv() {
+                    Ok(delivery) if batchable(&delivery) => batch.push(delivery),
+                    Ok(delivery) => {
+                        next = Some(delivery);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.deliver_together(tx, batch).await;
         }
     }
 
-    async fn deliver(&self, delivery: Delivery) {
+    /// Handles `deliveries` in one transaction, `tx` (see `group_commit`). If any of them
+    /// fails, none is applied, and each is delivered again on its own, with retries and dead
+    /// letters.
+    async fn deliver_together(&self, tx: Transaction<'static, Any>, deliveries: Vec<Delivery>) {
+        let mut payloads = Vec::with_capacity(deliveries.len());
+        for delivery in &deliveries {
+            let payload = match (&delivery.payload, &delivery.json) {
+                (Some(payload), _) => Some(payload.clone()),
+                (None, Some(json)) => delivery.handler.decode(json).ok(),
+                (None, None) => None,
+            };
+            match payload {
+                Some(payload) => payloads.push(payload),
+                // Undecodable: one by one, where the dead-letter path is.
+                None => {
+                    drop(tx);
+                    return self.deliver_each(deliveries, None).await;
+                }
+            }
+        }
+        let messages: Vec<(Uuid, &str)> = deliveries
+            .iter()
+            .map(|d| (d.envelope.message_id, d.envelope.subject.as_str()))
+            .collect();
+        let batch = match Batch::begin(self.group.name, tx, &messages).await {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::debug!(module = self.group.name, %error, "Could not begin a batch; delivering one by one.");
+                return self.deliver_each(deliveries, None).await;
+            }
+        };
+        for (index, (delivery, payload)) in deliveries.iter().zip(payloads).enumerate() {
+            let span = delivery_span(self.group.name, &delivery.envelope);
+            let work = delivery
+                .handler
+                .call(delivery.envelope.clone(), payload)
+                .instrument(span.clone());
+            let outcome = AssertUnwindSafe(batch.run(work))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err("the handler panicked".into()));
+            // A handler that failed here had its first attempt: one by one, it goes on from
+            // its second, after the backoff. The others start afresh.
+            let failed = match outcome {
+                Ok(()) => batch.spoiled().map(|why| (why.to_owned(), None)),
+                Err(error) => Some((error.to_string(), Some((index, error.to_string())))),
+            };
+            if let Some((why, failed)) = failed {
+                tracing::debug!(
+                    module = self.group.name,
+                    why,
+                    "Batch rolled back; delivering one by one."
+                );
+                drop(batch);
+                return self.deliver_each(deliveries, failed).await;
+            }
+        }
+        match batch.commit().await {
+            Ok(()) => {
+                tracing::trace!(
+                    module = self.group.name,
+                    size = deliveries.len(),
+                    "Batch committed."
+                );
+                for delivery in &deliveries {
+                    if let Some(ack) = &delivery.ack {
+                        ack.done();
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::debug!(module = self.group.name, %error, "Batch did not commit; delivering one by one.");
+                drop(batch);
+                self.deliver_each(deliveries, None).await;
+            }
+        }
+    }
+
+    /// Delivers each on its own, in order; the one whose handler failed in the batch (its
+    /// index, and the error of that first attempt) from its second attempt.
+    async fn deliver_each(&self, deliveries: Vec<Delivery>, failed: Option<(usize, String)>) {
+        let (failed_at, mut error) = failed.map_or((None, None), |(i, e)| (Some(i), Some(e)));
+        for (index, delivery) in deliveries.into_iter().enumerate() {
+            let first_failure = if failed_at == Some(index) {
+                error.take()
+            } else {
+                None
+            };
+            self.deliver(delivery, first_failure).await;
+        }
+    }
+
+    /// Delivers one event, retrying failures with backoff, then dead-lettering. With
+    /// `first_failure` (the error of a first attempt made in a batch) it goes on from the
+    /// second attempt.
+    async fn deliver(&self, delivery: Delivery, first_failure: Option<String>) {
         let config = self.bus.config();
-        let subject = delivery.envelope.subject.as_str();
-        let span = tracing::info_span!(
-            "event",
-            module = self.group.name,
-            subject,
-            correlation_id = %delivery.envelope.correlation_id,
-            message_id = %delivery.envelope.message_id,
-        );
+        let span = delivery_span(self.group.name, &delivery.envelope);
         let payload = match (&delivery.payload, &delivery.json) {
             (Some(payload), _) => payload.clone(),
             (None, Some(json)) => match delivery.handler.decode(json) {
@@ -447,6 +604,23 @@ impl EventWorker {
             (None, None) => return,
         };
         let mut attempt = 1;
+        if let Some(error) = first_failure {
+            if attempt >= config.max_attempts {
+                span.in_scope(|| {
+                    tracing::error!(attempt, %error, "Event failed its last attempt; dead-lettering it.")
+                });
+                self.dead_letter(&delivery, &error, attempt)
+                    .instrument(span)
+                    .await;
+                return;
+            }
+            span.in_scope(|| tracing::warn!(attempt, %error, "Event handler failed; retrying."));
+            tokio::select! {
+                () = tokio::time::sleep(config.backoff(attempt)) => {}
+                () = self.bus.closing().cancelled() => return,
+            }
+            attempt += 1;
+        }
         loop {
             let outcome = AssertUnwindSafe(
                 delivery
@@ -543,4 +717,20 @@ impl EventWorker {
             tracing::warn!(%error, "Could not mark a dead letter replayed.");
         }
     }
+}
+
+/// Whether a delivery may share a batch: replays of dead letters go alone, so that the letter's
+/// state follows its own handler's outcome.
+fn batchable(delivery: &Delivery) -> bool {
+    delivery.replay_of.is_none()
+}
+
+fn delivery_span(module: &'static str, envelope: &Envelope) -> tracing::Span {
+    tracing::info_span!(
+        "event",
+        module,
+        subject = envelope.subject.as_str(),
+        correlation_id = %envelope.correlation_id,
+        message_id = %envelope.message_id,
+    )
 }

@@ -94,9 +94,7 @@ impl Inbound<'_> {
         }
         ack.expect(subscribers.len());
         for subscription in subscribers {
-            let partitions = &subscription.group.partitions;
-            let partition =
-                &partitions[(partition_key(aggregate) % partitions.len() as u64) as usize];
+            let partition = subscription.group.partition(partition_key(aggregate));
             let delivery = Delivery {
                 envelope: Arc::new(envelope.clone()),
                 payload: None,

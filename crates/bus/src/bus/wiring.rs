@@ -50,8 +50,7 @@ impl Wiring<'_> {
 
     /// Gives module `group` a database for its dead letters.
     pub fn attach_store(self, group: &'static str, db: Db) {
-        let group = self.bus.group(group);
-        let _ = group.store.set(db);
+        self.bus.group(group).attach(db);
     }
 
     /// Whether anything (here or elsewhere) listens to `subject`.
@@ -99,7 +98,7 @@ impl Wiring<'_> {
     /// Every event handler queue's capacity, summed over a group's workers.
     pub fn queue_capacity(self, group: &str) -> usize {
         read(&self.bus.inner.groups).get(group).map_or(0, |g| {
-            g.partitions.len() * self.bus.inner.config.event_queue
+            g.partitions_in_use() * self.bus.inner.config.event_queue
         })
     }
 }

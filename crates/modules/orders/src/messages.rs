@@ -121,12 +121,17 @@ async fn end<E: Event>(
         return Ok(());
     };
     let ended = domain::end_saga(&mut uow, delivered.context(), order_id, outcome).await?;
+    if let Ended::Applied(row) = &ended {
+        // Whoever waits hears the outcome once it is durable (with group commit, after the
+        // worker's batch commits), not when this handler is done.
+        let (waiters, row) = (state.waiters.clone(), row.clone());
+        uow.on_commit(move || waiters.wake(order_id, &row));
+    }
     uow.commit().await?;
     let subject = delivered.envelope.subject.as_str();
     match ended {
         Ended::Applied(row) => {
             tracing::info!(%order_id, status = %row.status, subject, "Order saga ended.");
-            state.waiters.wake(order_id, &row);
         }
         Ended::Already(status) => {
             tracing::debug!(%order_id, status = status.as_str(), subject, "Saga event ignored: the order already ended.");
