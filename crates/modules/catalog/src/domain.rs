@@ -3,11 +3,13 @@
 
 use banyan_bus::{Context, Outbox};
 use banyan_catalog_contract::{PriceChanged, ProductCreated, ProductId};
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use crate::{
     model::{Category, Description, Error, NewProduct, Price, ProductChanges, ProductName},
-    store::{self, ProductRow},
+    store::{self, ProductCache, ProductRow},
 };
 
 /// Creates a product and announces it, in one transaction.
@@ -43,6 +45,7 @@ pub(crate) async fn create(
 /// Applies an admin's changes; announces a new price, in the same transaction.
 pub(crate) async fn update(
     outbox: &Outbox,
+    products: &Arc<ProductCache>,
     cx: &Context,
     id: Uuid,
     changes: ProductChanges,
@@ -85,13 +88,20 @@ pub(crate) async fn update(
         )
         .await?;
     }
+    let forget = products.clone();
+    uow.on_commit(move || forget.forget(id));
     uow.commit().await?;
     Ok(updated)
 }
 
-/// The product `id`.
-pub(crate) async fn find(outbox: &Outbox, id: Uuid) -> Result<ProductRow, Error> {
-    store::find(outbox.db(), id)
+/// The product `id`, from the cache when it holds it (see [`ProductCache`]).
+pub(crate) async fn find(
+    outbox: &Outbox,
+    products: &ProductCache,
+    id: Uuid,
+) -> Result<Arc<ProductRow>, Error> {
+    products
+        .find(outbox.db(), id)
         .await?
         .ok_or(Error::NotFound(id))
 }

@@ -155,8 +155,8 @@ async fn get_product(
     axum::extract::State(state): AppState,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<ProductView>> {
-    let product = domain::find(&state.outbox, id).await?;
-    Ok(Json(product.into()))
+    let product = domain::find(&state.outbox, &state.products, id).await?;
+    Ok(Json(ProductRow::clone(&product).into()))
 }
 
 /// `POST /api/v1/products`: admins only.
@@ -222,7 +222,7 @@ async fn update(
     Path(id): Path<Uuid>,
     Json(changes): Json<ProductChanges>,
 ) -> ApiResult<Json<ProductView>> {
-    let product = domain::update(&state.outbox, &cx, id, changes).await?;
+    let product = domain::update(&state.outbox, &state.products, &cx, id, changes).await?;
     Ok(Json(product.into()))
 }
 
@@ -245,6 +245,7 @@ mod tests {
         let db = test_support::open().await;
         let state = Arc::new(State {
             outbox: db.outbox.clone(),
+            products: Arc::default(),
         });
         let (router, admin, customer) = with_auth(routes(state));
         App {
@@ -500,7 +501,31 @@ mod tests {
         assert_eq!(page["total"], 2);
         assert_eq!(page["page"], 2);
         assert_eq!(page["items"][0]["sku"], "C");
+        let (_, _, past) = call(
+            &app.router,
+            "GET",
+            "/api/v1/products?category=kitchen&per_page=1&page=9",
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(past["items"], json!([]));
+        assert_eq!(
+            past["total"], 2,
+            "a page past the end still counts the match"
+        );
         let id = page["items"][0]["id"].as_str().unwrap().to_owned();
+        // Read once before the change: the product is cached now, and the change must still
+        // show at once.
+        let (_, _, before) = call(
+            &app.router,
+            "GET",
+            &format!("/api/v1/products/{id}"),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(before["price"]["amount_minor"], 1999);
         let (status, _, changed) = call(
             &app.router,
             "PUT",
@@ -513,6 +538,19 @@ mod tests {
         assert_eq!(changed["price"]["amount_minor"], 2500);
         assert_eq!(changed["name"], "Teapot");
         assert_eq!(changed["description"], "Holds tea.");
+        let (_, _, after) = call(
+            &app.router,
+            "GET",
+            &format!("/api/v1/products/{id}"),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(
+            after["price"]["amount_minor"], 2500,
+            "a cached read missed the change"
+        );
+        assert_eq!(after["description"], "Holds tea.");
         let (_, _, all) = call(&app.router, "GET", "/api/v1/products", None, None).await;
         assert_eq!(all["total"], 3);
         assert_eq!(all["per_page"], 20);

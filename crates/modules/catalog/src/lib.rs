@@ -41,6 +41,7 @@ banyan_kit::module! {
 async fn start(ctx: ModuleContext) -> anyhow::Result<OpenApiRouter> {
     let state = Arc::new(State {
         outbox: ctx.outbox.clone(),
+        products: Arc::default(),
     });
     messages::register(&ctx.bus, &state);
     Ok(http::routes(state))
@@ -50,6 +51,8 @@ async fn start(ctx: ModuleContext) -> anyhow::Result<OpenApiRouter> {
 #[derive(Debug)]
 struct State {
     outbox: banyan_bus::Outbox,
+    /// Products by id, for the reads (see `store::ProductCache` for how stale they may be).
+    products: Arc<store::ProductCache>,
 }
 
 #[cfg(test)]

@@ -48,7 +48,9 @@ async fn get_products(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let found: HashMap<Uuid, store::ProductRow> = store::find_many(state.outbox.db(), &unique)
+    let found: HashMap<Uuid, Arc<store::ProductRow>> = state
+        .products
+        .find_many(state.outbox.db(), &unique)
         .await
         .map_err(Rejection::internal)?
         .into_iter()
@@ -92,13 +94,13 @@ async fn on_stock_changed(
     let Some(mut uow) = state.outbox.begin_handling(&delivered).await? else {
         return Ok(());
     };
-    let applied = store::apply_stock(
-        &mut uow,
-        delivered.product_id.0,
-        delivered.available,
-        delivered.version,
-    )
-    .await?;
+    let product_id = delivered.product_id.0;
+    let applied =
+        store::apply_stock(&mut uow, product_id, delivered.available, delivered.version).await?;
+    if applied {
+        let products = state.products.clone();
+        uow.on_commit(move || products.forget(product_id));
+    }
     uow.commit().await?;
     if !applied {
         tracing::debug!(
@@ -137,6 +139,7 @@ mod tests {
         let db = test_support::open().await;
         let state = Arc::new(State {
             outbox: db.outbox.clone(),
+            products: Arc::default(),
         });
         register(&db.module_bus(), &state);
         (db, state)
@@ -202,8 +205,12 @@ mod tests {
             available,
             version,
         };
+        // Through the read cache, as the routes and `GetProducts` read: the first read fills
+        // it, and each applied change must reach the next read at once.
         let available = || async {
-            store::find(state.outbox.db(), id.0)
+            state
+                .products
+                .find(state.outbox.db(), id.0)
                 .await
                 .unwrap()
                 .unwrap()
