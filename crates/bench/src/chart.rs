@@ -304,7 +304,7 @@ mod tests {
             case("bare_http", 100.0),
             case("http", 140.0),
         ];
-        let document = Document::new(Setup::new(&args), cases, None);
+        let document = Document::new(Setup::new(&args), cases, None, None);
         let svg = chart(&document).unwrap();
         assert!(svg.starts_with("<svg"), "{svg}");
         for text in [

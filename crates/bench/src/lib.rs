@@ -24,6 +24,7 @@
 mod chart;
 mod checkout;
 mod cluster;
+mod events;
 pub mod load;
 mod reply;
 mod report;
@@ -65,6 +66,13 @@ pub struct BenchArgs {
     /// Leave out the checkout part.
     #[arg(long)]
     skip_checkout: bool,
+    /// Events: publish→handled events per case and round (durable: the publisher's outbox
+    /// commit, the delivery, the subscriber's inbox commit).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    events: u64,
+    /// Leave out the events part.
+    #[arg(long)]
+    skip_events: bool,
     /// Checkout: a setting every process gets, `KEY=VALUE` with the configuration's dotted key
     /// (`--set bus.event_batch=1`), to compare a change against the shipped defaults.
     /// Repeatable.
@@ -105,6 +113,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .context("the request→reply part panicked")??;
     println!("{}", report::request_reply_table(&request_reply, &setup));
 
+    let events = if args.skip_events {
+        progress("events: skipped (--skip-events)");
+        None
+    } else {
+        let settings = reply::Settings {
+            requests: args.events,
+            rounds: args.rounds,
+            warmup: (args.events / 10).clamp(10, 100),
+            concurrency: args.concurrency,
+            nats_url: nats_url.clone(),
+        };
+        let figures = tokio::spawn(events::run(settings))
+            .await
+            .context("the events part panicked")??;
+        println!("{}", report::events_table(&figures, &setup));
+        Some(figures)
+    };
+
     let checkout = if args.skip_checkout {
         progress("checkout: skipped (--skip-checkout)");
         None
@@ -123,7 +149,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(figures)
     };
 
-    let document = report::Document::new(setup, request_reply, checkout);
+    let document = report::Document::new(setup, request_reply, events, checkout);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let json_path = args.out.join("bench.json");

@@ -45,7 +45,7 @@ use banyan_stats::{Latencies, median, micros, per_second};
 use super::{progress, unique_suffix};
 
 /// The module that answers the bench's request: the first segment of its subject.
-const MODULE: &str = "bench";
+pub(super) const MODULE: &str = "bench";
 
 /// Bytes of filler in the request and its echo: a small message, as most bus requests are.
 pub(super) const PAYLOAD_BYTES: usize = 64;
@@ -132,7 +132,7 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Vec<CaseFigures>> 
     let mut teardown = Teardown::default();
     let outcome = async {
         let cases = build_cases(&settings, &mut teardown).await?;
-        measure(&cases, &settings).await
+        measure("request→reply", &cases, &settings).await
     }
     .await;
     teardown.finish().await;
@@ -142,11 +142,11 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Vec<CaseFigures>> 
 // ------------------------------------------------------------------------------ the cases
 
 /// One request→reply round trip of a case; `u64` is the request's sequence number.
-type Call = Arc<dyn Fn(u64) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+pub(super) type Call = Arc<dyn Fn(u64) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
 
-struct Case {
-    name: &'static str,
-    call: Call,
+pub(super) struct Case {
+    pub(super) name: &'static str,
+    pub(super) call: Call,
 }
 
 async fn build_cases(settings: &Settings, teardown: &mut Teardown) -> anyhow::Result<Vec<Case>> {
@@ -238,7 +238,7 @@ async fn bare_http_case(teardown: &mut Teardown) -> anyhow::Result<Case> {
 
 /// The identities of the `http` case's two sides: `main`, whose module `caller` sends the
 /// bench's request, and `bench`, which hosts the module that answers it.
-fn identities() -> anyhow::Result<(Arc<Identity>, Arc<Identity>)> {
+pub(super) fn identities() -> anyhow::Result<(Arc<Identity>, Arc<Identity>)> {
     let (main_key, main_public) = new_key_pair();
     let (bench_key, bench_public) = new_key_pair();
     let calls: BTreeMap<&'static str, &'static [&'static str]> =
@@ -350,7 +350,7 @@ async fn nats_case(config: &NatsConfig, teardown: &mut Teardown) -> anyhow::Resu
 }
 
 /// Serves `router` on a free loopback port until the teardown; returns its base URL.
-async fn serve(router: Router, teardown: &mut Teardown) -> anyhow::Result<String> {
+pub(super) async fn serve(router: Router, teardown: &mut Teardown) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let stop = CancellationToken::new();
@@ -368,17 +368,17 @@ async fn serve(router: Router, teardown: &mut Teardown) -> anyhow::Result<String
 
 /// What the cases leave running, stopped at the end of the part whatever happened.
 #[derive(Default)]
-struct Teardown {
-    buses: Vec<Bus>,
+pub(super) struct Teardown {
+    pub(super) buses: Vec<Bus>,
     servers: Vec<(CancellationToken, JoinHandle<()>)>,
-    nats: Vec<(ServeHandle, CancellationToken)>,
+    pub(super) nats: Vec<(ServeHandle, CancellationToken)>,
     tasks: Vec<JoinHandle<()>>,
     /// NATS streams made for this run, with a connection to delete them over.
-    streams: Vec<(async_nats::Client, String)>,
+    pub(super) streams: Vec<(async_nats::Client, String)>,
 }
 
 impl Teardown {
-    async fn finish(self) {
+    pub(super) async fn finish(self) {
         for (handle, stop) in &self.nats {
             stop.cancel();
             handle.stop();
@@ -411,7 +411,12 @@ impl Teardown {
 
 // ------------------------------------------------------------------------------ measuring
 
-async fn measure(cases: &[Case], settings: &Settings) -> anyhow::Result<Vec<CaseFigures>> {
+/// Measures `cases` round by round, interleaved; `part` names them in the progress lines.
+pub(super) async fn measure(
+    part: &str,
+    cases: &[Case],
+    settings: &Settings,
+) -> anyhow::Result<Vec<CaseFigures>> {
     let mut rounds: Vec<Vec<RoundFigures>> = vec![Vec::new(); cases.len()];
     for round in 0..settings.rounds as usize {
         // Each round starts with the next case: none always runs first, or right after the
@@ -421,9 +426,9 @@ async fn measure(cases: &[Case], settings: &Settings) -> anyhow::Result<Vec<Case
             let case = &cases[at];
             let figures = measure_round(case, settings)
                 .await
-                .with_context(|| format!("request→reply case {} failed", case.name))?;
+                .with_context(|| format!("{part} case {} failed", case.name))?;
             progress(format_args!(
-                "request→reply round {}/{}: {:<10} p50 {:>8.1} µs  p99 {:>8.1} µs  {:>8.0} req/s{}",
+                "{part} round {}/{}: {:<10} p50 {:>8.1} µs  p99 {:>8.1} µs  {:>8.0} req/s{}",
                 round + 1,
                 settings.rounds,
                 case.name,

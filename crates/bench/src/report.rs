@@ -34,6 +34,8 @@ pub(super) struct Setup {
     pub(super) checkout_warmup: u64,
     pub(super) nats: bool,
     pub(super) checkout: bool,
+    /// Events per case and round in the events part; 0 when it was skipped.
+    pub(super) events: u64,
     /// Settings the checkout's processes got on top of the shipped defaults (`--set`).
     pub(super) settings: Vec<String>,
     pub(super) started_at_ms: i64,
@@ -70,6 +72,7 @@ impl Setup {
             checkout_warmup: checkout.warmup(),
             nats: !args.skip_nats,
             checkout: !args.skip_checkout,
+            events: if args.skip_events { 0 } else { args.events },
             settings: args
                 .settings
                 .iter()
@@ -158,6 +161,18 @@ pub(super) struct ReplyPart {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub(super) struct EventsPart {
+    pub(super) cases: Vec<CaseFigures>,
+    pub(super) ratios: EventsRatios,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct EventsRatios {
+    pub(super) in_process_faster_than_http: Option<Cost>,
+    pub(super) in_process_faster_than_nats: Option<Cost>,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub(super) struct CheckoutPart {
     pub(super) placements: Vec<PlacementFigures>,
     pub(super) ratios: CheckoutRatios,
@@ -168,6 +183,8 @@ pub(super) struct CheckoutPart {
 pub(super) struct Document {
     pub(super) setup: Setup,
     pub(super) request_reply: ReplyPart,
+    /// Publish→handled, durable: latencies in µs like request→reply.
+    pub(super) events: Option<EventsPart>,
     pub(super) checkout: Option<CheckoutPart>,
     /// How to read the ratios.
     pub(super) note: &'static str,
@@ -177,6 +194,7 @@ impl Document {
     pub(super) fn new(
         setup: Setup,
         cases: Vec<CaseFigures>,
+        events: Option<Vec<CaseFigures>>,
         placements: Option<Vec<PlacementFigures>>,
     ) -> Self {
         Self {
@@ -185,6 +203,10 @@ impl Document {
                 ratios: reply_ratios(&cases),
                 cases,
             },
+            events: events.map(|cases| EventsPart {
+                ratios: events_ratios(&cases),
+                cases,
+            }),
             checkout: placements.map(|placements| CheckoutPart {
                 ratios: checkout_ratios(&placements),
                 placements,
@@ -220,6 +242,13 @@ fn reply_ratios(cases: &[CaseFigures]) -> ReplyRatios {
     }
 }
 
+fn events_ratios(cases: &[CaseFigures]) -> EventsRatios {
+    EventsRatios {
+        in_process_faster_than_http: reply_cost(cases, "http", "in_process"),
+        in_process_faster_than_nats: reply_cost(cases, "nats", "in_process"),
+    }
+}
+
 fn checkout_cost(placements: &[PlacementFigures], a: &str, b: &str) -> Option<Cost> {
     let find = |name: &str| placements.iter().find(|p| p.name == name);
     let (a, b) = (find(a)?, find(b)?);
@@ -242,11 +271,51 @@ fn checkout_ratios(placements: &[PlacementFigures]) -> CheckoutRatios {
 
 /// The request→reply table and its ratios.
 pub(super) fn request_reply_table(cases: &[CaseFigures], setup: &Setup) -> String {
-    let concurrent = setup.concurrency > 1;
-    let mut text = format!(
+    let title = format!(
         "\nRequest→reply: one OS process, loopback; median of {} rounds × {} sequential requests\n\n",
         setup.rounds, setup.requests
     );
+    let mut text = cases_table(title, cases, setup);
+    let ratios = reply_ratios(cases);
+    text.push_str(RATIOS_HEADER);
+    for (label, cost) in [
+        ("http / bare_http", ratios.http_vs_bare_http),
+        ("nats / bare_nats", ratios.nats_vs_bare_nats),
+        ("http / in_process", ratios.in_process_faster_than_http),
+        ("nats / in_process", ratios.in_process_faster_than_nats),
+    ] {
+        if let Some(cost) = cost {
+            let _ = writeln!(text, "  {label:<20} {}", describe_cost(&cost, setup));
+        }
+    }
+    text
+}
+
+/// The events table and its ratios.
+pub(super) fn events_table(cases: &[CaseFigures], setup: &Setup) -> String {
+    let title = format!(
+        "\nEvents: publish→handled, durable (outbox commit, delivery, inbox commit; SQLite, \
+         synchronous = full); one OS process; median of {} rounds × {} sequential events\n\n",
+        setup.rounds, setup.events
+    );
+    let mut text = cases_table(title, cases, setup);
+    let ratios = events_ratios(cases);
+    text.push_str(RATIOS_HEADER);
+    for (label, cost) in [
+        ("http / in_process", ratios.in_process_faster_than_http),
+        ("nats / in_process", ratios.in_process_faster_than_nats),
+    ] {
+        if let Some(cost) = cost {
+            let _ = writeln!(text, "  {label:<20} {}", describe_cost(&cost, setup));
+        }
+    }
+    text
+}
+
+/// One row per case: p50, p99, throughput alone and with callers, the spread of p50.
+fn cases_table(title: String, cases: &[CaseFigures], setup: &Setup) -> String {
+    let concurrent = setup.concurrency > 1;
+    let mut text = title;
     let mut header = format!(
         "{:<12} {:>9} {:>9} {:>13}",
         "case", "p50 µs", "p99 µs", "req/s 1×"
@@ -278,18 +347,6 @@ pub(super) fn request_reply_table(cases: &[CaseFigures], setup: &Setup) -> Strin
             "  {:>17}",
             format!("{}–{}", figure(low), figure(high))
         );
-    }
-    let ratios = reply_ratios(cases);
-    text.push_str(RATIOS_HEADER);
-    for (label, cost) in [
-        ("http / bare_http", ratios.http_vs_bare_http),
-        ("nats / bare_nats", ratios.nats_vs_bare_nats),
-        ("http / in_process", ratios.in_process_faster_than_http),
-        ("nats / in_process", ratios.in_process_faster_than_nats),
-    ] {
-        if let Some(cost) = cost {
-            let _ = writeln!(text, "  {label:<20} {}", describe_cost(&cost, setup));
-        }
     }
     text
 }

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 const REQUEST_REPLY_CASES: [&str; 5] = ["in_process", "bare_http", "http", "bare_nats", "nats"];
 const CHECKOUT_PLACEMENTS: [&str; 3] = ["in_process", "http", "nats"];
+const EVENT_CASES: [&str; 3] = ["in_process", "http", "nats"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bench_measures_every_placement_and_writes_its_figures_and_chart() {
@@ -28,6 +29,8 @@ async fn the_bench_measures_every_placement_and_writes_its_figures_and_chart() {
         "20",
         "--clients",
         "2",
+        "--events",
+        "50",
         "--out",
     ]
     .map(str::to_owned)
@@ -97,6 +100,22 @@ async fn the_bench_measures_every_placement_and_writes_its_figures_and_chart() {
             > 1.0
     );
 
+    // Events, durable end to end: every placement delivered every event, and one that
+    // crosses a transport costs more than one in process.
+    let events = document["events"]["cases"].as_array().unwrap();
+    let event = |name: &str| {
+        events
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no events case {name} in {document}"))
+    };
+    for name in with_nats(&EVENT_CASES) {
+        let median = &event(name)["median"];
+        assert!(median["p50_us"].as_f64().unwrap() > 0.0, "{median}");
+        assert!(median["throughput_rps"].as_f64().unwrap() > 0.0, "{median}");
+    }
+    assert_eq!(document["setup"]["events"], 50);
+
     let placements = document["checkout"]["placements"].as_array().unwrap();
     for name in with_nats(&CHECKOUT_PLACEMENTS) {
         let figures = placements
@@ -118,6 +137,7 @@ async fn the_bench_measures_every_placement_and_writes_its_figures_and_chart() {
     for line in [
         "Request→reply",
         "http / bare_http",
+        "Events: publish→handled",
         "Checkout",
         "http / in_process",
     ] {
