@@ -60,7 +60,12 @@ pub fn client_builder() -> reqwest::ClientBuilder {
         // Err only if a default is installed already: then that one serves.
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
-    reqwest::Client::builder().no_proxy()
+    // No redirects: a call between processes that answered 3xx went somewhere unexpected, and
+    // following it would carry this process's credential there (the gateway's client, which
+    // passes a module's redirect on to its caller as it came, says so too).
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
 }
 
 /// The client side of the HTTP adapter. See the [module docs](self).
