@@ -71,13 +71,10 @@ impl Batch {
         let mut fresh = HashSet::with_capacity(unique.len());
         let received_at = now_millis();
         for chunk in unique.chunks(INBOX_CHUNK) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
-                .collect();
             let sql = format!(
                 "INSERT INTO inbox (message_id, subject, received_at) VALUES {} \
                  ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
-                values.join(", ")
+                banyan_db::values_list(chunk.len(), 3)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (id, subject) in chunk {

@@ -332,29 +332,15 @@ async fn write_rows(
     events: &[OutgoingEvent],
     lease_ms: u64,
 ) -> Result<(), sqlx::Error> {
-    const COLUMNS: usize = 7;
+    const COLUMNS: usize = 8;
     let lease_until = now_millis() + lease_ms as i64;
     for chunk in events.chunks(256) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let n = i * COLUMNS;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, 0)",
-                    n + 1,
-                    n + 2,
-                    n + 3,
-                    n + 4,
-                    n + 5,
-                    n + 6,
-                    n + 7
-                )
-            })
-            .collect();
         let sql = format!(
             "INSERT INTO outbox \
              (message_id, subject, aggregate_id, envelope, payload, created_at, claimed_until, attempts) \
              VALUES {}",
-            values.join(", ")
+            // `attempts` starts at 0 for every row: a parameter like the others.
+            banyan_db::values_list(chunk.len(), COLUMNS)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for event in chunk {
@@ -368,7 +354,8 @@ async fn write_rows(
                 .bind(envelope_json)
                 .bind(event.json.as_deref().unwrap_or_default().to_owned())
                 .bind(envelope.timestamp_ms)
-                .bind(lease_until);
+                .bind(lease_until)
+                .bind(0_i64);
         }
         query.execute(&mut **tx).await?;
     }

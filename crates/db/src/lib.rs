@@ -405,6 +405,28 @@ pub fn migrator_with_table(base: &'static Migrator, table: &'static str) -> Migr
     }
 }
 
+/// The `VALUES` list of a multi-row insert: `rows` groups of `columns` numbered placeholders,
+/// `($1, $2), ($3, $4)` for two rows of two. One statement writes every row: one trip to the
+/// database instead of one per row.
+pub fn values_list(rows: usize, columns: usize) -> String {
+    let mut list = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        if row > 0 {
+            list.push_str(", ");
+        }
+        list.push('(');
+        for column in 0..columns {
+            if column > 0 {
+                list.push_str(", ");
+            }
+            list.push('$');
+            list.push_str(&(row * columns + column + 1).to_string());
+        }
+        list.push(')');
+    }
+    list
+}
+
 /// Milliseconds since the Unix epoch: how Banyan stores instants (portable `BIGINT`).
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now()
@@ -471,5 +493,15 @@ mod tests {
         );
         let (key, _) = config.validate().unwrap_err();
         assert_eq!(key, "database.modules.orders.url");
+    }
+}
+
+#[cfg(test)]
+mod values_list_tests {
+    #[test]
+    fn a_values_list_numbers_every_placeholder_once_row_by_row() {
+        assert_eq!(super::values_list(1, 1), "($1)");
+        assert_eq!(super::values_list(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(super::values_list(0, 3), "");
     }
 }

@@ -172,25 +172,10 @@ pub(crate) async fn insert(
     .bind(order.updated_at)
     .execute(&mut *conn)
     .await?;
-    let values: Vec<String> = (0..lines.len())
-        .map(|i| {
-            let n = i * 7;
-            format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5,
-                n + 6,
-                n + 7
-            )
-        })
-        .collect();
     let sql = format!(
         "INSERT INTO order_lines \
          (order_id, line_no, product_id, name, unit_price_minor, currency, quantity) VALUES {}",
-        values.join(", ")
+        banyan_db::values_list(lines.len(), 7)
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for line in lines {
