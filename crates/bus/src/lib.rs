@@ -15,8 +15,10 @@
 //! - [`Outbox`], [`UnitOfWork`]: events recorded in the module's own transaction and relayed
 //!   after commit; the inbox that makes redelivery harmless.
 //! - [`dead_letter`]: deliveries that failed every attempt, listed and replayed.
-//! - [`Transport`]: the seam the HTTP and NATS adapters implement.
+//! - [`Transport`]: the seam the HTTP, gRPC and NATS adapters implement.
 //! - [`http`]: the HTTP adapter (requests as JSON POSTs, events pushed to subscribers).
+//! - [`grpc`]: the gRPC adapter (the same requests and pushed events as unary calls over one
+//!   HTTP/2 connection per instance).
 //! - [`nats`]: the NATS adapter (requests on per-module subjects with queue groups, events on
 //!   a JetStream stream with one durable consumer per subscribing module).
 //! - [`failpoint`]: named places where tests stop a real process to kill it.
@@ -29,10 +31,12 @@ mod backoff;
 mod bus;
 mod config;
 pub mod dead_letter;
+mod direct;
 mod envelope;
 mod error;
 pub mod failpoint;
 mod group_commit;
+pub mod grpc;
 pub mod http;
 mod module_bus;
 pub mod nats;
@@ -44,7 +48,7 @@ pub mod wire;
 
 pub use backoff::Backoff;
 pub use banyan_message::{Event, Message, Rejection, RejectionKind, Request};
-pub use bus::{Bus, Delivered, Inbound, Wiring};
+pub use bus::{Accepted, Bus, Delivered, Inbound, Wiring};
 pub use config::BusConfig;
 pub use envelope::{Context, CorrelationId, Envelope, TraceContext};
 pub use error::{BusError, HandlerError};

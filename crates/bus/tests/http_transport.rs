@@ -4,80 +4,25 @@
 
 mod support;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
-};
+use std::sync::{Arc, atomic::Ordering};
 
 use banyan_bus::{
-    Bus, BusConfig, BusError, Context, CorrelationId, Event, Message, Outbox, Rejection, Request,
-    Transport, dead_letter,
+    Bus, BusConfig, BusError, Context, CorrelationId, Message, Outbox, Rejection, Transport,
+    dead_letter,
     http::{
         self, AGGREGATE_ID, HttpTransport, HttpTransportConfig, SharedSecret, StaticInstances,
         StaticSubscribers, routes,
     },
 };
 use banyan_db::Db;
-use serde::{Deserialize, Serialize};
-use support::{TestStorage, applied, apply_once, rows, wait_until};
+use support::{
+    TestStorage, applied,
+    calc::{Add, Divide, OrderPlaced, Sum, calc_server, shipping_bus},
+    rows, wait_until,
+};
 use uuid::Uuid;
 
 const SECRET: &str = "test-shared-secret-0123456789";
-
-// ------------------------------------------------------------------------------ messages
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Add {
-    a: i64,
-    b: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Sum {
-    sum: i64,
-    /// Which server instance answered.
-    instance: String,
-    /// The correlation id the handler saw.
-    correlation_id: String,
-}
-
-impl Message for Add {
-    const SUBJECT: &str = "calc.add.v1";
-}
-
-impl Request for Add {
-    type Response = Sum;
-}
-
-/// A request nothing handles, in a module that is remote.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Divide {
-    a: i64,
-    b: i64,
-}
-
-impl Message for Divide {
-    const SUBJECT: &str = "calc.divide.v1";
-}
-
-impl Request for Divide {
-    type Response = i64;
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct OrderPlaced {
-    order: Uuid,
-}
-
-impl Message for OrderPlaced {
-    const SUBJECT: &str = "orders.placed.v1";
-}
-
-impl Event for OrderPlaced {
-    fn aggregate_id(&self) -> Uuid {
-        self.order
-    }
-}
 
 // ------------------------------------------------------------------------------ helpers
 
@@ -100,30 +45,6 @@ async fn dead_instance() -> String {
     let address = listener.local_addr().expect("its address");
     drop(listener);
     format!("http://{address}")
-}
-
-/// A server bus whose `calc.add.v1` handler answers as `instance`, counting its calls.
-/// Negative operands are rejected with details.
-fn calc_server(instance: &'static str) -> (Bus, Arc<AtomicUsize>) {
-    let bus = Bus::new(BusConfig::default());
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = calls.clone();
-    bus.handle::<Add, _, _>("calc", move |cx, add| {
-        let counter = counter.clone();
-        async move {
-            counter.fetch_add(1, Ordering::SeqCst);
-            if add.a < 0 || add.b < 0 {
-                return Err(Rejection::new("negative", "operands must not be negative")
-                    .with_details(serde_json::json!({ "a": add.a, "b": add.b })));
-            }
-            Ok(Sum {
-                sum: add.a + add.b,
-                instance: instance.to_owned(),
-                correlation_id: cx.correlation_id().to_string(),
-            })
-        }
-    });
-    (bus, calls)
 }
 
 fn transport(
@@ -158,16 +79,9 @@ fn calc_client(instances: Vec<String>) -> Bus {
     client
 }
 
-/// A server bus hosting module `shipping`, which subscribes to `OrderPlaced` and applies it
-/// once (inbox), with its database and outbox (so its dead letters have a store).
+/// Module `shipping` (see [`shipping_bus`]), served.
 async fn shipping_server(storage: &TestStorage) -> (Bus, Db, String) {
-    let bus = Bus::new(BusConfig::default());
-    let db = storage.open("shipping").await;
-    let outbox = Outbox::start(&bus, db.clone());
-    bus.subscribe::<OrderPlaced, _, _>("shipping", move |delivered| {
-        let outbox = outbox.clone();
-        async move { apply_once(&outbox, &delivered).await }
-    });
+    let (bus, db) = shipping_bus(storage).await;
     let base = serve(&bus).await;
     (bus, db, base)
 }

@@ -13,6 +13,29 @@ use super::{
     read, unavailable,
 };
 
+/// What became of an event another process pushed to one module here: the pusher's
+/// acknowledgement, for every transport that pushes (HTTP, gRPC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Handled by the module's worker (or dead-lettered by it after its last attempt).
+    Delivered,
+    /// Poison (a subject or version the module does not subscribe to, a body that is not
+    /// JSON): kept in the module's dead letters, since a retry would fail the same way.
+    DeadLettered,
+    /// Poison, and the module has no dead-letter store here: logged as an error and dropped.
+    Dropped,
+}
+
+impl Accepted {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accepted::Delivered => "delivered",
+            Accepted::DeadLettered => "dead_lettered",
+            Accepted::Dropped => "dropped",
+        }
+    }
+}
+
 /// A transport's handle on the bus of the process it serves: requests and events that arrived
 /// as JSON from another process, and messages that cannot be delivered at all.
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +134,79 @@ impl Inbound<'_> {
         finished
             .await
             .map_err(|_| unavailable(&envelope.subject, "shut down before the event was handled"))
+    }
+
+    /// Takes an event another process pushed to `module` here, and answers only once it is
+    /// safe: handled by the module's worker (in order with the aggregate's other events,
+    /// through the module's inbox) or kept in its dead letters. The error says whether a retry
+    /// can help:
+    /// - [`BusError::NoHandler`]: the module subscribes to nothing in this process (the
+    ///   pusher's directory is stale: the module moved, or the address was recycled);
+    /// - [`BusError::Unavailable`]: shutting down, or the worker failed every attempt and not
+    ///   even the dead letter could be stored; the pusher retries, then its relay resends.
+    pub async fn accept_pushed_event(
+        self,
+        module: &str,
+        envelope: Envelope,
+        body: &[u8],
+        aggregate: Uuid,
+    ) -> Result<Accepted, BusError> {
+        let subject = envelope.subject.clone();
+        let wiring = self.bus.wiring();
+        if !wiring.groups().contains(&module) {
+            tracing::warn!(%subject, module, "Refused a bus event: that module subscribes to nothing in this process.");
+            return Err(BusError::NoHandler { subject });
+        }
+        if self.bus.is_closing() {
+            return Err(unavailable(&subject, "the bus is shutting down"));
+        }
+        // Poison: retrying it would fail the same way forever, so it goes to dead letters now.
+        let poison = if !wiring.subscriptions_of(module).contains(&subject.as_str()) {
+            Some(format!(
+                "module `{module}` has no subscriber for `{subject}` (unknown subject or version)"
+            ))
+        } else {
+            match std::str::from_utf8(body) {
+                Err(_) => Some("undecodable: the body is not UTF-8".to_owned()),
+                Ok(text) => serde_json::from_str::<serde::de::IgnoredAny>(text)
+                    .err()
+                    .map(|error| format!("undecodable: {error}")),
+            }
+        };
+        let message_id = envelope.message_id;
+        let correlation_id = envelope.correlation_id.clone();
+        if let Some(reason) = poison {
+            tracing::warn!(%subject, module, %message_id, %correlation_id, reason, "A bus event from another process cannot be delivered; dead-lettering it.");
+            let payload = String::from_utf8_lossy(body);
+            return match self
+                .dead_letter_received(module, &envelope, &payload, &reason)
+                .await
+            {
+                Ok(true) => Ok(Accepted::DeadLettered),
+                Ok(false) => {
+                    tracing::error!(%subject, module, %message_id, "No dead-letter store for this module; the event is dropped.");
+                    Ok(Accepted::Dropped)
+                }
+                // Not stored: the sender keeps the event and tries again later.
+                Err(error) => {
+                    tracing::error!(%subject, module, %message_id, %error, "Could not store a dead letter.");
+                    Err(unavailable(&subject, "could not store the dead letter"))
+                }
+            };
+        }
+        // Delivered to this one module's worker and awaited: the worker retries with backoff and
+        // dead-letters after its last attempt, so `Ok` means handled or kept, never lost.
+        let json: Arc<str> = String::from_utf8_lossy(body).into();
+        match self
+            .deliver_remote_event_to(module, envelope, json, aggregate)
+            .await
+        {
+            Ok(()) => Ok(Accepted::Delivered),
+            Err(error) => {
+                tracing::warn!(%subject, module, %message_id, %correlation_id, %error, "Could not deliver a bus event from another process.");
+                Err(error)
+            }
+        }
     }
 
     /// Records a message that arrived from the wire but cannot be delivered at all (bad JSON,

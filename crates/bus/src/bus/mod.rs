@@ -19,7 +19,7 @@ mod wiring;
 pub use events::Delivered;
 pub(crate) use events::{Ack, Dispatch, Mode, OutgoingEvent};
 use events::{Group, Subscription};
-pub use inbound::Inbound;
+pub use inbound::{Accepted, Inbound};
 use requests::RequestEndpoint;
 pub use wiring::Wiring;
 

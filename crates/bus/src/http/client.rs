@@ -1,6 +1,7 @@
 //! The client side: requests to one instance of a module, events pushed to every subscribing module.
 
 use super::*;
+use crate::direct::{self, Attempt, Push, RoundRobin, error_chain, timeout, unavailable};
 
 /// Tunables of the HTTP client side.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,7 +33,7 @@ impl Default for HttpTransportConfig {
 
 impl HttpTransportConfig {
     /// The pause before retry number `attempt` (1-based): see [`Backoff`].
-    pub(super) fn backoff(&self, attempt: u32) -> Duration {
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
         Backoff::new(
             Duration::from_millis(self.backoff_base_ms),
             Duration::from_millis(self.backoff_max_ms),
@@ -76,8 +77,8 @@ pub struct HttpTransport {
     /// This process's credential, sent with every call.
     peers: Arc<dyn Peers>,
     config: HttpTransportConfig,
-    /// Round-robin cursor per module.
-    cursors: RwLock<HashMap<String, Arc<AtomicUsize>>>,
+    /// Which instance of each module is next.
+    cursor: RoundRobin,
     /// The URLs called, parsed once: parsing one per call was a tenth of a call's client-side
     /// work (callgrind). Bounded: instances come and go.
     urls: RwLock<HashMap<String, reqwest::Url>>,
@@ -89,15 +90,6 @@ impl fmt::Debug for HttpTransport {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
-}
-
-/// What one push of an event to one instance came to.
-enum Push {
-    Done,
-    /// Worth another attempt (nothing answered, or the receiver is busy or restarting).
-    Retry(String),
-    /// Another attempt would meet the same answer, or might pile up behind the first.
-    Fail(BusError),
 }
 
 impl HttpTransport {
@@ -126,7 +118,7 @@ impl HttpTransport {
             subscribers,
             peers,
             config,
-            cursors: RwLock::default(),
+            cursor: RoundRobin::default(),
             urls: RwLock::default(),
         })
     }
@@ -152,96 +144,54 @@ impl HttpTransport {
         Ok(url)
     }
 
-    /// The position of the next instance of `module` to try, among `count`.
-    fn next_index(&self, module: &str, count: usize) -> usize {
-        let cursor = self
-            .cursors
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(module)
-            .cloned();
-        let cursor = match cursor {
-            Some(cursor) => cursor,
-            None => self
-                .cursors
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(module.to_owned())
-                .or_default()
-                .clone(),
-        };
-        cursor.fetch_add(1, Ordering::Relaxed) % count
-    }
-
     async fn send_request(
         &self,
         envelope: Envelope,
         body: Arc<[u8]>,
         deadline: Duration,
     ) -> Result<RemoteReply, BusError> {
-        let started = Instant::now();
         let subject = envelope.subject.clone();
-        let module = module_of(&subject);
-        let instances = self.instances.instances(module);
-        if instances.is_empty() {
-            return Err(unavailable(
-                &subject,
-                format!("no instance of module `{module}` is known"),
-            ));
-        }
         let headers = envelope_headers(&envelope)?;
         let body = Bytes::from_owner(body);
-        let first = self.next_index(module, instances.len());
-        let mut refused = Vec::new();
-        for step in 0..instances.len() {
-            let base = &instances[(first + step) % instances.len()];
-            let remaining = deadline.saturating_sub(started.elapsed());
-            if remaining.is_zero() {
-                return Err(timeout(&subject, deadline));
-            }
-            let url = match self.url(base, &request_path(&subject)) {
-                Ok(url) => url,
+        let (headers, body, subject_ref) = (&headers, &body, subject.as_str());
+        direct::request_any(
+            &*self.instances,
+            &self.cursor,
+            subject_ref,
+            deadline,
+            |base, remaining| async move {
                 // Not even a URL: nothing was sent, the next one is safe.
-                Err(reason) => {
-                    refused.push(format!("{base}: {reason}"));
-                    continue;
-                }
-            };
-            let sent = self
-                .client
-                .post(url)
-                .headers(headers.clone())
-                .header(header::AUTHORIZATION, self.peers.credential())
-                .header(header::CONTENT_TYPE, "application/json")
-                .header(DEADLINE_MS, remaining.as_millis().max(1).to_string())
-                .timeout(remaining)
-                .body(body.clone())
-                .send()
-                .await;
-            match sent {
-                Ok(response) => return read_reply(response, &subject, deadline).await,
-                // Not connected (or not even a URL): nothing was sent, the next one is safe.
-                Err(error) if error.is_connect() || error.is_builder() => {
-                    tracing::debug!(%subject, instance = %base, error = %error_chain(&error), "Bus instance unreachable; trying the next.");
-                    refused.push(format!("{base}: {}", error_chain(&error)));
-                }
-                Err(error) if error.is_timeout() => return Err(timeout(&subject, deadline)),
-                // It may have reached the handler: not retried.
-                Err(error) => {
-                    return Err(unavailable(
-                        &subject,
+                let url = match self.url(&base, &request_path(subject_ref)) {
+                    Ok(url) => url,
+                    Err(reason) => return Attempt::Refused(reason),
+                };
+                let sent = self
+                    .client
+                    .post(url)
+                    .headers(headers.clone())
+                    .header(header::AUTHORIZATION, self.peers.credential())
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .header(DEADLINE_MS, remaining.as_millis().max(1).to_string())
+                    .timeout(remaining)
+                    .body(body.clone())
+                    .send()
+                    .await;
+                Attempt::Answered(match sent {
+                    Ok(response) => read_reply(response, subject_ref, deadline).await,
+                    // Not connected: nothing was sent, the next one is safe.
+                    Err(error) if error.is_connect() || error.is_builder() => {
+                        return Attempt::Refused(error_chain(&error));
+                    }
+                    Err(error) if error.is_timeout() => Err(timeout(subject_ref, deadline)),
+                    // It may have reached the handler: not retried.
+                    Err(error) => Err(unavailable(
+                        subject_ref,
                         format!("{base}: {}", error_chain(&error)),
-                    ));
-                }
-            }
-        }
-        Err(unavailable(
-            &subject,
-            format!(
-                "no instance of module `{module}` could be reached ({})",
-                refused.join("; ")
-            ),
-        ))
+                    )),
+                })
+            },
+        )
+        .await
     }
 
     async fn send_event(
@@ -268,26 +218,10 @@ impl HttpTransport {
             HeaderValue::from_static("application/json"),
         );
         let body = Bytes::from_owner(json.as_bytes().to_vec());
-        let pushes = modules
-            .iter()
-            .map(|module| self.push_to_module(module, &envelope.subject, &headers, &body));
-        let failures: Vec<BusError> = join_all(pushes)
-            .await
-            .into_iter()
-            .filter_map(Result::err)
-            .collect();
-        match failures.len() {
-            0 => Ok(()),
-            1 => Err(failures.into_iter().next().expect("one failure")),
-            _ => Err(unavailable(
-                &envelope.subject,
-                failures
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )),
-        }
+        direct::push_to_all(&envelope.subject, &modules, |module| {
+            self.push_to_module(module, &envelope.subject, &headers, &body)
+        })
+        .await
     }
 
     /// Pushes an event to one instance of `module`, retrying with backoff.
@@ -298,32 +232,15 @@ impl HttpTransport {
         headers: &HeaderMap,
         body: &Bytes,
     ) -> Result<(), BusError> {
-        let attempts = self.config.publish_attempts.max(1);
-        let mut last = String::new();
-        for attempt in 1..=attempts {
-            if attempt > 1 {
-                tokio::time::sleep(self.config.backoff(attempt - 1)).await;
-            }
-            let instances = self.instances.instances(module);
-            let outcome = if instances.is_empty() {
-                Push::Retry(format!("no instance of module `{module}` is known"))
-            } else {
-                let base = &instances[self.next_index(module, instances.len())];
-                self.push_once(base, module, subject, headers, body).await
-            };
-            match outcome {
-                Push::Done => return Ok(()),
-                Push::Fail(error) => return Err(error),
-                Push::Retry(reason) => {
-                    tracing::debug!(%subject, module, attempt, %reason, "Pushing an event failed; retrying.");
-                    last = reason;
-                }
-            }
-        }
-        Err(unavailable(
+        direct::push_with_retries(
+            &self.config,
+            &*self.instances,
+            &self.cursor,
+            module,
             subject,
-            format!("module `{module}` did not take the event after {attempts} attempts: {last}"),
-        ))
+            |base| async move { self.push_once(&base, module, subject, headers, body).await },
+        )
+        .await
     }
 
     async fn push_once(
@@ -469,30 +386,4 @@ fn error_reason(body: &[u8]) -> Option<String> {
     serde_json::from_slice::<ErrorBody>(body)
         .ok()
         .map(|b| format!("{}: {}", b.error.kind, b.error.reason))
-}
-
-/// An error with its causes, which is where reqwest says what actually happened.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-fn unavailable(subject: &str, reason: String) -> BusError {
-    BusError::Unavailable {
-        subject: subject.into(),
-        reason,
-    }
-}
-
-fn timeout(subject: &str, after: Duration) -> BusError {
-    BusError::Timeout {
-        subject: subject.into(),
-        after,
-    }
 }

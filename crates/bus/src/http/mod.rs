@@ -44,11 +44,8 @@
 use std::{
     collections::HashMap,
     fmt,
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::{Duration, Instant},
+    sync::{Arc, RwLock},
+    time::Duration,
 };
 
 use axum::{
@@ -61,8 +58,8 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use banyan_message::{Rejection, module_of};
-use futures::future::{BoxFuture, join_all};
+use banyan_message::Rejection;
+use futures::future::BoxFuture;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -74,7 +71,7 @@ use crate::{
 
 mod client;
 mod peers;
-mod server;
+pub(crate) mod server;
 
 pub use client::{HttpSetupError, HttpTransport, HttpTransportConfig, client_builder};
 pub use peers::{MessageKind, Peers, SharedSecret};

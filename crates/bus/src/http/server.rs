@@ -21,10 +21,10 @@ pub fn routes(bus: Bus, peers: Arc<dyn Peers>) -> Router {
 
 /// An answer with an error body: `{"error": {"kind", "reason"}}`.
 #[derive(Debug)]
-struct Refusal {
-    status: StatusCode,
-    kind: &'static str,
-    reason: String,
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) kind: &'static str,
+    pub(crate) reason: String,
 }
 
 impl Refusal {
@@ -40,7 +40,7 @@ impl Refusal {
         Self::new(StatusCode::BAD_REQUEST, "codec", reason)
     }
 
-    fn from_bus(error: &BusError) -> Self {
+    pub(crate) fn from_bus(error: &BusError) -> Self {
         let status = match error {
             BusError::NoHandler { .. } => StatusCode::NOT_FOUND,
             BusError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -66,44 +66,51 @@ impl IntoResponse for Refusal {
     }
 }
 
-impl Server {
-    /// The calling process, if its credential is accepted; logs why a call is refused, never
-    /// the token.
-    fn authenticate(&self, headers: &HeaderMap, route: &str) -> Result<String, Refusal> {
-        let checked = match bearer_token(headers) {
-            _ if !headers.contains_key(header::AUTHORIZATION) => {
-                Err("no authorization header".to_owned())
-            }
-            None => Err("not a bearer token".to_owned()),
-            Some(token) => self.peers.authenticate(token),
-        };
-        checked.map_err(|reason| {
-            tracing::warn!(route, reason, "Refused an unauthenticated bus call.");
-            Refusal::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid bearer token is required",
-            )
-        })
-    }
-
-    /// Whether `peer` may hand in `kind` on `subject`; a refusal is logged as a warning.
-    fn permit(&self, peer: &str, kind: MessageKind, subject: &str) -> Result<(), Refusal> {
-        if self.peers.permits(peer, kind, subject) {
-            return Ok(());
+/// The calling process, if its credential is accepted; logs why a call is refused, never the
+/// token. Every transport that carries headers checks its callers this way.
+pub(crate) fn authenticate(
+    peers: &dyn Peers,
+    headers: &HeaderMap,
+    route: &str,
+) -> Result<String, Refusal> {
+    let checked = match bearer_token(headers) {
+        _ if !headers.contains_key(header::AUTHORIZATION) => {
+            Err("no authorization header".to_owned())
         }
-        tracing::warn!(
-            peer,
-            subject,
-            ?kind,
-            "Refused a bus call the calling process may not make."
-        );
-        Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("process `{peer}` may not hand in {subject}"),
-        ))
+        None => Err("not a bearer token".to_owned()),
+        Some(token) => peers.authenticate(token),
+    };
+    checked.map_err(|reason| {
+        tracing::warn!(route, reason, "Refused an unauthenticated bus call.");
+        Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
+    })
+}
+
+/// Whether `peer` may hand in `kind` on `subject`; a refusal is logged as a warning.
+pub(crate) fn permit(
+    peers: &dyn Peers,
+    peer: &str,
+    kind: MessageKind,
+    subject: &str,
+) -> Result<(), Refusal> {
+    if peers.permits(peer, kind, subject) {
+        return Ok(());
     }
+    tracing::warn!(
+        peer,
+        subject,
+        ?kind,
+        "Refused a bus call the calling process may not make."
+    );
+    Err(Refusal::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("process `{peer}` may not hand in {subject}"),
+    ))
 }
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme in any case), trimmed;
@@ -191,23 +198,14 @@ async fn answer_request(
     request: Request,
 ) -> Result<Response, Refusal> {
     const ROUTE: &str = "/bus/v1/requests";
-    let peer = server.authenticate(request.headers(), ROUTE)?;
+    let peer = authenticate(&*server.peers, request.headers(), ROUTE)?;
     let subject = subject_from(path, ROUTE)?;
-    server.permit(&peer, MessageKind::Request, &subject)?;
+    permit(&*server.peers, &peer, MessageKind::Request, &subject)?;
     let headers = request.headers();
     let envelope = envelope_from_headers(headers, &subject)
         .map_err(|reason| refuse("request", &subject, reason))?;
-    let deadline = match wire::Headers::text(headers, DEADLINE_MS) {
-        Ok(None) => server.bus.config().request_timeout(),
-        Ok(Some(ms)) => match ms.parse::<u64>() {
-            Ok(ms) if ms > 0 => Duration::from_millis(ms).min(MAX_DEADLINE),
-            _ => {
-                let reason = format!("`{DEADLINE_MS}` is not a positive number of milliseconds");
-                return Err(refuse("request", &subject, reason));
-            }
-        },
-        Err(reason) => return Err(refuse("request", &subject, reason)),
-    };
+    let deadline = deadline_from(headers, &server.bus)
+        .map_err(|reason| refuse("request", &subject, reason))?;
     let body = read_body(request, &subject).await?;
     let correlation_id = envelope.correlation_id.clone();
     match server
@@ -265,9 +263,9 @@ async fn answer_event(
     request: Request,
 ) -> Result<Response, Refusal> {
     const ROUTE: &str = "/bus/v1/events";
-    let peer = server.authenticate(request.headers(), ROUTE)?;
+    let peer = authenticate(&*server.peers, request.headers(), ROUTE)?;
     let subject = subject_from(path, ROUTE)?;
-    server.permit(&peer, MessageKind::Event, &subject)?;
+    permit(&*server.peers, &peer, MessageKind::Event, &subject)?;
     let module = match Query::<EventTarget>::try_from_uri(request.uri()) {
         Ok(Query(target)) if !target.module.is_empty() => target.module,
         _ => {
@@ -278,101 +276,39 @@ async fn answer_event(
     let headers = request.headers();
     let envelope = envelope_from_headers(headers, &subject)
         .map_err(|reason| refuse("event", &subject, reason))?;
-    let aggregate = wire::Headers::text(headers, AGGREGATE_ID)
+    let aggregate = aggregate_from(headers).map_err(|reason| refuse("event", &subject, reason))?;
+    // Everything the headers say is checked before the body is read: a refusal costs nothing.
+    let body = read_body(request, &subject).await?;
+    match server
+        .bus
+        .inbound()
+        .accept_pushed_event(&module, envelope, &body, aggregate)
+        .await
+    {
+        Ok(accepted) => Ok(status_response(accepted.as_str())),
+        Err(error) => Err(Refusal::from_bus(&error)),
+    }
+}
+
+/// How long a request may take: its [`DEADLINE_MS`] header (at most [`MAX_DEADLINE`]), or
+/// the bus's request timeout without one.
+pub(crate) fn deadline_from(headers: &HeaderMap, bus: &Bus) -> Result<Duration, String> {
+    match wire::Headers::text(headers, DEADLINE_MS)? {
+        None => Ok(bus.config().request_timeout()),
+        Some(ms) => match ms.parse::<u64>() {
+            Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms).min(MAX_DEADLINE)),
+            _ => Err(format!(
+                "`{DEADLINE_MS}` is not a positive number of milliseconds"
+            )),
+        },
+    }
+}
+
+/// The aggregate of a pushed event, from its [`AGGREGATE_ID`] header.
+pub(crate) fn aggregate_from(headers: &HeaderMap) -> Result<Uuid, String> {
+    wire::Headers::text(headers, AGGREGATE_ID)
         .and_then(|a| a.ok_or_else(|| format!("header `{AGGREGATE_ID}` is missing")))
         .and_then(|a| {
             Uuid::parse_str(a).map_err(|_| format!("header `{AGGREGATE_ID}` is not a UUID"))
         })
-        .map_err(|reason| refuse("event", &subject, reason))?;
-    // Everything the headers say is checked before the body is read: a refusal costs nothing.
-    let body = read_body(request, &subject).await?;
-    let bus = &server.bus;
-    // A module this process does not host: the pusher's directory is stale (the module moved,
-    // or this is another process at a recycled address). 404, so it routes elsewhere.
-    if !bus.wiring().groups().contains(&module.as_str()) {
-        tracing::warn!(%subject, module, "Refused a bus event: that module subscribes to nothing in this process.");
-        return Err(Refusal::new(
-            StatusCode::NOT_FOUND,
-            "no_handler",
-            format!("module `{module}` has no subscriptions in this process"),
-        ));
-    }
-    if bus.is_closing() {
-        return Err(Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the bus is shutting down",
-        ));
-    }
-    // Poison: retrying it would fail the same way forever, so it goes to dead letters now.
-    let poison = if !bus
-        .wiring()
-        .subscriptions_of(&module)
-        .contains(&subject.as_str())
-    {
-        Some(format!(
-            "module `{module}` has no subscriber for `{subject}` (unknown subject or version)"
-        ))
-    } else {
-        match std::str::from_utf8(&body) {
-            Err(_) => Some("undecodable: the body is not UTF-8".to_owned()),
-            Ok(text) => serde_json::from_str::<serde::de::IgnoredAny>(text)
-                .err()
-                .map(|error| format!("undecodable: {error}")),
-        }
-    };
-    if let Some(reason) = poison {
-        return dead_letter(bus, &module, &envelope, &body, &reason).await;
-    }
-    // Delivered to this one module's worker and awaited: the worker retries with backoff and
-    // dead-letters after its last attempt, so `Ok` means handled or kept, never lost.
-    let json: Arc<str> = String::from_utf8_lossy(&body).into();
-    let message_id = envelope.message_id;
-    let correlation_id = envelope.correlation_id.clone();
-    match bus
-        .inbound()
-        .deliver_remote_event_to(&module, envelope, json, aggregate)
-        .await
-    {
-        Ok(()) => Ok(status_response("delivered")),
-        Err(error) => {
-            tracing::warn!(%subject, module, %message_id, %correlation_id, %error, "Could not deliver a bus event from another process.");
-            Err(Refusal::from_bus(&error))
-        }
-    }
-}
-
-/// Records a poison event in `module`'s dead letters and answers 200 so the sender stops.
-async fn dead_letter(
-    bus: &Bus,
-    module: &str,
-    envelope: &Envelope,
-    body: &[u8],
-    reason: &str,
-) -> Result<Response, Refusal> {
-    let subject = &envelope.subject;
-    let message_id = envelope.message_id;
-    let correlation_id = &envelope.correlation_id;
-    tracing::warn!(%subject, module, %message_id, %correlation_id, reason, "A bus event from another process cannot be delivered; dead-lettering it.");
-    let payload = String::from_utf8_lossy(body);
-    match bus
-        .inbound()
-        .dead_letter_received(module, envelope, &payload, reason)
-        .await
-    {
-        Ok(true) => Ok(status_response("dead_lettered")),
-        Ok(false) => {
-            tracing::error!(%subject, module, %message_id, "No dead-letter store for this module; the event is dropped.");
-            Ok(status_response("dropped"))
-        }
-        // Not stored: the sender keeps the event and tries again later.
-        Err(error) => {
-            tracing::error!(%subject, module, %message_id, %error, "Could not store a dead letter.");
-            Err(Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "could not store the dead letter",
-            ))
-        }
-    }
 }

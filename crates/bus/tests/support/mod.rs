@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod calc;
+
 use std::{
     path::Path,
     time::{Duration, Instant},

@@ -1,0 +1,213 @@
+//! What the adapters that call an instance directly (HTTP and gRPC, unlike NATS, where the
+//! broker picks) share: which instance of a module to try next, a request that moves on to
+//! the next instance only when nothing was sent, and an event pushed to every subscribing
+//! module with retries and backoff.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use banyan_message::module_of;
+use futures::future::join_all;
+
+use crate::{
+    BusError, RemoteReply,
+    http::{HttpTransportConfig, Instances},
+};
+
+/// A round-robin cursor per module.
+#[derive(Debug, Default)]
+pub(crate) struct RoundRobin {
+    cursors: RwLock<HashMap<String, Arc<AtomicUsize>>>,
+}
+
+impl RoundRobin {
+    /// The position of the next instance of `module` to try, among `count`.
+    pub(crate) fn next(&self, module: &str, count: usize) -> usize {
+        let cursor = self
+            .cursors
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(module)
+            .cloned();
+        let cursor = match cursor {
+            Some(cursor) => cursor,
+            None => self
+                .cursors
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(module.to_owned())
+                .or_default()
+                .clone(),
+        };
+        cursor.fetch_add(1, Ordering::Relaxed) % count
+    }
+}
+
+/// What one try of a request at one instance came to.
+pub(crate) enum Attempt {
+    /// The instance answered, or the call may have reached its handler: the outcome stands.
+    Answered(Result<RemoteReply, BusError>),
+    /// Nothing was sent (no connection, not even a URL): the next instance is safe to try.
+    Refused(String),
+}
+
+/// Sends a request to one instance of the module of `subject`, starting where the module's
+/// cursor points; moves on only past instances that were never reached, and never past the
+/// deadline. `attempt` gets an instance's base URL and the time that is left.
+pub(crate) async fn request_any<F, Fut>(
+    instances: &dyn Instances,
+    cursor: &RoundRobin,
+    subject: &str,
+    deadline: Duration,
+    mut attempt: F,
+) -> Result<RemoteReply, BusError>
+where
+    F: FnMut(String, Duration) -> Fut,
+    Fut: Future<Output = Attempt>,
+{
+    let started = Instant::now();
+    let module = module_of(subject);
+    let instances = instances.instances(module);
+    if instances.is_empty() {
+        return Err(unavailable(
+            subject,
+            format!("no instance of module `{module}` is known"),
+        ));
+    }
+    let first = cursor.next(module, instances.len());
+    let mut refused = Vec::new();
+    for step in 0..instances.len() {
+        let base = &instances[(first + step) % instances.len()];
+        let remaining = deadline.saturating_sub(started.elapsed());
+        if remaining.is_zero() {
+            return Err(timeout(subject, deadline));
+        }
+        match attempt(base.clone(), remaining).await {
+            Attempt::Answered(outcome) => return outcome,
+            Attempt::Refused(reason) => {
+                tracing::debug!(%subject, instance = %base, %reason, "Bus instance unreachable; trying the next.");
+                refused.push(format!("{base}: {reason}"));
+            }
+        }
+    }
+    Err(unavailable(
+        subject,
+        format!(
+            "no instance of module `{module}` could be reached ({})",
+            refused.join("; ")
+        ),
+    ))
+}
+
+/// What one push of an event to one instance came to.
+pub(crate) enum Push {
+    Done,
+    /// Worth another attempt (nothing answered, or the receiver is busy or restarting).
+    Retry(String),
+    /// Another attempt would meet the same answer, or might pile up behind the first.
+    Fail(BusError),
+}
+
+/// Pushes an event on `subject` to one instance of each of `modules`, all at once; `Ok` only
+/// when every module took it. `push` is one module's whole push, retries included.
+pub(crate) async fn push_to_all<'m, F, Fut>(
+    subject: &str,
+    modules: &'m [String],
+    push: F,
+) -> Result<(), BusError>
+where
+    F: Fn(&'m str) -> Fut,
+    Fut: Future<Output = Result<(), BusError>>,
+{
+    let failures: Vec<BusError> = join_all(modules.iter().map(|m| push(m)))
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    match failures.len() {
+        0 => Ok(()),
+        1 => Err(failures.into_iter().next().expect("one failure")),
+        _ => Err(unavailable(
+            subject,
+            failures
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
+    }
+}
+
+/// Pushes an event to one instance of `module` (the next by its cursor, looked up again on
+/// every attempt), retrying with backoff as `config` says. `once` is one push to the
+/// instance at the base URL it is given.
+pub(crate) async fn push_with_retries<F, Fut>(
+    config: &HttpTransportConfig,
+    instances: &dyn Instances,
+    cursor: &RoundRobin,
+    module: &str,
+    subject: &str,
+    once: F,
+) -> Result<(), BusError>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Push>,
+{
+    let attempts = config.publish_attempts.max(1);
+    let mut last = String::new();
+    for attempt in 1..=attempts {
+        if attempt > 1 {
+            tokio::time::sleep(config.backoff(attempt - 1)).await;
+        }
+        let instances = instances.instances(module);
+        let outcome = if instances.is_empty() {
+            Push::Retry(format!("no instance of module `{module}` is known"))
+        } else {
+            once(instances[cursor.next(module, instances.len())].clone()).await
+        };
+        match outcome {
+            Push::Done => return Ok(()),
+            Push::Fail(error) => return Err(error),
+            Push::Retry(reason) => {
+                tracing::debug!(%subject, module, attempt, %reason, "Pushing an event failed; retrying.");
+                last = reason;
+            }
+        }
+    }
+    Err(unavailable(
+        subject,
+        format!("module `{module}` did not take the event after {attempts} attempts: {last}"),
+    ))
+}
+
+/// An error with its causes, which is where the HTTP stacks say what actually happened.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+pub(crate) fn unavailable(subject: &str, reason: String) -> BusError {
+    BusError::Unavailable {
+        subject: subject.into(),
+        reason,
+    }
+}
+
+pub(crate) fn timeout(subject: &str, after: Duration) -> BusError {
+    BusError::Timeout {
+        subject: subject.into(),
+        after,
+    }
+}
