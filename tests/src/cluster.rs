@@ -24,6 +24,7 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     Http,
+    Grpc,
     Nats,
 }
 
@@ -31,6 +32,7 @@ impl Transport {
     pub fn name(self) -> &'static str {
         match self {
             Transport::Http => "http",
+            Transport::Grpc => "grpc",
             Transport::Nats => "nats",
         }
     }
@@ -82,6 +84,27 @@ impl Topology {
             processes: vec!["inventory".into(), "payments".into(), "payments".into()],
             nats_url: None,
             tls: false,
+            process_env: Vec::new(),
+        }
+    }
+
+    /// Inventory and cart in a process each and payments in two, all reached over gRPC with TLS
+    /// on every listener (so HTTP/2 is agreed in ALPN).
+    pub fn inventory_cart_and_two_payments_over_grpc() -> Self {
+        Self {
+            placements: vec![
+                ("inventory".into(), "inventory".into(), Transport::Grpc),
+                ("cart".into(), "cart".into(), Transport::Grpc),
+                ("payments".into(), "payments".into(), Transport::Grpc),
+            ],
+            processes: vec![
+                "inventory".into(),
+                "cart".into(),
+                "payments".into(),
+                "payments".into(),
+            ],
+            nats_url: None,
+            tls: true,
             process_env: Vec::new(),
         }
     }

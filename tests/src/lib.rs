@@ -660,11 +660,12 @@ macro_rules! on_both_engines {
     };
 }
 
-/// Declares each named scenario `async fn name(app: &TestApp)` as four tests, one per place
+/// Declares each named scenario `async fn name(app: &TestApp)` as five tests, one per place
 /// the shop can run: `sqlite::name` and `postgres::name` (all in the test's process),
 /// `split_https::name` (payments and notifications in processes of their own, over HTTP with
-/// TLS on every listener, on SQLite) and `split_nats::name` (inventory and two payments
-/// processes over NATS, on PostgreSQL). `settings = f;` first adjusts every app's settings, as for
+/// TLS on every listener, on SQLite), `split_nats::name` (inventory and two payments
+/// processes over NATS, on PostgreSQL) and `split_grpc::name` (inventory, cart and two
+/// payments processes over gRPC with TLS, on SQLite). `settings = f;` first adjusts every app's settings, as for
 /// [`on_both_engines!`].
 #[macro_export]
 macro_rules! on_every_topology {
@@ -684,6 +685,15 @@ macro_rules! on_every_topology {
             $crate::TestApp::spawn_split(
                 $crate::Engine::Postgres,
                 $crate::cluster::Topology::inventory_and_two_payments_over_nats(),
+                $adjust,
+            ),
+            $($name),*
+        );
+        $crate::scenarios_in!(
+            split_grpc,
+            $crate::TestApp::spawn_split(
+                $crate::Engine::Sqlite,
+                $crate::cluster::Topology::inventory_cart_and_two_payments_over_grpc(),
                 $adjust,
             ),
             $($name),*

@@ -29,11 +29,11 @@ fn payments_in(processes: usize, transport: Transport) -> Topology {
     }
 }
 
-/// NATS on PostgreSQL, HTTP on SQLite: both engines see a failover.
+/// NATS on PostgreSQL, HTTP and gRPC on SQLite: both engines see a failover.
 fn engine_for(transport: Transport) -> Engine {
     match transport {
         Transport::Nats => Engine::Postgres,
-        Transport::Http => Engine::Sqlite,
+        Transport::Http | Transport::Grpc => Engine::Sqlite,
     }
 }
 
@@ -132,6 +132,11 @@ async fn over_http_a_killed_payments_instance_leaves_the_burst_to_the_other() {
     one_of_two_payments_instances_killed_mid_burst(Transport::Http).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_grpc_a_killed_payments_instance_leaves_the_burst_to_the_other() {
+    one_of_two_payments_instances_killed_mid_burst(Transport::Grpc).await;
+}
+
 async fn the_only_payments_instance_killed_mid_burst(transport: Transport) {
     let Some((mut app, product, token, before)) =
         burst_killing_payments(transport, 1, (40, 8, 1_000), 10).await
@@ -164,6 +169,11 @@ async fn over_nats_orders_wait_for_a_payments_instance_and_complete_when_one_sta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_http_orders_wait_for_a_payments_instance_and_complete_when_one_starts() {
     the_only_payments_instance_killed_mid_burst(Transport::Http).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_grpc_orders_wait_for_a_payments_instance_and_complete_when_one_starts() {
+    the_only_payments_instance_killed_mid_burst(Transport::Grpc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -152,7 +152,7 @@ async fn smoke_checkout(app: &TestApp, moved: &str) {
     }
 }
 
-/// One test per module and transport: `over_http::payments`, `over_nats::users`, ...
+/// One test per module and transport: `over_http::payments`, `over_grpc::cart`, `over_nats::users`, ...
 macro_rules! each_module_moved {
     ($($module:ident),*) => {
         mod over_http {
@@ -160,6 +160,14 @@ macro_rules! each_module_moved {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $module() {
                     super::moved_alone(stringify!($module), super::Transport::Http).await;
+                }
+            )*
+        }
+        mod over_grpc {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $module() {
+                    super::moved_alone(stringify!($module), super::Transport::Grpc).await;
                 }
             )*
         }

@@ -334,6 +334,7 @@ mod tests {
     fn the_shipped_topologies_load() {
         for file in [
             "split-payments-http.toml",
+            "split-payments-grpc.toml",
             "split-payments-nats.toml",
             "split-inventory-payments-nats.toml",
         ] {

@@ -27,7 +27,7 @@ use crate::{
     operations::{Hosted, operations_routes},
     registry::RegistryState,
     split::{Split, wire_split},
-    tls::TlsListener,
+    tls::{Protocols, TlsListener},
 };
 
 /// A built process, ready to serve.
@@ -188,12 +188,15 @@ impl Server {
                     .unwrap_or_default()
                     .fallback(edge::not_found),
             );
-            if topology.uses_http() {
-                // The bus's own endpoints: outside the edge (they carry their envelope, their
-                // callers' identities and their own body limit) and outside the OpenAPI document.
-                let peers = split.as_ref().map(|s| s.peers.clone());
-                if let Some(peers) = peers {
-                    routes = routes.merge(banyan_bus::http::routes(bus.clone(), peers));
+            // The bus's own endpoints: outside the edge (they carry their envelope, their
+            // callers' identities and their own body limit) and outside the OpenAPI document.
+            // gRPC shares the listener: HTTP/2 is told from HTTP/1.1 by its first bytes.
+            if let Some(peers) = split.as_ref().map(|s| s.peers.clone()) {
+                if topology.uses_http() {
+                    routes = routes.merge(banyan_bus::http::routes(bus.clone(), peers.clone()));
+                }
+                if topology.uses_grpc() {
+                    routes = routes.merge(banyan_bus::grpc::routes(bus.clone(), peers));
                 }
             }
             internal = Some(routes);
@@ -202,14 +205,14 @@ impl Server {
         bus.wiring().open_events();
         let public_tls = match &settings.server.tls {
             Some(tls) => Some(
-                crate::tls::server_config(&tls.cert_file, &tls.key_file)
+                crate::tls::server_config(&tls.cert_file, &tls.key_file, Protocols::Http1)
                     .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?,
             ),
             None => None,
         };
         let internal_tls = match topology.tls.as_ref().filter(|_| split.is_some()) {
             Some(tls) => Some(
-                crate::tls::server_config(&tls.cert_file, &tls.key_file)
+                crate::tls::server_config(&tls.cert_file, &tls.key_file, Protocols::Http2AndHttp1)
                     .map_err(|e| anyhow::anyhow!("topology.tls: {e}"))?,
             ),
             None => None,

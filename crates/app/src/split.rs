@@ -5,6 +5,7 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use banyan_bus::{
     Bus, Transport,
+    grpc::GrpcTransport,
     http::{HttpTransport, Instances, Peers, Subscribers},
     nats::{self, NatsTransport, ServeHandle},
 };
@@ -14,7 +15,7 @@ use uuid::Uuid;
 use crate::{
     modules::all_modules,
     registry::{
-        Awareness, Directory, Heartbeat, HttpEvents, InstanceTransport, RegisteredModule,
+        Awareness, Directory, Heartbeat, InstanceTransport, PushedEvents, RegisteredModule,
         Registration, Registry,
     },
     topology::{TopologyConfig, TransportKind},
@@ -114,28 +115,49 @@ pub(crate) async fn wire_split(
             (None, Some(directory)) => (directory.clone(), directory.clone()),
             (None, None) => unreachable!("a process has a registry or a directory"),
         };
-    let http: Option<Arc<HttpEvents>> = if topology.uses_http() {
-        let subscribers: Arc<dyn Subscribers> = awareness.clone();
-        Some(Arc::new(HttpEvents {
-            transport: Arc::new(
-                HttpTransport::new(
-                    instances,
-                    subscribers,
-                    peers.clone(),
-                    topology.http.transport_config(),
-                )?
-                .with_client(
-                    crate::tls::client_builder(topology.tls.as_ref())
-                        .map_err(|e| anyhow::anyhow!("topology.tls: {e}"))?
-                        .connect_timeout(Duration::from_millis(
-                            topology.http.connect_timeout_ms.max(1),
-                        ))
-                        .tcp_nodelay(true)
-                        .build()?,
-                ),
-            ),
-            awareness,
-        }))
+    // The transports that push to one instance are wrapped so that events wait until every
+    // module elsewhere has said what it subscribes to.
+    let pushed = |transport: Arc<dyn Transport>| {
+        Arc::new(PushedEvents {
+            transport,
+            awareness: awareness.clone(),
+        }) as Arc<dyn Transport>
+    };
+    let subscribers: Arc<dyn Subscribers> = awareness.clone();
+    let http = if topology.uses_http() {
+        let transport = HttpTransport::new(
+            instances.clone(),
+            subscribers.clone(),
+            peers.clone(),
+            topology.http.transport_config(),
+        )?
+        .with_client(
+            crate::tls::client_builder(topology.tls.as_ref())
+                .map_err(|e| anyhow::anyhow!("topology.tls: {e}"))?
+                .connect_timeout(Duration::from_millis(
+                    topology.http.connect_timeout_ms.max(1),
+                ))
+                .tcp_nodelay(true)
+                .build()?,
+        );
+        Some(pushed(Arc::new(transport)))
+    } else {
+        None
+    };
+    let grpc = if topology.uses_grpc() {
+        let mut transport = GrpcTransport::new(
+            instances,
+            subscribers,
+            peers.clone(),
+            topology.http.transport_config(),
+        );
+        if let Some(tls) = &topology.tls {
+            transport = transport.with_tls(
+                crate::tls::grpc_client_config(&tls.ca_file)
+                    .map_err(|e| anyhow::anyhow!("topology.tls: {e}"))?,
+            );
+        }
+        Some(pushed(Arc::new(transport)))
     } else {
         None
     };
@@ -150,7 +172,8 @@ pub(crate) async fn wire_split(
     for module in known.iter().filter(|m| !topology.hosts(m)) {
         let kind = topology.route_to(module);
         let transport = match kind {
-            TransportKind::Http => http.clone().map(|h| h as Arc<dyn Transport>),
+            TransportKind::Http => http.clone(),
+            TransportKind::Grpc => grpc.clone(),
             TransportKind::Nats => nats.clone(),
         }
         .ok_or_else(|| anyhow::anyhow!("no {} transport for module {module}", kind.as_str()))?;
@@ -163,15 +186,16 @@ pub(crate) async fn wire_split(
         );
     }
     // Events: over NATS as soon as one module is reached over NATS (each subscribing module,
-    // here too, reads its JetStream consumer and nothing else); otherwise pushed over HTTP to
-    // the modules elsewhere that subscribe, local subscribers getting theirs in process.
+    // here too, reads its JetStream consumer and nothing else); otherwise pushed to the
+    // modules elsewhere that subscribe, over gRPC if some module is reached by it (every
+    // process then serves it), else over HTTP; local subscribers get theirs in process.
     if let Some(nats) = nats {
         bus.wiring().forward_events_to(nats);
         for module in &here {
             bus.wiring().consume_through_transport(module);
         }
-    } else if let Some(http) = http {
-        bus.wiring().forward_events_to(http);
+    } else if let Some(pusher) = grpc.or(http) {
+        bus.wiring().forward_events_to(pusher);
     }
     let heartbeat = match directory {
         Some(directory) => Some(Arc::new(Heartbeat {

@@ -42,10 +42,19 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// What a listener offers in ALPN: the public one HTTP/1.1; the internal one HTTP/2 as well,
+/// for the gRPC adapter (a gRPC client refuses a connection that did not agree on `h2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocols {
+    Http1,
+    Http2AndHttp1,
+}
+
 /// A server configuration from a certificate chain and key; the error names the file.
 pub fn server_config(
     cert_file: &PathBuf,
     key_file: &PathBuf,
+    protocols: Protocols,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
     let chain = CertificateDer::pem_file_iter(cert_file)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -61,7 +70,10 @@ pub fn server_config(
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|e| format!("the certificate and key do not make a TLS identity: {e}"))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = match protocols {
+        Protocols::Http1 => vec![b"http/1.1".to_vec()],
+        Protocols::Http2AndHttp1 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+    };
     Ok(Arc::new(config))
 }
 
@@ -86,6 +98,16 @@ pub fn client_config(ca_file: &PathBuf) -> Result<rustls::ClientConfig, String> 
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// The gRPC adapter's TLS: trusting the authorities in `ca_file` only, as [`client_config`].
+pub fn grpc_client_config(ca_file: &PathBuf) -> Result<banyan_bus::grpc::ClientTlsConfig, String> {
+    // Read and checked as the HTTP clients' authority is, so both refuse the same files.
+    client_config(ca_file)?;
+    let pem =
+        std::fs::read(ca_file).map_err(|e| format!("cannot read {}: {e}", ca_file.display()))?;
+    Ok(banyan_bus::grpc::ClientTlsConfig::new()
+        .ca_certificate(banyan_bus::grpc::Certificate::from_pem(pem)))
 }
 
 /// The HTTP client every call between processes uses: trusting `tls`'s authority when the

@@ -6,7 +6,7 @@
 //!
 //! ```toml
 //! [topology.modules]
-//! payments = { process = "payments", transport = "http" }   # or "nats"
+//! payments = { process = "payments", transport = "http" }   # or "grpc", or "nats"
 //!
 //! ```
 //!
@@ -34,6 +34,8 @@ pub const MAIN_INTERNAL_ADDR: &str = "127.0.0.1:9080";
 pub enum TransportKind {
     /// JSON `POST`s to the hosting process's `/bus/v1/...` endpoints.
     Http,
+    /// Unary gRPC calls (`banyan.bus.v1.Bus`) over HTTP/2, on the same internal listener.
+    Grpc,
     /// Core NATS requests and a JetStream stream for events.
     Nats,
 }
@@ -42,6 +44,7 @@ impl TransportKind {
     pub fn as_str(self) -> &'static str {
         match self {
             TransportKind::Http => "http",
+            TransportKind::Grpc => "grpc",
             TransportKind::Nats => "nats",
         }
     }
@@ -192,22 +195,28 @@ impl TopologyConfig {
         self.uses(TransportKind::Http)
     }
 
+    /// Whether some module is reached over gRPC. Then every process serves
+    /// `banyan.bus.v1.Bus`, and events not on NATS are pushed over gRPC.
+    pub fn uses_grpc(&self) -> bool {
+        self.uses(TransportKind::Grpc)
+    }
+
     /// How this process reaches `module`, which it does not host: the module's own transport
-    /// if it runs outside `main`; for main's modules, NATS if this process's own modules are
-    /// reached over NATS, HTTP otherwise.
+    /// if it runs outside `main`; for main's modules, the transport this process's own modules
+    /// are reached by (NATS first, then gRPC), HTTP otherwise.
     pub fn route_to(&self, module: &str) -> TransportKind {
         if let Some(kind) = self.transport_of(module) {
             return kind;
         }
-        let own_nats = self
-            .modules
-            .values()
-            .any(|p| p.process == self.process && p.transport == TransportKind::Nats);
-        if own_nats {
-            TransportKind::Nats
-        } else {
-            TransportKind::Http
-        }
+        let own = |kind| {
+            self.modules
+                .values()
+                .any(|p| p.process == self.process && p.transport == kind)
+        };
+        [TransportKind::Nats, TransportKind::Grpc]
+            .into_iter()
+            .find(|&kind| own(kind))
+            .unwrap_or(TransportKind::Http)
     }
 
     /// The processes of the topology, `main` first.
@@ -430,6 +439,23 @@ mod tests {
         topology.process = "stock".into();
         assert_eq!(topology.route_to("orders"), TransportKind::Nats);
         assert_eq!(topology.processes(), vec!["main", "stock", "payments"]);
+    }
+
+    #[test]
+    fn a_process_reached_over_grpc_reaches_main_over_grpc() {
+        let mut topology = topology(&[
+            ("payments", "payments", TransportKind::Grpc),
+            ("inventory", "stock", TransportKind::Http),
+        ]);
+        assert!(topology.uses_grpc() && topology.uses_http() && !topology.uses_nats());
+        assert_eq!(topology.route_to("payments"), TransportKind::Grpc);
+        assert_eq!(topology.route_to("inventory"), TransportKind::Http);
+        topology.process = "payments".into();
+        assert_eq!(topology.route_to("orders"), TransportKind::Grpc);
+        assert_eq!(topology.route_to("inventory"), TransportKind::Http);
+        topology.process = "stock".into();
+        assert_eq!(topology.route_to("orders"), TransportKind::Http);
+        assert_eq!(topology.route_to("payments"), TransportKind::Grpc);
     }
 
     #[test]

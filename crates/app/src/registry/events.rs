@@ -1,11 +1,9 @@
-//! Events pushed over HTTP, once the subscriptions of every module elsewhere are known.
+//! Events pushed to the modules elsewhere (over HTTP or gRPC), once the subscriptions of every
+//! one of them are known.
 
 use std::{sync::Arc, time::Duration};
 
-use banyan_bus::{
-    BusError, Envelope, RemoteReply, Transport,
-    http::{HttpTransport, Subscribers},
-};
+use banyan_bus::{BusError, Envelope, RemoteReply, Transport, http::Subscribers};
 use futures::future::BoxFuture;
 
 /// Knows which modules elsewhere subscribe to what, and which it cannot tell yet.
@@ -14,22 +12,22 @@ pub(crate) trait Awareness: Subscribers {
     fn unknown(&self) -> Vec<String>;
 }
 
-/// The event side of the HTTP transport: forwards an event only once the subscriptions of
+/// The event side of a transport that pushes (HTTP, gRPC): forwards an event only once the subscriptions of
 /// every module elsewhere are known, so that no module misses an event because it registered
 /// late (nor gets one it does not subscribe to). Until then `publish` fails and the outbox
 /// keeps the event for its relay.
-pub(crate) struct HttpEvents {
-    pub(crate) transport: Arc<HttpTransport>,
+pub(crate) struct PushedEvents {
+    pub(crate) transport: Arc<dyn Transport>,
     pub(crate) awareness: Arc<dyn Awareness>,
 }
 
-impl std::fmt::Debug for HttpEvents {
+impl std::fmt::Debug for PushedEvents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpEvents").finish_non_exhaustive()
+        f.debug_struct("PushedEvents").finish_non_exhaustive()
     }
 }
 
-impl Transport for HttpEvents {
+impl Transport for PushedEvents {
     fn request(
         &self,
         envelope: Envelope,

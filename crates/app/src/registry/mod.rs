@@ -14,7 +14,7 @@
 //!
 //! What a module subscribes to travels with its registration, so a process publishing an
 //! event over HTTP knows which modules elsewhere want it. Until the subscriptions of every
-//! module elsewhere are known (one of them has no instance registered yet), [`HttpEvents`]
+//! module elsewhere are known (one of them has no instance registered yet), [`PushedEvents`]
 //! refuses to forward events: they stay in the publisher's outbox and its relay sends them
 //! again, so a module that starts late still gets every event it subscribes to.
 
@@ -22,7 +22,7 @@
 //! # Layout
 //! - `table`: [`Registry`], the table of instances on the main process.
 //! - `directory`: [`Directory`], the listing the other processes route by.
-//! - `events`: [`HttpEvents`], events pushed over HTTP once every subscriber is known.
+//! - `events`: [`PushedEvents`], events pushed (over HTTP or gRPC) once every subscriber is known.
 //! - `routes`: the registry's endpoints (`/api/v1/services`).
 //! - `heartbeat`: [`Heartbeat`], registering, heartbeating and leaving.
 
@@ -33,7 +33,7 @@ mod routes;
 mod table;
 
 pub(crate) use directory::Directory;
-pub(crate) use events::{Awareness, HttpEvents};
+pub(crate) use events::{Awareness, PushedEvents};
 pub(crate) use heartbeat::Heartbeat;
 pub(crate) use routes::{RegistryState, internal_routes, public_routes};
 pub(crate) use table::Registry;
@@ -54,6 +54,7 @@ pub enum InstanceTransport {
     /// The main process's own modules: in process for the gateway.
     InProcess,
     Http,
+    Grpc,
     Nats,
 }
 
@@ -61,6 +62,7 @@ impl From<TransportKind> for InstanceTransport {
     fn from(kind: TransportKind) -> Self {
         match kind {
             TransportKind::Http => InstanceTransport::Http,
+            TransportKind::Grpc => InstanceTransport::Grpc,
             TransportKind::Nats => InstanceTransport::Nats,
         }
     }
@@ -104,7 +106,7 @@ pub struct Listing {
 pub struct ModuleListing {
     /// The process the topology places it in.
     pub process: String,
-    /// How it is reached: `in_process` (the main process's), `http` or `nats`.
+    /// How it is reached: `in_process` (the main process's), `http`, `grpc` or `nats`.
     pub transport: InstanceTransport,
     /// The event subjects it subscribes to; `null` until an instance has registered.
     pub subscriptions: Option<Vec<String>>,

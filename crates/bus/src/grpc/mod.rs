@@ -44,6 +44,8 @@ pub use client::GrpcTransport;
 /// The generated client of `banyan.bus.v1.Bus`, for callers that build their own calls.
 pub use generated::bus_client::BusClient;
 pub use server::routes;
+/// The client's TLS settings (the authority to trust), as tonic takes them.
+pub use tonic::transport::{Certificate, ClientTlsConfig};
 
 /// The code tonic-build generated from the service's description (`build.rs`).
 #[allow(
