@@ -204,6 +204,19 @@ fn reply_panel(document: &Document) -> Option<Panel> {
             .collect::<Vec<_>>()
             .join(", "),
         ),
+        (
+            "grpc",
+            "bus over gRPC",
+            false,
+            [
+                times(p50("grpc"), p50("bare_http"), "the HTTP floor"),
+                times(p50("grpc"), p50("in_process"), "in process"),
+            ]
+            .into_iter()
+            .filter(|n| !n.is_empty())
+            .collect::<Vec<_>>()
+            .join(", "),
+        ),
         ("bare_nats", "bare NATS", true, String::new()),
         (
             "nats",
@@ -243,6 +256,7 @@ fn checkout_panel(document: &Document) -> Option<Panel> {
     let cases = [
         ("in_process", "payments in process"),
         ("http", "payments over HTTP"),
+        ("grpc", "payments over gRPC"),
         ("nats", "payments over NATS"),
     ]
     .into_iter()

@@ -112,11 +112,13 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Vec<PlacementFigur
     outcome.with_context(|| format!("the processes' logs end with:\n{logs}"))
 }
 
-/// The placements to measure: payments in process, over HTTP, and over NATS unless skipped.
+/// The placements to measure: payments in process, over HTTP, over gRPC, and over NATS
+/// unless skipped.
 fn placements(settings: &Settings) -> Vec<(&'static str, Placement)> {
     let mut placements = vec![
         ("in_process", Placement::InProcess),
         ("http", Placement::Http),
+        ("grpc", Placement::Grpc),
     ];
     match &settings.nats_url {
         Some(url) => placements.push(("nats", Placement::Nats { url: url.clone() })),

@@ -24,6 +24,7 @@ pub(super) const ADMIN: (&str, &str) = ("bench-admin", "bench-admin-password-1")
 pub(super) enum Placement {
     InProcess,
     Http,
+    Grpc,
     Nats { url: String },
 }
 
@@ -65,6 +66,7 @@ impl Cluster {
         let transport = match placement {
             Placement::InProcess => None,
             Placement::Http => Some("http"),
+            Placement::Grpc => Some("grpc"),
             Placement::Nats { .. } => Some("nats"),
         };
         let mut args = Vec::new();

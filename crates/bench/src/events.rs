@@ -1,9 +1,10 @@
-//! Events: publish→handled, durable end to end, in three placements inside this one OS process.
+//! Events: publish→handled, durable end to end, in four placements inside this one OS process.
 //!
 //! | case | publisher | subscriber |
 //! |---|---|---|
 //! | `in_process` | a unit of work on module `bench_pub`'s outbox, committed | a handler of module `bench` on the same bus |
 //! | `http` | the same, its bus pushing events over `banyan_bus::http`, as process `main` | a second bus behind `banyan_bus::http::routes`, as process `bench` |
+//! | `grpc` | the same, pushing over `banyan_bus::grpc` | a second bus behind `banyan_bus::grpc::routes` |
 //! | `nats` | the same, its bus publishing to JetStream (acknowledged) | a second bus reading its durable consumer (`banyan_bus::nats::serve`) |
 //!
 //! One call is one event: the publisher commits its outbox row (SQLite, `synchronous = full`,
@@ -20,7 +21,8 @@ use std::{
 
 use anyhow::Context as _;
 use banyan_bus::{
-    Bus, BusConfig, Context, Event, HandlerError, MESSAGING_MIGRATIONS, Message, Outbox,
+    Bus, BusConfig, Context, Event, HandlerError, MESSAGING_MIGRATIONS, Message, Outbox, Transport,
+    grpc::GrpcTransport,
     http::{HttpTransport, HttpTransportConfig, StaticInstances, StaticSubscribers},
     nats::{self, NatsConfig, NatsTransport},
 };
@@ -81,7 +83,8 @@ async fn build_cases(
     progress("events: setting up the cases");
     let mut cases = vec![
         in_process_case(dir, teardown).await?,
-        http_case(dir, teardown).await?,
+        pushed_case(dir, Pusher::Http, teardown).await?,
+        pushed_case(dir, Pusher::Grpc, teardown).await?,
     ];
     if let Some(url) = &settings.nats_url {
         let unique = unique_suffix();
@@ -171,27 +174,53 @@ async fn in_process_case(dir: &std::path::Path, teardown: &mut Teardown) -> anyh
     })
 }
 
-async fn http_case(dir: &std::path::Path, teardown: &mut Teardown) -> anyhow::Result<Case> {
+/// The adapters that push an event to the subscribing process.
+#[derive(Clone, Copy)]
+enum Pusher {
+    Http,
+    Grpc,
+}
+
+async fn pushed_case(
+    dir: &std::path::Path,
+    pusher: Pusher,
+    teardown: &mut Teardown,
+) -> anyhow::Result<Case> {
+    let name = match pusher {
+        Pusher::Http => "http",
+        Pusher::Grpc => "grpc",
+    };
     let (publisher_identity, subscriber_identity) = reply::identities()?;
     let subscriber = Bus::new(BusConfig::default());
-    let waiting = subscribe(&subscriber, dir, "http").await?;
-    let base = reply::serve(
-        banyan_bus::http::routes(subscriber.clone(), subscriber_identity),
-        teardown,
-    )
-    .await?;
-    let transport = HttpTransport::new(
-        Arc::new(StaticInstances::new([(MODULE, vec![base])])),
-        Arc::new(StaticSubscribers::new([(Ticked::SUBJECT, vec![MODULE])])),
-        publisher_identity,
-        HttpTransportConfig::default(),
-    )?;
+    let waiting = subscribe(&subscriber, dir, name).await?;
+    let routes = match pusher {
+        Pusher::Http => banyan_bus::http::routes(subscriber.clone(), subscriber_identity),
+        Pusher::Grpc => banyan_bus::grpc::routes(subscriber.clone(), subscriber_identity),
+    };
+    let base = reply::serve(routes, teardown).await?;
+    let instances = Arc::new(StaticInstances::new([(MODULE, vec![base])]));
+    let subscribers = Arc::new(StaticSubscribers::new([(Ticked::SUBJECT, vec![MODULE])]));
+    let config = HttpTransportConfig::default();
+    let transport: Arc<dyn Transport> = match pusher {
+        Pusher::Http => Arc::new(HttpTransport::new(
+            instances,
+            subscribers,
+            publisher_identity,
+            config,
+        )?),
+        Pusher::Grpc => Arc::new(GrpcTransport::new(
+            instances,
+            subscribers,
+            publisher_identity,
+            config,
+        )),
+    };
     let publisher = Bus::new(BusConfig::default());
-    publisher.wiring().forward_events_to(Arc::new(transport));
-    let outbox = Outbox::start(&publisher, open(dir, "http", PUBLISHER).await?);
+    publisher.wiring().forward_events_to(transport);
+    let outbox = Outbox::start(&publisher, open(dir, name, PUBLISHER).await?);
     teardown.buses.extend([publisher, subscriber]);
     Ok(Case {
-        name: "http",
+        name,
         call: publish_call(outbox, waiting),
     })
 }

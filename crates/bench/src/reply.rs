@@ -1,4 +1,4 @@
-//! Request→reply: the same trivial request, answered at once, in five placements inside this
+//! Request→reply: the same trivial request, answered at once, in six placements inside this
 //! one OS process over loopback.
 //!
 //! | case | caller | answerer |
@@ -6,6 +6,7 @@
 //! | `in_process` | `Bus::request` | a handler on the same bus |
 //! | `bare_http` | reqwest `POST` of the JSON | a bare axum route (the HTTP floor) |
 //! | `http` | `Bus::request` on a client bus, as process `main` | a second bus behind `banyan_bus::http::routes`, as process `bench` |
+//! | `grpc` | the same over `banyan_bus::grpc` (one HTTP/2 connection) | a second bus behind `banyan_bus::grpc::routes` |
 //! | `bare_nats` | `async_nats` request of the JSON | a bare subscriber that replies (the NATS floor) |
 //! | `nats` | `Bus::request` on a client bus | a second bus behind `banyan_bus::nats::serve` |
 //!
@@ -28,6 +29,7 @@ use anyhow::Context as _;
 use axum::{Json, Router, http::header, routing::post};
 use banyan_bus::{
     Bus, BusConfig, Context, Message, Rejection, Request,
+    grpc::GrpcTransport,
     http::{HttpTransport, HttpTransportConfig, StaticInstances, StaticSubscribers},
     nats::{self, NatsConfig, NatsTransport, ServeHandle},
 };
@@ -155,6 +157,7 @@ async fn build_cases(settings: &Settings, teardown: &mut Teardown) -> anyhow::Re
         in_process_case(teardown),
         bare_http_case(teardown).await?,
         http_case(teardown).await?,
+        grpc_case(teardown).await?,
     ];
     if let Some(url) = &settings.nats_url {
         // One prefix and stream for the run: nothing meets another run's messages.
@@ -283,6 +286,25 @@ async fn http_case(teardown: &mut Teardown) -> anyhow::Result<Case> {
     teardown.buses.extend([client.clone(), server]);
     Ok(Case {
         name: "http",
+        call: bus_call(client),
+    })
+}
+
+async fn grpc_case(teardown: &mut Teardown) -> anyhow::Result<Case> {
+    let (caller, answerer) = identities()?;
+    let server = handling_bus();
+    let base = serve(banyan_bus::grpc::routes(server.clone(), answerer), teardown).await?;
+    let transport = GrpcTransport::new(
+        Arc::new(StaticInstances::new([(MODULE, vec![base])])),
+        Arc::new(StaticSubscribers::default()),
+        caller,
+        HttpTransportConfig::default(),
+    );
+    let client = Bus::new(BusConfig::default());
+    client.wiring().set_remote(MODULE, Arc::new(transport));
+    teardown.buses.extend([client.clone(), server]);
+    Ok(Case {
+        name: "grpc",
         call: bus_call(client),
     })
 }

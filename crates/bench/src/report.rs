@@ -143,14 +143,18 @@ pub(super) struct Cost {
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct ReplyRatios {
     pub(super) http_vs_bare_http: Option<Cost>,
+    /// gRPC against the bare HTTP/1.1 floor: there is no bare tonic case.
+    pub(super) grpc_vs_bare_http: Option<Cost>,
     pub(super) nats_vs_bare_nats: Option<Cost>,
     pub(super) in_process_faster_than_http: Option<Cost>,
+    pub(super) in_process_faster_than_grpc: Option<Cost>,
     pub(super) in_process_faster_than_nats: Option<Cost>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct CheckoutRatios {
     pub(super) in_process_faster_than_http: Option<Cost>,
+    pub(super) in_process_faster_than_grpc: Option<Cost>,
     pub(super) in_process_faster_than_nats: Option<Cost>,
 }
 
@@ -169,6 +173,7 @@ pub(super) struct EventsPart {
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct EventsRatios {
     pub(super) in_process_faster_than_http: Option<Cost>,
+    pub(super) in_process_faster_than_grpc: Option<Cost>,
     pub(super) in_process_faster_than_nats: Option<Cost>,
 }
 
@@ -236,8 +241,10 @@ fn reply_cost(cases: &[CaseFigures], a: &str, b: &str) -> Option<Cost> {
 fn reply_ratios(cases: &[CaseFigures]) -> ReplyRatios {
     ReplyRatios {
         http_vs_bare_http: reply_cost(cases, "http", "bare_http"),
+        grpc_vs_bare_http: reply_cost(cases, "grpc", "bare_http"),
         nats_vs_bare_nats: reply_cost(cases, "nats", "bare_nats"),
         in_process_faster_than_http: reply_cost(cases, "http", "in_process"),
+        in_process_faster_than_grpc: reply_cost(cases, "grpc", "in_process"),
         in_process_faster_than_nats: reply_cost(cases, "nats", "in_process"),
     }
 }
@@ -245,6 +252,7 @@ fn reply_ratios(cases: &[CaseFigures]) -> ReplyRatios {
 fn events_ratios(cases: &[CaseFigures]) -> EventsRatios {
     EventsRatios {
         in_process_faster_than_http: reply_cost(cases, "http", "in_process"),
+        in_process_faster_than_grpc: reply_cost(cases, "grpc", "in_process"),
         in_process_faster_than_nats: reply_cost(cases, "nats", "in_process"),
     }
 }
@@ -263,6 +271,7 @@ fn checkout_cost(placements: &[PlacementFigures], a: &str, b: &str) -> Option<Co
 fn checkout_ratios(placements: &[PlacementFigures]) -> CheckoutRatios {
     CheckoutRatios {
         in_process_faster_than_http: checkout_cost(placements, "http", "in_process"),
+        in_process_faster_than_grpc: checkout_cost(placements, "grpc", "in_process"),
         in_process_faster_than_nats: checkout_cost(placements, "nats", "in_process"),
     }
 }
@@ -280,8 +289,10 @@ pub(super) fn request_reply_table(cases: &[CaseFigures], setup: &Setup) -> Strin
     text.push_str(RATIOS_HEADER);
     for (label, cost) in [
         ("http / bare_http", ratios.http_vs_bare_http),
+        ("grpc / bare_http", ratios.grpc_vs_bare_http),
         ("nats / bare_nats", ratios.nats_vs_bare_nats),
         ("http / in_process", ratios.in_process_faster_than_http),
+        ("grpc / in_process", ratios.in_process_faster_than_grpc),
         ("nats / in_process", ratios.in_process_faster_than_nats),
     ] {
         if let Some(cost) = cost {
@@ -303,6 +314,7 @@ pub(super) fn events_table(cases: &[CaseFigures], setup: &Setup) -> String {
     text.push_str(RATIOS_HEADER);
     for (label, cost) in [
         ("http / in_process", ratios.in_process_faster_than_http),
+        ("grpc / in_process", ratios.in_process_faster_than_grpc),
         ("nats / in_process", ratios.in_process_faster_than_nats),
     ] {
         if let Some(cost) = cost {
@@ -386,6 +398,7 @@ pub(super) fn checkout_table(placements: &[PlacementFigures], setup: &Setup) -> 
     text.push_str(RATIOS_HEADER);
     for (label, cost) in [
         ("http / in_process", ratios.in_process_faster_than_http),
+        ("grpc / in_process", ratios.in_process_faster_than_grpc),
         ("nats / in_process", ratios.in_process_faster_than_nats),
     ] {
         if let Some(cost) = cost {

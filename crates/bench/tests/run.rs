@@ -12,9 +12,16 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-const REQUEST_REPLY_CASES: [&str; 5] = ["in_process", "bare_http", "http", "bare_nats", "nats"];
-const CHECKOUT_PLACEMENTS: [&str; 3] = ["in_process", "http", "nats"];
-const EVENT_CASES: [&str; 3] = ["in_process", "http", "nats"];
+const REQUEST_REPLY_CASES: [&str; 6] = [
+    "in_process",
+    "bare_http",
+    "http",
+    "grpc",
+    "bare_nats",
+    "nats",
+];
+const CHECKOUT_PLACEMENTS: [&str; 4] = ["in_process", "http", "grpc", "nats"];
+const EVENT_CASES: [&str; 4] = ["in_process", "http", "grpc", "nats"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bench_measures_every_placement_and_writes_its_figures_and_chart() {
@@ -137,9 +144,11 @@ async fn the_bench_measures_every_placement_and_writes_its_figures_and_chart() {
     for line in [
         "Request→reply",
         "http / bare_http",
+        "grpc / bare_http",
         "Events: publish→handled",
         "Checkout",
         "http / in_process",
+        "grpc / in_process",
     ] {
         assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
     }
@@ -155,6 +164,7 @@ async fn the_bench_measures_every_placement_and_writes_its_figures_and_chart() {
     let label = |name: &str| match name {
         "in_process" => "payments in process",
         "http" => "payments over HTTP",
+        "grpc" => "payments over gRPC",
         _ => "payments over NATS",
     };
     for name in with_nats(&CHECKOUT_PLACEMENTS) {
@@ -163,7 +173,12 @@ async fn the_bench_measures_every_placement_and_writes_its_figures_and_chart() {
             assert!(svg.contains(&row), "the chart has no {row:?} row");
         }
     }
-    for row in ["in process p50", "bus over HTTP p99", "bare HTTP p50"] {
+    for row in [
+        "in process p50",
+        "bus over HTTP p99",
+        "bus over gRPC p50",
+        "bare HTTP p50",
+    ] {
         assert!(svg.contains(row), "the chart has no {row:?} row");
     }
 }
