@@ -149,6 +149,8 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // As on the plaintext listeners (see `server::serve`).
+                let _ = stream.set_nodelay(true);
                 let (acceptor, done) = (acceptor.clone(), done.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {

@@ -378,6 +378,11 @@ pub(super) async fn serve(router: Router, teardown: &mut Teardown) -> anyhow::Re
     let stop = CancellationToken::new();
     let stopped = stop.clone();
     let server = tokio::spawn(async move {
+        // As the app's listeners do: without it, HTTP/2's several writes per answer meet
+        // Nagle's algorithm.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let serving = axum::serve(listener, router)
             .with_graceful_shutdown(async move { stopped.cancelled().await });
         if let Err(error) = serving.await {
