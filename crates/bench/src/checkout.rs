@@ -1,4 +1,4 @@
-//! Checkout: the real shop with payments placed in process, over HTTP and over NATS.
+//! Checkout: the real shop with payments placed in process, over HTTP, over gRPC and over NATS.
 //!
 //! For each placement: real processes of this very binary (`std::env::current_exe()`) on a
 //! fresh SQLite directory, the main process and, when payments moves out, a `--process

@@ -34,9 +34,11 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use banyan_app::config::{LogConfig, LogFormat};
 
-/// `banyan-bench`: request→reply through the bus in process, over HTTP and over NATS (with
-/// their bare floors), and the checkout with payments in process, over HTTP and over NATS,
-/// side by side; tables on stdout, `bench.json` and `bench.svg` in `--out`.
+/// `banyan-bench`: request→reply through the bus in process, over HTTP, gRPC and NATS (with
+/// the bare HTTP and NATS floors), events publish→handled in the same placements, and the
+/// checkout with payments in process, over HTTP, gRPC and NATS, side by side; tables on
+/// stdout, `bench.json` and `bench.svg` in `--out`. `banyan-bench load --help`: the seed's
+/// request mix against a running shop.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "banyan-bench", version, about, long_about = None)]
 pub struct BenchArgs {

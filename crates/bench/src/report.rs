@@ -367,7 +367,7 @@ fn cases_table(title: String, cases: &[CaseFigures], setup: &Setup) -> String {
 pub(super) fn checkout_table(placements: &[PlacementFigures], setup: &Setup) -> String {
     let mut text = format!(
         "\nCheckout: POST /api/v1/orders?wait_ms=30000 until the saga confirms, payments in \
-         process, over HTTP, over NATS; median of {} rounds × {} orders from {} clients\n\n",
+         process, over HTTP, over gRPC, over NATS; median of {} rounds × {} orders from {} clients\n\n",
         setup.rounds, setup.orders, setup.clients
     );
     let header = format!(
