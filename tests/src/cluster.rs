@@ -378,6 +378,33 @@ impl Cluster {
         self.others.len() - 1
     }
 
+    /// SIGKILLs every process of the cluster, main included, all at once, as a power cut
+    /// would; then starts main again on the same configuration and data, and every process
+    /// it had besides main, and waits until each moved module's instances are healthy.
+    pub async fn kill_every_process_and_restart(&mut self) {
+        let names: Vec<String> = self.others.iter().map(|(n, _)| n.clone()).collect();
+        let others = std::mem::take(&mut self.others);
+        tokio::join!(
+            futures::future::join_all(others.into_iter().map(|(_, process)| process.kill())),
+            self.main.kill_in_place(),
+        );
+        self.main = BanyanProcess::start_with_args(
+            &["--config", self.config.to_str().expect("UTF-8")],
+            &[],
+        )
+        .await;
+        for name in &names {
+            self.start_process(name).await;
+        }
+        for (module, _, _) in &self.topology.placements.clone() {
+            let count = names
+                .iter()
+                .filter(|process| self.topology.hosts(process, module))
+                .count();
+            self.healthy(module, count).await;
+        }
+    }
+
     /// The first running process named `name`.
     pub fn process(&self, name: &str) -> &BanyanProcess {
         self.others

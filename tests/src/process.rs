@@ -209,6 +209,11 @@ impl BanyanProcess {
         self.child.kill().await.expect("SIGKILL delivered");
     }
 
+    /// SIGKILL, and wait until it is gone (its files and ports released).
+    pub async fn kill_in_place(&mut self) {
+        self.child.kill().await.expect("SIGKILL delivered");
+    }
+
     /// SIGTERM, then wait for the graceful exit.
     pub async fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().expect("a running process");

@@ -1,6 +1,7 @@
 //! Failures of a split shop, with real processes: a payments process killed with SIGKILL in
 //! the middle of a burst of checkouts (with another instance alive, and with none), and the
-//! NATS server stopped for ten seconds in the middle of one. Whatever happens, every accepted
+//! NATS server stopped for ten seconds in the middle of one, and every process of a split
+//! killed at once with sagas under way. Whatever happens, every accepted
 //! order ends, each is charged once, and the stock accounts for exactly the confirmed ones.
 
 #![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
@@ -221,5 +222,50 @@ async fn nats_stopped_for_ten_seconds_mid_burst_loses_no_accepted_order() {
     .await;
     every_order_confirmed_and_paid_once(&app, &token, &product, &burst.accepted).await;
     // The same processes carried on: each still stops cleanly.
+    app.stop().await;
+}
+
+/// Orders acknowledged to their clients (202) while both payments processes are frozen
+/// (SIGSTOP), so that every one of their sagas is under way; then every process of the split
+/// SIGKILLed at once, main too. After a restart of every process on the same data, each
+/// acknowledged order is confirmed and paid once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_process_of_a_split_killed_at_once_loses_no_acknowledged_order() {
+    let Some(mut app) = TestApp::spawn_split(
+        Engine::Sqlite,
+        Topology::inventory_cart_and_two_payments_over_grpc(),
+        std::convert::identity,
+    )
+    .await
+    else {
+        return;
+    };
+    let (product, token) = shop(&app).await;
+    let frozen: Vec<u32> = app
+        .cluster()
+        .others
+        .iter()
+        .filter(|(name, _)| name == "payments")
+        .map(|(_, process)| process.pid())
+        .collect();
+    assert_eq!(frozen.len(), 2);
+    for pid in &frozen {
+        let status = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "SIGSTOP to {pid}");
+    }
+    let burst = app
+        .burst(&token, &product, (60, 12, 0), &AtomicUsize::new(0))
+        .await;
+    assert_eq!(burst.refused, 0);
+    assert_eq!(burst.accepted.len(), 60);
+    for id in &burst.accepted {
+        let order = app.get(&format!("/api/v1/orders/{id}"), Some(&token)).await;
+        assert_eq!(order.body["status"], "pending", "{}", order.text);
+    }
+    app.cluster_mut().kill_every_process_and_restart().await;
+    every_order_confirmed_and_paid_once(&app, &token, &product, &burst.accepted).await;
     app.stop().await;
 }
