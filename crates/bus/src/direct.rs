@@ -15,10 +15,7 @@ use std::{
 use banyan_message::module_of;
 use futures::future::join_all;
 
-use crate::{
-    BusError, RemoteReply,
-    http::{HttpTransportConfig, Instances},
-};
+use crate::{Backoff, BusError, RemoteReply};
 
 /// A round-robin cursor per module.
 #[derive(Debug, Default)]
@@ -57,11 +54,11 @@ pub(crate) enum Attempt {
     Refused(String),
 }
 
-/// Sends a request to one instance of the module of `subject`, starting where the module's
-/// cursor points; moves on only past instances that were never reached, and never past the
-/// deadline. `attempt` gets an instance's base URL and the time that is left.
+/// Sends a request to one of `instances` (the base URLs of the module of `subject`), starting
+/// where the module's cursor points; moves on only past instances that were never reached,
+/// and never past the deadline. `attempt` gets an instance's base URL and the time left.
 pub(crate) async fn request_any<F, Fut>(
-    instances: &dyn Instances,
+    instances: Vec<String>,
     cursor: &RoundRobin,
     subject: &str,
     deadline: Duration,
@@ -73,7 +70,6 @@ where
 {
     let started = Instant::now();
     let module = module_of(subject);
-    let instances = instances.instances(module);
     if instances.is_empty() {
         return Err(unavailable(
             subject,
@@ -144,28 +140,36 @@ where
     }
 }
 
-/// Pushes an event to one instance of `module` (the next by its cursor, looked up again on
-/// every attempt), retrying with backoff as `config` says. `once` is one push to the
+/// How a push is retried: attempts in all, the first included, and the pauses between them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retries {
+    pub(crate) attempts: u32,
+    pub(crate) backoff: Backoff,
+}
+
+/// Pushes an event to one instance of `module` (the next by its cursor among what
+/// `instances` says on each attempt), retrying as `retries` says. `once` is one push to the
 /// instance at the base URL it is given.
-pub(crate) async fn push_with_retries<F, Fut>(
-    config: &HttpTransportConfig,
-    instances: &dyn Instances,
+pub(crate) async fn push_with_retries<I, F, Fut>(
+    retries: Retries,
+    instances: I,
     cursor: &RoundRobin,
     module: &str,
     subject: &str,
     once: F,
 ) -> Result<(), BusError>
 where
+    I: Fn() -> Vec<String>,
     F: Fn(String) -> Fut,
     Fut: Future<Output = Push>,
 {
-    let attempts = config.publish_attempts.max(1);
+    let attempts = retries.attempts.max(1);
     let mut last = String::new();
     for attempt in 1..=attempts {
         if attempt > 1 {
-            tokio::time::sleep(config.backoff(attempt - 1)).await;
+            tokio::time::sleep(retries.backoff.delay(attempt - 1)).await;
         }
-        let instances = instances.instances(module);
+        let instances = instances();
         let outcome = if instances.is_empty() {
             Push::Retry(format!("no instance of module `{module}` is known"))
         } else {

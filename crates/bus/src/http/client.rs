@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::direct::{self, Attempt, Push, RoundRobin, error_chain, timeout, unavailable};
+use banyan_message::module_of;
 
 /// Tunables of the HTTP client side.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,13 +33,15 @@ impl Default for HttpTransportConfig {
 }
 
 impl HttpTransportConfig {
-    /// The pause before retry number `attempt` (1-based): see [`Backoff`].
-    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
-        Backoff::new(
-            Duration::from_millis(self.backoff_base_ms),
-            Duration::from_millis(self.backoff_max_ms),
-        )
-        .delay(attempt)
+    /// How a push is retried, for every adapter that pushes (the pauses: see [`Backoff`]).
+    pub(crate) fn retries(&self) -> direct::Retries {
+        direct::Retries {
+            attempts: self.publish_attempts,
+            backoff: Backoff::new(
+                Duration::from_millis(self.backoff_base_ms),
+                Duration::from_millis(self.backoff_max_ms),
+            ),
+        }
     }
 }
 
@@ -155,7 +158,7 @@ impl HttpTransport {
         let body = Bytes::from_owner(body);
         let (headers, body, subject_ref) = (&headers, &body, subject.as_str());
         direct::request_any(
-            &*self.instances,
+            self.instances.instances(module_of(subject_ref)),
             &self.cursor,
             subject_ref,
             deadline,
@@ -233,8 +236,8 @@ impl HttpTransport {
         body: &Bytes,
     ) -> Result<(), BusError> {
         direct::push_with_retries(
-            &self.config,
-            &*self.instances,
+            self.config.retries(),
+            || self.instances.instances(module),
             &self.cursor,
             module,
             subject,

@@ -232,7 +232,10 @@ mod tests {
     fn backoff_stays_under_its_cap() {
         let config = HttpTransportConfig::default();
         for attempt in 1..30 {
-            assert!(config.backoff(attempt) <= Duration::from_millis(config.backoff_max_ms));
+            assert!(
+                config.retries().backoff.delay(attempt)
+                    <= Duration::from_millis(config.backoff_max_ms)
+            );
         }
     }
 
