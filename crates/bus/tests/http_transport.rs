@@ -17,7 +17,10 @@ use banyan_bus::{
 use banyan_db::Db;
 use support::{
     TestStorage, applied,
-    calc::{Add, Divide, OrderPlaced, Sum, calc_server, shipping_bus},
+    calc::{
+        Add, Divide, OrderPlaced, Sum, calc_server, dead_instance,
+        requests_are_balanced_and_skip_a_dead_instance, shipping_bus,
+    },
     rows, wait_until,
 };
 use uuid::Uuid;
@@ -36,14 +39,6 @@ async fn serve(bus: &Bus) -> String {
     tokio::spawn(async move {
         axum::serve(listener, app).await.expect("serving the bus");
     });
-    format!("http://{address}")
-}
-
-/// A base URL where nothing listens: a port that was free a moment ago.
-async fn dead_instance() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a port");
-    let address = listener.local_addr().expect("its address");
-    drop(listener);
     format!("http://{address}")
 }
 
@@ -332,59 +327,7 @@ async fn a_call_with_a_bad_envelope_or_an_oversized_body_is_refused_with_json() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_balanced_round_robin_over_two_instances_and_a_dead_instance_is_skipped() {
-    let (one, one_calls) = calc_server("one");
-    let (two, two_calls) = calc_server("two");
-    let (one_base, two_base) = (serve(&one).await, serve(&two).await);
-    let cx = Context::root();
-
-    // Two live instances share the requests evenly, in turn.
-    let client = calc_client(vec![one_base.clone(), two_base.clone()]);
-    let mut answered_by = Vec::new();
-    for i in 0..10 {
-        answered_by.push(
-            client
-                .request(&cx, Add { a: i, b: 1 })
-                .await
-                .unwrap()
-                .instance,
-        );
-    }
-    for pair in answered_by.windows(2) {
-        assert_ne!(
-            pair[0], pair[1],
-            "consecutive requests alternate: {answered_by:?}"
-        );
-    }
-    assert_eq!(one_calls.load(Ordering::SeqCst), 5);
-    assert_eq!(two_calls.load(Ordering::SeqCst), 5);
-
-    // A dead instance among them: every request is still answered, by the live ones.
-    let client = calc_client(vec![one_base, dead_instance().await, two_base]);
-    for i in 0..9 {
-        let sum = client.request(&cx, Add { a: i, b: 1 }).await.unwrap();
-        assert_eq!(sum.sum, i + 1);
-    }
-    assert!(
-        one_calls.load(Ordering::SeqCst) > 5,
-        "instance one took part"
-    );
-    assert!(
-        two_calls.load(Ordering::SeqCst) > 5,
-        "instance two took part"
-    );
-    assert_eq!(
-        one_calls.load(Ordering::SeqCst) + two_calls.load(Ordering::SeqCst),
-        19
-    );
-
-    // Only dead instances: unavailable, and nothing ran.
-    let client = calc_client(vec![dead_instance().await, dead_instance().await]);
-    let error = client.request(&cx, Add { a: 1, b: 1 }).await.unwrap_err();
-    assert!(matches!(error, BusError::Unavailable { .. }), "{error:?}");
-    // No instance at all: unavailable too.
-    let client = calc_client(vec![]);
-    let error = client.request(&cx, Add { a: 1, b: 1 }).await.unwrap_err();
-    assert!(matches!(error, BusError::Unavailable { .. }), "{error:?}");
+    requests_are_balanced_and_skip_a_dead_instance(serve, calc_client).await;
 }
 
 // ------------------------------------------------------------------------------ events

@@ -1,12 +1,14 @@
 //! What the adapters' tests share: a `calc` module answering requests, a `shipping` module
 //! applying events once, and their messages.
 
+#![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
+
 use std::sync::{
     Arc,
     atomic::{AtomicUsize, Ordering},
 };
 
-use banyan_bus::{Bus, BusConfig, Event, Message, Outbox, Rejection, Request};
+use banyan_bus::{Bus, BusConfig, BusError, Context, Event, Message, Outbox, Rejection, Request};
 use banyan_db::Db;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -101,4 +103,75 @@ pub(crate) async fn shipping_bus(storage: &TestStorage) -> (Bus, Db) {
         async move { apply_once(&outbox, &delivered).await }
     });
     (bus, db)
+}
+
+/// A base URL where nothing listens: a port that was free a moment ago.
+pub(crate) async fn dead_instance() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a port");
+    let address = listener.local_addr().expect("its address");
+    drop(listener);
+    format!("http://{address}")
+}
+
+/// What every point-to-point adapter does with instances: two live ones share requests in
+/// turn, a dead one among them is skipped, and only dead ones (or none) is `Unavailable`.
+/// `serve` serves a bus on a fresh port and returns its base URL; `calc_client` makes a bus
+/// that reaches module `calc` at the given base URLs over the adapter under test.
+pub(crate) async fn requests_are_balanced_and_skip_a_dead_instance(
+    serve: impl AsyncFn(&Bus) -> String,
+    calc_client: impl Fn(Vec<String>) -> Bus,
+) {
+    let (one, one_calls) = calc_server("one");
+    let (two, two_calls) = calc_server("two");
+    let (one_base, two_base) = (serve(&one).await, serve(&two).await);
+    let cx = Context::root();
+
+    // Two live instances share the requests evenly, in turn.
+    let client = calc_client(vec![one_base.clone(), two_base.clone()]);
+    let mut answered_by = Vec::new();
+    for i in 0..10 {
+        answered_by.push(
+            client
+                .request(&cx, Add { a: i, b: 1 })
+                .await
+                .unwrap()
+                .instance,
+        );
+    }
+    for pair in answered_by.windows(2) {
+        assert_ne!(
+            pair[0], pair[1],
+            "consecutive requests alternate: {answered_by:?}"
+        );
+    }
+    assert_eq!(one_calls.load(Ordering::SeqCst), 5);
+    assert_eq!(two_calls.load(Ordering::SeqCst), 5);
+
+    // A dead instance among them: every request is still answered, by the live ones.
+    let client = calc_client(vec![one_base, dead_instance().await, two_base]);
+    for i in 0..9 {
+        let sum = client.request(&cx, Add { a: i, b: 1 }).await.unwrap();
+        assert_eq!(sum.sum, i + 1);
+    }
+    assert!(
+        one_calls.load(Ordering::SeqCst) > 5,
+        "instance one took part"
+    );
+    assert!(
+        two_calls.load(Ordering::SeqCst) > 5,
+        "instance two took part"
+    );
+    assert_eq!(
+        one_calls.load(Ordering::SeqCst) + two_calls.load(Ordering::SeqCst),
+        19
+    );
+
+    // Only dead instances: unavailable, and nothing ran.
+    let client = calc_client(vec![dead_instance().await, dead_instance().await]);
+    let error = client.request(&cx, Add { a: 1, b: 1 }).await.unwrap_err();
+    assert!(matches!(error, BusError::Unavailable { .. }), "{error:?}");
+    // No instance at all: unavailable too.
+    let client = calc_client(vec![]);
+    let error = client.request(&cx, Add { a: 1, b: 1 }).await.unwrap_err();
+    assert!(matches!(error, BusError::Unavailable { .. }), "{error:?}");
 }
