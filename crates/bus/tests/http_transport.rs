@@ -18,8 +18,8 @@ use banyan_db::Db;
 use support::{
     TestStorage, applied,
     calc::{
-        Add, Divide, OrderPlaced, Sum, calc_server, dead_instance,
-        requests_are_balanced_and_skip_a_dead_instance, shipping_bus,
+        Add, Divide, OrderPlaced, Sum, a_publish_to_a_dead_instance_gives_up_after_its_retries,
+        calc_server, requests_are_balanced_and_skip_a_dead_instance, shipping_bus,
     },
     rows, wait_until,
 };
@@ -485,29 +485,5 @@ async fn a_poison_event_is_answered_dead_lettered_is_listed_and_the_server_keeps
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_to_a_module_whose_instance_is_down_returns_unavailable_after_its_retries() {
-    let config = HttpTransportConfig {
-        publish_attempts: 3,
-        backoff_base_ms: 5,
-        backoff_max_ms: 20,
-        ..HttpTransportConfig::default()
-    };
-    let transport = events_to_shipping(vec![dead_instance().await], config);
-    let order = Uuid::now_v7();
-    let error = transport
-        .publish(
-            Context::root().envelope(OrderPlaced::SUBJECT),
-            serde_json::to_string(&OrderPlaced { order })
-                .unwrap()
-                .into(),
-            order,
-        )
-        .await
-        .unwrap_err();
-    match error {
-        BusError::Unavailable { subject, reason } => {
-            assert_eq!(subject, "orders.placed.v1");
-            assert!(reason.contains("3 attempts"), "{reason}");
-        }
-        other => panic!("expected Unavailable, got {other:?}"),
-    }
+    a_publish_to_a_dead_instance_gives_up_after_its_retries(events_to_shipping).await;
 }

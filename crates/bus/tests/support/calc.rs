@@ -8,7 +8,10 @@ use std::sync::{
     atomic::{AtomicUsize, Ordering},
 };
 
-use banyan_bus::{Bus, BusConfig, BusError, Context, Event, Message, Outbox, Rejection, Request};
+use banyan_bus::{
+    Bus, BusConfig, BusError, Context, Event, Message, Outbox, Rejection, Request, Transport,
+    http::HttpTransportConfig,
+};
 use banyan_db::Db;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -174,4 +177,37 @@ pub(crate) async fn requests_are_balanced_and_skip_a_dead_instance(
     let client = calc_client(vec![]);
     let error = client.request(&cx, Add { a: 1, b: 1 }).await.unwrap_err();
     assert!(matches!(error, BusError::Unavailable { .. }), "{error:?}");
+}
+
+/// What every pushing adapter does when a subscribing module's only instance is down: a few
+/// attempts with backoff, then `Unavailable` naming them. `events_to_shipping` makes the
+/// adapter under test, sending `orders.placed.v1` to module `shipping` at the given URLs.
+pub(crate) async fn a_publish_to_a_dead_instance_gives_up_after_its_retries<T: Transport>(
+    events_to_shipping: impl Fn(Vec<String>, HttpTransportConfig) -> Arc<T>,
+) {
+    let config = HttpTransportConfig {
+        publish_attempts: 3,
+        backoff_base_ms: 5,
+        backoff_max_ms: 20,
+        ..HttpTransportConfig::default()
+    };
+    let transport = events_to_shipping(vec![dead_instance().await], config);
+    let order = Uuid::now_v7();
+    let error = transport
+        .publish(
+            Context::root().envelope(OrderPlaced::SUBJECT),
+            serde_json::to_string(&OrderPlaced { order })
+                .unwrap()
+                .into(),
+            order,
+        )
+        .await
+        .unwrap_err();
+    match error {
+        BusError::Unavailable { subject, reason } => {
+            assert_eq!(subject, "orders.placed.v1");
+            assert!(reason.contains("3 attempts"), "{reason}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
 }
