@@ -246,7 +246,7 @@ impl Settings {
             .map_err(|(key, e)| invalid(&key, &e.to_string()))?;
         self.bus
             .validate()
-            .map_err(|(key, reason)| invalid(key, &reason))?;
+            .map_err(|(key, reason)| invalid(&key, &reason))?;
         let known: Vec<&str> = crate::modules::all_modules()
             .iter()
             .map(|m| m.name())

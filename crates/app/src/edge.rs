@@ -41,7 +41,8 @@ pub(crate) async fn context(
         .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(TraceContext::parse);
-    let cx = Context::new(correlation_id.clone(), trace);
+    // The request's own deadline: every bus request it makes waits at most what is left.
+    let cx = Context::new(correlation_id.clone(), trace).within(limits.timeout);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let span = tracing::info_span!(

@@ -53,7 +53,7 @@ pub(super) const MODULE: &str = "bench";
 pub(super) const PAYLOAD_BYTES: usize = 64;
 
 /// The bench's request: a sequence number and some filler, echoed back.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Ping {
     seq: u64,
     payload: String,
@@ -76,7 +76,7 @@ impl Request for Ping {
     type Response = Pong;
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Pong {
     seq: u64,
     payload: String,

@@ -33,7 +33,7 @@ use uuid::Uuid;
 const CONCURRENCY: usize = 64;
 const WORKERS: usize = 2;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Ping(u64);
 
 impl Message for Ping {
@@ -45,7 +45,7 @@ impl Request for Ping {
 }
 
 /// Handled one at a time: the subscriber signals each back.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Echoed {
     aggregate: Uuid,
 }
@@ -61,7 +61,7 @@ impl Event for Echoed {
 }
 
 /// Handled in bulk: the subscriber counts them.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Counted {
     aggregate: Uuid,
 }

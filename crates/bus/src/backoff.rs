@@ -32,6 +32,18 @@ impl Backoff {
         let half = cap / 2;
         half + half.mul_f64(rand::random::<f64>())
     }
+
+    /// The pause before retry number `attempt` with "full" jitter: anywhere between zero and
+    /// the same cap. For retries of requests, where a caller waits and many callers retrying a
+    /// callee that just failed must spread out most (the edge policies' retries).
+    pub fn full_jitter(&self, attempt: u32) -> Duration {
+        let doubled = self
+            .base
+            .saturating_mul(1 << attempt.saturating_sub(1).min(20));
+        doubled
+            .min(self.max.max(self.base))
+            .mul_f64(rand::random::<f64>())
+    }
 }
 
 #[cfg(test)]
@@ -48,5 +60,14 @@ mod tests {
         assert!(backoff.delay(1) <= Duration::from_millis(100));
         assert!(backoff.delay(1) >= Duration::from_millis(50));
         assert!(backoff.delay(10) >= Duration::from_millis(500));
+    }
+
+    #[test]
+    fn full_jitter_spreads_pauses_between_zero_and_the_cap() {
+        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let pauses: Vec<Duration> = (0..200).map(|_| backoff.full_jitter(3)).collect();
+        assert!(pauses.iter().all(|p| *p <= Duration::from_millis(400)));
+        assert!(pauses.iter().any(|p| *p < Duration::from_millis(100)));
+        assert!(pauses.iter().any(|p| *p > Duration::from_millis(300)));
     }
 }

@@ -1,8 +1,11 @@
 //! The bus's settings.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
-use crate::backoff::Backoff;
+use crate::{
+    backoff::Backoff,
+    policy::{EdgePolicy, Fault, Faults, Policies},
+};
 
 use serde::Deserialize;
 
@@ -39,6 +42,14 @@ pub struct BusConfig {
     /// Chaos: deliver every event twice to every subscriber, to show that each effect still
     /// happens once. Off in production; tests and chaos runs turn it on.
     pub chaos_duplicate_deliveries: bool,
+    /// The policy of every edge (caller module → callee) unless overridden: deadline,
+    /// retries, circuit breaker, bulkhead (see the `policy` module).
+    pub policy: EdgePolicy,
+    /// Overrides of `policy` per edge: `"payments"`, `"payments.get_payment.v1"`,
+    /// `"orders->payments"`, `"orders->payments.get_payment.v1"`, each a partial policy.
+    pub edges: BTreeMap<String, serde_json::Value>,
+    /// Faults injected into handlers, by module or subject (tests and demonstrations only).
+    pub faults: BTreeMap<String, Fault>,
 }
 
 impl Default for BusConfig {
@@ -57,6 +68,9 @@ impl Default for BusConfig {
             relay_batch: 256,
             drain_timeout_ms: 10_000,
             chaos_duplicate_deliveries: false,
+            policy: EdgePolicy::default(),
+            edges: BTreeMap::new(),
+            faults: BTreeMap::new(),
         }
     }
 }
@@ -77,7 +91,14 @@ impl BusConfig {
     }
 
     /// Checks the values, naming the first bad key.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.validate_tunables()
+            .map_err(|(key, reason)| (key.to_owned(), reason))?;
+        Policies::validate(&self.policy, &self.edges)?;
+        Faults::validate(&self.faults)
+    }
+
+    fn validate_tunables(&self) -> Result<(), (&'static str, String)> {
         let positive = [
             ("bus.request_timeout_ms", self.request_timeout_ms),
             ("bus.request_concurrency", self.request_concurrency as u64),

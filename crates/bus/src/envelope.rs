@@ -1,6 +1,8 @@
 //! What travels around every message: ids, causality and trace context.
 
-use std::{fmt, sync::Arc};
+use std::{fmt, sync::Arc, time::Duration};
+
+use tokio::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -124,6 +126,11 @@ pub struct Context {
     correlation_id: CorrelationId,
     causation_id: Option<Uuid>,
     trace: TraceContext,
+    /// When the work this context belongs to must be done: set at the edge (the route's
+    /// timeout) and by the bus for a handler (what its caller's deadline left). A request sent
+    /// from this context waits at most until then, so a budget shrinks along a chain of calls
+    /// instead of restarting at every hop.
+    deadline: Option<Instant>,
 }
 
 impl Context {
@@ -133,7 +140,22 @@ impl Context {
             correlation_id,
             causation_id: None,
             trace: trace.map_or_else(TraceContext::new_root, |t| t.child()),
+            deadline: None,
         }
+    }
+
+    /// The same context, whose work must be done within `budget` from now (or earlier, if it
+    /// already had a tighter deadline).
+    pub fn within(mut self, budget: Duration) -> Self {
+        let deadline = Instant::now() + budget;
+        self.deadline = Some(self.deadline.map_or(deadline, |d| d.min(deadline)));
+        self
+    }
+
+    /// What is left of this context's time, if it has a deadline (zero once it passed).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
     /// A context with a fresh correlation id, for background work.
@@ -152,6 +174,7 @@ impl Context {
             correlation_id: envelope.correlation_id.clone(),
             causation_id: Some(envelope.message_id),
             trace: parent.child(),
+            deadline: None,
         }
     }
 
@@ -175,6 +198,7 @@ impl Context {
             correlation_id: self.correlation_id.clone(),
             causation_id: Some(message_id),
             trace: self.trace.child(),
+            deadline: self.deadline,
         }
     }
 

@@ -7,7 +7,8 @@ use banyan_message::Rejection;
 /// Why a `request` (or a `publish`) did not succeed.
 ///
 /// The kinds are distinct because callers act differently on each: `NoHandler` is a wiring
-/// mistake, `Timeout` and `Unavailable` are worth a retry or a degraded answer, and `Rejected`
+/// mistake; `Timeout`, `Unavailable`, `CircuitOpen` and `Overloaded` are worth a retry later or
+/// a degraded answer (the last two were answered by the caller's own edge policy, at once), and `Rejected`
 /// is the handler's domain answer, to be shown to the user as it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BusError {
@@ -21,6 +22,17 @@ pub enum BusError {
     /// remote process that cannot be reached, a broker that is down.
     #[error("`{subject}` is unavailable: {reason}")]
     Unavailable { subject: String, reason: String },
+    /// The edge's circuit breaker is open: the callee failed too often lately, so the call was
+    /// not made. Answered at once; `retry_after` says when the breaker lets a probe through.
+    #[error("`{subject}` is not called for now (circuit open); retry in {retry_after:?}")]
+    CircuitOpen {
+        subject: String,
+        retry_after: Duration,
+    },
+    /// The edge's bulkhead is full: too many calls of this caller to this callee are in
+    /// flight already, so this one was turned away rather than queued.
+    #[error("`{subject}` is overloaded: {reason}")]
+    Overloaded { subject: String, reason: String },
     /// The handler answered with a domain error; it arrives intact over any transport.
     #[error("rejected: {0}")]
     Rejected(Rejection),
@@ -39,12 +51,15 @@ impl BusError {
     }
 
     /// The kind, as a stable name: how the error travels on every wire and how callers and
-    /// logs name it (`no_handler`, `timeout`, `unavailable`, `rejected`, `codec`).
+    /// logs name it (`no_handler`, `timeout`, `unavailable`, `circuit_open`, `overloaded`,
+    /// `rejected`, `codec`).
     pub fn kind(&self) -> &'static str {
         match self {
             BusError::NoHandler { .. } => "no_handler",
             BusError::Timeout { .. } => "timeout",
             BusError::Unavailable { .. } => "unavailable",
+            BusError::CircuitOpen { .. } => "circuit_open",
+            BusError::Overloaded { .. } => "overloaded",
             BusError::Rejected(_) => "rejected",
             BusError::Codec { .. } => "codec",
         }
@@ -54,7 +69,10 @@ impl BusError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            BusError::Timeout { .. } | BusError::Unavailable { .. }
+            BusError::Timeout { .. }
+                | BusError::Unavailable { .. }
+                | BusError::CircuitOpen { .. }
+                | BusError::Overloaded { .. }
         )
     }
 }

@@ -11,7 +11,8 @@
 //! - [`ModuleBus`]: what a module may do (ask, answer, listen), as the module it was made for.
 //! - [`Envelope`], [`Context`], [`CorrelationId`], [`TraceContext`]: what travels with every
 //!   message, and the causal context handlers send further messages in.
-//! - [`BusError`]: no handler, timeout, unavailable, rejected (a domain [`Rejection`]), codec.
+//! - [`BusError`]: no handler, timeout, unavailable, circuit open, overloaded, rejected (a
+//!   domain [`Rejection`]), codec.
 //! - [`Outbox`], [`UnitOfWork`]: events recorded in the module's own transaction and relayed
 //!   after commit; the inbox that makes redelivery harmless.
 //! - [`dead_letter`]: deliveries that failed every attempt, listed and replayed.
@@ -21,6 +22,8 @@
 //!   HTTP/2 connection per instance).
 //! - [`nats`]: the NATS adapter (requests on per-module subjects with queue groups, events on
 //!   a JetStream stream with one durable consumer per subscribing module).
+//! - [`policy`]: edge policies (deadline, retries, circuit breaker, bulkhead) applied to every
+//!   request whatever the placement, and faults injected into handlers for tests.
 //! - [`failpoint`]: named places where tests stop a real process to kill it.
 //! - `testing` (feature `test-util`): NATS for tests, a stream of their own or a private
 //!   server they may kill.
@@ -41,6 +44,7 @@ pub mod http;
 mod module_bus;
 pub mod nats;
 mod outbox;
+pub mod policy;
 #[cfg(feature = "test-util")]
 pub mod testing;
 mod transport;

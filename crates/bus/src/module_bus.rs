@@ -33,23 +33,36 @@ impl ModuleBus {
         self.module
     }
 
-    /// Sends request `R` and waits for its answer, within the bus's deadline.
+    /// Sends request `R` and waits for its answer, through the edge from this module to
+    /// `R`'s (its deadline, breaker, bulkhead and retries: see [`crate::policy`]).
     pub async fn request<R: Request>(
         &self,
         cx: &Context,
         request: R,
     ) -> Result<R::Response, BusError> {
-        self.bus.request(cx, request).await
+        self.bus.request_as(self.module, cx, request, None).await
     }
 
-    /// Sends request `R` and waits for its answer, at most `deadline`.
+    /// Sends request `R` through this module's edge and waits at most `deadline`.
     pub async fn request_within<R: Request>(
         &self,
         cx: &Context,
         request: R,
         deadline: Duration,
     ) -> Result<R::Response, BusError> {
-        self.bus.request_within(cx, request, deadline).await
+        self.bus
+            .request_as(self.module, cx, request, Some(deadline))
+            .await
+    }
+
+    /// This module's edges used so far (to the modules it asked), with their breakers.
+    pub fn edges(&self) -> Vec<crate::policy::EdgeState> {
+        let prefix = format!("{}->", self.module);
+        self.bus
+            .edges()
+            .into_iter()
+            .filter(|edge| edge.edge.starts_with(&prefix))
+            .collect()
     }
 
     /// Answers request `R` with `handler`, a plain function of the module's shared `state`,

@@ -187,9 +187,13 @@ impl WireError {
                 error.to_string(),
                 Some(u64::try_from(after.as_millis()).unwrap_or(u64::MAX)),
             ),
-            BusError::Unavailable { reason, .. } | BusError::Codec { reason, .. } => {
-                (reason.clone(), None)
-            }
+            BusError::CircuitOpen { retry_after, .. } => (
+                error.to_string(),
+                Some(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX)),
+            ),
+            BusError::Unavailable { reason, .. }
+            | BusError::Overloaded { reason, .. }
+            | BusError::Codec { reason, .. } => (reason.clone(), None),
             BusError::NoHandler { .. } | BusError::Rejected(_) => (error.to_string(), None),
         };
         Self {
@@ -214,6 +218,14 @@ impl WireError {
                 reason: self.reason,
             },
             "codec" => BusError::Codec {
+                subject,
+                reason: self.reason,
+            },
+            "circuit_open" => BusError::CircuitOpen {
+                subject,
+                retry_after: Duration::from_millis(self.after_ms.unwrap_or(1_000)),
+            },
+            "overloaded" => BusError::Overloaded {
                 subject,
                 reason: self.reason,
             },
@@ -276,6 +288,14 @@ mod tests {
             BusError::Codec {
                 subject: "a.b.v1".into(),
                 reason: "bad".into(),
+            },
+            BusError::CircuitOpen {
+                subject: "a.b.v1".into(),
+                retry_after: Duration::from_millis(1_500),
+            },
+            BusError::Overloaded {
+                subject: "a.b.v1".into(),
+                reason: "full".into(),
             },
         ];
         for error in errors {

@@ -37,7 +37,7 @@ const HANG_GUARD: Duration = Duration::from_secs(10);
 
 // ------------------------------------------------------------------------------ messages
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Echo {
     text: String,
     refuse: bool,
@@ -51,7 +51,7 @@ impl Request for Echo {
     type Response = Echoed;
 }
 
-#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Echoed {
     text: String,
     instance: String,
@@ -60,7 +60,7 @@ struct Echoed {
 }
 
 /// A request to a module that no process hosts.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Ping;
 
 impl Message for Ping {

@@ -21,7 +21,7 @@ use uuid::Uuid;
 /// A guard against hangs only: every call here is expected to return in milliseconds.
 const HANG_GUARD: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Reserve {
     product: String,
     quantity: u32,
@@ -35,14 +35,14 @@ impl Request for Reserve {
     type Response = Reserved;
 }
 
-#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Reserved {
     product: String,
     quantity: u32,
     reservation: Uuid,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Unanswered;
 
 impl Message for Unanswered {
@@ -53,7 +53,7 @@ impl Request for Unanswered {
     type Response = ();
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Stall;
 
 impl Message for Stall {
@@ -271,7 +271,7 @@ async fn a_typed_request_through_a_transport_gets_its_answer_and_its_rejection_i
     );
 
     // A subject the remote side does not answer is reported as such, not as a timeout.
-    #[derive(Debug, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize)]
     struct Audit;
     impl Message for Audit {
         const SUBJECT: &str = "stock.audit.v1";

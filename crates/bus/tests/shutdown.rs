@@ -31,7 +31,7 @@ impl Event for Noted {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Double(u64);
 
 impl Message for Double {
@@ -43,7 +43,7 @@ impl Request for Double {
 }
 
 /// Nobody answers it: `NoHandler` while the bus runs, `Unavailable` once it shuts down.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Probe;
 
 impl Message for Probe {

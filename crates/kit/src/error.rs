@@ -280,6 +280,25 @@ impl From<BusError> for ApiError {
             BusError::Unavailable { subject, .. } => {
                 Self::unavailable(format!("{subject} is unavailable"))
             }
+            BusError::CircuitOpen {
+                subject,
+                retry_after,
+            } => Self {
+                retry_after: Some(retry_after.as_secs().max(1)),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "circuit_open",
+                    format!("{subject} failed too often lately and is not called for now"),
+                )
+            },
+            BusError::Overloaded { subject, .. } => Self {
+                retry_after: Some(1),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    format!("{subject} has too many calls in flight"),
+                )
+            },
             other => Self::internal(other),
         }
     }

@@ -35,10 +35,16 @@ pub trait Event: Message {
     fn aggregate_id(&self) -> uuid::Uuid;
 }
 
-/// A command or query, answered by exactly one handler instance.
-pub trait Request: Message {
+/// A command or query, answered by exactly one handler instance. `Clone`, so that the bus can
+/// send an idempotent one again (see [`Request::IDEMPOTENT`]).
+pub trait Request: Message + Clone {
     /// What a successful handler answers with.
     type Response: Serialize + DeserializeOwned + Debug + Send + Sync + 'static;
+    /// Whether asking twice has the effect of asking once: a query, or a command that carries
+    /// its own idempotency key. Only such requests are retried by the bus's edge policies;
+    /// anything else fails to its caller at the first transient error, because it might have
+    /// run already. Declared with `idempotent` in [`request!`].
+    const IDEMPOTENT: bool = false;
 }
 
 /// The module that owns a subject: its first dot-separated segment.
@@ -160,12 +166,19 @@ macro_rules! event {
 #[macro_export]
 macro_rules! request {
     ($request:ty, $subject:literal, $response:ty) => {
+        $crate::request!(@impl $request, $subject, $response, false);
+    };
+    ($request:ty, $subject:literal, $response:ty, idempotent) => {
+        $crate::request!(@impl $request, $subject, $response, true);
+    };
+    (@impl $request:ty, $subject:literal, $response:ty, $idempotent:literal) => {
         impl $crate::Message for $request {
             const SUBJECT: &'static str = $subject;
         }
 
         impl $crate::Request for $request {
             type Response = $response;
+            const IDEMPOTENT: bool = $idempotent;
         }
     };
 }

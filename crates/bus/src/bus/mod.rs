@@ -33,7 +33,11 @@ use std::{
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{BusConfig, BusError, transport::Transport};
+use crate::{
+    BusConfig, BusError,
+    policy::{EdgeState, Faults, Policies},
+    transport::Transport,
+};
 
 /// A message payload shared, untyped, between the publisher and every subscriber in process.
 pub(crate) type SharedPayload = Arc<dyn Any + Send + Sync>;
@@ -54,6 +58,10 @@ impl std::fmt::Debug for Bus {
 
 struct Inner {
     config: BusConfig,
+    /// Every edge's policy and live state (breaker, bulkhead, retry budget).
+    policies: Policies,
+    /// Faults injected into this process's handlers (`bus.faults`).
+    faults: Faults,
     /// Request handlers of this process, by subject.
     requests: RwLock<HashMap<&'static str, Arc<dyn RequestEndpoint>>>,
     /// Subscribing modules of this process, by event subject.
@@ -95,6 +103,8 @@ impl Bus {
     pub fn held(config: BusConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
+                policies: Policies::new(&config.policy, &config.edges, config.request_timeout()),
+                faults: Faults::new(&config.faults),
                 config,
                 requests: RwLock::default(),
                 subscriptions: RwLock::default(),
@@ -113,6 +123,16 @@ impl Bus {
 
     pub fn config(&self) -> &BusConfig {
         &self.inner.config
+    }
+
+    /// The edges this process has called on so far, with their breakers and bulkheads.
+    pub fn edges(&self) -> Vec<EdgeState> {
+        self.inner
+            .policies
+            .edges()
+            .iter()
+            .map(|edge| edge.state())
+            .collect()
     }
 
     /// Waits until events may flow; `false` if the bus started closing first.

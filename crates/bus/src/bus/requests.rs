@@ -11,8 +11,12 @@ use uuid::Uuid;
 
 use crate::{
     BusError, Context, Envelope,
+    policy::Fault,
     transport::{RemoteReply, Transport},
 };
+
+/// The caller of requests the app makes itself (the CLI, the registry), not a module.
+const APP: &str = "app";
 
 use super::{Bus, codec, read, unavailable, write};
 
@@ -38,6 +42,7 @@ impl Bus {
             handler,
             permits: Arc::new(Semaphore::new(self.inner.config.request_concurrency)),
             in_flight: self.inner.workers.clone(),
+            fault: self.inner.faults.of(R::SUBJECT),
         });
         let previous = write(&self.inner.requests).insert(R::SUBJECT, endpoint);
         assert!(
@@ -47,59 +52,92 @@ impl Bus {
         );
     }
 
-    /// Sends request `R` and waits for its answer, within the configured deadline.
+    /// Sends request `R` and waits for its answer, within the edge's deadline, as the app
+    /// (not as a module: a module asks through its [`ModuleBus`](crate::ModuleBus)).
     pub async fn request<R: Request>(
         &self,
         cx: &Context,
         request: R,
     ) -> Result<R::Response, BusError> {
-        self.request_within(cx, request, self.inner.config.request_timeout())
-            .await
+        self.request_as(APP, cx, request, None).await
     }
 
-    /// Sends request `R` and waits for its answer, at most `deadline`.
+    /// Sends request `R` and waits for its answer, at most `deadline`, as the app.
     pub async fn request_within<R: Request>(
         &self,
         cx: &Context,
         request: R,
         deadline: Duration,
     ) -> Result<R::Response, BusError> {
+        self.request_as(APP, cx, request, Some(deadline)).await
+    }
+
+    /// Sends request `R` from module `caller` through the edge `caller` → `R`'s module: its
+    /// bulkhead, breaker and retries (see [`crate::policy`]). The call waits at most
+    /// `deadline` (the edge's timeout when `None`), and never longer than `cx` has left.
+    pub(crate) async fn request_as<R: Request>(
+        &self,
+        caller: &'static str,
+        cx: &Context,
+        request: R,
+        deadline: Option<Duration>,
+    ) -> Result<R::Response, BusError> {
         if self.inner.closing.is_cancelled() {
             return Err(unavailable(R::SUBJECT, "the bus is shutting down"));
+        }
+        let edge = self.inner.policies.edge(caller, R::SUBJECT);
+        let mut budget = deadline.unwrap_or_else(|| edge.timeout());
+        if let Some(left) = cx.remaining() {
+            budget = budget.min(left);
         }
         let local = read(&self.inner.requests).get(R::SUBJECT).cloned();
         if let Some(endpoint) = local {
             let Some(endpoint) = endpoint.as_any().downcast_ref::<TypedEndpoint<R>>() else {
                 return Err(codec(R::SUBJECT, "handler registered with another type"));
             };
-            let message_id = Uuid::now_v7();
-            return endpoint
-                .call(cx.handling(message_id), message_id, request, deadline)
+            return edge
+                .call(R::SUBJECT, R::IDEMPOTENT, budget, |remaining| {
+                    let message_id = Uuid::now_v7();
+                    endpoint.call(
+                        cx.handling(message_id),
+                        message_id,
+                        request.clone(),
+                        remaining,
+                    )
+                })
                 .await;
         }
-        let envelope = cx.envelope(R::SUBJECT);
         let Some(remote) = self.remote_for(R::SUBJECT) else {
             return Err(BusError::NoHandler {
                 subject: R::SUBJECT.into(),
             });
         };
-        let body = serde_json::to_vec(&request).map_err(|e| codec(R::SUBJECT, &e.to_string()))?;
-        let call = remote.request(envelope, body.into(), deadline);
-        let reply = match tokio::time::timeout(deadline, call).await {
-            Ok(reply) => reply?,
-            Err(_) => {
-                return Err(BusError::Timeout {
-                    subject: R::SUBJECT.into(),
-                    after: deadline,
-                });
+        let body: Arc<[u8]> = serde_json::to_vec(&request)
+            .map_err(|e| codec(R::SUBJECT, &e.to_string()))?
+            .into();
+        edge.call(R::SUBJECT, R::IDEMPOTENT, budget, |remaining| {
+            let call = remote.request(cx.envelope(R::SUBJECT), body.clone(), remaining);
+            async move {
+                let reply = match tokio::time::timeout(remaining, call).await {
+                    Ok(reply) => reply?,
+                    Err(_) => {
+                        return Err(BusError::Timeout {
+                            subject: R::SUBJECT.into(),
+                            after: remaining,
+                        });
+                    }
+                };
+                // Decoded inside the edge, so that its breaker sees a rejection as the
+                // answer it is, as it does in process.
+                match reply {
+                    RemoteReply::Ok(body) => {
+                        serde_json::from_slice(&body).map_err(|e| codec(R::SUBJECT, &e.to_string()))
+                    }
+                    RemoteReply::Rejected(rejection) => Err(BusError::Rejected(rejection)),
+                }
             }
-        };
-        match reply {
-            RemoteReply::Ok(body) => {
-                serde_json::from_slice(&body).map_err(|e| codec(R::SUBJECT, &e.to_string()))
-            }
-            RemoteReply::Rejected(rejection) => Err(BusError::Rejected(rejection)),
-        }
+        })
+        .await
     }
 
     fn remote_for(&self, subject: &str) -> Option<Arc<dyn Transport>> {
@@ -133,6 +171,8 @@ pub(super) struct TypedEndpoint<R: Request> {
     pub(super) permits: Arc<Semaphore>,
     /// Shutdown waits until every handler that started has finished.
     pub(super) in_flight: TaskTracker,
+    /// A fault injected into this handler (`bus.faults`), tests and demonstrations only.
+    pub(super) fault: Option<Fault>,
 }
 
 impl<R: Request> TypedEndpoint<R> {
@@ -143,6 +183,8 @@ impl<R: Request> TypedEndpoint<R> {
         request: R,
         deadline: Duration,
     ) -> Result<R::Response, BusError> {
+        // The handler's own requests may use only what is left of this one's deadline.
+        let cx = cx.within(deadline);
         let work = async {
             let _permit = self
                 .permits
@@ -150,6 +192,9 @@ impl<R: Request> TypedEndpoint<R> {
                 .await
                 .map_err(|_| unavailable(R::SUBJECT, "the bus is shutting down"))?;
             let _in_flight = self.in_flight.token();
+            if let Some(fault) = &self.fault {
+                fault.strike(R::SUBJECT).await?;
+            }
             let span = tracing::info_span!(
                 "request",
                 module = self.module,

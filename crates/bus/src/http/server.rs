@@ -44,7 +44,9 @@ impl Refusal {
         let status = match error {
             BusError::NoHandler { .. } => StatusCode::NOT_FOUND,
             BusError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            BusError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            BusError::Unavailable { .. }
+            | BusError::CircuitOpen { .. }
+            | BusError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             BusError::Codec { .. } => StatusCode::BAD_REQUEST,
             // Rejections are answers, not refusals; a stray one is still told apart.
             BusError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,

@@ -18,7 +18,7 @@ pub struct GetCart {
     pub user_id: UserId,
 }
 
-banyan_message::request!(GetCart, "cart.get_cart.v1", CartContents);
+banyan_message::request!(GetCart, "cart.get_cart.v1", CartContents, idempotent);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CartContents {

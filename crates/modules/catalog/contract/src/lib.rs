@@ -46,7 +46,12 @@ impl GetProducts {
     pub const MAX_IDS: usize = 1_000;
 }
 
-banyan_message::request!(GetProducts, "catalog.get_products.v1", Vec<ProductSnapshot>);
+banyan_message::request!(
+    GetProducts,
+    "catalog.get_products.v1",
+    Vec<ProductSnapshot>,
+    idempotent
+);
 
 /// A product as other modules see it: what an order keeps as of ordering.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -84,7 +84,12 @@ pub struct ReserveStock {
     pub lines: Vec<StockLine>,
 }
 
-banyan_message::request!(ReserveStock, "inventory.reserve_stock.v1", Reservation);
+banyan_message::request!(
+    ReserveStock,
+    "inventory.reserve_stock.v1",
+    Reservation,
+    idempotent
+);
 
 /// A held reservation: its lines, merged and sorted by product id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,7 +105,12 @@ pub struct ReleaseStock {
     pub reservation_id: Uuid,
 }
 
-banyan_message::request!(ReleaseStock, "inventory.release_stock.v1", Released);
+banyan_message::request!(
+    ReleaseStock,
+    "inventory.release_stock.v1",
+    Released,
+    idempotent
+);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Released {
@@ -120,7 +130,12 @@ impl GetStock {
     pub const MAX_IDS: usize = 1_000;
 }
 
-banyan_message::request!(GetStock, "inventory.get_stock.v1", Vec<StockLevel>);
+banyan_message::request!(
+    GetStock,
+    "inventory.get_stock.v1",
+    Vec<StockLevel>,
+    idempotent
+);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StockLevel {

@@ -15,7 +15,8 @@ pub struct ListNotifications {
 banyan_message::request!(
     ListNotifications,
     "notifications.list_notifications.v1",
-    Vec<NotificationView>
+    Vec<NotificationView>,
+    idempotent
 );
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -90,7 +90,7 @@ pub struct GetOrder {
     pub order_id: OrderId,
 }
 
-banyan_message::request!(GetOrder, "orders.get_order.v1", OrderSummary);
+banyan_message::request!(GetOrder, "orders.get_order.v1", OrderSummary, idempotent);
 
 /// A user's orders, newest first, at most `limit` (1 to 100).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,4 +99,9 @@ pub struct ListOrders {
     pub limit: u32,
 }
 
-banyan_message::request!(ListOrders, "orders.list_orders.v1", Vec<OrderSummary>);
+banyan_message::request!(
+    ListOrders,
+    "orders.list_orders.v1",
+    Vec<OrderSummary>,
+    idempotent
+);

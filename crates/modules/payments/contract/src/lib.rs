@@ -42,7 +42,12 @@ pub struct GetPayment {
     pub order_id: Uuid,
 }
 
-banyan_message::request!(GetPayment, "payments.get_payment.v1", PaymentView);
+banyan_message::request!(
+    GetPayment,
+    "payments.get_payment.v1",
+    PaymentView,
+    idempotent
+);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentView {

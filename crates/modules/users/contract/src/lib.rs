@@ -37,7 +37,7 @@ pub struct GetUser {
     pub user_id: UserId,
 }
 
-banyan_message::request!(GetUser, "users.get_user.v1", UserProfile);
+banyan_message::request!(GetUser, "users.get_user.v1", UserProfile, idempotent);
 
 /// An account as other modules see it: no credentials.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,71 @@
+//! Fault injection, for tests and demonstrations: make a module's handlers (or those of one
+//! subject) slow, or failing at a rate, in whichever process hosts them.
+//!
+//! `[bus.faults.payments] delay_ms = 5000` makes every payments handler in every process of
+//! the topology wait 5 s before it runs; `[bus.faults."payments.get_payment.v1"] error_rate =
+//! 1.0` makes that one fail. A fault sits where the handler runs, inside its deadline, so a
+//! slowed handler is stopped by its caller's deadline as a slow one would be. Off unless
+//! configured: nothing in the shipped configuration sets one.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use banyan_message::module_of;
+use serde::{Deserialize, Serialize};
+
+use crate::BusError;
+
+/// What to do to the handlers of a module or subject.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fault {
+    /// Wait this long before running the handler.
+    pub delay_ms: u64,
+    /// Then fail this share of calls (0.0 to 1.0) as unavailable.
+    pub error_rate: f64,
+}
+
+impl Fault {
+    /// Applies the fault to one call of `subject`'s handler: waits, then fails it or not.
+    pub async fn strike(&self, subject: &str) -> Result<(), BusError> {
+        if self.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.delay_ms)).await;
+        }
+        if self.error_rate > 0.0 && rand::random::<f64>() < self.error_rate {
+            return Err(BusError::Unavailable {
+                subject: subject.to_owned(),
+                reason: "a fault was injected (bus.faults)".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The configured faults, by module or subject.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Faults(BTreeMap<String, Fault>);
+
+impl Faults {
+    pub(crate) fn new(faults: &BTreeMap<String, Fault>) -> Self {
+        Self(faults.clone())
+    }
+
+    /// The fault of `subject`'s handler: its own, else its module's.
+    pub(crate) fn of(&self, subject: &str) -> Option<Fault> {
+        self.0
+            .get(subject)
+            .or_else(|| self.0.get(module_of(subject)))
+            .copied()
+    }
+
+    pub(crate) fn validate(faults: &BTreeMap<String, Fault>) -> Result<(), (String, String)> {
+        for (target, fault) in faults {
+            if !(0.0..=1.0).contains(&fault.error_rate) {
+                return Err((
+                    format!("bus.faults.\"{target}\".error_rate"),
+                    "must be between 0.0 and 1.0".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
