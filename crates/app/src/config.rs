@@ -20,8 +20,8 @@ const DEFAULTS: &str = include_str!("../../../config/default.toml");
 
 /// Top-level sections; environment variables outside them (`BANYAN_FAILPOINTS`, test
 /// settings) are not configuration.
-const SECTIONS: [&str; 7] = [
-    "server", "database", "bus", "auth", "log", "modules", "topology",
+const SECTIONS: [&str; 8] = [
+    "server", "database", "bus", "auth", "log", "modules", "topology", "gateway",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +38,9 @@ pub struct Settings {
     /// Which process hosts each module and how it is reached (absent: all in this process).
     #[serde(default)]
     pub topology: TopologyConfig,
+    /// The gateway routes: rate limits, timeouts, retries, breaker, body limits per route.
+    #[serde(default)]
+    pub gateway: crate::route_policy::GatewayConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -246,6 +249,9 @@ impl Settings {
             .map_err(|(key, e)| invalid(&key, &e.to_string()))?;
         self.bus
             .validate()
+            .map_err(|(key, reason)| invalid(&key, &reason))?;
+        self.gateway
+            .validate(self.server.max_body_bytes)
             .map_err(|(key, reason)| invalid(&key, &reason))?;
         let known: Vec<&str> = crate::modules::all_modules()
             .iter()

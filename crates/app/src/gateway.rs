@@ -34,6 +34,8 @@ pub(crate) struct Gateway {
     max_body_bytes: usize,
 }
 
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1), and `host`.
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
@@ -116,6 +118,7 @@ impl Gateway {
             )));
         }
         let cx = request.extensions().get::<Context>().cloned();
+        let client = request.extensions().get::<std::net::IpAddr>().copied();
         let (parts, body) = request.into_parts();
         let body = axum::body::to_bytes(body, self.max_body_bytes)
             .await
@@ -132,6 +135,12 @@ impl Gateway {
             if forwardable(name, &connection) {
                 headers.append(name.clone(), value.clone());
             }
+        }
+        // The client's address as main established it (never the client's own claim, which
+        // `RoutePolicies::client_ip` already weighed): the moved module trusts main for it.
+        headers.remove(FORWARDED_FOR);
+        if let Some(ip) = client.and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok()) {
+            headers.insert(FORWARDED_FOR, ip);
         }
         if let Some(cx) = &cx {
             if let Ok(id) = HeaderValue::from_str(cx.correlation_id().as_str()) {

@@ -19,6 +19,8 @@
 //! - `registry`: the main process's registry of instances, and the other processes' side of it
 //!   (registration, heartbeat, the directory they route by).
 //! - `gateway`: the main process proxies the routes of modules hosted elsewhere.
+//! - `route_policy`: `[[gateway.routes]]`, per route a rate limit, timeout, retries, breaker
+//!   and body limit; the client's address (trusted proxies only).
 //! - `revocation`: every hosted module follows `users.tokens_revoked.v1` into its own table
 //!   and the process's authenticator, which then refuses the account's older tokens.
 //! - `tls`: rustls for the public and internal listeners and the clients between processes.
@@ -36,6 +38,7 @@ mod openapi;
 mod operations;
 pub mod registry;
 mod revocation;
+pub mod route_policy;
 pub mod secrets;
 mod seed;
 pub mod server;

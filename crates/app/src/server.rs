@@ -26,6 +26,7 @@ use crate::{
     },
     operations::{Hosted, operations_routes},
     registry::RegistryState,
+    route_policy::{self, Peer, RoutePolicies},
     split::{Split, wire_split},
     tls::{Protocols, TlsListener},
 };
@@ -116,6 +117,25 @@ impl Server {
                 config: figment.clone(),
             };
             let mut module_routes = module.start(ctx).await?;
+            // A fault injected into the module (`bus.faults.<module>`) slows or fails its
+            // routes as it does its bus handlers, in whichever process hosts it.
+            if let Some(fault) = settings.bus.faults.get(name).copied() {
+                tracing::warn!(
+                    module = name,
+                    ?fault,
+                    "Fault injected into the module's routes and handlers."
+                );
+                module_routes = module_routes.layer(middleware::from_fn(
+                    move |request: axum::extract::Request, next: middleware::Next| async move {
+                        match fault.strike(name).await {
+                            Ok(()) => next.run(request).await,
+                            Err(error) => axum::response::IntoResponse::into_response(
+                                banyan_kit::ApiError::from(error),
+                            ),
+                        }
+                    },
+                ));
+            }
             tag_operations(module_routes.get_openapi_mut(), name);
             check_schema_names(routes.get_openapi(), module_routes.get_openapi(), name)?;
             routes = routes.merge(module_routes);
@@ -124,7 +144,29 @@ impl Server {
             tracing::info!(module = name, "Module started.");
         }
         let hosted = Arc::new(hosted);
-        let operations = operations_routes(hosted.clone());
+        // Rate limits count where clients arrive: the monolith, or main in a split (a moved
+        // module's public traffic comes through main's gateway).
+        let behind_gateway = topology.is_active() && topology.process != "main";
+        // Behind the gateway, main's own address is a trusted proxy: the client's address is
+        // the one main's gateway put in X-Forwarded-For.
+        let mut gateway_config = settings.gateway.clone();
+        if behind_gateway
+            && let Some(main) = reqwest::Url::parse(&topology.registry_url)
+                .ok()
+                .and_then(|url| url.host_str()?.trim_matches(['[', ']']).parse().ok())
+        {
+            gateway_config.trusted_proxies.push(main);
+        }
+        let route_policies = Arc::new(RoutePolicies::new(
+            &gateway_config,
+            &settings.bus.policy.breaker,
+            settings.server.request_timeout(),
+            settings.server.max_body_bytes,
+            !behind_gateway,
+        ));
+        route_policy::spawn_cleanup(&route_policies);
+        let operations = operations_routes(hosted.clone())
+            .merge(route_policy::admin_routes(route_policies.clone()));
         check_schema_names(routes.get_openapi(), operations.get_openapi(), "app")?;
         // Every route above came with its operation: the document is what is mounted.
         let (routes, mut openapi) = routes.merge(operations).split_for_parts();
@@ -180,7 +222,16 @@ impl Server {
                 .layer(CatchPanicLayer::custom(edge::panic_response))
         };
         // Public routes only: the internal listener's callers carry the processes' secret.
-        let router = edged(routes.layer(middleware::from_fn(edge::refuse_bad_tokens)));
+        // Outermost last: the token is checked (and its caller known) before the route's
+        // rate limit, which keys on the caller.
+        let router = edged(
+            routes
+                .layer(middleware::from_fn_with_state(
+                    route_policies,
+                    route_policy::apply,
+                ))
+                .layer(middleware::from_fn(edge::refuse_bad_tokens)),
+        );
         if split.is_some() {
             let mut routes = edged(
                 internal
@@ -363,17 +414,23 @@ async fn serve(
 ) -> std::io::Result<()> {
     match tls {
         Some(tls) => {
-            axum::serve(TlsListener::new(listener, tls)?, router)
-                .with_graceful_shutdown(shutdown)
-                .await
+            axum::serve(
+                TlsListener::new(listener, tls)?,
+                router.into_make_service_with_connect_info::<Peer>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
         }
         None => {
             let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
         }
     }
 }

@@ -120,6 +120,15 @@ impl ApiError {
         }
     }
 
+    /// 429: the caller sent more than its limit allows; it may try again in `retry_after`
+    /// seconds (at least 1).
+    pub fn too_many_requests(retry_after: u64, message: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(retry_after.max(1)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        }
+    }
+
     /// An unexpected failure, answered as a bare 500; its cause goes to the log only.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         Self {

@@ -90,3 +90,17 @@ impl std::ops::Deref for Cx {
         &self.0
     }
 }
+
+/// The client's address as the edge established it: the connection's peer, or the address a
+/// trusted proxy put in `X-Forwarded-For` (`[gateway] trusted_proxies`), never a header an
+/// untrusted peer wrote. `None` where no edge ran (a module's router under test).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<std::net::IpAddr>().copied()))
+    }
+}

@@ -88,9 +88,11 @@ pub enum BreakerState {
 
 /// How a call that the breaker let through ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Outcome {
-    pub(crate) failed: bool,
-    pub(crate) slow: bool,
+pub struct Outcome {
+    /// The callee did not answer, or answered that it failed.
+    pub failed: bool,
+    /// It took at least the breaker's `slow_call_ms`.
+    pub slow: bool,
 }
 
 /// A call the breaker let through, to be reported with [`Machine::record`]. It names the
@@ -237,14 +239,15 @@ impl Machine {
     }
 }
 
-/// One edge's breaker, shared by its callers.
+/// One edge's breaker, shared by its callers (the bus's edges, and main's gateway routes per
+/// module).
 #[derive(Debug)]
-pub(crate) struct Breaker {
+pub struct Breaker {
     machine: Mutex<Machine>,
 }
 
 impl Breaker {
-    pub(crate) fn new(config: BreakerConfig) -> Arc<Self> {
+    pub fn new(config: BreakerConfig) -> Arc<Self> {
         Arc::new(Self {
             machine: Mutex::new(Machine::new(config)),
         })
@@ -255,13 +258,13 @@ impl Breaker {
         self.machine.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn state(&self) -> BreakerState {
+    pub fn state(&self) -> BreakerState {
         self.machine().state(Instant::now())
     }
 
     /// Lets a call through (the returned pass reports how it ended), or says how long until
     /// one might be let through.
-    pub(crate) fn admit(self: &Arc<Self>) -> Result<Pass, Duration> {
+    pub fn admit(self: &Arc<Self>) -> Result<Pass, Duration> {
         let admission = self.machine().admit(Instant::now())?;
         Ok(Pass {
             breaker: self.clone(),
@@ -273,13 +276,13 @@ impl Breaker {
 /// A call the breaker let through. Dropped without [`Pass::report`], it reports nothing and
 /// frees its probe slot.
 #[derive(Debug)]
-pub(crate) struct Pass {
+pub struct Pass {
     breaker: Arc<Breaker>,
     admission: Option<Admission>,
 }
 
 impl Pass {
-    pub(crate) fn report(mut self, outcome: Outcome) {
+    pub fn report(mut self, outcome: Outcome) {
         if let Some(admission) = self.admission.take() {
             self.breaker
                 .machine()

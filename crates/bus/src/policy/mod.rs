@@ -25,7 +25,7 @@
 mod breaker;
 mod fault;
 
-pub use breaker::{BreakerConfig, BreakerState};
+pub use breaker::{Breaker, BreakerConfig, BreakerState, Outcome, Pass};
 pub use fault::Fault;
 pub(crate) use fault::Faults;
 
@@ -41,7 +41,6 @@ use tokio::{sync::Semaphore, time::Instant};
 use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::{Backoff, BusError};
-use breaker::{Breaker, Outcome};
 
 /// The policy of an edge (`[bus.policy]` for every edge, `[bus.edges."<edge>"]` overrides).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

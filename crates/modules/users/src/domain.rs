@@ -13,6 +13,109 @@ use crate::{
     store::{self, UserRow},
 };
 
+/// Failed logins, counted per account and per client address: past a limit, logins of that
+/// account (or from that address) are refused with a 429 before any password is checked,
+/// until `window` has passed since the last failure.
+///
+/// The account is counted by the name that was tried, whether or not an account has it, so
+/// the 429 comes after the same number of failures for a real account and an invented one
+/// and says nothing of which accounts exist. A success clears the account's count; an
+/// address's count only ages out (one client trying many accounts is what it is for).
+#[derive(Debug, Clone)]
+pub(crate) struct FailedLogins {
+    by_account: moka::sync::Cache<String, Failures>,
+    by_address: moka::sync::Cache<std::net::IpAddr, Failures>,
+    limits: LoginLimits,
+}
+
+/// `[modules.users.login_limit]`.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LoginLimits {
+    /// Failures of one account (by the name tried) before it is refused for a while.
+    pub(crate) per_account: u32,
+    /// Failures from one client address, whatever the accounts.
+    pub(crate) per_address: u32,
+    /// How long after the last failure the count is forgotten.
+    pub(crate) window_secs: u64,
+}
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        Self {
+            per_account: 5,
+            per_address: 20,
+            window_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: std::time::Instant,
+}
+
+impl FailedLogins {
+    pub(crate) fn new(limits: LoginLimits) -> Self {
+        let window = Duration::from_secs(limits.window_secs);
+        // Bounded: a flood of invented names or addresses evicts old entries, it never grows
+        // the process without end.
+        Self {
+            by_account: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(window)
+                .build(),
+            by_address: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(window)
+                .build(),
+            limits,
+        }
+    }
+
+    /// `Err(seconds)` to wait when the account or the address is over its limit.
+    pub(crate) fn check(&self, login: &str, address: Option<std::net::IpAddr>) -> Result<(), u64> {
+        let window = Duration::from_secs(self.limits.window_secs);
+        let wait = |failures: Option<Failures>, limit: u32| {
+            failures
+                .filter(|f| f.count >= limit)
+                .map(|f| window.saturating_sub(f.last.elapsed()).as_secs().max(1))
+        };
+        let account = wait(self.by_account.get(&key(login)), self.limits.per_account);
+        let address =
+            address.and_then(|ip| wait(self.by_address.get(&ip), self.limits.per_address));
+        match account.max(address) {
+            Some(seconds) => Err(seconds),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn failed(&self, login: &str, address: Option<std::net::IpAddr>) {
+        let bump = |old: Option<Failures>| Failures {
+            count: old.map_or(0, |f| f.count).saturating_add(1),
+            last: std::time::Instant::now(),
+        };
+        self.by_account
+            .entry(key(login))
+            .and_upsert_with(|old| bump(old.map(|e| *e.value())));
+        if let Some(ip) = address {
+            self.by_address
+                .entry(ip)
+                .and_upsert_with(|old| bump(old.map(|e| *e.value())));
+        }
+    }
+
+    pub(crate) fn succeeded(&self, login: &str) {
+        self.by_account.invalidate(&key(login));
+    }
+}
+
+/// Logins are by username or email, compared without case.
+fn key(login: &str) -> String {
+    login.trim().to_lowercase()
+}
+
 /// The module's password hashing: a few threads of its own, at most one hash each at a time.
 ///
 /// Argon2id takes tens of milliseconds and 19 MiB per hash, and anyone may send logins. On

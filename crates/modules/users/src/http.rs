@@ -9,7 +9,7 @@ use axum::{
 use banyan_kit::{
     AdminErrors, ApiError, ApiResult, AuthErrors, BodyErrors, ErrorBody, Page, Paged, ServerErrors,
     auth::{Caller, Role, Token},
-    extract::{Cx, Json, Path, Query},
+    extract::{ClientIp, Cx, Json, Path, Query},
     timestamp,
 };
 use banyan_orders_contract::{ListOrders, OrderSummary};
@@ -142,13 +142,16 @@ struct LoginAnswer {
     operation_id = "login",
     summary = "Log in",
     description = "A JWT for good credentials (the username or the email, and the password); \
-        one 401 for every bad combination, so the answer never says whether the user exists.",
+        one 401 for every bad combination, so the answer never says whether the user exists. \
+        After `modules.users.login_limit` failures for one account or from one address, a 429 \
+        until the window passes.",
     request_body = Credentials,
     responses(
         (status = 200, description = "Logged in.", body = LoginAnswer),
         (status = 400, description = "The body is not JSON.", body = ErrorBody),
         (status = 401, description = "Invalid username or password.", body = ErrorBody),
         BodyErrors,
+        (status = 429, description = "Too many failed logins for this account or from this address (`rate_limited`); try again after `Retry-After`. The same for an account that does not exist.", body = ErrorBody),
         (status = 422, description = "A field is missing or unknown.", body = ErrorBody),
         (status = 500, description = "An unexpected failure.", body = ErrorBody),
         (status = 503, description = "The database or the password hashing is busy; try again after `Retry-After`.", body = ErrorBody),
@@ -156,13 +159,23 @@ struct LoginAnswer {
 )]
 async fn login(
     axum::extract::State(state): AppState,
+    ClientIp(address): ClientIp,
     Json(credentials): Json<Credentials>,
 ) -> ApiResult<Json<LoginAnswer>> {
-    let user = store::find_by_login(state.outbox.db(), &credentials.username).await?;
+    let login = &credentials.username;
+    state
+        .failed_logins
+        .check(login, address)
+        .map_err(|seconds| {
+            ApiError::too_many_requests(seconds, "too many failed logins; try again later")
+        })?;
+    let user = store::find_by_login(state.outbox.db(), login).await?;
     let stored = user.as_ref().map(|u| u.password_hash.clone());
     if !state.hasher.verify(credentials.password, stored).await? {
+        state.failed_logins.failed(login, address);
         return Err(ApiError::unauthorized("invalid username or password"));
     }
+    state.failed_logins.succeeded(login);
     let user = user.ok_or_else(|| ApiError::unauthorized("invalid username or password"))?;
     let token = state.auth.issue(user.id(), user.role())?;
     Ok(Json(LoginAnswer {

@@ -47,11 +47,24 @@ struct Settings {
     bootstrap_admin: Option<model::NewAccount>,
     /// How long the overview waits for orders before answering without them.
     overview_orders_timeout_ms: Option<u64>,
+    /// Failed logins allowed per account and per client address (see `domain::FailedLogins`).
+    #[serde(default)]
+    login_limit: domain::LoginLimits,
 }
 
 async fn start(ctx: ModuleContext) -> anyhow::Result<OpenApiRouter> {
     let settings: Settings = ctx.settings()?;
     let overview_timeout = settings.overview_orders_timeout_ms.unwrap_or(500);
+    let limits = settings.login_limit;
+    if limits.per_account == 0
+        || limits.per_address == 0
+        || !(1..=86_400).contains(&limits.window_secs)
+    {
+        anyhow::bail!(
+            "modules.users.login_limit: per_account and per_address must be greater than 0, \
+             window_secs 1 to 86400"
+        );
+    }
     if !(1..=60_000).contains(&overview_timeout) {
         anyhow::bail!("modules.users.overview_orders_timeout_ms must be 1 to 60000");
     }
@@ -62,6 +75,7 @@ async fn start(ctx: ModuleContext) -> anyhow::Result<OpenApiRouter> {
         auth: ctx.auth.clone(),
         bus: ctx.bus.clone(),
         overview_timeout: std::time::Duration::from_millis(overview_timeout),
+        failed_logins: domain::FailedLogins::new(settings.login_limit),
     });
     if let Some(admin) = settings.bootstrap_admin {
         domain::ensure_admin(&state.outbox, &state.hasher, &Context::root(), admin).await?;
@@ -83,4 +97,5 @@ struct State {
     auth: Arc<banyan_kit::auth::Authenticator>,
     bus: banyan_bus::ModuleBus,
     overview_timeout: std::time::Duration,
+    failed_logins: domain::FailedLogins,
 }

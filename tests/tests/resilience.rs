@@ -1,0 +1,292 @@
+//! Resilience at the edge, in every topology: a route's timeout (504 while the slow module's
+//! own process abandons the work), the route breaker of a failing module (fast 503s that never
+//! reach it, other modules untouched), the composition's fallback when a callee is slow, rate
+//! limits per client (429 with `Retry-After` and `RateLimit` headers, a spoofed
+//! `X-Forwarded-For` changing nothing) and the limit on failed logins, the same for accounts
+//! that exist and accounts that do not.
+
+#![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
+
+use std::time::{Duration, Instant};
+
+use banyan_e2e::{TestApp, banyan_app::config::with, on_every_topology, send};
+use reqwest::StatusCode;
+use serde_json::json;
+use uuid::Uuid;
+
+mod slow_payments {
+    //! Payments takes 5 s for everything; its route's timeout is 1 s.
+    use banyan_e2e::on_every_topology;
+    use serde_json::json;
+
+    use super::{a_slow_module_behind_a_short_route_timeout_is_answered_504, with};
+
+    fn settings(figment: figment::Figment) -> figment::Figment {
+        let figment = with(
+            figment,
+            "bus.faults",
+            json!({ "payments": { "delay_ms": 5000 } }),
+        );
+        with(
+            figment,
+            "gateway.routes",
+            json!([{ "path": "/api/v1/payments/{id}", "timeout_ms": 1000 }]),
+        )
+    }
+
+    on_every_topology!(settings = settings; a_slow_module_behind_a_short_route_timeout_is_answered_504);
+}
+
+mod failing_payments {
+    //! Payments fails every request; its breaker opens after five.
+    use banyan_e2e::on_every_topology;
+    use serde_json::json;
+
+    use super::{a_failing_module_trips_its_breaker_and_the_others_keep_answering, with};
+
+    fn settings(figment: figment::Figment) -> figment::Figment {
+        let figment = with(
+            figment,
+            "bus.faults",
+            json!({ "payments": { "error_rate": 1.0 } }),
+        );
+        with(
+            figment,
+            "bus.policy.breaker",
+            json!({ "window": 10, "min_calls": 5, "open_ms": 60000 }),
+        )
+    }
+
+    on_every_topology!(settings = settings; a_failing_module_trips_its_breaker_and_the_others_keep_answering);
+}
+
+mod slow_orders {
+    //! Listing orders takes 3 s; the overview waits 500 ms for it.
+    use banyan_e2e::on_every_topology;
+    use serde_json::json;
+
+    use super::{the_overview_goes_without_orders_when_they_are_slow, with};
+
+    fn settings(figment: figment::Figment) -> figment::Figment {
+        with(
+            figment,
+            "bus.faults",
+            json!({ "orders.list_orders.v1": { "delay_ms": 3000 } }),
+        )
+    }
+
+    on_every_topology!(settings = settings; the_overview_goes_without_orders_when_they_are_slow);
+}
+
+mod limited_products {
+    //! Listing products: 10 a second per client, 20 at once.
+    use banyan_e2e::on_every_topology;
+    use serde_json::json;
+
+    use super::{a_client_over_its_rate_is_answered_429_and_the_others_are_not, with};
+
+    fn settings(figment: figment::Figment) -> figment::Figment {
+        with(
+            figment,
+            "gateway.routes",
+            json!([{ "path": "/api/v1/products", "method": "GET",
+                     "rate_limit_per_minute": 600, "burst": 20 }]),
+        )
+    }
+
+    on_every_topology!(settings = settings; a_client_over_its_rate_is_answered_429_and_the_others_are_not);
+}
+
+on_every_topology!(
+    failed_logins_are_limited_per_account_and_per_address_whether_the_account_exists
+);
+
+async fn a_slow_module_behind_a_short_route_timeout_is_answered_504(app: &TestApp) {
+    let admin = app.admin_token().await;
+    let reply = app
+        .get(
+            &format!("/api/v1/payments/{}", Uuid::now_v7()),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.text);
+    assert_eq!(reply.error_code(), "timeout");
+    // Only that route waits: the shop answers at once elsewhere.
+    let products = app.get("/api/v1/products", None).await;
+    assert_eq!(products.status, StatusCode::OK, "{}", products.text);
+}
+
+async fn a_failing_module_trips_its_breaker_and_the_others_keep_answering(app: &TestApp) {
+    let admin = app.admin_token().await;
+    let path = format!("/api/v1/payments/{}", Uuid::now_v7());
+    // Five failures reach payments and come back as its own 503s...
+    for _ in 0..5 {
+        let reply = app.get(&path, Some(&admin)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.text
+        );
+        assert_eq!(reply.error_code(), "unavailable", "{}", reply.text);
+    }
+    // ...then the breaker answers for it, at once, without calling it.
+    for _ in 0..20 {
+        let reply = app.get(&path, Some(&admin)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.text
+        );
+        assert_eq!(reply.error_code(), "circuit_open", "{}", reply.text);
+        let retry_after: u64 = reply.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&retry_after), "{retry_after}");
+    }
+    let routes = app.get("/api/v1/admin/routes", Some(&admin)).await;
+    assert_eq!(
+        routes.body["breakers"]["payments"], "open",
+        "{}",
+        routes.text
+    );
+    assert_eq!(
+        routes.body["breakers"]["catalog"], "closed",
+        "{}",
+        routes.text
+    );
+    // The rest of the shop is untouched.
+    assert_eq!(
+        app.get("/api/v1/products", None).await.status,
+        StatusCode::OK
+    );
+}
+
+async fn the_overview_goes_without_orders_when_they_are_slow(app: &TestApp) {
+    let (id, token) = app.customer("patient").await;
+    let reply = app
+        .get(&format!("/api/v1/users/{id}/overview"), Some(&token))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.body["orders_unavailable"], true, "{}", reply.text);
+    assert_eq!(reply.body["user"]["id"], id.as_str());
+}
+
+async fn a_client_over_its_rate_is_answered_429_and_the_others_are_not(app: &TestApp) {
+    let (_, greedy) = app.customer("greedy").await;
+    let (_, modest) = app.customer("modest").await;
+    // One client at 100 requests a second for 10 s.
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let started = Instant::now();
+    let (mut accepted, mut refused) = (0u64, 0u64);
+    while started.elapsed() < Duration::from_secs(10) {
+        tick.tick().await;
+        let reply = app.get("/api/v1/products", Some(&greedy)).await;
+        match reply.status {
+            StatusCode::OK => accepted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused += 1;
+                assert_eq!(reply.error_code(), "rate_limited");
+                assert!(
+                    reply.headers.contains_key("retry-after"),
+                    "{:?}",
+                    reply.headers
+                );
+                assert!(reply.headers["ratelimit"].to_str().unwrap().contains("r=0"));
+                assert!(reply.headers.contains_key("ratelimit-policy"));
+            }
+            other => panic!("{other}: {}", reply.text),
+        }
+    }
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    println!("{accepted} accepted and {refused} refused in {elapsed_ms} ms");
+    // The burst, then one per 100 ms of the time it took (10 s and a little).
+    assert!(
+        accepted <= 20 + elapsed_ms / 100 + 1,
+        "{accepted} in {elapsed_ms} ms"
+    );
+    assert!(accepted >= 100, "{accepted}");
+    assert!(refused >= 500, "{refused}");
+
+    // Another client is not held back by the first.
+    for _ in 0..20 {
+        let reply = app.get("/api/v1/products", Some(&modest)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    }
+    // Without a token the client is its address; an X-Forwarded-For from an untrusted peer
+    // is no other client.
+    let mut anonymous = 0;
+    for i in 0..40 {
+        let request = app
+            .client
+            .get(app.url("/api/v1/products"))
+            .header("x-forwarded-for", format!("203.0.113.{i}"));
+        if send(request).await.status == StatusCode::OK {
+            anonymous += 1;
+        }
+    }
+    assert!((20..=22).contains(&anonymous), "{anonymous}");
+}
+
+async fn failed_logins_are_limited_per_account_and_per_address_whether_the_account_exists(
+    app: &TestApp,
+) {
+    let (_, _) = app.customer("known").await;
+    let (_, _) = app.customer("bystander").await;
+    let login = |username: &str, password: &str| {
+        let (username, password) = (username.to_owned(), password.to_owned());
+        async move {
+            app.post(
+                "/api/v1/users/login",
+                None,
+                json!({ "username": username, "password": password }),
+            )
+            .await
+        }
+    };
+    for name in ["known", "nobody-by-this-name"] {
+        for attempt in 1..=5 {
+            let reply = login(name, "wrong-password").await;
+            assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{name} #{attempt}");
+        }
+        let reply = login(name, "wrong-password").await;
+        assert_eq!(
+            reply.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{name}: {}",
+            reply.text
+        );
+        assert_eq!(reply.error_code(), "rate_limited");
+        let retry_after: u64 = reply.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=300).contains(&retry_after), "{retry_after}");
+    }
+    // The right password does not open a locked account before its time.
+    let reply = login("known", "known-secret-pw").await;
+    assert_eq!(
+        reply.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        reply.text
+    );
+    // Another account still logs in from here...
+    app.login("bystander", "bystander-secret-pw").await;
+    // ...until this address has failed 20 times, whatever the names.
+    for i in 0..10 {
+        let reply = login(&format!("guess{i}"), "wrong-password").await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "guess{i}");
+    }
+    let reply = login("bystander", "bystander-secret-pw").await;
+    assert_eq!(
+        reply.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        reply.text
+    );
+}
