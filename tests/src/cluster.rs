@@ -356,6 +356,11 @@ impl Cluster {
     /// Starts one more `banyan serve --process <name>` pointed at main; returns its index in
     /// `others`.
     pub async fn start_process(&mut self, name: &str) -> usize {
+        self.start_process_with(name, &[]).await
+    }
+
+    /// The same, with `extra` in that one instance's environment (say a fault of its own).
+    pub async fn start_process_with(&mut self, name: &str, extra: &[(&str, &str)]) -> usize {
         let registry = self.main.internal_url("");
         let process = BanyanProcess::start_with_args(
             &[
@@ -370,6 +375,7 @@ impl Cluster {
                 .iter()
                 .filter(|(process, _, _)| process == name)
                 .map(|(_, key, value)| (key.as_str(), value.clone()))
+                .chain(extra.iter().map(|(key, value)| (*key, (*value).to_owned())))
                 .chain([("BANYAN_TOPOLOGY__REGISTRY_URL", registry)])
                 .collect::<Vec<_>>(),
         )

@@ -9,7 +9,12 @@
 
 use std::time::{Duration, Instant};
 
-use banyan_e2e::{TestApp, banyan_app::config::with, on_every_topology, send};
+use banyan_e2e::{
+    Engine, TestApp,
+    banyan_app::config::with,
+    cluster::{Topology, Transport},
+    on_every_topology, send,
+};
 use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
@@ -289,4 +294,39 @@ async fn failed_logins_are_limited_per_account_and_per_address_whether_the_accou
         "{}",
         reply.text
     );
+}
+
+/// Payments in two processes over HTTP, one of which fails everything it is asked: main's
+/// gateway answers every safe request from the other, trying it when the first fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_safe_request_an_instance_fails_is_answered_by_another() {
+    let topology = Topology {
+        placements: vec![("payments".into(), "payments".into(), Transport::Http)],
+        processes: vec!["payments".into()],
+        nats_url: None,
+        tls: false,
+        process_env: Vec::new(),
+    };
+    let Some(mut app) = TestApp::spawn_split(Engine::Sqlite, topology, |f| f).await else {
+        return;
+    };
+    app.cluster_mut()
+        .start_process_with(
+            "payments",
+            &[("BANYAN_BUS__FAULTS__PAYMENTS__ERROR_RATE", "1.0")],
+        )
+        .await;
+    app.cluster().healthy("payments", 2).await;
+    let admin = app.admin_token().await;
+    for _ in 0..20 {
+        let reply = app
+            .get(
+                &format!("/api/v1/payments/{}", Uuid::now_v7()),
+                Some(&admin),
+            )
+            .await;
+        // Not found is the healthy instance's answer; the failing one's 503 never shows.
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
+    }
+    app.stop().await;
 }

@@ -17,7 +17,7 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     body::Body,
     extract::Request,
-    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use banyan_bus::Context;
@@ -118,6 +118,10 @@ impl Gateway {
             )));
         }
         let cx = request.extensions().get::<Context>().cloned();
+        let request_route = request
+            .extensions()
+            .get::<Arc<crate::route_policy::EffectiveRoute>>()
+            .cloned();
         let client = request.extensions().get::<std::net::IpAddr>().copied();
         let (parts, body) = request.into_parts();
         let body = axum::body::to_bytes(body, self.max_body_bytes)
@@ -154,8 +158,17 @@ impl Gateway {
             .uri
             .path_and_query()
             .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
-        let mut refused = Vec::new();
-        for base in &instances {
+        // A safe request (GET, HEAD, OPTIONS) that an instance failed or did not answer in
+        // time is tried on the next one, up to its route's `retry_attempts`; anything else
+        // goes once, because it may have taken effect.
+        let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let mut retries_left = match request_route {
+            Some(route) if safe => route.retry_attempts,
+            _ => 0,
+        };
+        let mut refused = 0;
+        let mut last_failure = None;
+        for (i, base) in instances.iter().enumerate() {
             let url = format!("{}{path_and_query}", base.trim_end_matches('/'));
             let sent = self
                 .client
@@ -164,34 +177,54 @@ impl Gateway {
                 .body(body.clone())
                 .send()
                 .await;
-            match sent {
+            let another = i + 1 < instances.len();
+            let failure = match sent {
+                Ok(answer)
+                    if matches!(answer.status().as_u16(), 502..=504)
+                        && another
+                        && retries_left > 0 =>
+                {
+                    tracing::warn!(module, instance = %base, status = %answer.status(), "Instance failed a safe request; trying the next.");
+                    pass_back(answer).await
+                }
                 Ok(answer) => return Ok(pass_back(answer).await),
                 // Not connected: nothing was sent, so the next instance is safe to try.
                 Err(error) if error.is_connect() => {
                     tracing::warn!(module, instance = %base, %error, "Instance unreachable; trying the next.");
-                    refused.push(base.clone());
+                    refused += 1;
+                    continue;
                 }
                 Err(error) if error.is_timeout() => {
-                    return Err(ApiError::new(
+                    tracing::warn!(module, instance = %base, %error, "Instance did not answer in time.");
+                    ApiError::new(
                         StatusCode::GATEWAY_TIMEOUT,
                         "timeout",
                         format!("module {module} did not answer in time"),
-                    ));
+                    )
+                    .into_response()
                 }
                 Err(error) => {
                     tracing::warn!(module, instance = %base, %error, "Proxied request failed.");
-                    return Err(ApiError::new(
+                    ApiError::new(
                         StatusCode::BAD_GATEWAY,
                         "bad_gateway",
                         format!("module {module} failed to answer"),
-                    ));
+                    )
+                    .into_response()
                 }
+            };
+            if !(another && retries_left > 0) {
+                return Ok(failure);
             }
+            retries_left -= 1;
+            last_failure = Some(failure);
         }
-        Err(ApiError::unavailable(format!(
-            "no instance of module {module} could be reached ({} tried)",
-            refused.len()
-        )))
+        match last_failure {
+            Some(failure) => Ok(failure),
+            None => Err(ApiError::unavailable(format!(
+                "no instance of module {module} could be reached ({refused} tried)"
+            ))),
+        }
     }
 }
 
