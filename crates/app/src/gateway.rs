@@ -1,5 +1,6 @@
 //! The gateway: the main process keeps answering every `/api/v1/...` route; those of a module
-//! hosted in another process are proxied to a healthy instance of it, round robin.
+//! hosted in another process are proxied to a healthy instance of it, the one the module's
+//! balance rule picks (round robin unless configured).
 //!
 //! Before anything is forwarded the gateway refuses a path that could resolve elsewhere than
 //! it reads (400); a bearer token main does not accept was answered 401 by its edge already
@@ -32,6 +33,8 @@ pub(crate) struct Gateway {
     registry: Arc<Registry>,
     client: reqwest::Client,
     max_body_bytes: usize,
+    /// Which healthy instance a request goes to first (the module's balance rule).
+    balancer: banyan_bus::balance::Balancer,
 }
 
 const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -88,6 +91,7 @@ impl Gateway {
             .timeout(timeout)
             .build()?;
         Ok(Self {
+            balancer: topology.balancer(),
             topology,
             registry,
             client,
@@ -111,7 +115,7 @@ impl Gateway {
     }
 
     async fn proxy(&self, module: &str, request: Request) -> Result<Response, ApiError> {
-        let instances = self.registry.rotation(module);
+        let mut instances = self.registry.healthy(module);
         if instances.is_empty() {
             return Err(ApiError::unavailable(format!(
                 "no healthy instance of module {module} is registered"
@@ -123,6 +127,14 @@ impl Gateway {
             .get::<Arc<crate::route_policy::EffectiveRoute>>()
             .cloned();
         let client = request.extensions().get::<std::net::IpAddr>().copied();
+        // Consistent hashing keys on the caller: its account, else its address.
+        let caller_key = request
+            .extensions()
+            .get::<banyan_kit::auth::Caller>()
+            .map(|caller| caller.user_id.to_string())
+            .or_else(|| client.map(|ip| ip.to_string()));
+        self.balancer
+            .order(module, &mut instances, caller_key.as_deref());
         let (parts, body) = request.into_parts();
         let body = axum::body::to_bytes(body, self.max_body_bytes)
             .await
@@ -170,6 +182,7 @@ impl Gateway {
         let mut last_failure = None;
         for (i, base) in instances.iter().enumerate() {
             let url = format!("{}{path_and_query}", base.trim_end_matches('/'));
+            let _in_flight = self.balancer.begin(base);
             let sent = self
                 .client
                 .request(parts.method.clone(), url)

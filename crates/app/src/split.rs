@@ -124,6 +124,9 @@ pub(crate) async fn wire_split(
         }) as Arc<dyn Transport>
     };
     let subscribers: Arc<dyn Subscribers> = awareness.clone();
+    // One balancer for the HTTP and gRPC adapters, so a module's calls in flight are counted
+    // once whichever adapter carries them.
+    let balancer = Arc::new(topology.balancer());
     let http = if topology.uses_http() {
         let transport = HttpTransport::new(
             instances.clone(),
@@ -131,6 +134,7 @@ pub(crate) async fn wire_split(
             peers.clone(),
             topology.http.transport_config(),
         )?
+        .with_balance(balancer.clone())
         .with_client(
             crate::tls::client_builder(topology.tls.as_ref())
                 .map_err(|e| anyhow::anyhow!("topology.tls: {e}"))?
@@ -150,7 +154,8 @@ pub(crate) async fn wire_split(
             subscribers,
             peers.clone(),
             topology.http.transport_config(),
-        );
+        )
+        .with_balance(balancer.clone());
         if let Some(tls) = &topology.tls {
             transport = transport.with_tls(
                 crate::tls::grpc_client_config(&tls.ca_file)

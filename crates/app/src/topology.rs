@@ -56,6 +56,12 @@ impl TransportKind {
 pub struct Placement {
     pub process: String,
     pub transport: TransportKind,
+    /// How its instances share the calls of the gateway and of the HTTP and gRPC adapters:
+    /// `round_robin` (default), `least_outstanding` (power of two choices), `random`,
+    /// `consistent_hash` (by caller at the gateway, by correlation id on the bus). Over NATS
+    /// the broker's queue group chooses for bus calls.
+    #[serde(default)]
+    pub balance: banyan_bus::balance::BalanceRule,
 }
 
 /// `[topology]`.
@@ -164,6 +170,16 @@ impl TopologyConfig {
         self.modules
             .get(module)
             .map_or(MAIN, |p| p.process.as_str())
+    }
+
+    /// How each moved module's instances share calls (see [`Placement::balance`]).
+    pub fn balancer(&self) -> banyan_bus::balance::Balancer {
+        banyan_bus::balance::Balancer::new(
+            self.modules
+                .iter()
+                .map(|(module, placement)| (module.clone(), placement.balance))
+                .collect(),
+        )
     }
 
     /// Whether `module` runs in this process.
@@ -404,6 +420,7 @@ mod tests {
                         Placement {
                             process: (*p).to_owned(),
                             transport: *t,
+                            balance: Default::default(),
                         },
                     )
                 })

@@ -253,6 +253,7 @@ pub(super) fn identities() -> anyhow::Result<(Arc<Identity>, Arc<Identity>)> {
             Placement {
                 process: MODULE.to_owned(),
                 transport: TransportKind::Http,
+                balance: Default::default(),
             },
         );
         topology.process = process.to_owned();

@@ -3,48 +3,12 @@
 //! the next instance only when nothing was sent, and an event pushed to every subscribing
 //! module with retries and backoff.
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use banyan_message::module_of;
 use futures::future::join_all;
 
-use crate::{Backoff, BusError, RemoteReply};
-
-/// A round-robin cursor per module.
-#[derive(Debug, Default)]
-pub(crate) struct RoundRobin {
-    cursors: RwLock<HashMap<String, Arc<AtomicUsize>>>,
-}
-
-impl RoundRobin {
-    /// The position of the next instance of `module` to try, among `count`.
-    pub(crate) fn next(&self, module: &str, count: usize) -> usize {
-        let cursor = self
-            .cursors
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(module)
-            .cloned();
-        let cursor = match cursor {
-            Some(cursor) => cursor,
-            None => self
-                .cursors
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(module.to_owned())
-                .or_default()
-                .clone(),
-        };
-        cursor.fetch_add(1, Ordering::Relaxed) % count
-    }
-}
+use crate::{Backoff, BusError, RemoteReply, balance::Balancer};
 
 /// What one try of a request at one instance came to.
 pub(crate) enum Attempt {
@@ -55,12 +19,14 @@ pub(crate) enum Attempt {
 }
 
 /// Sends a request to one of `instances` (the base URLs of the module of `subject`), starting
-/// where the module's cursor points; moves on only past instances that were never reached,
-/// and never past the deadline. `attempt` gets an instance's base URL and the time left.
+/// with the one the module's balance rule picks (`key` for consistent hashing); moves on only
+/// past instances that were never reached, and never past the deadline. `attempt` gets an
+/// instance's base URL and the time left; the call counts as in flight to it meanwhile.
 pub(crate) async fn request_any<F, Fut>(
-    instances: Vec<String>,
-    cursor: &RoundRobin,
+    mut instances: Vec<String>,
+    balancer: &Balancer,
     subject: &str,
+    key: Option<&str>,
     deadline: Duration,
     mut attempt: F,
 ) -> Result<RemoteReply, BusError>
@@ -76,14 +42,14 @@ where
             format!("no instance of module `{module}` is known"),
         ));
     }
-    let first = cursor.next(module, instances.len());
+    balancer.order(module, &mut instances, key);
     let mut refused = Vec::new();
-    for step in 0..instances.len() {
-        let base = &instances[(first + step) % instances.len()];
+    for base in &instances {
         let remaining = deadline.saturating_sub(started.elapsed());
         if remaining.is_zero() {
             return Err(timeout(subject, deadline));
         }
+        let _in_flight = balancer.begin(base);
         match attempt(base.clone(), remaining).await {
             Attempt::Answered(outcome) => return outcome,
             Attempt::Refused(reason) => {
@@ -147,13 +113,13 @@ pub(crate) struct Retries {
     pub(crate) backoff: Backoff,
 }
 
-/// Pushes an event to one instance of `module` (the next by its cursor among what
+/// Pushes an event to one instance of `module` (the one its balance rule picks among what
 /// `instances` says on each attempt), retrying as `retries` says. `once` is one push to the
 /// instance at the base URL it is given.
 pub(crate) async fn push_with_retries<I, F, Fut>(
     retries: Retries,
     instances: I,
-    cursor: &RoundRobin,
+    balancer: &Balancer,
     module: &str,
     subject: &str,
     once: F,
@@ -169,11 +135,13 @@ where
         if attempt > 1 {
             tokio::time::sleep(retries.backoff.delay(attempt - 1)).await;
         }
-        let instances = instances();
+        let mut instances = instances();
         let outcome = if instances.is_empty() {
             Push::Retry(format!("no instance of module `{module}` is known"))
         } else {
-            once(instances[cursor.next(module, instances.len())].clone()).await
+            balancer.order(module, &mut instances, None);
+            let _in_flight = balancer.begin(&instances[0]);
+            once(instances[0].clone()).await
         };
         match outcome {
             Push::Done => return Ok(()),

@@ -22,6 +22,8 @@
 //!   HTTP/2 connection per instance).
 //! - [`nats`]: the NATS adapter (requests on per-module subjects with queue groups, events on
 //!   a JetStream stream with one durable consumer per subscribing module).
+//! - [`balance`]: which instance of a moved module a call goes to (round robin, least
+//!   outstanding, random, consistent hash), for the HTTP and gRPC adapters and the gateway.
 //! - [`policy`]: edge policies (deadline, retries, circuit breaker, bulkhead) applied to every
 //!   request whatever the placement, and faults injected into handlers for tests.
 //! - [`failpoint`]: named places where tests stop a real process to kill it.
@@ -31,6 +33,7 @@
 //!   module's schema with their own history table.
 
 mod backoff;
+pub mod balance;
 mod bus;
 mod config;
 pub mod dead_letter;

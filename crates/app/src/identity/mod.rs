@@ -321,6 +321,7 @@ mod tests {
             Placement {
                 process: "payments".into(),
                 transport: TransportKind::Http,
+                balance: Default::default(),
             },
         );
         topology.process = process.into();

@@ -154,6 +154,7 @@ mod tests {
             Placement {
                 process: "payments".into(),
                 transport: TransportKind::Http,
+                balance: Default::default(),
             },
         );
         topology.instance_ttl_ms = 50;
@@ -176,7 +177,7 @@ mod tests {
     }
 
     #[test]
-    fn instances_rotate_and_leave_rotation_when_silent() {
+    fn instances_are_healthy_until_silent() {
         let registry = Registry::new(topology(), vec!["orders", "payments"]);
         assert_eq!(registry.unknown(), ["payments"]);
         assert!(registry.modules_for("orders.order_placed.v1").is_empty());
@@ -185,10 +186,8 @@ mod tests {
         registry.register(payments("b", "http://b:1")).unwrap();
         assert_eq!(registry.modules_for("orders.order_placed.v1"), ["payments"]);
         assert!(registry.modules_for("orders.whatever.v1").is_empty());
-        let firsts: BTreeSet<String> = (0..4)
-            .map(|_| registry.rotation("payments")[0].clone())
-            .collect();
-        assert_eq!(firsts.len(), 2, "round robin over both");
+        let healthy: BTreeSet<String> = registry.healthy("payments").into_iter().collect();
+        assert_eq!(healthy.len(), 2, "{healthy:?}");
 
         std::thread::sleep(Duration::from_millis(80));
         registry.register(payments("b", "http://b:1")).unwrap();

@@ -1,11 +1,8 @@
 //! The registry itself, kept by the main process: which instances of each module are up.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{
-        Arc, Mutex, RwLock,
-        atomic::{AtomicUsize, Ordering},
-    },
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -28,8 +25,6 @@ pub(crate) struct Registry {
     ttl: Duration,
     forget_after: Duration,
     state: RwLock<Table>,
-    /// Round-robin cursors of the gateway, per module.
-    cursors: Mutex<HashMap<String, Arc<AtomicUsize>>>,
 }
 
 #[derive(Debug, Default)]
@@ -75,7 +70,6 @@ impl Registry {
             ttl,
             forget_after: ttl * 10,
             state: RwLock::default(),
-            cursors: Mutex::default(),
         }
     }
 
@@ -292,23 +286,6 @@ impl Registry {
             })
             .map(|(_, entry)| url(&entry.registration).clone())
             .collect()
-    }
-
-    /// The healthy instances of `module`, starting with the next one in round robin.
-    pub(crate) fn rotation(&self, module: &str) -> Vec<String> {
-        let mut healthy = self.healthy(module);
-        if healthy.len() > 1 {
-            let cursor = self
-                .cursors
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(module.to_owned())
-                .or_default()
-                .clone();
-            let first = cursor.fetch_add(1, Ordering::Relaxed) % healthy.len();
-            healthy.rotate_left(first);
-        }
-        healthy
     }
 }
 

@@ -26,7 +26,8 @@ use super::{
 };
 use crate::{
     BusError, Envelope, RemoteReply, Transport,
-    direct::{self, Attempt, Push, RoundRobin, error_chain, timeout, unavailable},
+    balance::Balancer,
+    direct::{self, Attempt, Push, error_chain, timeout, unavailable},
     http::{DEADLINE_MS, HttpTransportConfig, Instances, Peers, Subscribers, envelope_headers},
 };
 
@@ -41,7 +42,8 @@ pub struct GrpcTransport {
     /// The authority to trust when instances are reached over `https://`.
     tls: Option<ClientTlsConfig>,
     /// Which instance of each module is next.
-    cursor: RoundRobin,
+    /// Which instance of each module a call goes to (`with_balance`).
+    balancer: Arc<Balancer>,
     /// One channel (one HTTP/2 connection, reconnected when lost) per instance URL. Bounded:
     /// instances come and go. (Four per instance, taken in turn, were measured: no more calls
     /// per second at 16 callers, fewer at one; see ADR 0008.)
@@ -73,9 +75,15 @@ impl GrpcTransport {
             peers,
             config,
             tls: None,
-            cursor: RoundRobin::default(),
+            balancer: Arc::default(),
             channels: RwLock::default(),
         }
+    }
+
+    /// The same transport sharing calls among a module's instances as `balancer` says.
+    pub fn with_balance(mut self, balancer: Arc<Balancer>) -> Self {
+        self.balancer = balancer;
+        self
     }
 
     /// The same transport trusting `tls`'s authority for `https://` instances.
@@ -131,8 +139,9 @@ impl GrpcTransport {
         let body = &Bytes::from_owner(body);
         direct::request_any(
             self.instances.instances(banyan_message::module_of(subject)),
-            &self.cursor,
+            &self.balancer,
             subject,
+            Some(envelope.correlation_id.as_str()),
             deadline,
             |base, remaining| async move {
                 let channel = match self.channel(&base) {
@@ -196,7 +205,7 @@ impl GrpcTransport {
             direct::push_with_retries(
                 self.config.retries(),
                 || self.instances.instances(module),
-                &self.cursor,
+                &self.balancer,
                 module,
                 subject,
                 move |base| self.push_once(base, module, headers, push),

@@ -1,7 +1,10 @@
 //! The client side: requests to one instance of a module, events pushed to every subscribing module.
 
 use super::*;
-use crate::direct::{self, Attempt, Push, RoundRobin, error_chain, timeout, unavailable};
+use crate::{
+    balance::Balancer,
+    direct::{self, Attempt, Push, error_chain, timeout, unavailable},
+};
 use banyan_message::module_of;
 
 /// Tunables of the HTTP client side.
@@ -81,7 +84,8 @@ pub struct HttpTransport {
     peers: Arc<dyn Peers>,
     config: HttpTransportConfig,
     /// Which instance of each module is next.
-    cursor: RoundRobin,
+    /// Which instance of each module a call goes to (`with_balance`).
+    balancer: Arc<Balancer>,
     /// The URLs called, parsed once: parsing one per call was a tenth of a call's client-side
     /// work (callgrind). Bounded: instances come and go.
     urls: RwLock<HashMap<String, reqwest::Url>>,
@@ -121,9 +125,15 @@ impl HttpTransport {
             subscribers,
             peers,
             config,
-            cursor: RoundRobin::default(),
+            balancer: Arc::default(),
             urls: RwLock::default(),
         })
+    }
+
+    /// The same transport sharing calls among a module's instances as `balancer` says.
+    pub fn with_balance(mut self, balancer: Arc<Balancer>) -> Self {
+        self.balancer = balancer;
+        self
     }
 
     /// `base` + `path` as a URL, parsed the first time only.
@@ -159,8 +169,9 @@ impl HttpTransport {
         let (headers, body, subject_ref) = (&headers, &body, subject.as_str());
         direct::request_any(
             self.instances.instances(module_of(subject_ref)),
-            &self.cursor,
+            &self.balancer,
             subject_ref,
+            Some(envelope.correlation_id.as_str()),
             deadline,
             |base, remaining| async move {
                 // Not even a URL: nothing was sent, the next one is safe.
@@ -238,7 +249,7 @@ impl HttpTransport {
         direct::push_with_retries(
             self.config.retries(),
             || self.instances.instances(module),
-            &self.cursor,
+            &self.balancer,
             module,
             subject,
             |base| async move { self.push_once(&base, module, subject, headers, body).await },

@@ -74,7 +74,15 @@ impl Event for OrderPlaced {
 /// A server bus whose `calc.add.v1` handler answers as `instance`, counting its calls.
 /// Negative operands are rejected with details.
 pub(crate) fn calc_server(instance: &'static str) -> (Bus, Arc<AtomicUsize>) {
-    let bus = Bus::new(BusConfig::default());
+    calc_server_with(instance, BusConfig::default())
+}
+
+/// The same on a bus with `config` (say a fault that slows it).
+pub(crate) fn calc_server_with(
+    instance: &'static str,
+    config: BusConfig,
+) -> (Bus, Arc<AtomicUsize>) {
+    let bus = Bus::new(config);
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
     bus.handle::<Add, _, _>("calc", move |cx, add| {
