@@ -65,6 +65,25 @@ mod failing_payments {
     on_every_topology!(settings = settings; a_failing_module_trips_its_breaker_and_the_others_keep_answering);
 }
 
+mod crowded_payments {
+    //! Payments takes 3 s for everything, and may have 3 requests in flight.
+    use banyan_e2e::on_every_topology;
+    use serde_json::json;
+
+    use super::{a_slow_module_fills_only_its_own_share_of_requests, with};
+
+    fn settings(figment: figment::Figment) -> figment::Figment {
+        let figment = with(
+            figment,
+            "bus.faults",
+            json!({ "payments": { "delay_ms": 3000 } }),
+        );
+        with(figment, "server.max_in_flight_per_module", 3)
+    }
+
+    on_every_topology!(settings = settings; a_slow_module_fills_only_its_own_share_of_requests);
+}
+
 mod slow_orders {
     //! Listing orders takes 3 s; the overview waits 500 ms for it.
     use banyan_e2e::on_every_topology;
@@ -168,6 +187,34 @@ async fn a_failing_module_trips_its_breaker_and_the_others_keep_answering(app: &
         app.get("/api/v1/products", None).await.status,
         StatusCode::OK
     );
+}
+
+async fn a_slow_module_fills_only_its_own_share_of_requests(app: &TestApp) {
+    let admin = app.admin_token().await;
+    let path = format!("/api/v1/payments/{}", Uuid::now_v7());
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url, admin) = (app.client.clone(), app.url(&path), admin.clone());
+            tokio::spawn(async move { send(client.get(url).bearer_auth(admin)).await })
+        })
+        .collect();
+    // While payments' three slots are taken, the rest of the shop answers.
+    let products = app.get("/api/v1/products", None).await;
+    assert_eq!(products.status, StatusCode::OK, "{}", products.text);
+    let (mut shed, mut answered) = (0, 0);
+    for call in calls {
+        let reply = call.await.unwrap();
+        match reply.status {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(reply.error_code(), "overloaded", "{}", reply.text);
+                assert!(reply.headers.contains_key("retry-after"));
+                shed += 1;
+            }
+            StatusCode::NOT_FOUND => answered += 1,
+            other => panic!("{other}: {}", reply.text),
+        }
+    }
+    assert_eq!((answered, shed), (3, 5));
 }
 
 async fn the_overview_goes_without_orders_when_they_are_slow(app: &TestApp) {

@@ -53,6 +53,12 @@ pub struct ServerConfig {
     pub modules: Option<Vec<String>>,
     pub max_body_bytes: usize,
     pub request_timeout_ms: u64,
+    /// Requests this listener handles at once; one more is answered 503 at once (load
+    /// shedding), before queues grow.
+    pub max_in_flight: usize,
+    /// Requests one module's routes handle at once, so a slow module fills its own share and
+    /// the others keep answering.
+    pub max_in_flight_per_module: usize,
     /// Where a development run keeps what it generates for itself (its secrets).
     pub state_dir: PathBuf,
     /// TLS on the public listener (`[server.tls]`); plaintext without.
@@ -225,6 +231,16 @@ impl Settings {
                     ),
                 ));
             }
+        }
+        if self.server.max_in_flight == 0
+            || self.server.max_in_flight_per_module == 0
+            || self.server.max_in_flight_per_module > self.server.max_in_flight
+        {
+            return Err(invalid(
+                "server.max_in_flight_per_module",
+                "max_in_flight and max_in_flight_per_module must be greater than 0, the second \
+                 at most the first",
+            ));
         }
         if self.server.request_timeout_ms == 0 {
             return Err(invalid(

@@ -123,6 +123,19 @@ pub(crate) fn module_of_path(path: &str) -> &'static str {
     }
 }
 
+/// The answer to a request shed at the edge (`server.max_in_flight` reached): 503 at once,
+/// with `Retry-After`.
+pub(crate) async fn shed(_: tower::BoxError) -> ApiError {
+    ApiError {
+        retry_after: Some(1),
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the server is at its limit of requests in flight; try again shortly",
+        )
+    }
+}
+
 /// A panic in a handler becomes a JSON 500; the process lives on.
 pub(crate) fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("A request handler panicked.");

@@ -129,6 +129,8 @@ pub(crate) struct RoutePolicies {
     /// this process or behind the gateway.
     breakers: BTreeMap<&'static str, Arc<Breaker>>,
     slow_call: Duration,
+    /// Each module's share of the requests in flight (`server.max_in_flight_per_module`).
+    shares: BTreeMap<&'static str, Arc<tokio::sync::Semaphore>>,
 }
 
 impl GatewayConfig {
@@ -182,10 +184,11 @@ impl RoutePolicies {
     pub(crate) fn new(
         config: &GatewayConfig,
         breaker: &BreakerConfig,
-        timeout: Duration,
-        max_body_bytes: usize,
+        server: &crate::config::ServerConfig,
         limits_here: bool,
     ) -> Self {
+        let timeout = server.request_timeout();
+        let max_body_bytes = server.max_body_bytes;
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let routes = config
             .routes
@@ -247,6 +250,13 @@ impl RoutePolicies {
                 .map(|m| (m.name(), Breaker::new(breaker.clone())))
                 .collect(),
             slow_call: Duration::from_millis(breaker.slow_call_ms),
+            shares: crate::modules::all_modules()
+                .iter()
+                .map(|m| {
+                    let share = tokio::sync::Semaphore::new(server.max_in_flight_per_module);
+                    (m.name(), Arc::new(share))
+                })
+                .collect(),
         }
     }
 
@@ -400,6 +410,23 @@ pub(crate) async fn apply(
         *cx = cx.clone().within(timeout);
     }
     let module = crate::edge::module_of_path(request.uri().path());
+    // Load shedding per module: a module whose requests pile up (slow, or stalled behind the
+    // gateway) is answered 503 at once beyond its share, and the others keep theirs.
+    let _share = match policies
+        .shares
+        .get(module)
+        .map(|s| s.clone().try_acquire_owned())
+    {
+        Some(Err(_)) => {
+            return ApiError::from(banyan_bus::BusError::Overloaded {
+                subject: format!("module {module}"),
+                reason: "too many requests in flight".into(),
+            })
+            .into_response();
+        }
+        Some(Ok(permit)) => Some(permit),
+        None => None,
+    };
     let breaker = policies
         .breakers
         .get(module)
@@ -537,14 +564,20 @@ mod tests {
     #[test]
     fn a_forwarded_address_counts_only_from_a_trusted_proxy() {
         let proxy: IpAddr = "10.0.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        use figment::providers::Format;
+        let figment = figment::Figment::from(figment::providers::Toml::string(include_str!(
+            "../../../config/default.toml"
+        )));
+        let Ok(settings) = crate::config::load(&figment) else {
+            panic!("the shipped defaults load");
+        };
         let policies = RoutePolicies::new(
             &GatewayConfig {
                 trusted_proxies: vec![proxy],
                 routes: vec![],
             },
             &BreakerConfig::default(),
-            Duration::from_secs(1),
-            1024,
+            &settings.server,
             true,
         );
         let request = || {

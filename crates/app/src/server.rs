@@ -160,8 +160,7 @@ impl Server {
         let route_policies = Arc::new(RoutePolicies::new(
             &gateway_config,
             &settings.bus.policy.breaker,
-            settings.server.request_timeout(),
-            settings.server.max_body_bytes,
+            &settings.server,
             !behind_gateway,
         ));
         route_policy::spawn_cleanup(&route_policies);
@@ -218,6 +217,16 @@ impl Server {
                 // Outermost last: the edge sees every request first and every response last.
                 .layer(DefaultBodyLimit::max(settings.server.max_body_bytes))
                 .layer(edge::authenticator_layer(auth.clone()))
+                // Load shedding: beyond server.max_in_flight requests at once (one limit for
+                // the whole listener), a fast 503 instead of a queue.
+                .layer(
+                    tower::ServiceBuilder::new()
+                        .layer(axum::error_handling::HandleErrorLayer::new(edge::shed))
+                        .load_shed()
+                        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                            settings.server.max_in_flight,
+                        )),
+                )
                 .layer(middleware::from_fn_with_state(limits, edge::context))
                 .layer(CatchPanicLayer::custom(edge::panic_response))
         };
