@@ -377,3 +377,142 @@ async fn a_safe_request_an_instance_fails_is_answered_by_another() {
     }
     app.stop().await;
 }
+
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// Payments in two processes over HTTP, `extra` in the second one's environment, its route's
+/// policy from `routes`.
+async fn two_payments(routes: serde_json::Value, extra: &[(&str, &str)]) -> Option<TestApp> {
+    let topology = Topology {
+        placements: vec![("payments".into(), "payments".into(), Transport::Http)],
+        processes: vec!["payments".into()],
+        nats_url: None,
+        tls: false,
+        process_env: Vec::new(),
+    };
+    let mut app = TestApp::spawn_split(Engine::Sqlite, topology, |f| {
+        with(f, "gateway.routes", routes)
+    })
+    .await?;
+    app.cluster_mut()
+        .start_process_with("payments", extra)
+        .await;
+    app.cluster().healthy("payments", 2).await;
+    Some(app)
+}
+
+/// One of two payments processes frozen (SIGSTOP): main's health checks take it out of
+/// rotation, and until then no request waits longer than its route's 2 s timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_instance_leaves_rotation_and_no_request_outwaits_its_route() {
+    let routes =
+        json!([{ "path": "/api/v1/payments/{id}", "timeout_ms": 2000, "retry_attempts": 0 }]);
+    let Some(app) = two_payments(routes, &[]).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let frozen = app.cluster().others[1].1.pid();
+    signal(frozen, "-STOP");
+    let (mut timed_out, mut answered) = (0, 0);
+    banyan_e2e::eventually("the frozen instance leaves rotation", || {
+        let app = &app;
+        let admin = &admin;
+        async move {
+            let services = app.cluster().services().await;
+            let states: Vec<String> = services["modules"]["payments"]["instances"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|i| i["health"].as_str().unwrap_or("").to_owned())
+                .collect();
+            let _ = admin;
+            // Main's checks time out on it (unhealthy), or its heartbeats stop (stale): in
+            // this cluster's 1 s TTL, whichever comes first.
+            states.iter().filter(|s| *s == "healthy").count() == 1
+                && states.iter().any(|s| s == "unhealthy" || s == "stale")
+        }
+    })
+    .await;
+    // Out of rotation: every request is answered by the other, at once.
+    for _ in 0..20 {
+        let reply = app
+            .get(
+                &format!("/api/v1/payments/{}", Uuid::now_v7()),
+                Some(&admin),
+            )
+            .await;
+        match reply.status {
+            StatusCode::NOT_FOUND => answered += 1,
+            StatusCode::GATEWAY_TIMEOUT => timed_out += 1,
+            other => panic!("{other}: {}", reply.text),
+        }
+    }
+    assert_eq!((answered, timed_out), (20, 0));
+    signal(frozen, "-CONT");
+    app.stop().await;
+}
+
+/// One of two payments processes fails every request (a fault of its own): after a few
+/// failures main ejects it, and it gets (almost) nothing while ejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_answering_5xx_is_ejected_and_gets_almost_no_traffic() {
+    let routes = json!([{ "path": "/api/v1/payments/{id}", "retry_attempts": 0 }]);
+    let Some(app) = two_payments(
+        routes,
+        &[("BANYAN_BUS__FAULTS__PAYMENTS__ERROR_RATE", "1.0")],
+    )
+    .await
+    else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let get = async || {
+        app.get(
+            &format!("/api/v1/payments/{}", Uuid::now_v7()),
+            Some(&admin),
+        )
+        .await
+        .status
+    };
+    // Round robin: the failing one gets every other request until it is ejected.
+    let mut failed_before = 0;
+    while failed_before < 50 {
+        if get().await == StatusCode::SERVICE_UNAVAILABLE {
+            failed_before += 1;
+        }
+        let services = app.cluster().services().await;
+        let ejected = services["modules"]["payments"]["instances"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .any(|i| i["health"] == "ejected");
+        if ejected {
+            break;
+        }
+    }
+    assert!((1..50).contains(&failed_before), "{failed_before}");
+    let mut failed_after = 0;
+    for _ in 0..200 {
+        if get().await == StatusCode::SERVICE_UNAVAILABLE {
+            failed_after += 1;
+        }
+    }
+    // Under 1 % of 200 while it is ejected (5 s, the first ejection).
+    assert!(failed_after <= 2, "{failed_after} of 200");
+    // Ejection acted on the one instance before main's breaker of the whole module had seen
+    // enough failures to open.
+    let services = app.cluster().services().await;
+    assert_eq!(
+        services["modules"]["payments"]["breaker"], "closed",
+        "{services}"
+    );
+    app.stop().await;
+}

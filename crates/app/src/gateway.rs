@@ -191,6 +191,12 @@ impl Gateway {
                 .send()
                 .await;
             let another = i + 1 < instances.len();
+            // Main's outlier ejection counts what each instance does with proxied requests.
+            let failed = match &sent {
+                Ok(answer) => answer.status().is_server_error(),
+                Err(_) => true,
+            };
+            self.registry.proxied(base, !failed);
             let failure = match sent {
                 Ok(answer)
                     if matches!(answer.status().as_u16(), 502..=504)

@@ -101,6 +101,7 @@ pub struct EffectiveRoute {
     pub max_body_bytes: usize,
 }
 
+#[derive(Debug)]
 struct Route {
     segments: Vec<String>,
     method: Option<Method>,
@@ -117,6 +118,7 @@ type Limiter = governor::RateLimiter<
 >;
 
 /// The compiled table.
+#[derive(Debug)]
 pub(crate) struct RoutePolicies {
     routes: Vec<Route>,
     default: Arc<EffectiveRoute>,
@@ -181,14 +183,14 @@ impl GatewayConfig {
 }
 
 impl RoutePolicies {
+    /// The table of `config`; `timeout` and `max_body_bytes` are the defaults (`[server]`'s),
+    /// `per_module` each module's share of requests in flight.
     pub(crate) fn new(
         config: &GatewayConfig,
         breaker: &BreakerConfig,
-        server: &crate::config::ServerConfig,
+        (timeout, max_body_bytes, per_module): (Duration, usize, usize),
         limits_here: bool,
     ) -> Self {
-        let timeout = server.request_timeout();
-        let max_body_bytes = server.max_body_bytes;
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let routes = config
             .routes
@@ -253,7 +255,7 @@ impl RoutePolicies {
             shares: crate::modules::all_modules()
                 .iter()
                 .map(|m| {
-                    let share = tokio::sync::Semaphore::new(server.max_in_flight_per_module);
+                    let share = tokio::sync::Semaphore::new(per_module);
                     (m.name(), Arc::new(share))
                 })
                 .collect(),
@@ -564,20 +566,13 @@ mod tests {
     #[test]
     fn a_forwarded_address_counts_only_from_a_trusted_proxy() {
         let proxy: IpAddr = "10.0.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        use figment::providers::Format;
-        let figment = figment::Figment::from(figment::providers::Toml::string(include_str!(
-            "../../../config/default.toml"
-        )));
-        let Ok(settings) = crate::config::load(&figment) else {
-            panic!("the shipped defaults load");
-        };
         let policies = RoutePolicies::new(
             &GatewayConfig {
                 trusted_proxies: vec![proxy],
                 routes: vec![],
             },
             &BreakerConfig::default(),
-            &settings.server,
+            (Duration::from_secs(1), 1024, 16),
             true,
         );
         let request = || {

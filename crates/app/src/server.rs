@@ -160,7 +160,11 @@ impl Server {
         let route_policies = Arc::new(RoutePolicies::new(
             &gateway_config,
             &settings.bus.policy.breaker,
-            &settings.server,
+            (
+                settings.server.request_timeout(),
+                settings.server.max_body_bytes,
+                settings.server.max_in_flight_per_module,
+            ),
             !behind_gateway,
         ));
         route_policy::spawn_cleanup(&route_policies);
@@ -194,6 +198,7 @@ impl Server {
                     let state = RegistryState {
                         registry: registry.clone(),
                         peers: split.peers.clone(),
+                        routes: route_policies.clone(),
                     };
                     internal = Some(crate::registry::internal_routes(state.clone()));
                     routes

@@ -100,6 +100,11 @@ pub(crate) async fn wire_split(
     let instance_id = Uuid::now_v7().to_string();
     let (registry, directory) = if topology.is_main() {
         let registry = Arc::new(Registry::new(topology.clone(), known.clone()));
+        let checks = crate::tls::client_builder(topology.tls.as_ref())
+            .map_err(|e| anyhow::anyhow!("topology.tls: {e}"))?
+            .connect_timeout(Duration::from_millis(topology.http.connect_timeout_ms))
+            .build()?;
+        crate::registry::spawn_checks(&registry, checks, topology.health.clone());
         (Some(registry), None)
     } else {
         let directory = Arc::new(Directory::new(

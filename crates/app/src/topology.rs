@@ -50,6 +50,63 @@ impl TransportKind {
     }
 }
 
+/// `[topology.health]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// How often main checks each instance.
+    pub interval_ms: u64,
+    /// A check not answered within this fails.
+    pub timeout_ms: u64,
+    /// Failed checks in a row that make an instance unhealthy.
+    pub unhealthy_after: u32,
+    /// Passed checks in a row that make it healthy (from starting or unhealthy).
+    pub healthy_after: u32,
+    /// Failed proxied requests in a row that eject it (0: never).
+    pub eject_after: u32,
+    /// The first ejection's length; each next one doubles, up to `eject_max_ms`.
+    pub eject_base_ms: u64,
+    pub eject_max_ms: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: 500,
+            timeout_ms: 500,
+            unhealthy_after: 2,
+            healthy_after: 1,
+            eject_after: 3,
+            eject_base_ms: 5_000,
+            eject_max_ms: 60_000,
+        }
+    }
+}
+
+impl HealthConfig {
+    pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.interval_ms == 0 || self.timeout_ms == 0 {
+            return Err((
+                "topology.health.interval_ms",
+                "interval_ms and timeout_ms must be greater than 0".into(),
+            ));
+        }
+        if self.unhealthy_after == 0 || self.healthy_after == 0 {
+            return Err((
+                "topology.health.unhealthy_after",
+                "unhealthy_after and healthy_after must be greater than 0".into(),
+            ));
+        }
+        if self.eject_base_ms == 0 || self.eject_base_ms > self.eject_max_ms {
+            return Err((
+                "topology.health.eject_base_ms",
+                "must be greater than 0 and at most eject_max_ms".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Where one module runs: `{ process = "payments", transport = "http" }`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +153,8 @@ pub struct TopologyConfig {
     pub heartbeat_ms: u64,
     /// An instance not heard from for this long is stale and leaves rotation.
     pub instance_ttl_ms: u64,
+    /// Main's active health checks of the instances, and outlier ejection.
+    pub health: HealthConfig,
 }
 
 impl Default for TopologyConfig {
@@ -113,6 +172,7 @@ impl Default for TopologyConfig {
             internal_advertise_url: None,
             heartbeat_ms: 1_000,
             instance_ttl_ms: 3_000,
+            health: HealthConfig::default(),
         }
     }
 }
@@ -298,6 +358,9 @@ impl TopologyConfig {
     /// Checks the section against the module names; the error names the key.
     pub fn validate(&self, known: &[&str]) -> Result<(), (String, String)> {
         let invalid = |key: &str, reason: String| Err((key.to_owned(), reason));
+        self.health
+            .validate()
+            .map_err(|(key, reason)| (key.to_owned(), reason))?;
         for (module, placement) in &self.modules {
             let key = format!("topology.modules.{module}");
             if !known.contains(&module.as_str()) {

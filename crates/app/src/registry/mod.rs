@@ -7,10 +7,14 @@
 //! (`DELETE /api/v1/services/{instance_id}`). An instance not heard from for
 //! `topology.instance_ttl_ms` is `stale`: it leaves rotation (no bus call, event or proxied
 //! request goes to it) until it heartbeats again; after ten times that it is forgotten.
+//! Main also checks each instance's `/health` itself (`starting` until a check passes,
+//! `unhealthy` after failed checks in a row), ejects one whose proxied requests keep failing
+//! (`ejected`, for longer each time, never the last in rotation), and marks one that leaves
+//! `stopping`: only `healthy` instances are in rotation (see `health`).
 //!
 //! `GET /api/v1/services` lists every module with its instances, each with its transport,
-//! base URL, last heartbeat and health; an admin's token on the public port, a process's on the
-//! internal one.
+//! base URL, last heartbeat and health, and main's route breaker of the module; an admin's
+//! token on the public port, a process's on the internal one.
 //!
 //! What a module subscribes to travels with its registration, so a process publishing an
 //! event over HTTP knows which modules elsewhere want it. Until the subscriptions of every
@@ -25,9 +29,11 @@
 //! - `events`: [`PushedEvents`], events pushed (over HTTP or gRPC) once every subscriber is known.
 //! - `routes`: the registry's endpoints (`/api/v1/services`).
 //! - `heartbeat`: [`Heartbeat`], registering, heartbeating and leaving.
+//! - `health`: an instance's `Probe` (health checks with hysteresis, outlier ejection).
 
 mod directory;
 mod events;
+mod health;
 mod heartbeat;
 mod routes;
 mod table;
@@ -36,7 +42,7 @@ pub(crate) use directory::Directory;
 pub(crate) use events::{Awareness, PushedEvents};
 pub(crate) use heartbeat::Heartbeat;
 pub(crate) use routes::{RegistryState, internal_routes, public_routes};
-pub(crate) use table::Registry;
+pub(crate) use table::{Registry, spawn_checks};
 
 use std::collections::BTreeMap;
 
@@ -111,6 +117,9 @@ pub struct ModuleListing {
     /// The event subjects it subscribes to; `null` until an instance has registered.
     pub subscriptions: Option<Vec<String>>,
     pub instances: Vec<InstanceView>,
+    /// Main's route breaker of the module: `closed`, `open` or `half_open`.
+    #[serde(default)]
+    pub breaker: Option<banyan_bus::policy::BreakerState>,
 }
 
 /// One instance of a module.
@@ -128,13 +137,21 @@ pub struct InstanceView {
     pub health: Health,
 }
 
-/// Whether an instance is in rotation.
+/// Whether an instance is in rotation: only `healthy` ones are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
-    /// Heard from within `topology.instance_ttl_ms`.
+    /// Registered, not yet through its first health checks.
+    Starting,
+    /// Heard from within `topology.instance_ttl_ms`, and answering its health checks.
     Healthy,
-    /// Not heard from since: out of rotation.
+    /// Failing its health checks (`topology.health.unhealthy_after` in a row).
+    Unhealthy,
+    /// Out of rotation for a while: its proxied requests kept failing.
+    Ejected,
+    /// It said it is stopping (SIGTERM): draining, out of rotation.
+    Stopping,
+    /// Not heard from within `topology.instance_ttl_ms`.
     Stale,
 }
 
@@ -186,6 +203,13 @@ mod tests {
         registry.register(payments("b", "http://b:1")).unwrap();
         assert_eq!(registry.modules_for("orders.order_placed.v1"), ["payments"]);
         assert!(registry.modules_for("orders.whatever.v1").is_empty());
+        assert!(
+            registry.healthy("payments").is_empty(),
+            "starting: not yet checked"
+        );
+        for (id, _) in registry.to_check() {
+            registry.checked(&id, true);
+        }
         let healthy: BTreeSet<String> = registry.healthy("payments").into_iter().collect();
         assert_eq!(healthy.len(), 2, "{healthy:?}");
 
@@ -206,9 +230,49 @@ mod tests {
         assert_eq!(health, [Health::Stale, Health::Healthy]);
         assert!(registry.remove("payments", "b"));
         assert!(registry.healthy("payments").is_empty());
+        assert_eq!(
+            registry.listing().modules["payments"].instances[1].health,
+            Health::Stopping
+        );
         // What payments wants is remembered when its instances are gone.
         assert!(registry.unknown().is_empty());
         assert_eq!(registry.modules_for("orders.order_placed.v1"), ["payments"]);
+    }
+
+    #[test]
+    fn failed_checks_and_failing_requests_take_an_instance_out_of_rotation_but_never_the_last() {
+        let registry = Registry::new(topology(), vec!["orders", "payments"]);
+        registry.register(payments("a", "http://a:1")).unwrap();
+        registry.register(payments("b", "http://b:1")).unwrap();
+        let check_all = |passed: &dyn Fn(&str) -> bool| {
+            for (id, _) in registry.to_check() {
+                registry.checked(&id, passed(&id));
+            }
+        };
+        check_all(&|_| true);
+        assert_eq!(registry.healthy("payments").len(), 2);
+        // Two failed checks in a row (topology.health.unhealthy_after).
+        check_all(&|id| id != "a");
+        assert_eq!(registry.healthy("payments").len(), 2, "one is not enough");
+        check_all(&|id| id != "a");
+        assert_eq!(registry.healthy("payments"), ["http://b:1"]);
+        check_all(&|_| true);
+        assert_eq!(registry.healthy("payments").len(), 2, "back after a pass");
+        // Five failed proxied requests in a row eject b...
+        for _ in 0..5 {
+            registry.proxied("http://b:1", false);
+        }
+        assert_eq!(registry.healthy("payments"), ["http://a:1"]);
+        let listing = registry.listing();
+        assert_eq!(
+            listing.modules["payments"].instances[1].health,
+            Health::Ejected
+        );
+        // ...but a, now the last in rotation, is never ejected.
+        for _ in 0..20 {
+            registry.proxied("http://a:1", false);
+        }
+        assert_eq!(registry.healthy("payments"), ["http://a:1"]);
     }
 
     #[test]

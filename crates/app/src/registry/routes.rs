@@ -23,6 +23,20 @@ pub(crate) struct RegistryState {
     pub(crate) registry: Arc<Registry>,
     /// Which process a caller is (see `crate::identity`).
     pub(crate) peers: Arc<dyn Peers>,
+    /// Main's route breakers, shown with each module.
+    pub(crate) routes: Arc<crate::route_policy::RoutePolicies>,
+}
+
+impl RegistryState {
+    /// The registry's listing with each module's route breaker.
+    fn listing(&self) -> Listing {
+        let mut listing = self.registry.listing();
+        let breakers = self.routes.breaker_states();
+        for (module, entry) in &mut listing.modules {
+            entry.breaker = breakers.get(module.as_str()).copied();
+        }
+        listing
+    }
 }
 
 /// The internal listener's: `POST /api/v1/services/register`,
@@ -76,7 +90,7 @@ async fn register(
         )));
     }
     state.registry.register(registration)?;
-    Ok(Json(state.registry.listing()))
+    Ok(Json(state.listing()))
 }
 
 async fn leave(
@@ -99,9 +113,9 @@ async fn list_for_processes(
     headers: HeaderMap,
 ) -> Result<Json<Listing>, ApiError> {
     calling_process(&headers, &*state.peers)?;
-    Ok(Json(state.registry.listing()))
+    Ok(Json(state.listing()))
 }
 
 async fn list_for_admins(State(state): State<RegistryState>, Admin(_): Admin) -> Json<Listing> {
-    Json(state.registry.listing())
+    Json(state.listing())
 }

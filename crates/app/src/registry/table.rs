@@ -9,11 +9,11 @@ use std::{
 use banyan_bus::http::{Instances, Subscribers};
 use banyan_kit::ApiError;
 
-use crate::topology::{MAIN, TopologyConfig};
+use crate::topology::{HealthConfig, MAIN, TopologyConfig};
 
 use super::{
     Health, InstanceTransport, InstanceView, Listing, ModuleListing, Registration,
-    events::Awareness,
+    events::Awareness, health::Probe,
 };
 
 /// The registry of the main process.
@@ -24,6 +24,7 @@ pub(crate) struct Registry {
     known: Vec<&'static str>,
     ttl: Duration,
     forget_after: Duration,
+    checks: HealthConfig,
     state: RwLock<Table>,
 }
 
@@ -43,6 +44,10 @@ struct Entry {
     registered_at_ms: i64,
     last_heartbeat_ms: i64,
     seen: Instant,
+    /// What main's health checks and proxied requests have shown of it.
+    probe: Probe,
+    /// It said it is leaving: out of rotation, forgotten once silent.
+    stopping: bool,
 }
 
 /// Why a registration is refused.
@@ -65,6 +70,7 @@ impl Registry {
     pub(crate) fn new(topology: Arc<TopologyConfig>, known: Vec<&'static str>) -> Self {
         let ttl = topology.instance_ttl();
         Self {
+            checks: topology.health.clone(),
             topology,
             known,
             ttl,
@@ -90,6 +96,8 @@ impl Registry {
                 registered_at_ms: now,
                 last_heartbeat_ms: now,
                 seen: Instant::now(),
+                probe: Probe::default(),
+                stopping: false,
             },
         );
     }
@@ -155,11 +163,14 @@ impl Registry {
                 .subscriptions
                 .insert(module.name.clone(), module.subscriptions.clone());
         }
-        let registered_at_ms = match state.instances.get(id) {
-            Some(entry) => entry.registered_at_ms,
-            None => {
+        let (registered_at_ms, probe) = match state.instances.get(id) {
+            // A heartbeat: what the checks found stands.
+            Some(entry) if entry.registration.base_url == registration.base_url => {
+                (entry.registered_at_ms, entry.probe.clone())
+            }
+            _ => {
                 tracing::info!(instance_id = %id, process = %registration.process, base_url = %registration.base_url, "Instance registered.");
-                now
+                (now, Probe::default())
             }
         };
         state.instances.insert(
@@ -169,6 +180,8 @@ impl Registry {
                 registered_at_ms,
                 last_heartbeat_ms: now,
                 seen: Instant::now(),
+                probe,
+                stopping: false,
             },
         );
         Ok(())
@@ -182,22 +195,97 @@ impl Registry {
         if state.own.as_deref() == Some(instance_id) {
             return false;
         }
-        let owned = state
-            .instances
-            .get(instance_id)
-            .is_some_and(|entry| entry.registration.process == process);
-        let removed = owned && state.instances.remove(instance_id).is_some();
-        if removed {
-            tracing::info!(instance_id, "Instance left.");
+        match state.instances.get_mut(instance_id) {
+            Some(entry) if entry.registration.process == process => {
+                entry.stopping = true;
+                tracing::info!(instance_id, "Instance stopping; out of rotation.");
+                true
+            }
+            _ => false,
         }
-        removed
     }
 
     fn health(&self, state: &Table, id: &str, entry: &Entry) -> Health {
-        if state.own.as_deref() == Some(id) || entry.seen.elapsed() <= self.ttl {
+        if state.own.as_deref() == Some(id) {
             Health::Healthy
-        } else {
+        } else if entry.stopping {
+            Health::Stopping
+        } else if entry.seen.elapsed() > self.ttl {
             Health::Stale
+        } else {
+            entry.probe.health()
+        }
+    }
+
+    /// The instances main checks: every other process's, unless it is stopping.
+    pub(crate) fn to_check(&self) -> Vec<(String, String)> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state
+            .instances
+            .iter()
+            .filter(|(id, entry)| state.own.as_ref() != Some(*id) && !entry.stopping)
+            .map(|(id, entry)| (id.clone(), entry.registration.base_url.clone()))
+            .collect()
+    }
+
+    /// Records one health check of instance `id`.
+    pub(crate) fn checked(&self, id: &str, passed: bool) {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = state.instances.get_mut(id) {
+            let before = entry.probe.health();
+            entry.probe.checked(passed, &self.checks);
+            let after = entry.probe.health();
+            if before != after {
+                tracing::warn!(
+                    instance_id = id,
+                    ?before,
+                    ?after,
+                    "Instance health changed."
+                );
+            }
+        }
+    }
+
+    /// Records how a request the gateway proxied to the instance at `base_url` went; ejects
+    /// the instance after `topology.health.eject_after` failures in a row, unless it is the
+    /// last of its modules in rotation.
+    pub(crate) fn proxied(&self, base_url: &str, ok: bool) {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let Some((id, modules)) = state
+            .instances
+            .iter()
+            .find(|(_, entry)| entry.registration.base_url == base_url)
+            .map(|(id, entry)| {
+                let modules: Vec<String> = entry
+                    .registration
+                    .modules
+                    .iter()
+                    .map(|m| m.name.clone())
+                    .collect();
+                (id.clone(), modules)
+            })
+        else {
+            return;
+        };
+        let others_in_rotation = state
+            .instances
+            .iter()
+            .filter(|(other, entry)| {
+                **other != id
+                    && entry
+                        .registration
+                        .modules
+                        .iter()
+                        .any(|m| modules.contains(&m.name))
+                    && self.health(&state, other, entry) == Health::Healthy
+            })
+            .count();
+        if let Some(entry) = state.instances.get_mut(&id)
+            && entry
+                .probe
+                .proxied(ok, others_in_rotation > 0, &self.checks)
+        {
+            tracing::warn!(instance_id = %id, %base_url, "Instance ejected: its requests keep failing.");
         }
     }
 
@@ -206,8 +294,11 @@ impl Registry {
         let forget_after = self.forget_after;
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         let own = state.own.clone();
+        let ttl = self.ttl;
         state.instances.retain(|id, entry| {
-            let keep = own.as_ref() == Some(id) || entry.seen.elapsed() <= forget_after;
+            let silent = entry.seen.elapsed();
+            let keep = own.as_ref() == Some(id)
+                || (silent <= forget_after && !(entry.stopping && silent > ttl));
             if !keep {
                 tracing::info!(instance_id = %id, "Stale instance forgotten.");
             }
@@ -264,6 +355,7 @@ impl Registry {
                     transport,
                     subscriptions,
                     instances,
+                    breaker: None,
                 },
             );
         }
@@ -287,6 +379,40 @@ impl Registry {
             .map(|(_, entry)| url(&entry.registration).clone())
             .collect()
     }
+}
+
+/// Checks every registered instance every `interval_ms`, for as long as the registry lives.
+pub(crate) fn spawn_checks(
+    registry: &Arc<Registry>,
+    client: reqwest::Client,
+    config: HealthConfig,
+) {
+    let registry = Arc::downgrade(registry);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(config.interval_ms));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let Some(registry) = registry.upgrade() else {
+                return;
+            };
+            let checks = registry.to_check().into_iter().map(|(id, base)| {
+                let client = client.clone();
+                let timeout = Duration::from_millis(config.timeout_ms);
+                async move {
+                    let url = format!("{}/health", base.trim_end_matches('/'));
+                    let passed = matches!(
+                        client.get(url).timeout(timeout).send().await,
+                        Ok(answer) if answer.status().is_success()
+                    );
+                    (id, passed)
+                }
+            });
+            for (id, passed) in futures::future::join_all(checks).await {
+                registry.checked(&id, passed);
+            }
+        }
+    });
 }
 
 impl Instances for Registry {
