@@ -16,6 +16,8 @@ use std::{
 };
 
 use rand::seq::SliceRandom;
+
+use crate::lock::{read, write};
 use serde::Deserialize;
 
 /// How a module's instances share its calls (`balance` in the module's placement).
@@ -232,16 +234,6 @@ fn score(key: &str, instance: &str) -> u64 {
     key.hash(&mut hasher);
     instance.hash(&mut hasher);
     hasher.finish()
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ pub mod failpoint;
 mod group_commit;
 pub mod grpc;
 pub mod http;
+mod lock;
 mod module_bus;
 pub mod nats;
 mod outbox;

@@ -27,7 +27,7 @@ use std::{
     any::Any,
     collections::{HashMap, HashSet},
     future::Future,
-    sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -35,6 +35,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     BusConfig, BusError,
+    lock::{read, write},
     policy::{EdgeState, Faults, Policies},
     transport::Transport,
 };
@@ -200,17 +201,6 @@ impl Bus {
     pub fn inbound(&self) -> Inbound<'_> {
         Inbound { bus: self }
     }
-}
-
-/// A table's read guard. The tables are written only while wiring (one insert or push at a
-/// time), so a panic elsewhere cannot leave one half-written: a poisoned lock is read as it is.
-fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A table's write guard; see [`read`] on poisoning.
-fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
 pub(crate) fn unavailable(subject: &str, reason: &str) -> BusError {

@@ -40,7 +40,10 @@ use serde::{Deserialize, Serialize};
 use tokio::{sync::Semaphore, time::Instant};
 use tower::retry::budget::{Budget, TpsBudget};
 
-use crate::{Backoff, BusError};
+use crate::{
+    Backoff, BusError,
+    lock::{read, write},
+};
 
 /// The policy of an edge (`[bus.policy]` for every edge, `[bus.edges."<edge>"]` overrides).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -440,16 +443,6 @@ fn counts_as_failure(error: &BusError) -> bool {
         BusError::Rejected(rejection) => rejection.kind == banyan_message::RejectionKind::Internal,
         _ => true,
     }
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
