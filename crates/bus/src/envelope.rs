@@ -152,6 +152,13 @@ impl Context {
         self
     }
 
+    /// The same context, whose work must be done by `deadline` (or earlier, if it already had
+    /// a tighter one).
+    pub(crate) fn until(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(self.deadline.map_or(deadline, |d| d.min(deadline)));
+        self
+    }
+
     /// What is left of this context's time, if it has a deadline (zero once it passed).
     pub fn remaining(&self) -> Option<Duration> {
         self.deadline

@@ -96,10 +96,11 @@ impl Bus {
                 return Err(codec(R::SUBJECT, "handler registered with another type"));
             };
             return edge
-                .call(R::SUBJECT, R::IDEMPOTENT, budget, |remaining| {
+                .call(R::SUBJECT, R::IDEMPOTENT, budget, |remaining, deadline| {
                     let message_id = Uuid::now_v7();
+                    // The handler's own requests may use only what is left of this one's.
                     endpoint.call(
-                        cx.handling(message_id),
+                        cx.handling(message_id).until(deadline),
                         message_id,
                         request.clone(),
                         remaining,
@@ -115,7 +116,7 @@ impl Bus {
         let body: Arc<[u8]> = serde_json::to_vec(&request)
             .map_err(|e| codec(R::SUBJECT, &e.to_string()))?
             .into();
-        edge.call(R::SUBJECT, R::IDEMPOTENT, budget, |remaining| {
+        edge.call(R::SUBJECT, R::IDEMPOTENT, budget, |remaining, _| {
             let call = remote.request(cx.envelope(R::SUBJECT), body.clone(), remaining);
             async move {
                 let reply = match tokio::time::timeout(remaining, call).await {
@@ -183,8 +184,6 @@ impl<R: Request> TypedEndpoint<R> {
         request: R,
         deadline: Duration,
     ) -> Result<R::Response, BusError> {
-        // The handler's own requests may use only what is left of this one's deadline.
-        let cx = cx.within(deadline);
         let work = async {
             let _permit = self
                 .permits
@@ -235,7 +234,8 @@ impl<R: Request> RequestEndpoint for TypedEndpoint<R> {
         Box::pin(async move {
             let request: R =
                 serde_json::from_slice(body).map_err(|e| codec(R::SUBJECT, &e.to_string()))?;
-            let cx = Context::caused_by(&envelope);
+            // The handler's own requests may use only what is left of the caller's deadline.
+            let cx = Context::caused_by(&envelope).within(deadline);
             match self.call(cx, envelope.message_id, request, deadline).await {
                 Ok(response) => serde_json::to_vec(&response)
                     .map(|body| RemoteReply::Ok(body.into()))

@@ -265,7 +265,12 @@ impl Breaker {
     /// Lets a call through (the returned pass reports how it ended), or says how long until
     /// one might be let through.
     pub fn admit(self: &Arc<Self>) -> Result<Pass, Duration> {
-        let admission = self.machine().admit(Instant::now())?;
+        self.admit_at(Instant::now())
+    }
+
+    /// [`Breaker::admit`] at `now`, for a caller that has read the clock already.
+    pub fn admit_at(self: &Arc<Self>, now: Instant) -> Result<Pass, Duration> {
+        let admission = self.machine().admit(now)?;
         Ok(Pass {
             breaker: self.clone(),
             admission: Some(admission),
@@ -282,11 +287,14 @@ pub struct Pass {
 }
 
 impl Pass {
-    pub fn report(mut self, outcome: Outcome) {
+    pub fn report(self, outcome: Outcome) {
+        self.report_at(Instant::now(), outcome);
+    }
+
+    /// [`Pass::report`] at `now`, for a caller that has read the clock already.
+    pub fn report_at(mut self, now: Instant, outcome: Outcome) {
         if let Some(admission) = self.admission.take() {
-            self.breaker
-                .machine()
-                .record(Instant::now(), admission, outcome);
+            self.breaker.machine().record(now, admission, outcome);
         }
     }
 }

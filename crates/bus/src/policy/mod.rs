@@ -319,9 +319,9 @@ impl Edge {
         }
     }
 
-    /// Runs `attempt` (one try of the call, given what is left of its deadline) under this
-    /// edge's bulkhead, breaker and retries; `idempotent` says whether it may run twice.
-    /// `budget` is the call's whole deadline.
+    /// Runs `attempt` (one try of the call, given what is left of its deadline and the instant
+    /// it passes) under this edge's bulkhead, breaker and retries; `idempotent` says whether
+    /// it may run twice. `budget` is the call's whole deadline.
     pub(crate) async fn call<T, F, Fut>(
         &self,
         subject: &str,
@@ -330,7 +330,7 @@ impl Edge {
         attempt: F,
     ) -> Result<T, BusError>
     where
-        F: FnMut(Duration) -> Fut,
+        F: FnMut(Duration, Instant) -> Fut,
         Fut: std::future::Future<Output = Result<T, BusError>>,
     {
         // A timeout names the call's whole deadline, not what its last attempt had left.
@@ -353,10 +353,13 @@ impl Edge {
         mut attempt: F,
     ) -> Result<T, BusError>
     where
-        F: FnMut(Duration) -> Fut,
+        F: FnMut(Duration, Instant) -> Fut,
         Fut: std::future::Future<Output = Result<T, BusError>>,
     {
-        let give_up_at = Instant::now() + budget;
+        // The clock is read once before each attempt and once after: a call in process
+        // takes well under a microsecond, and each reading is a few percent of that.
+        let mut now = Instant::now();
+        let give_up_at = now + budget;
         let overloaded = || BusError::Overloaded {
             subject: subject.to_owned(),
             reason: format!(
@@ -374,17 +377,20 @@ impl Edge {
                     .map_err(|_| overloaded())?
             }
         };
-        self.budget.deposit();
+        // The budget is a share of the calls that could be retried: only those deposit.
+        if idempotent {
+            self.budget.deposit();
+        }
         let mut retries = 0;
         loop {
             let pass = self
                 .breaker
-                .admit()
+                .admit_at(now)
                 .map_err(|retry_after| BusError::CircuitOpen {
                     subject: subject.to_owned(),
                     retry_after,
                 })?;
-            let started = Instant::now();
+            let started = now;
             let remaining = give_up_at.saturating_duration_since(started);
             if remaining.is_zero() {
                 return Err(BusError::Timeout {
@@ -392,19 +398,26 @@ impl Edge {
                     after: budget,
                 });
             }
-            let result = attempt(remaining).await;
-            let slow = started.elapsed() >= Duration::from_millis(self.policy.breaker.slow_call_ms);
+            let result = attempt(remaining, give_up_at).await;
+            now = Instant::now();
+            let slow = now - started >= Duration::from_millis(self.policy.breaker.slow_call_ms);
             match &result {
                 // Not a call the callee answered: it says nothing of the callee's health.
                 Err(BusError::NoHandler { .. }) => drop(pass),
-                Err(error) => pass.report(Outcome {
-                    failed: counts_as_failure(error),
-                    slow,
-                }),
-                Ok(_) => pass.report(Outcome {
-                    failed: false,
-                    slow,
-                }),
+                Err(error) => pass.report_at(
+                    now,
+                    Outcome {
+                        failed: counts_as_failure(error),
+                        slow,
+                    },
+                ),
+                Ok(_) => pass.report_at(
+                    now,
+                    Outcome {
+                        failed: false,
+                        slow,
+                    },
+                ),
             }
             let Err(error) = &result else {
                 return result;
@@ -416,11 +429,12 @@ impl Edge {
             }
             retries += 1;
             let pause = self.backoff.full_jitter(retries);
-            if Instant::now() + pause >= give_up_at || !self.budget.withdraw() {
+            if now + pause >= give_up_at || !self.budget.withdraw() {
                 return result;
             }
             tracing::debug!(edge = %self.name, subject, retries, ?pause, %error, "Retrying.");
             tokio::time::sleep(pause).await;
+            now = Instant::now();
         }
     }
 }
