@@ -1,6 +1,6 @@
 //! Edge policies, the same whatever the placement: each scenario runs with the callee in the
-//! caller's process, and in another bus reached over HTTP and over gRPC on real sockets, with
-//! one configuration. Retries (idempotent requests only, within their budget), the circuit
+//! caller's process, and in another bus reached over HTTP, over gRPC (real sockets) and over
+//! NATS (the real server), with one configuration. Retries (idempotent requests only, within their budget), the circuit
 //! breaker (open, fast errors, no calls while open, probes, closed again), the bulkhead, and
 //! the deadline the callee inherits (its transaction rolled back when it passes).
 
@@ -22,7 +22,9 @@ use banyan_bus::{
     http::{
         self, HttpTransport, HttpTransportConfig, SharedSecret, StaticInstances, StaticSubscribers,
     },
+    nats::{self, NatsTransport},
     policy::BreakerState,
+    testing::TestStream,
 };
 use serde::{Deserialize, Serialize};
 
@@ -72,9 +74,10 @@ enum Place {
     InProcess,
     Http,
     Grpc,
+    Nats,
 }
 
-const EVERY_PLACE: [Place; 3] = [Place::InProcess, Place::Http, Place::Grpc];
+const EVERY_PLACE: [Place; 4] = [Place::InProcess, Place::Http, Place::Grpc, Place::Nats];
 
 /// The `stock` module's handlers: each call counted; failing (an internal rejection, as a
 /// handler whose database is down answers) while `failing` is set.
@@ -115,18 +118,42 @@ async fn serve(bus: &Bus) -> String {
     format!("http://{address}")
 }
 
+/// What a placement keeps running for as long as the test uses it (the NATS server side,
+/// the test's stream).
+type Kept = Option<(
+    TestStream,
+    tokio_util::sync::CancellationToken,
+    nats::ServeHandle,
+)>;
+
 /// The callee's bus, with its handlers registered by `register`, and the bus the caller
 /// (module `shop`) asks on: the same one in process, another one reaching it over the
-/// adapter otherwise. Both take `config`.
+/// adapter otherwise. Both take `config`. `None` when NATS is skipped.
 async fn placed<T>(
     place: Place,
     config: BusConfig,
     register: impl Fn(&Bus) -> T,
-) -> (ModuleBus, T) {
+) -> Option<(ModuleBus, T, Kept)> {
     let callee = Bus::new(config.clone());
     let handles = register(&callee);
+    let mut kept = None;
     let caller = match place {
         Place::InProcess => callee,
+        Place::Nats => {
+            let stream = TestStream::start().await?;
+            let stop = tokio_util::sync::CancellationToken::new();
+            let server = nats::connect(&stream.config.url).await.unwrap();
+            let handle = nats::serve(callee, server, stream.config.clone(), stop.clone())
+                .await
+                .unwrap();
+            let caller = Bus::new(config);
+            let client = nats::connect(&stream.config.url).await.unwrap();
+            let transport = Arc::new(NatsTransport::new(client, stream.config.clone()));
+            caller.wiring().set_remote("stock", transport.clone());
+            caller.wiring().set_remote("slow", transport);
+            kept = Some((stream, stop, handle));
+            caller
+        }
         Place::Http | Place::Grpc => {
             let base = serve(&callee).await;
             let caller = Bus::new(config);
@@ -160,7 +187,7 @@ async fn placed<T>(
             caller
         }
     };
-    (ModuleBus::new(&caller, "shop"), handles)
+    Some((ModuleBus::new(&caller, "shop"), handles, kept))
 }
 
 fn config(policy: serde_json::Value) -> BusConfig {
@@ -178,7 +205,9 @@ async fn a_failing_query_is_retried_at_most_its_attempts_and_a_command_never() {
                        "budget_percent": 100, "budget_min_per_sec": 100 },
             "breaker": { "enabled": false },
         }));
-        let (bus, stock) = placed(place, config, stock).await;
+        let Some((bus, stock, _kept)) = placed(place, config, stock).await else {
+            continue;
+        };
         stock.failing.store(true, Ordering::SeqCst);
         let cx = Context::root();
 
@@ -214,7 +243,9 @@ async fn retries_of_a_callee_that_always_fails_add_at_most_the_budget() {
                        "budget_percent": 20, "budget_min_per_sec": 0 },
             "breaker": { "enabled": false },
         }));
-        let (bus, stock) = placed(place, config, stock).await;
+        let Some((bus, stock, _kept)) = placed(place, config, stock).await else {
+            continue;
+        };
         stock.failing.store(true, Ordering::SeqCst);
         let cx = Context::root();
         let asked = 200;
@@ -237,7 +268,9 @@ async fn the_breaker_opens_on_failures_answers_at_once_probes_and_closes_after_r
             "breaker": { "window": 10, "min_calls": 5, "failure_rate_percent": 50,
                          "open_ms": 300, "half_open_probes": 2 },
         }));
-        let (bus, stock) = placed(place, config, stock).await;
+        let Some((bus, stock, _kept)) = placed(place, config, stock).await else {
+            continue;
+        };
         let edge = |bus: &ModuleBus| bus.bus_edges();
         let cx = Context::root();
         stock.failing.store(true, Ordering::SeqCst);
@@ -287,7 +320,7 @@ async fn a_hanging_callee_fills_only_its_own_bulkhead() {
         }));
         let release = Arc::new(tokio::sync::Semaphore::new(0));
         let entered = Arc::new(AtomicUsize::new(0));
-        let (bus, stock) = placed(place, config, |bus| {
+        let Some((bus, stock, _kept)) = placed(place, config, |bus| {
             let (release, entered) = (release.clone(), entered.clone());
             bus.handle::<Hang, _, _>("slow", move |_, _| {
                 let (release, entered) = (release.clone(), entered.clone());
@@ -299,7 +332,10 @@ async fn a_hanging_callee_fills_only_its_own_bulkhead() {
             });
             stock(bus)
         })
-        .await;
+        .await
+        else {
+            continue;
+        };
         let cx = Context::root();
         let hanging: Vec<_> = (0..10)
             .map(|_| {
@@ -342,7 +378,7 @@ async fn the_callee_inherits_the_deadline_and_its_transaction_rolls_back_when_it
         let storage = support::TestStorage::sqlite();
         let db = storage.open("slow").await;
         let seen = Arc::new(std::sync::Mutex::new(None));
-        let (bus, _stock) = placed(place, BusConfig::default(), |bus| {
+        let Some((bus, _stock, _kept)) = placed(place, BusConfig::default(), |bus| {
             let (db, seen, inner) = (db.clone(), seen.clone(), ModuleBus::new(bus, "slow"));
             bus.handle::<Hang, _, _>("slow", move |cx, _| {
                 let (db, seen, inner) = (db.clone(), seen.clone(), inner.clone());
@@ -361,7 +397,10 @@ async fn the_callee_inherits_the_deadline_and_its_transaction_rolls_back_when_it
             });
             stock(bus)
         })
-        .await;
+        .await
+        else {
+            continue;
+        };
         let deadline = Duration::from_millis(300);
         let error = bus
             .request_within(&Context::root(), Hang, deadline)
