@@ -121,7 +121,7 @@ impl Topology {
     }
 
     /// Whether `process` hosts `module`.
-    fn hosts(&self, process: &str, module: &str) -> bool {
+    pub fn hosts(&self, process: &str, module: &str) -> bool {
         self.placements
             .iter()
             .any(|(m, p, _)| m == module && p == process)

@@ -250,6 +250,27 @@ impl TestApp {
         }
     }
 
+    /// The public URL of `path` on every process hosting `module` (the test's own server
+    /// when the shop runs in one process).
+    pub fn urls_of(&self, module: &str, path: &str) -> Vec<String> {
+        match &self.backend {
+            Backend::InProcess { .. } => vec![self.url(path)],
+            Backend::Cluster(cluster) => {
+                let elsewhere: Vec<String> = cluster
+                    .others
+                    .iter()
+                    .filter(|(process, _)| cluster.topology.hosts(process, module))
+                    .map(|(_, process)| process.url(path))
+                    .collect();
+                if elsewhere.is_empty() {
+                    vec![self.url(path)]
+                } else {
+                    elsewhere
+                }
+            }
+        }
+    }
+
     pub fn cluster_mut(&mut self) -> &mut Cluster {
         match &mut self.backend {
             Backend::Cluster(cluster) => cluster,

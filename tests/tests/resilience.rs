@@ -84,6 +84,26 @@ mod crowded_payments {
     on_every_topology!(settings = settings; a_slow_module_fills_only_its_own_share_of_requests);
 }
 
+mod recovering_payments {
+    //! Faults set and cleared at run time; a breaker that opens after five failures and
+    //! probes after one second.
+    use banyan_e2e::on_every_topology;
+    use serde_json::json;
+
+    use super::{the_breaker_of_a_module_that_recovers_probes_and_closes, with};
+
+    fn settings(figment: figment::Figment) -> figment::Figment {
+        let figment = with(figment, "bus.fault_api", true);
+        with(
+            figment,
+            "bus.policy.breaker",
+            json!({ "window": 10, "min_calls": 5, "open_ms": 1000, "half_open_probes": 2 }),
+        )
+    }
+
+    on_every_topology!(settings = settings; the_breaker_of_a_module_that_recovers_probes_and_closes);
+}
+
 mod slow_orders {
     //! Listing orders takes 3 s; the overview waits 500 ms for it.
     use banyan_e2e::on_every_topology;
@@ -215,6 +235,52 @@ async fn a_slow_module_fills_only_its_own_share_of_requests(app: &TestApp) {
         }
     }
     assert_eq!((answered, shed), (3, 5));
+}
+
+async fn the_breaker_of_a_module_that_recovers_probes_and_closes(app: &TestApp) {
+    let admin = app.admin_token().await;
+    let payments = app.urls_of("payments", "/api/v1/admin/faults/payments");
+    let set_everywhere = async |fault: Option<serde_json::Value>| {
+        for url in &payments {
+            let request = match &fault {
+                Some(fault) => app.client.put(url).json(fault),
+                None => app.client.delete(url),
+            };
+            let reply = send(request.bearer_auth(&admin)).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::NO_CONTENT,
+                "{url}: {}",
+                reply.text
+            );
+        }
+    };
+    let path = format!("/api/v1/payments/{}", Uuid::now_v7());
+    let get = async || app.get(&path, Some(&admin)).await;
+    let breaker = async || {
+        let routes = app.get("/api/v1/admin/routes", Some(&admin)).await;
+        routes.body["breakers"]["payments"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+
+    // Payments fails: five failures open main's breaker, which then answers by itself.
+    set_everywhere(Some(json!({ "error_rate": 1.0 }))).await;
+    for _ in 0..5 {
+        assert_eq!(get().await.error_code(), "unavailable");
+    }
+    assert_eq!(breaker().await, "open");
+    assert_eq!(get().await.error_code(), "circuit_open");
+
+    // Payments recovers; once open_ms has passed, two probes go through and close it.
+    set_everywhere(None).await;
+    banyan_e2e::eventually("a probe reaches payments again", || async {
+        get().await.status == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert_eq!(get().await.status, StatusCode::NOT_FOUND);
+    assert_eq!(breaker().await, "closed");
 }
 
 async fn the_overview_goes_without_orders_when_they_are_slow(app: &TestApp) {

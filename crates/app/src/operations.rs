@@ -293,3 +293,145 @@ mod tests {
         assert_eq!(<dead_letter::DeadLetter as ToSchema>::name(), "DeadLetter");
     }
 }
+
+/// The fault routes' state: the bus whose faults they set, and whether they may.
+#[derive(Debug, Clone)]
+pub(crate) struct FaultControl {
+    pub(crate) bus: banyan_bus::Bus,
+    /// `bus.fault_api`.
+    pub(crate) enabled: bool,
+}
+
+/// Setting and clearing injected faults while the process runs, for tests and
+/// demonstrations (`bus.fault_api`; otherwise these routes answer 404).
+pub(crate) fn fault_routes(control: FaultControl) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(list_faults))
+        .routes(routes!(set_fault, clear_fault))
+        .with_state(control)
+}
+
+fn fault_api(control: &FaultControl, caller: &Caller) -> ApiResult<()> {
+    caller.require_admin()?;
+    if !control.enabled {
+        return Err(ApiError::not_found(
+            "fault injection at run time is off (bus.fault_api)",
+        ));
+    }
+    Ok(())
+}
+
+/// A module's name or one of its subjects (`payments`, `payments.get_payment.v1`).
+fn fault_target(target: &str) -> ApiResult<()> {
+    let module = target.split('.').next().unwrap_or(target);
+    let known = crate::modules::all_modules()
+        .iter()
+        .any(|m| m.name() == module);
+    let shaped = target.len() <= 128
+        && target
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_');
+    if !known || !shaped {
+        return Err(ApiError::invalid(
+            "target",
+            "must be a module's name or one of its subjects",
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /api/v1/admin/faults`: the faults injected in this process now.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/faults",
+    tag = OPERATIONS_TAG,
+    operation_id = "list_faults",
+    summary = "Injected faults",
+    description = "Admins only, and only with `bus.fault_api` (else 404): the faults injected \
+        into this process's handlers and routes, by module or subject.",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The faults.", body = BTreeMap<String, banyan_bus::policy::Fault>),
+        AdminErrors,
+        (status = 404, description = "Fault injection at run time is off.", body = ErrorBody),
+        ServerErrors,
+    )
+)]
+async fn list_faults(
+    State(control): State<FaultControl>,
+    caller: Caller,
+) -> ApiResult<Json<BTreeMap<String, banyan_bus::policy::Fault>>> {
+    fault_api(&control, &caller)?;
+    Ok(Json(control.bus.faults()))
+}
+
+/// `PUT /api/v1/admin/faults/{target}`: sets the fault of a module or subject.
+#[utoipa::path(
+    put,
+    path = "/api/v1/admin/faults/{target}",
+    tag = OPERATIONS_TAG,
+    operation_id = "set_fault",
+    summary = "Inject a fault",
+    description = "Admins only, and only with `bus.fault_api` (else 404): from now on the \
+        handlers (and, for a module, the routes) of `target` in this process wait `delay_ms` \
+        and then fail `error_rate` of their calls as unavailable.",
+    params(("target" = String, Path, description = "A module's name or one of its subjects.")),
+    request_body = banyan_bus::policy::Fault,
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Set."),
+        (status = 400, description = "Not JSON.", body = ErrorBody),
+        AdminErrors,
+        (status = 404, description = "Fault injection at run time is off.", body = ErrorBody),
+        (status = 422, description = "An unknown target, or `error_rate` outside 0 to 1.", body = ErrorBody),
+        ServerErrors,
+    )
+)]
+async fn set_fault(
+    State(control): State<FaultControl>,
+    caller: Caller,
+    Path(target): Path<String>,
+    Json(fault): Json<banyan_bus::policy::Fault>,
+) -> ApiResult<StatusCode> {
+    fault_api(&control, &caller)?;
+    fault_target(&target)?;
+    if !(0.0..=1.0).contains(&fault.error_rate) || fault.delay_ms > 600_000 {
+        return Err(ApiError::invalid(
+            "error_rate",
+            "error_rate must be 0 to 1 and delay_ms at most 600000",
+        ));
+    }
+    tracing::warn!(%target, ?fault, "Fault injected at run time.");
+    control.bus.set_fault(&target, Some(fault));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/v1/admin/faults/{target}`: clears the fault of a module or subject.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/admin/faults/{target}",
+    tag = OPERATIONS_TAG,
+    operation_id = "clear_fault",
+    summary = "Clear a fault",
+    description = "Admins only, and only with `bus.fault_api` (else 404).",
+    params(("target" = String, Path, description = "A module's name or one of its subjects.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Cleared (or there was none)."),
+        AdminErrors,
+        (status = 404, description = "Fault injection at run time is off.", body = ErrorBody),
+        (status = 422, description = "An unknown target.", body = ErrorBody),
+        ServerErrors,
+    )
+)]
+async fn clear_fault(
+    State(control): State<FaultControl>,
+    caller: Caller,
+    Path(target): Path<String>,
+) -> ApiResult<StatusCode> {
+    fault_api(&control, &caller)?;
+    fault_target(&target)?;
+    tracing::warn!(%target, "Fault cleared at run time.");
+    control.bus.set_fault(&target, None);
+    Ok(StatusCode::NO_CONTENT)
+}

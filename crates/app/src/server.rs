@@ -24,7 +24,7 @@ use crate::{
         OPENAPI_PATH, check_schema_names, document_base, document_tags, serve_document,
         tag_operations,
     },
-    operations::{Hosted, operations_routes},
+    operations::{FaultControl, Hosted, fault_routes, operations_routes},
     registry::RegistryState,
     route_policy::{self, Peer, RoutePolicies},
     split::{Split, wire_split},
@@ -117,25 +117,26 @@ impl Server {
                 config: figment.clone(),
             };
             let mut module_routes = module.start(ctx).await?;
-            // A fault injected into the module (`bus.faults.<module>`) slows or fails its
-            // routes as it does its bus handlers, in whichever process hosts it.
-            if let Some(fault) = settings.bus.faults.get(name).copied() {
-                tracing::warn!(
-                    module = name,
-                    ?fault,
-                    "Fault injected into the module's routes and handlers."
-                );
-                module_routes = module_routes.layer(middleware::from_fn(
-                    move |request: axum::extract::Request, next: middleware::Next| async move {
-                        match fault.strike(name).await {
-                            Ok(()) => next.run(request).await,
-                            Err(error) => axum::response::IntoResponse::into_response(
-                                banyan_kit::ApiError::from(error),
-                            ),
+            // A fault injected into the module (`bus.faults.<module>`, or set at run time)
+            // slows or fails its routes as it does its bus handlers, in whichever process
+            // hosts it. Without one, a request pays one atomic load here.
+            let faults = bus.clone();
+            module_routes = module_routes.layer(middleware::from_fn(
+                move |request: axum::extract::Request, next: middleware::Next| {
+                    let fault = faults.fault_of(name);
+                    async move {
+                        match fault {
+                            Some(fault) => match fault.strike(name).await {
+                                Ok(()) => next.run(request).await,
+                                Err(error) => axum::response::IntoResponse::into_response(
+                                    banyan_kit::ApiError::from(error),
+                                ),
+                            },
+                            None => next.run(request).await,
                         }
-                    },
-                ));
-            }
+                    }
+                },
+            ));
             tag_operations(module_routes.get_openapi_mut(), name);
             check_schema_names(routes.get_openapi(), module_routes.get_openapi(), name)?;
             routes = routes.merge(module_routes);
@@ -169,7 +170,11 @@ impl Server {
         ));
         route_policy::spawn_cleanup(&route_policies);
         let operations = operations_routes(hosted.clone())
-            .merge(route_policy::admin_routes(route_policies.clone()));
+            .merge(route_policy::admin_routes(route_policies.clone()))
+            .merge(fault_routes(FaultControl {
+                bus: bus.clone(),
+                enabled: settings.bus.fault_api,
+            }));
         check_schema_names(routes.get_openapi(), operations.get_openapi(), "app")?;
         // Every route above came with its operation: the document is what is mounted.
         let (routes, mut openapi) = routes.merge(operations).split_for_parts();

@@ -50,6 +50,9 @@ pub struct BusConfig {
     pub edges: BTreeMap<String, serde_json::Value>,
     /// Faults injected into handlers, by module or subject (tests and demonstrations only).
     pub faults: BTreeMap<String, Fault>,
+    /// Whether admins may set and clear faults while the process runs
+    /// (`PUT /api/v1/admin/faults/{target}`): tests and demonstrations only, off by default.
+    pub fault_api: bool,
 }
 
 impl Default for BusConfig {
@@ -71,6 +74,7 @@ impl Default for BusConfig {
             policy: EdgePolicy::default(),
             edges: BTreeMap::new(),
             faults: BTreeMap::new(),
+            fault_api: false,
         }
     }
 }

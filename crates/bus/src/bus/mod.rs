@@ -62,7 +62,7 @@ struct Inner {
     /// Every edge's policy and live state (breaker, bulkhead, retry budget).
     policies: Policies,
     /// Faults injected into this process's handlers (`bus.faults`).
-    faults: Faults,
+    faults: Arc<Faults>,
     /// Request handlers of this process, by subject.
     requests: RwLock<HashMap<&'static str, Arc<dyn RequestEndpoint>>>,
     /// Subscribing modules of this process, by event subject.
@@ -105,7 +105,7 @@ impl Bus {
         Self {
             inner: Arc::new(Inner {
                 policies: Policies::new(&config.policy, &config.edges, config.request_timeout()),
-                faults: Faults::new(&config.faults),
+                faults: Arc::new(Faults::new(&config.faults)),
                 config,
                 requests: RwLock::default(),
                 subscriptions: RwLock::default(),
@@ -124,6 +124,24 @@ impl Bus {
 
     pub fn config(&self) -> &BusConfig {
         &self.inner.config
+    }
+
+    /// The fault injected into the handlers of `subject` (or the routes of a module, by its
+    /// name) now, if any.
+    pub fn fault_of(&self, subject: &str) -> Option<crate::policy::Fault> {
+        self.inner.faults.of(subject)
+    }
+
+    /// Sets (or with `None` clears) the fault of a module or subject while the process runs:
+    /// for tests and demonstrations of the policies, through the app's admin route when
+    /// `bus.fault_api` allows it.
+    pub fn set_fault(&self, target: &str, fault: Option<crate::policy::Fault>) {
+        self.inner.faults.set(target, fault);
+    }
+
+    /// Every fault injected now, by module or subject.
+    pub fn faults(&self) -> std::collections::BTreeMap<String, crate::policy::Fault> {
+        self.inner.faults.all()
     }
 
     /// The edges this process has called on so far, with their breakers and bulkheads.

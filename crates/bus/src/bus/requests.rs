@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::{
     BusError, Context, Envelope,
-    policy::Fault,
+    policy::Faults,
     transport::{RemoteReply, Transport},
 };
 
@@ -42,7 +42,7 @@ impl Bus {
             handler,
             permits: Arc::new(Semaphore::new(self.inner.config.request_concurrency)),
             in_flight: self.inner.workers.clone(),
-            fault: self.inner.faults.of(R::SUBJECT),
+            faults: self.inner.faults.clone(),
         });
         let previous = write(&self.inner.requests).insert(R::SUBJECT, endpoint);
         assert!(
@@ -172,8 +172,9 @@ pub(super) struct TypedEndpoint<R: Request> {
     pub(super) permits: Arc<Semaphore>,
     /// Shutdown waits until every handler that started has finished.
     pub(super) in_flight: TaskTracker,
-    /// A fault injected into this handler (`bus.faults`), tests and demonstrations only.
-    pub(super) fault: Option<Fault>,
+    /// The process's injected faults (`bus.faults`, tests and demonstrations only), which can
+    /// change while it runs.
+    pub(super) faults: Arc<Faults>,
 }
 
 impl<R: Request> TypedEndpoint<R> {
@@ -191,7 +192,7 @@ impl<R: Request> TypedEndpoint<R> {
                 .await
                 .map_err(|_| unavailable(R::SUBJECT, "the bus is shutting down"))?;
             let _in_flight = self.in_flight.token();
-            if let Some(fault) = &self.fault {
+            if let Some(fault) = self.faults.of(R::SUBJECT) {
                 fault.strike(R::SUBJECT).await?;
             }
             let span = tracing::info_span!(

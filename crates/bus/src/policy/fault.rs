@@ -17,6 +17,7 @@ use crate::BusError;
 /// What to do to the handlers of a module or subject.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Fault {
     /// Wait this long before running the handler.
     pub delay_ms: u64,
@@ -40,21 +41,50 @@ impl Fault {
     }
 }
 
-/// The configured faults, by module or subject.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Faults(BTreeMap<String, Fault>);
+/// The faults of a process, by module or subject: the configured ones, changed at run time
+/// through [`Bus::set_fault`](crate::Bus::set_fault) when the app allows it.
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    /// Whether any fault is set: the one load a handler pays when none is.
+    any: std::sync::atomic::AtomicBool,
+    by_target: std::sync::RwLock<BTreeMap<String, Fault>>,
+}
 
 impl Faults {
     pub(crate) fn new(faults: &BTreeMap<String, Fault>) -> Self {
-        Self(faults.clone())
+        Self {
+            any: (!faults.is_empty()).into(),
+            by_target: std::sync::RwLock::new(faults.clone()),
+        }
     }
 
-    /// The fault of `subject`'s handler: its own, else its module's.
+    /// The fault of `subject`'s handler (or of a module's routes, `subject` being the
+    /// module's name): its own, else its module's.
     pub(crate) fn of(&self, subject: &str) -> Option<Fault> {
-        self.0
+        if !self.any.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let faults = crate::lock::read(&self.by_target);
+        faults
             .get(subject)
-            .or_else(|| self.0.get(module_of(subject)))
+            .or_else(|| faults.get(module_of(subject)))
             .copied()
+    }
+
+    /// Sets (or with `None` clears) the fault of `target`.
+    pub(crate) fn set(&self, target: &str, fault: Option<Fault>) {
+        let mut faults = crate::lock::write(&self.by_target);
+        match fault {
+            Some(fault) => faults.insert(target.to_owned(), fault),
+            None => faults.remove(target),
+        };
+        self.any
+            .store(!faults.is_empty(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Every fault set now.
+    pub(crate) fn all(&self) -> BTreeMap<String, Fault> {
+        crate::lock::read(&self.by_target).clone()
     }
 
     pub(crate) fn validate(faults: &BTreeMap<String, Fault>) -> Result<(), (String, String)> {
