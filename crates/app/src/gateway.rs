@@ -126,7 +126,10 @@ impl Gateway {
             .extensions()
             .get::<Arc<crate::route_policy::EffectiveRoute>>()
             .cloned();
-        let client = request.extensions().get::<std::net::IpAddr>().copied();
+        let client = request
+            .extensions()
+            .get::<banyan_kit::extract::ClientIp>()
+            .and_then(|ip| ip.0);
         // Consistent hashing keys on the caller: its account, else its address.
         let caller_key = request
             .extensions()

@@ -33,7 +33,7 @@ use banyan_bus::{
     Context,
     policy::{Breaker, BreakerConfig, BreakerState, Outcome},
 };
-use banyan_kit::{ApiError, auth::Caller};
+use banyan_kit::{ApiError, auth::Caller, extract::ClientIp};
 use governor::{Quota, clock::Clock};
 use serde::{Deserialize, Serialize};
 
@@ -349,9 +349,7 @@ pub(crate) async fn apply(
         _ => None,
     };
     let client = policies.client_ip(peer, &request);
-    if let Some(ip) = client {
-        request.extensions_mut().insert(ip);
-    }
+    request.extensions_mut().insert(ClientIp(client));
     let found = policies.find(request.method(), request.uri().path());
     let route = found.map_or_else(|| policies.default.clone(), |r| r.effective.clone());
     let mut limit_headers = None;

@@ -23,13 +23,7 @@ impl Backoff {
 
     /// The pause before retry number `attempt` (1-based; 0 counts as 1).
     pub fn delay(&self, attempt: u32) -> Duration {
-        let doubled = self
-            .base
-            .saturating_mul(1 << attempt.saturating_sub(1).min(20));
-        let cap = doubled
-            .min(self.max.max(self.base))
-            .max(Duration::from_millis(1));
-        let half = cap / 2;
+        let half = self.cap(attempt).max(Duration::from_millis(1)) / 2;
         half + half.mul_f64(rand::random::<f64>())
     }
 
@@ -37,12 +31,14 @@ impl Backoff {
     /// the same cap. For retries of requests, where a caller waits and many callers retrying a
     /// callee that just failed must spread out most (the edge policies' retries).
     pub fn full_jitter(&self, attempt: u32) -> Duration {
-        let doubled = self
-            .base
-            .saturating_mul(1 << attempt.saturating_sub(1).min(20));
-        doubled
+        self.cap(attempt).mul_f64(rand::random::<f64>())
+    }
+
+    /// `base` doubled for each attempt after the first, at most `max`.
+    fn cap(&self, attempt: u32) -> Duration {
+        self.base
+            .saturating_mul(1 << attempt.saturating_sub(1).min(20))
             .min(self.max.max(self.base))
-            .mul_f64(rand::random::<f64>())
     }
 }
 

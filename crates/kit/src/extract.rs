@@ -93,7 +93,8 @@ impl std::ops::Deref for Cx {
 
 /// The client's address as the edge established it: the connection's peer, or the address a
 /// trusted proxy put in `X-Forwarded-For` (`[gateway] trusted_proxies`), never a header an
-/// untrusted peer wrote. `None` where no edge ran (a module's router under test).
+/// untrusted peer wrote. The edge puts it in the request's extensions; `None` where no edge
+/// ran (a module's router under test).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub Option<std::net::IpAddr>);
 
@@ -101,6 +102,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(parts.extensions.get::<std::net::IpAddr>().copied()))
+        Ok(parts
+            .extensions
+            .get::<Self>()
+            .copied()
+            .unwrap_or(Self(None)))
     }
 }

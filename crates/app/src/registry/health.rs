@@ -73,6 +73,11 @@ impl Probe {
         true
     }
 
+    /// Whether its last proxied request, if any, did not fail (a success changes nothing).
+    pub(crate) fn no_failed_requests(&self) -> bool {
+        self.proxied_fails == 0
+    }
+
     pub(crate) fn ejected(&self) -> bool {
         self.ejected_until
             .is_some_and(|until| Instant::now() < until)

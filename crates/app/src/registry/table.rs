@@ -250,6 +250,19 @@ impl Registry {
     /// the instance after `topology.health.eject_after` failures in a row, unless it is the
     /// last of its modules in rotation.
     pub(crate) fn proxied(&self, base_url: &str, ok: bool) {
+        // Most requests succeed on an instance with no failures to forget: nothing changes,
+        // and the gateway's hot path takes no write lock.
+        if ok {
+            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+            let clean = state
+                .instances
+                .values()
+                .find(|entry| entry.registration.base_url == base_url)
+                .is_none_or(|entry| entry.probe.no_failed_requests());
+            if clean {
+                return;
+            }
+        }
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         let Some((id, modules)) = state
             .instances
