@@ -126,6 +126,8 @@ pub fn test_figment(database_url: &str) -> figment::Figment {
     figment = config::with(figment, "bus.relay_lease_ms", 2_000);
     figment = config::with(figment, "bus.backoff_base_ms", 5);
     figment = config::with(figment, "bus.backoff_max_ms", 50);
+    // Tests run side by side: each process's metrics on a free port, found in its log.
+    figment = config::with(figment, "metrics.addr", "127.0.0.1:0");
     config::with(
         figment,
         "modules.users.bootstrap_admin",
@@ -148,6 +150,7 @@ pub struct TestApp {
 enum Backend {
     InProcess {
         bus: banyan_bus::Bus,
+        metrics_url: String,
         shutdown: oneshot::Sender<()>,
         server: JoinHandle<anyhow::Result<()>>,
     },
@@ -191,6 +194,10 @@ impl TestApp {
             .await
             .expect("the server builds");
         let bus = server.bus().clone();
+        let metrics = server
+            .metrics_addr()
+            .expect("the test settings serve metrics");
+        let metrics_url = format!("http://{metrics}/metrics");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a free port");
@@ -205,6 +212,7 @@ impl TestApp {
             client: client(),
             backend: Backend::InProcess {
                 bus,
+                metrics_url,
                 shutdown,
                 server,
             },
@@ -267,6 +275,43 @@ impl TestApp {
                 } else {
                     elsewhere
                 }
+            }
+        }
+    }
+
+    /// Whether the shop runs as several processes.
+    pub fn is_split(&self) -> bool {
+        matches!(self.backend, Backend::Cluster(_))
+    }
+
+    /// How a call from `process` reaches `module`, as the bus's metrics label it: `in_process`
+    /// when `process` hosts it, the module's transport when it is moved elsewhere; `None` when
+    /// a moved process calls a module of main's (by whichever transport it has).
+    pub fn placement(&self, process: &str, module: &str) -> Option<&'static str> {
+        let Backend::Cluster(cluster) = &self.backend else {
+            return Some("in_process");
+        };
+        let topology = &cluster.topology;
+        let placed = topology.placements.iter().find(|(m, _, _)| m == module);
+        match placed {
+            Some(_) if topology.hosts(process, module) => Some("in_process"),
+            Some((_, _, transport)) => Some(transport.name()),
+            None if process == "main" => Some("in_process"),
+            None => None,
+        }
+    }
+
+    /// Every process's `/metrics` URL, as `(process name, URL)`: main's first.
+    pub fn metrics_urls(&self) -> Vec<(String, String)> {
+        match &self.backend {
+            Backend::InProcess { metrics_url, .. } => vec![("main".into(), metrics_url.clone())],
+            Backend::Cluster(cluster) => {
+                std::iter::once(("main".into(), cluster.main.metrics_url()))
+                    .chain(
+                        (cluster.others.iter())
+                            .map(|(name, process)| (name.clone(), process.metrics_url())),
+                    )
+                    .collect()
             }
         }
     }

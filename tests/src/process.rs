@@ -45,6 +45,8 @@ pub struct BanyanProcess {
     pub addr: std::net::SocketAddr,
     /// Its internal listener (the bus, the registry), in a split.
     pub internal_addr: Option<std::net::SocketAddr>,
+    /// Where it serves `/metrics`.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Whether the public listener, and the internal one, speak TLS.
     pub tls: bool,
     pub internal_tls: bool,
@@ -81,6 +83,7 @@ impl BanyanProcess {
             .args(["serve", "--addr", "127.0.0.1:0", "--log-format", "json"])
             // In a split, the bus and the registry listen there (a free port too).
             .args(["--internal-addr", "127.0.0.1:0"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
             .args(args)
             .env("BANYAN_LOG__LEVEL", "info")
             .stdin(Stdio::null())
@@ -123,6 +126,7 @@ impl BanyanProcess {
             child,
             addr: "127.0.0.1:0".parse().expect("an address"),
             internal_addr: None,
+            metrics_addr: None,
             tls: false,
             internal_tls: false,
             lines,
@@ -135,6 +139,7 @@ impl BanyanProcess {
             .and_then(|a| a.parse().ok())
             .expect("the serving line names the address");
         process.internal_addr = log["internal_addr"].as_str().and_then(|a| a.parse().ok());
+        process.metrics_addr = log["metrics_addr"].as_str().and_then(|a| a.parse().ok());
         process.tls = log["tls"] == true;
         process.internal_tls = log["internal_tls"] == true;
         process
@@ -192,6 +197,12 @@ impl BanyanProcess {
             .expect("a process of a split has an internal listener");
         let scheme = if self.internal_tls { "https" } else { "http" };
         format!("{scheme}://{addr}{path}")
+    }
+
+    /// The process's `/metrics` URL.
+    pub fn metrics_url(&self) -> String {
+        let addr = self.metrics_addr.expect("the process serves /metrics");
+        format!("http://{addr}/metrics")
     }
 
     /// Every stderr line so far that parses as a JSON log line.

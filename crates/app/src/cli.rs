@@ -61,6 +61,9 @@ struct ServeArgs {
     /// The internal listener of a split: the bus and the registry (topology.internal_addr).
     #[arg(long, value_name = "ADDR")]
     internal_addr: Option<std::net::SocketAddr>,
+    /// Where `/metrics` is served (metrics.addr).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// sqlite://<dir> or postgres://... (database.url).
     #[arg(long)]
     database_url: Option<String>,
@@ -118,6 +121,9 @@ pub async fn main() -> ExitCode {
         }
         if let Some(addr) = args.internal_addr {
             figment = config::with(figment, "topology.internal_addr", addr.to_string());
+        }
+        if let Some(addr) = args.metrics_addr {
+            figment = config::with(figment, "metrics.addr", addr.to_string());
         }
         if let Some(url) = &args.database_url {
             figment = config::with(figment, "database.url", url);

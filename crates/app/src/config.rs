@@ -32,6 +32,9 @@ pub struct Settings {
     pub bus: BusConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    /// The metrics listener (`/metrics` in Prometheus's text format).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Per-module sections, read by each module itself.
     #[serde(default)]
     pub modules: BTreeMap<String, figment::value::Value>,
@@ -71,6 +74,32 @@ impl ServerConfig {
         Duration::from_millis(self.request_timeout_ms)
     }
 }
+
+/// Where a process serves `/metrics`: a listener of its own, never the public one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Default: main (and a one-process shop) 127.0.0.1:9464, any other process of a split
+    /// 127.0.0.1:0 (a free port, which it registers).
+    pub addr: Option<SocketAddr>,
+    /// Its URL as main and Prometheus reach it (default: http://<bound address>).
+    pub advertise_url: Option<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            addr: None,
+            advertise_url: None,
+        }
+    }
+}
+
+/// Main's (and a one-process shop's) metrics listener unless `metrics.addr` says otherwise:
+/// OpenTelemetry's Prometheus exporter port.
+pub const MAIN_METRICS_ADDR: &str = "127.0.0.1:9464";
 
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -126,6 +126,7 @@ pub(crate) fn module_of_path(path: &str) -> &'static str {
 /// The answer to a request shed at the edge (`server.max_in_flight` reached): 503 at once,
 /// with `Retry-After`.
 pub(crate) async fn shed(_: tower::BoxError) -> ApiError {
+    metrics::counter!(crate::telemetry::meters::SHED).increment(1);
     ApiError {
         retry_after: Some(1),
         ..ApiError::new(

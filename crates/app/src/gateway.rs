@@ -109,9 +109,17 @@ impl Gateway {
         if module == "app" || self.topology.hosts(module) {
             return edge::not_found().await.into_response();
         }
-        self.proxy(module, request)
+        let known = self.registry.known_module(module);
+        let mut response = self
+            .proxy(module, request)
             .await
-            .unwrap_or_else(IntoResponse::into_response)
+            .unwrap_or_else(IntoResponse::into_response);
+        // Counted under the module it went to: only a module Banyan has, so that the metric's
+        // labels stay bounded whatever paths clients send.
+        if let Some(module) = known {
+            (response.extensions_mut()).insert(crate::telemetry::meters::Proxied(module));
+        }
+        response
     }
 
     async fn proxy(&self, module: &str, request: Request) -> Result<Response, ApiError> {

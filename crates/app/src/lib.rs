@@ -26,7 +26,8 @@
 //! - `tls`: rustls for the public and internal listeners and the clients between processes.
 //! - `cli`: `banyan serve [--process <name>]`, `banyan seed`, `banyan dead-letters list|replay`.
 //! - `seed`: demo data through the modules' own routes.
-//! - `telemetry`: JSON logs.
+//! - `telemetry`: JSON logs, and `/metrics` (HTTP per route, the bus per edge and placement,
+//!   outboxes, queues, pools, registry, breakers, the process) on a listener of its own.
 
 pub mod cli;
 pub mod config;

@@ -377,6 +377,9 @@ pub(crate) async fn apply(
             Err(not_until) => {
                 let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                metrics::counter!(crate::telemetry::meters::RATE_LIMITED,
+                    "route" => route.path.clone())
+                .increment(1);
                 let mut refused = ApiError::too_many_requests(
                     seconds,
                     format!("too many requests to {} for this client", route.path),

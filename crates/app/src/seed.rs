@@ -91,6 +91,9 @@ pub(crate) async fn run(settings: Settings, figment: figment::Figment) -> anyhow
         .extract_inner("modules.users.bootstrap_admin")
         .map_err(|e| anyhow::anyhow!("modules.users.bootstrap_admin: {e}"))?;
     let settings_dir = settings.server.state_dir.clone();
+    // Seeding serves nothing: no metrics listener (a running server may hold its port).
+    let mut settings = settings;
+    settings.metrics.enabled = false;
     let server = Server::build(settings, figment).await?;
     let router = server.router();
 

@@ -45,6 +45,9 @@ pub struct Server {
     internal_tls: Option<Arc<rustls::ServerConfig>>,
     /// What runs beside the modules when the topology places some of them elsewhere.
     split: Option<Split>,
+    /// The metrics listener, bound at build so its address is known before serving, and its
+    /// routes.
+    metrics: Option<(TcpListener, Router)>,
 }
 
 impl Server {
@@ -55,6 +58,8 @@ impl Server {
         let Some(jwt_secret) = &settings.auth.jwt_secret else {
             anyhow::bail!("auth.jwt_secret is not set (`banyan serve` generates one on loopback)");
         };
+        // Installed before anything counts: a meter made before the recorder would be a no-op.
+        crate::telemetry::meters::handle();
         let bus = Bus::held(settings.bus.clone());
         let auth = Authenticator::new(
             jwt_secret.as_bytes(),
@@ -243,13 +248,16 @@ impl Server {
         // Public routes only: the internal listener's callers carry the processes' secret.
         // Outermost last: the token is checked (and its caller known) before the route's
         // rate limit, which keys on the caller.
+        let metrics_routes = route_policies.clone();
         let router = edged(
             routes
                 .layer(middleware::from_fn_with_state(
                     route_policies,
                     route_policy::apply,
                 ))
-                .layer(middleware::from_fn(edge::refuse_bad_tokens)),
+                .layer(middleware::from_fn(edge::refuse_bad_tokens))
+                // Sees every answer a route gave, refusals of its rate limit and timeouts too.
+                .layer(middleware::from_fn(crate::telemetry::meters::http_requests)),
         );
         if split.is_some() {
             let mut routes = edged(
@@ -287,6 +295,21 @@ impl Server {
             ),
             None => None,
         };
+        let metrics = if settings.metrics.enabled {
+            let bind = crate::telemetry::meters::bind_addr(&settings.metrics, topology.is_main());
+            let listener = TcpListener::bind(bind)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {bind} (metrics.addr): {e}"))?;
+            let scrape = crate::telemetry::meters::Scrape::new(
+                bus.clone(),
+                hosted.clone(),
+                split.as_ref().and_then(|s| s.registry.clone()),
+                metrics_routes,
+            );
+            Some((listener, crate::telemetry::meters::routes(Arc::new(scrape))))
+        } else {
+            None
+        };
         Ok(Self {
             settings,
             bus,
@@ -296,6 +319,7 @@ impl Server {
             public_tls,
             internal_tls,
             split,
+            metrics,
         })
     }
 
@@ -331,10 +355,17 @@ impl Server {
         drained
     }
 
+    /// Where `/metrics` is served, when `metrics.enabled`.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
+    }
+
     /// Serves until `shutdown` resolves, then stops taking requests (leaving the registry
     /// first, in a split), and [drains](Self::drain).
     pub async fn run(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
@@ -350,11 +381,20 @@ impl Server {
             _ => None,
         };
         let internal_addr = internal.as_ref().map(|(addr, _, _)| *addr);
+        let metrics_addr = self.metrics_addr();
+        let metrics_url = metrics_addr.map(|addr| {
+            self.settings
+                .metrics
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| crate::topology::TopologyConfig::url_for(None, addr, false))
+        });
         let modules = self.hosted.keys().collect::<Vec<_>>();
         let process = self.split.as_ref().map(|s| s.topology.process.clone());
         tracing::info!(
             addr = %addr,
             internal_addr = internal_addr.map(|a| a.to_string()),
+            metrics_addr = metrics_addr.map(|a| a.to_string()),
             tls = self.public_tls.is_some(),
             internal_tls = self.internal_tls.is_some(),
             modules = ?modules,
@@ -369,6 +409,7 @@ impl Server {
                 &self.bus,
                 split.topology.advertised(addr, self.public_tls.is_some()),
                 split.topology.internal_advertised(internal_addr),
+                metrics_url,
             );
             if let Some(registry) = &split.registry {
                 registry.register_own(registration);
@@ -398,6 +439,14 @@ impl Server {
                 stop.cancelled().await;
             }))
         });
+        // The metrics listener answers until the very end, the drain included.
+        let metrics_stop = CancellationToken::new();
+        let metrics_served = self.metrics.take().map(|(listener, routes)| {
+            let stop = metrics_stop.clone();
+            tokio::spawn(serve(listener, None, routes, async move {
+                stop.cancelled().await;
+            }))
+        });
         let public = serve(
             listener,
             self.public_tls.clone(),
@@ -416,6 +465,10 @@ impl Server {
         }
         tracing::info!("HTTP server stopped; draining the bus.");
         let drained = self.drain().await;
+        metrics_stop.cancel();
+        if let Some(served) = metrics_served {
+            let _ = served.await;
+        }
         tracing::info!(drained, "Banyan stopped.");
         Ok(())
     }

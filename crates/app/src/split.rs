@@ -47,12 +47,14 @@ impl Split {
         bus: &Bus,
         base_url: String,
         bus_url: String,
+        metrics_url: Option<String>,
     ) -> Registration {
         Registration {
             instance_id: self.instance_id.clone(),
             process: self.topology.process.clone(),
             base_url,
             bus_url,
+            metrics_url,
             modules: self
                 .here
                 .iter()

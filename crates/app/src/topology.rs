@@ -341,7 +341,7 @@ impl TopologyConfig {
         Self::url_for(self.advertise_url.as_deref(), bound, tls)
     }
 
-    fn url_for(configured: Option<&str>, bound: SocketAddr, tls: bool) -> String {
+    pub(crate) fn url_for(configured: Option<&str>, bound: SocketAddr, tls: bool) -> String {
         if let Some(url) = configured {
             return url.trim_end_matches('/').to_owned();
         }

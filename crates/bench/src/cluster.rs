@@ -246,6 +246,7 @@ impl Process {
         command
             .args(["serve", "--addr", "127.0.0.1:0", "--log-format", "json"])
             .args(["--internal-addr", "127.0.0.1:0"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(file.try_clone()?))

@@ -26,6 +26,8 @@
 //!   outstanding, random, consistent hash), for the HTTP and gRPC adapters and the gateway.
 //! - [`policy`]: edge policies (deadline, retries, circuit breaker, bulkhead) applied to every
 //!   request whatever the placement, and faults injected into handlers for tests.
+//! - [`meters`]: what the bus counts and times (requests per edge and placement, events),
+//!   through the `metrics` facade.
 //! - [`failpoint`]: named places where tests stop a real process to kill it.
 //! - `testing` (feature `test-util`): NATS for tests, a stream of their own or a private
 //!   server they may kill.
@@ -45,6 +47,7 @@ mod group_commit;
 pub mod grpc;
 pub mod http;
 mod lock;
+pub mod meters;
 mod module_bus;
 pub mod nats;
 mod outbox;
@@ -61,7 +64,7 @@ pub use config::BusConfig;
 pub use envelope::{Context, CorrelationId, Envelope, TraceContext};
 pub use error::{BusError, HandlerError};
 pub use module_bus::ModuleBus;
-pub use outbox::{Outbox, UnitOfWork};
+pub use outbox::{Backlog, Outbox, UnitOfWork};
 pub use transport::{RemoteReply, Transport};
 
 /// The bus's tables (outbox, inbox, dead letters), applied inside every module's schema. Their

@@ -28,6 +28,16 @@ use crate::{
     group_commit::Batch,
 };
 
+/// What [`Outbox::backlog`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    pub pending: i64,
+    /// How long the oldest undelivered event has waited (0: none waits).
+    pub oldest_age_ms: i64,
+    pub inbox: i64,
+    pub dead_letters: i64,
+}
+
 /// A module's outbox and its relay. Cheap to clone; one per module.
 #[derive(Clone, Debug)]
 pub struct Outbox {
@@ -106,6 +116,25 @@ impl Outbox {
             .fetch_one(self.inner.db.reader())
             .await?
             .try_get(0)
+    }
+
+    /// What the module's messaging tables hold now, for metrics: the outbox rows not yet
+    /// delivered to everyone and the age of the oldest, the inbox, and the dead letters.
+    pub async fn backlog(&self) -> Result<Backlog, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM outbox), (SELECT MIN(created_at) FROM outbox), \
+             (SELECT COUNT(*) FROM inbox), \
+             (SELECT COUNT(*) FROM dead_letters WHERE status = 'dead')",
+        )
+        .fetch_one(self.inner.db.reader())
+        .await?;
+        let oldest: Option<i64> = row.try_get(1)?;
+        Ok(Backlog {
+            pending: row.try_get(0)?,
+            oldest_age_ms: oldest.map_or(0, |at| (banyan_db::now_millis() - at).max(0)),
+            inbox: row.try_get(2)?,
+            dead_letters: row.try_get(3)?,
+        })
     }
 
     fn ack_for(&self, message_id: Uuid) -> Arc<Ack> {

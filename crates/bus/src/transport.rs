@@ -20,6 +20,10 @@ pub enum RemoteReply {
 
 /// A way to reach modules in other processes.
 pub trait Transport: Send + Sync + 'static {
+    /// How it carries messages, as the bus's metrics label the calls it makes (`http`,
+    /// `grpc`, `nats`).
+    fn placement(&self) -> &'static str;
+
     /// Sends a request to the module hosting `envelope.subject` and waits for its reply.
     fn request(
         &self,

@@ -121,10 +121,11 @@ async fn an_event_is_applied_once_however_often_it_is_delivered(storage: &TestSt
     assert_eq!(event.item_id, item.item_id);
     let json: Arc<str> = serde_json::to_string(&event).expect("encoding").into();
     let redeliver = || {
-        modules
-            .bus
-            .inbound()
-            .deliver_remote_event(envelope.clone(), json.clone(), item.item_id)
+        modules.bus.inbound("nats").deliver_remote_event(
+            envelope.clone(),
+            json.clone(),
+            item.item_id,
+        )
     };
     redeliver().await.expect("redelivering");
     redeliver().await.expect("redelivering");

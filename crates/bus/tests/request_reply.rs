@@ -184,6 +184,10 @@ struct Loopback {
 }
 
 impl Transport for Loopback {
+    fn placement(&self) -> &'static str {
+        "loopback"
+    }
+
     fn request(
         &self,
         envelope: Envelope,
@@ -207,7 +211,7 @@ impl Transport for Loopback {
             )
             .expect("decoding the envelope");
             self.server
-                .inbound()
+                .inbound("loopback")
                 .serve_remote_request(envelope, &body, deadline)
                 .await
         })

@@ -356,6 +356,22 @@ impl Db {
         }
     }
 
+    /// Each pool's connections, open and idle, by role (`writer`, `reader`; PostgreSQL's one
+    /// pool is both, and shown once as `shared`), for metrics.
+    pub fn pool_usage(&self) -> Vec<(&'static str, u32, usize)> {
+        let usage = |pool: &AnyPool| (pool.size(), pool.num_idle());
+        match self.engine {
+            Engine::Sqlite => {
+                let ((w, wi), (r, ri)) = (usage(&self.writer), usage(&self.reader));
+                vec![("writer", w, wi), ("reader", r, ri)]
+            }
+            Engine::Postgres => {
+                let (size, idle) = usage(&self.writer);
+                vec![("shared", size, idle)]
+            }
+        }
+    }
+
     /// The pool for reads.
     pub fn reader(&self) -> &AnyPool {
         &self.reader

@@ -28,6 +28,10 @@ impl std::fmt::Debug for PushedEvents {
 }
 
 impl Transport for PushedEvents {
+    fn placement(&self) -> &'static str {
+        self.transport.placement()
+    }
+
     fn request(
         &self,
         envelope: Envelope,

@@ -86,6 +86,9 @@ pub struct Registration {
     pub base_url: String,
     /// Its internal listener (the bus's `/bus/v1/...`).
     pub bus_url: String,
+    /// Where it serves `/metrics`, when it does.
+    #[serde(default)]
+    pub metrics_url: Option<String>,
     /// The modules it hosts.
     pub modules: Vec<RegisteredModule>,
 }
@@ -129,6 +132,9 @@ pub struct InstanceView {
     pub process: String,
     pub base_url: String,
     pub bus_url: String,
+    /// Where it serves `/metrics`, when it does.
+    #[serde(default)]
+    pub metrics_url: Option<String>,
     pub transport: InstanceTransport,
     /// Milliseconds since the epoch.
     pub registered_at_ms: i64,
@@ -185,6 +191,7 @@ mod tests {
             process: "payments".into(),
             base_url: url.into(),
             bus_url: format!("{url}0"),
+            metrics_url: None,
             modules: vec![RegisteredModule {
                 name: "payments".into(),
                 transport: InstanceTransport::Http,
@@ -300,6 +307,7 @@ mod tests {
             process: MAIN.into(),
             base_url: "http://main:1".into(),
             bus_url: "http://main:2".into(),
+            metrics_url: None,
             modules: vec![RegisteredModule {
                 name: "orders".into(),
                 transport: InstanceTransport::InProcess,

@@ -319,6 +319,11 @@ impl Registry {
         });
     }
 
+    /// `module`'s own name, if Banyan has such a module.
+    pub(crate) fn known_module(&self, module: &str) -> Option<&'static str> {
+        self.known.iter().copied().find(|known| *known == module)
+    }
+
     /// Every module, with its instances.
     pub(crate) fn listing(&self) -> Listing {
         self.prune();
@@ -350,6 +355,7 @@ impl Registry {
                         process: entry.registration.process.clone(),
                         base_url: entry.registration.base_url.clone(),
                         bus_url: entry.registration.bus_url.clone(),
+                        metrics_url: entry.registration.metrics_url.clone(),
                         transport: hosted.transport,
                         registered_at_ms: entry.registered_at_ms,
                         last_heartbeat_ms: if state.own.as_ref() == Some(id) {

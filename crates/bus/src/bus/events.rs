@@ -8,6 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use banyan_db::{Db, sqlx};
@@ -178,6 +179,7 @@ impl Bus {
                     handler: subscription.handler.clone(),
                     ack: ack.cloned(),
                     replay_of: None,
+                    via: crate::meters::IN_PROCESS,
                 };
                 match mode {
                     Mode::Wait => partition.send(delivery).await.map_err(|_| {
@@ -206,7 +208,10 @@ impl Bus {
             let ack = ack.cloned();
             // Forwarding waits on the network: never in the publisher's path.
             self.inner.background.spawn(async move {
-                match forwarder.publish(envelope, json, aggregate).await {
+                let subject = envelope.subject.clone();
+                let forwarded = forwarder.publish(envelope, json, aggregate).await;
+                crate::meters::event_forwarded(&subject, forwarder.placement(), forwarded.is_ok());
+                match forwarded {
                     Ok(()) => {
                         if let Some(ack) = ack {
                             ack.done();
@@ -247,6 +252,7 @@ impl Bus {
                 handler: subscription.handler.clone(),
                 ack: None,
                 replay_of: Some(letter.id),
+                via: crate::meters::IN_PROCESS,
             })
             .await
             .map_err(|_| unavailable(&letter.envelope.subject, "the subscriber is shutting down"))
@@ -342,6 +348,9 @@ pub(super) struct Delivery {
     pub(super) ack: Option<Arc<Ack>>,
     /// Set when this delivery replays a dead letter.
     pub(super) replay_of: Option<Uuid>,
+    /// How it reached this process, as the metrics label it: `in_process` (published or
+    /// resent here) or the transport it arrived by.
+    pub(super) via: &'static str,
 }
 
 #[derive(Clone)]
@@ -520,6 +529,7 @@ impl EventWorker {
                 return self.deliver_each(deliveries, None).await;
             }
         };
+        let started = Instant::now();
         for (index, (delivery, payload)) in deliveries.iter().zip(payloads).enumerate() {
             let span = delivery_span(self.group.name, &delivery.envelope);
             let work = delivery
@@ -553,7 +563,17 @@ impl EventWorker {
                     size = deliveries.len(),
                     "Batch committed."
                 );
+                // Each handler's share of the batch's time: its own is not told apart.
+                let each = started.elapsed() / deliveries.len().max(1) as u32;
                 for delivery in &deliveries {
+                    let subject = &delivery.envelope.subject;
+                    crate::meters::event_handled(
+                        self.group.name,
+                        subject,
+                        delivery.via,
+                        "ok",
+                        each,
+                    );
                     if let Some(ack) = &delivery.ack {
                         ack.done();
                     }
@@ -605,6 +625,20 @@ impl EventWorker {
         };
         let mut attempt = 1;
         if let Some(error) = first_failure {
+            // Its first attempt, made in a batch, failed.
+            let counted = if attempt >= config.max_attempts {
+                "dead_lettered"
+            } else {
+                "retried"
+            };
+            let subject = &delivery.envelope.subject;
+            crate::meters::event_handled(
+                self.group.name,
+                subject,
+                delivery.via,
+                counted,
+                Duration::ZERO,
+            );
             if attempt >= config.max_attempts {
                 span.in_scope(|| {
                     tracing::error!(attempt, %error, "Event failed its last attempt; dead-lettering it.")
@@ -622,6 +656,7 @@ impl EventWorker {
             attempt += 1;
         }
         loop {
+            let started = Instant::now();
             let outcome = AssertUnwindSafe(
                 delivery
                     .handler
@@ -631,6 +666,19 @@ impl EventWorker {
             .catch_unwind()
             .await
             .unwrap_or_else(|_| Err("the handler panicked".into()));
+            let counted = match &outcome {
+                Ok(()) => "ok",
+                Err(_) if attempt >= config.max_attempts => "dead_lettered",
+                Err(_) => "retried",
+            };
+            let subject = &delivery.envelope.subject;
+            crate::meters::event_handled(
+                self.group.name,
+                subject,
+                delivery.via,
+                counted,
+                started.elapsed(),
+            );
             match outcome {
                 Ok(()) => {
                     if let Some(ack) = &delivery.ack {

@@ -41,6 +41,8 @@ impl Accepted {
 #[derive(Debug, Clone, Copy)]
 pub struct Inbound<'a> {
     pub(super) bus: &'a Bus,
+    /// The transport it arrived by, as the metrics label it (`http`, `grpc`, `nats`).
+    pub(super) via: &'static str,
 }
 
 impl Inbound<'_> {
@@ -60,7 +62,9 @@ impl Inbound<'_> {
                 subject: envelope.subject,
             });
         };
-        endpoint.call_json(envelope, body, deadline).await
+        let answer = endpoint.call_json(envelope, body, deadline).await;
+        crate::meters::handled(endpoint.subject(), self.via, &answer);
+        answer
     }
 
     /// Delivers an event that arrived from another process to this process's subscribers,
@@ -125,6 +129,7 @@ impl Inbound<'_> {
                 handler: subscription.handler.clone(),
                 ack: Some(ack.clone()),
                 replay_of: None,
+                via: self.via,
             };
             partition
                 .send(delivery)

@@ -63,6 +63,8 @@ struct Inner {
     policies: Policies,
     /// Faults injected into this process's handlers (`bus.faults`).
     faults: Arc<Faults>,
+    /// The requests' counters and latency histograms, per edge and placement.
+    meters: crate::meters::RequestMeters,
     /// Request handlers of this process, by subject.
     requests: RwLock<HashMap<&'static str, Arc<dyn RequestEndpoint>>>,
     /// Subscribing modules of this process, by event subject.
@@ -106,6 +108,7 @@ impl Bus {
             inner: Arc::new(Inner {
                 policies: Policies::new(&config.policy, &config.edges, config.request_timeout()),
                 faults: Arc::new(Faults::new(&config.faults)),
+                meters: crate::meters::RequestMeters::default(),
                 config,
                 requests: RwLock::default(),
                 subscriptions: RwLock::default(),
@@ -215,9 +218,10 @@ impl Bus {
         Wiring { bus: self }
     }
 
-    /// Where a transport's receiving side hands in what arrived (see [`Inbound`]).
-    pub fn inbound(&self) -> Inbound<'_> {
-        Inbound { bus: self }
+    /// Where a transport's receiving side hands in what arrived by `via` (`http`, `grpc`,
+    /// `nats`: how the metrics label it; see [`Inbound`]).
+    pub fn inbound(&self, via: &'static str) -> Inbound<'_> {
+        Inbound { bus: self, via }
     }
 }
 
@@ -271,6 +275,10 @@ mod tests {
     }
 
     impl Transport for Recorder {
+        fn placement(&self) -> &'static str {
+            "recorder"
+        }
+
         fn request(
             &self,
             envelope: Envelope,

@@ -1,6 +1,12 @@
 //! Request/reply: one handler answers, on the caller's own task in process.
 
-use std::{any::Any, future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
+use std::{
+    any::Any,
+    future::Future,
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use banyan_message::{Rejection, Request, module_of};
 use futures::{FutureExt, future::BoxFuture};
@@ -11,6 +17,7 @@ use uuid::Uuid;
 
 use crate::{
     BusError, Context, Envelope,
+    meters::IN_PROCESS,
     policy::Faults,
     transport::{RemoteReply, Transport},
 };
@@ -90,12 +97,13 @@ impl Bus {
         if let Some(left) = cx.remaining() {
             budget = budget.min(left);
         }
+        let started = Instant::now();
         let local = read(&self.inner.requests).get(R::SUBJECT).cloned();
         if let Some(endpoint) = local {
             let Some(endpoint) = endpoint.as_any().downcast_ref::<TypedEndpoint<R>>() else {
                 return Err(codec(R::SUBJECT, "handler registered with another type"));
             };
-            return edge
+            let answer = edge
                 .call(R::SUBJECT, R::IDEMPOTENT, budget, |remaining, deadline| {
                     let message_id = Uuid::now_v7();
                     // The handler's own requests may use only what is left of this one's.
@@ -107,6 +115,9 @@ impl Bus {
                     )
                 })
                 .await;
+            let elapsed = started.elapsed();
+            (self.inner.meters).record(caller, R::SUBJECT, IN_PROCESS, &answer, elapsed);
+            return answer;
         }
         let Some(remote) = self.remote_for(R::SUBJECT) else {
             return Err(BusError::NoHandler {
@@ -116,29 +127,32 @@ impl Bus {
         let body: Arc<[u8]> = serde_json::to_vec(&request)
             .map_err(|e| codec(R::SUBJECT, &e.to_string()))?
             .into();
-        edge.call(R::SUBJECT, R::IDEMPOTENT, budget, |remaining, _| {
-            let call = remote.request(cx.envelope(R::SUBJECT), body.clone(), remaining);
-            async move {
-                let reply = match tokio::time::timeout(remaining, call).await {
-                    Ok(reply) => reply?,
-                    Err(_) => {
-                        return Err(BusError::Timeout {
-                            subject: R::SUBJECT.into(),
-                            after: remaining,
-                        });
+        let answer = edge
+            .call(R::SUBJECT, R::IDEMPOTENT, budget, |remaining, _| {
+                let call = remote.request(cx.envelope(R::SUBJECT), body.clone(), remaining);
+                async move {
+                    let reply = match tokio::time::timeout(remaining, call).await {
+                        Ok(reply) => reply?,
+                        Err(_) => {
+                            return Err(BusError::Timeout {
+                                subject: R::SUBJECT.into(),
+                                after: remaining,
+                            });
+                        }
+                    };
+                    // Decoded inside the edge, so that its breaker sees a rejection as the
+                    // answer it is, as it does in process.
+                    match reply {
+                        RemoteReply::Ok(body) => serde_json::from_slice(&body)
+                            .map_err(|e| codec(R::SUBJECT, &e.to_string())),
+                        RemoteReply::Rejected(rejection) => Err(BusError::Rejected(rejection)),
                     }
-                };
-                // Decoded inside the edge, so that its breaker sees a rejection as the
-                // answer it is, as it does in process.
-                match reply {
-                    RemoteReply::Ok(body) => {
-                        serde_json::from_slice(&body).map_err(|e| codec(R::SUBJECT, &e.to_string()))
-                    }
-                    RemoteReply::Rejected(rejection) => Err(BusError::Rejected(rejection)),
                 }
-            }
-        })
-        .await
+            })
+            .await;
+        let placement = remote.placement();
+        (self.inner.meters).record(caller, R::SUBJECT, placement, &answer, started.elapsed());
+        answer
     }
 
     fn remote_for(&self, subject: &str) -> Option<Arc<dyn Transport>> {
@@ -163,6 +177,7 @@ pub(super) trait RequestEndpoint: Send + Sync {
         deadline: Duration,
     ) -> BoxFuture<'a, Result<RemoteReply, BusError>>;
     fn close(&self);
+    fn subject(&self) -> &'static str;
 }
 
 pub(super) struct TypedEndpoint<R: Request> {
@@ -249,5 +264,9 @@ impl<R: Request> RequestEndpoint for TypedEndpoint<R> {
 
     fn close(&self) {
         self.permits.close();
+    }
+
+    fn subject(&self) -> &'static str {
+        R::SUBJECT
     }
 }

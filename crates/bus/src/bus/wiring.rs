@@ -95,6 +95,18 @@ impl Wiring<'_> {
             .map_or(0, |g| g.partitions.iter().map(|p| p.len()).sum())
     }
 
+    /// Events waiting in each worker's queue of module `group`, by partition.
+    pub fn queue_depths(self, group: &str) -> Vec<usize> {
+        read(&self.bus.inner.groups)
+            .get(group)
+            .map_or_else(Vec::new, |g| {
+                g.partitions[..g.partitions_in_use()]
+                    .iter()
+                    .map(|p| p.len())
+                    .collect()
+            })
+    }
+
     /// Every event handler queue's capacity, summed over a group's workers.
     pub fn queue_capacity(self, group: &str) -> usize {
         read(&self.bus.inner.groups).get(group).map_or(0, |g| {

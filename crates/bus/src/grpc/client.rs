@@ -304,6 +304,10 @@ fn reply_of(reply: CallReply, subject: &str) -> Result<RemoteReply, BusError> {
 }
 
 impl Transport for GrpcTransport {
+    fn placement(&self) -> &'static str {
+        "grpc"
+    }
+
     fn request(
         &self,
         envelope: Envelope,

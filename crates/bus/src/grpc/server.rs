@@ -82,7 +82,7 @@ impl BusService for Server {
         let correlation_id = envelope.correlation_id.clone();
         match self
             .bus
-            .inbound()
+            .inbound("grpc")
             .serve_remote_request(envelope, &call.body, deadline)
             .await
         {
@@ -121,7 +121,7 @@ impl BusService for Server {
             .map_err(|_| malformed("event", &subject, "the aggregate id is not a UUID".into()))?;
         match self
             .bus
-            .inbound()
+            .inbound("grpc")
             .accept_pushed_event(&push.module, envelope, &push.body, aggregate)
             .await
         {

@@ -314,6 +314,10 @@ impl HttpTransport {
 }
 
 impl Transport for HttpTransport {
+    fn placement(&self) -> &'static str {
+        "http"
+    }
+
     fn request(
         &self,
         envelope: Envelope,

@@ -212,7 +212,7 @@ async fn answer_request(
     let correlation_id = envelope.correlation_id.clone();
     match server
         .bus
-        .inbound()
+        .inbound("http")
         .serve_remote_request(envelope, &body, deadline)
         .await
     {
@@ -283,7 +283,7 @@ async fn answer_event(
     let body = read_body(request, &subject).await?;
     match server
         .bus
-        .inbound()
+        .inbound("http")
         .accept_pushed_event(&module, envelope, &body, aggregate)
         .await
     {

@@ -148,6 +148,10 @@ impl NatsTransport {
 }
 
 impl Transport for NatsTransport {
+    fn placement(&self) -> &'static str {
+        "nats"
+    }
+
     fn request(
         &self,
         envelope: Envelope,

@@ -312,7 +312,7 @@ impl Events {
         // (including a body that does not decode): both mean the event is done with.
         match server
             .bus
-            .inbound()
+            .inbound("nats")
             .deliver_remote_event_to(self.group, envelope, json.clone(), aggregate)
             .await
         {
@@ -368,7 +368,7 @@ impl Events {
         match self
             .server
             .bus
-            .inbound()
+            .inbound("nats")
             .dead_letter_received(self.group, envelope, payload, reason)
             .await
         {

@@ -183,7 +183,7 @@ async fn answer(
             } else {
                 server
                     .bus
-                    .inbound()
+                    .inbound("nats")
                     .serve_remote_request(envelope, &message.payload, deadline)
                     .await
             };

@@ -121,7 +121,7 @@ mod tests {
             .unwrap_or_else(|| Context::root().envelope(OrderPlaced::SUBJECT));
         let json = serde_json::to_string(event).unwrap();
         db.bus
-            .inbound()
+            .inbound("nats")
             .deliver_remote_event(envelope, json.into(), event.order_id.0)
             .await
             .unwrap();

@@ -159,7 +159,7 @@ mod tests {
             .unwrap_or_else(|| Context::root().envelope(StockChanged::SUBJECT));
         let json = serde_json::to_string(event).unwrap();
         db.bus
-            .inbound()
+            .inbound("nats")
             .deliver_remote_event(envelope, json.into(), event.product_id.0)
             .await
             .unwrap();

@@ -267,7 +267,7 @@ mod harness {
             let json = serde_json::to_string(event).unwrap();
             self.db
                 .bus
-                .inbound()
+                .inbound("nats")
                 .deliver_remote_event(envelope.clone(), json.into(), event.aggregate_id())
                 .await
                 .unwrap();

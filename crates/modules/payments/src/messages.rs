@@ -161,7 +161,7 @@ mod tests {
             .unwrap_or_else(|| Context::root().envelope(E::SUBJECT));
         let json = serde_json::to_string(event).unwrap();
         db.bus
-            .inbound()
+            .inbound("nats")
             .deliver_remote_event(envelope.clone(), json.into(), event.aggregate_id())
             .await
             .unwrap();

@@ -1,5 +1,8 @@
-//! Logs: one JSON object per line (or pretty text), each inside the spans that carry the
-//! correlation id and the module.
+//! What a process tells about itself: logs, one JSON object per line (or pretty text), each
+//! inside the spans that carry the correlation id and the module; and its metrics
+//! ([`meters`]).
+
+pub mod meters;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
