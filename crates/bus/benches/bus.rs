@@ -5,7 +5,10 @@
 //!
 //! - `bare`: a spawned task receiving from a `tokio::sync::mpsc` channel and replying through a
 //!   `oneshot`: the floor for any in-process request/reply.
-//! - `bus request→reply`: `Bus::request` to a handler registered with `Bus::handle`.
+//! - `bus request→reply`: `Bus::request` to a handler registered with `Bus::handle`, with no
+//!   metrics recorder (every meter a no-op).
+//! - `bus request→reply, metered`: the same with its meters in a Prometheus recorder, as in a
+//!   server: what `/metrics` costs a call.
 //! - `bus publish→handled`: `Bus::publish` until the subscriber has run.
 //!
 //! Latency is sequential (one call at a time, each timed with `Instant`); throughput runs
@@ -141,15 +144,21 @@ async fn run(settings: Settings) {
     let names = [
         "bare mpsc+oneshot round trip",
         "bus request→reply (in process)",
+        "bus request→reply, metered",
         "bus publish→handled",
     ];
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); names.len()];
     for _ in 0..settings.rounds {
         // Fresh cases every round: where the runtime places their tasks differs from one setup
         // to the next, and the rounds should sample that too.
-        for (at, build) in [bare_case, bus_request_case, bus_publish_case]
-            .iter()
-            .enumerate()
+        for (at, build) in [
+            bare_case,
+            bus_request_case,
+            bus_metered_request_case,
+            bus_publish_case,
+        ]
+        .iter()
+        .enumerate()
         {
             let case = build();
             case.measure(settings.iterations.min(2_000)).await; // warm-up
@@ -176,12 +185,17 @@ async fn run(settings: Settings) {
             format!("{low:.2}–{high:.2}")
         );
     }
-    let (bare, bus) = (medians[0], medians[1]);
+    let (bare, bus, metered) = (medians[0], medians[1], medians[2]);
     println!();
     println!(
         "bus/bare request→reply: p50 x{:.2}, throughput x{:.2}",
         bus.p50_us / bare.p50_us,
         bus.ops_per_s / bare.ops_per_s
+    );
+    println!(
+        "metered/unmetered request→reply: p50 x{:.2}, throughput x{:.2}",
+        metered.p50_us / bus.p50_us,
+        metered.ops_per_s / bus.ops_per_s
     );
 }
 
@@ -268,6 +282,21 @@ fn bus_request_case() -> Case {
         throughput: Throughput::Concurrent,
         bus: Some(bus),
     }
+}
+
+/// The request case with its meters in a Prometheus recorder of its own. A call's meters are
+/// registered by its first call, made here inside the recorder's scope; the recorder is
+/// local to this case, so the unmetered case in the same run stays unmetered.
+fn bus_metered_request_case() -> Case {
+    let case = bus_request_case();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let page = recorder.handle();
+    metrics::with_local_recorder(&recorder, || futures::executor::block_on((case.op)(0)));
+    assert!(
+        page.render().contains(banyan_bus::meters::REQUESTS),
+        "the metered case's meters are not in its recorder"
+    );
+    case
 }
 
 fn bus_publish_case() -> Case {

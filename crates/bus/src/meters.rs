@@ -11,19 +11,12 @@
 //! Label values all come from the code (module names, subjects, kinds), never from messages,
 //! so every label set is bounded.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::{sync::OnceLock, time::Duration};
 
 use banyan_message::module_of;
 use metrics::{Counter, Histogram};
 
-use crate::{
-    BusError,
-    lock::{read, write},
-};
+use crate::BusError;
 
 /// The placement of a call answered in this process.
 pub const IN_PROCESS: &str = "in_process";
@@ -87,71 +80,88 @@ struct EdgeMeters {
     labels: [(&'static str, &'static str); 4],
 }
 
-/// Caller, subject and placement.
-type EdgeKey = (&'static str, &'static str, &'static str);
-
-/// The request meters of a bus, by caller, subject and placement.
-#[derive(Default)]
-pub(crate) struct RequestMeters {
-    edges: RwLock<HashMap<EdgeKey, Arc<EdgeMeters>>>,
-}
-
-impl std::fmt::Debug for RequestMeters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestMeters").finish_non_exhaustive()
+impl EdgeMeters {
+    fn new(caller: &'static str, subject: &'static str, placement: &'static str) -> Self {
+        let labels = [
+            ("caller", caller),
+            ("callee", module_of(subject)),
+            ("subject", subject),
+            ("placement", placement),
+        ];
+        Self {
+            ok: metrics::counter!(REQUESTS, labels_with(&labels, "ok")),
+            seconds: metrics::histogram!(REQUEST_SECONDS, labels_of(&labels)),
+            labels,
+        }
     }
-}
 
-impl RequestMeters {
-    /// Counts and times one request of `caller` to `subject` at `placement`.
-    pub(crate) fn record<T>(
-        &self,
-        caller: &'static str,
-        subject: &'static str,
-        placement: &'static str,
-        result: &Result<T, BusError>,
-        elapsed: Duration,
-    ) {
-        let meters = self.of(caller, subject, placement);
-        meters.seconds.record(elapsed.as_secs_f64());
+    fn placement(&self) -> &'static str {
+        self.labels[3].1
+    }
+
+    fn record<T>(&self, result: &Result<T, BusError>, elapsed: Duration) {
+        self.seconds.record(elapsed.as_secs_f64());
         match result {
-            Ok(_) => meters.ok.increment(1),
+            Ok(_) => self.ok.increment(1),
             // Errors are the rare path: their counters are looked up by key.
             Err(error) => {
-                let [caller, callee, subject, placement] = meters.labels;
+                let [caller, callee, subject, placement] = self.labels;
                 metrics::counter!(REQUESTS, caller.0 => caller.1, callee.0 => callee.1,
                     subject.0 => subject.1, placement.0 => placement.1, "outcome" => error.kind())
                 .increment(1);
             }
         }
     }
+}
 
-    fn of(
-        &self,
-        caller: &'static str,
-        subject: &'static str,
-        placement: &'static str,
-    ) -> Arc<EdgeMeters> {
-        let key = (caller, subject, placement);
-        if let Some(meters) = read(&self.edges).get(&key) {
-            return meters.clone();
+/// The request meters of one caller's requests on one subject: kept beside the edge the
+/// call goes through (`policy::Route`), so a call finds both with one lookup.
+pub(crate) struct RouteMeters {
+    caller: &'static str,
+    subject: &'static str,
+    in_process: OnceLock<EdgeMeters>,
+    /// The transport the subject is wired to (one per process at a time).
+    remote: OnceLock<EdgeMeters>,
+}
+
+impl std::fmt::Debug for RouteMeters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMeters")
+            .field("caller", &self.caller)
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouteMeters {
+    pub(crate) fn new(caller: &'static str, subject: &'static str) -> Self {
+        Self {
+            caller,
+            subject,
+            in_process: OnceLock::new(),
+            remote: OnceLock::new(),
         }
-        write(&self.edges)
-            .entry(key)
-            .or_insert_with(|| {
-                let labels = [
-                    ("caller", caller),
-                    ("callee", module_of(subject)),
-                    ("subject", subject),
-                    ("placement", placement),
-                ];
-                Arc::new(EdgeMeters {
-                    ok: metrics::counter!(REQUESTS, labels_with(&labels, "ok")),
-                    seconds: metrics::histogram!(REQUEST_SECONDS, labels_of(&labels)),
-                    labels,
-                })
-            })
-            .clone()
+    }
+
+    /// Counts and times one request at `placement`.
+    pub(crate) fn record<T>(
+        &self,
+        placement: &'static str,
+        result: &Result<T, BusError>,
+        elapsed: Duration,
+    ) {
+        let cell = if placement == IN_PROCESS {
+            &self.in_process
+        } else {
+            &self.remote
+        };
+        let meters = cell.get_or_init(|| EdgeMeters::new(self.caller, self.subject, placement));
+        if meters.placement() == placement {
+            meters.record(result, elapsed);
+        } else {
+            // The subject was wired to another transport since: registered anew, by key.
+            EdgeMeters::new(self.caller, self.subject, placement).record(result, elapsed);
+        }
     }
 }
 
@@ -178,22 +188,73 @@ pub(crate) fn handled<T>(subject: &'static str, via: &'static str, result: &Resu
     .increment(1);
 }
 
-/// Counts one attempt of an event handler of `module`, and times it.
-pub(crate) fn event_handled(
+/// The meters of one subscription at one placement (how its events arrive).
+struct SubscriptionMeters {
+    ok: Counter,
+    seconds: Histogram,
+    labels: [(&'static str, &'static str); 4],
+}
+
+impl SubscriptionMeters {
+    fn new(module: &'static str, subject: &'static str, via: &'static str) -> Self {
+        let labels = [
+            ("publisher", module_of(subject)),
+            ("module", module),
+            ("subject", subject),
+            ("placement", via),
+        ];
+        Self {
+            ok: metrics::counter!(EVENTS_HANDLED, labels_with(&labels, "ok")),
+            seconds: metrics::histogram!(EVENT_SECONDS, labels_of(&labels[1..])),
+            labels,
+        }
+    }
+
+    fn record(&self, outcome: &'static str, elapsed: Duration) {
+        self.seconds.record(elapsed.as_secs_f64());
+        if outcome == "ok" {
+            self.ok.increment(1);
+        } else {
+            // Retries and dead letters are the rare path: looked up by key.
+            metrics::counter!(EVENTS_HANDLED, labels_with(&self.labels, outcome)).increment(1);
+        }
+    }
+}
+
+/// The meters of one module's subscription to one subject, registered the first time an
+/// event arrives in process and the first time one arrives through a transport.
+pub(crate) struct EventMeters {
     module: &'static str,
-    subject: &str,
-    via: &'static str,
-    outcome: &'static str,
-    elapsed: Duration,
-) {
-    let publisher = module_of(subject).to_owned();
-    let subject = subject.to_owned();
-    metrics::histogram!(EVENT_SECONDS, "module" => module, "subject" => subject.clone(),
-        "placement" => via)
-    .record(elapsed.as_secs_f64());
-    metrics::counter!(EVENTS_HANDLED, "publisher" => publisher, "module" => module,
-        "subject" => subject, "placement" => via, "outcome" => outcome)
-    .increment(1);
+    subject: &'static str,
+    in_process: OnceLock<SubscriptionMeters>,
+    remote: OnceLock<SubscriptionMeters>,
+}
+
+impl EventMeters {
+    pub(crate) fn new(module: &'static str, subject: &'static str) -> Self {
+        Self {
+            module,
+            subject,
+            in_process: OnceLock::new(),
+            remote: OnceLock::new(),
+        }
+    }
+
+    /// Counts one attempt of the handler (`ok`, `retried` or `dead_lettered`), and times it.
+    pub(crate) fn record(&self, via: &'static str, outcome: &'static str, elapsed: Duration) {
+        let cell = if via == IN_PROCESS {
+            &self.in_process
+        } else {
+            &self.remote
+        };
+        let meters = cell.get_or_init(|| SubscriptionMeters::new(self.module, self.subject, via));
+        if meters.labels[3].1 == via {
+            meters.record(outcome, elapsed);
+        } else {
+            // Events of one subscription arriving by two transports: the second by key.
+            SubscriptionMeters::new(self.module, self.subject, via).record(outcome, elapsed);
+        }
+    }
 }
 
 /// Counts an event handed to a transport (or refused by it).

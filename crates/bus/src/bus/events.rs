@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::{
     BusError, Context, Envelope, HandlerError, dead_letter, envelope::partition_key,
-    group_commit::Batch, transport::Transport,
+    group_commit::Batch, meters::EventMeters, transport::Transport,
 };
 
 use super::{Bus, SharedPayload, codec, read, unavailable, write};
@@ -45,6 +45,7 @@ impl Bus {
         let group = self.group(group);
         let handler: Arc<dyn EventHandler> = Arc::new(TypedEventHandler::<E, F> {
             handler,
+            meters: EventMeters::new(group.name, E::SUBJECT),
             _event: std::marker::PhantomData,
         });
         let mut subscriptions = write(&self.inner.subscriptions);
@@ -403,10 +404,13 @@ pub(super) trait EventHandler: Send + Sync {
     ) -> BoxFuture<'static, Result<(), HandlerError>>;
     fn decode(&self, json: &str) -> Result<SharedPayload, serde_json::Error>;
     fn encode(&self, payload: &SharedPayload) -> Option<String>;
+    /// Its deliveries' counters and latency, by how they arrived.
+    fn meters(&self) -> &EventMeters;
 }
 
 pub(super) struct TypedEventHandler<E, F> {
     pub(super) handler: F,
+    pub(super) meters: EventMeters,
     pub(super) _event: std::marker::PhantomData<fn() -> E>,
 }
 
@@ -440,6 +444,10 @@ where
         payload
             .downcast_ref::<E>()
             .and_then(|e| serde_json::to_string(e).ok())
+    }
+
+    fn meters(&self) -> &EventMeters {
+        &self.meters
     }
 }
 
@@ -566,14 +574,7 @@ impl EventWorker {
                 // Each handler's share of the batch's time: its own is not told apart.
                 let each = started.elapsed() / deliveries.len().max(1) as u32;
                 for delivery in &deliveries {
-                    let subject = &delivery.envelope.subject;
-                    crate::meters::event_handled(
-                        self.group.name,
-                        subject,
-                        delivery.via,
-                        "ok",
-                        each,
-                    );
+                    delivery.handler.meters().record(delivery.via, "ok", each);
                     if let Some(ack) = &delivery.ack {
                         ack.done();
                     }
@@ -631,14 +632,7 @@ impl EventWorker {
             } else {
                 "retried"
             };
-            let subject = &delivery.envelope.subject;
-            crate::meters::event_handled(
-                self.group.name,
-                subject,
-                delivery.via,
-                counted,
-                Duration::ZERO,
-            );
+            (delivery.handler.meters()).record(delivery.via, counted, Duration::ZERO);
             if attempt >= config.max_attempts {
                 span.in_scope(|| {
                     tracing::error!(attempt, %error, "Event failed its last attempt; dead-lettering it.")
@@ -671,14 +665,7 @@ impl EventWorker {
                 Err(_) if attempt >= config.max_attempts => "dead_lettered",
                 Err(_) => "retried",
             };
-            let subject = &delivery.envelope.subject;
-            crate::meters::event_handled(
-                self.group.name,
-                subject,
-                delivery.via,
-                counted,
-                started.elapsed(),
-            );
+            (delivery.handler.meters()).record(delivery.via, counted, started.elapsed());
             match outcome {
                 Ok(()) => {
                     if let Some(ack) = &delivery.ack {

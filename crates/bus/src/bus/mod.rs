@@ -63,8 +63,6 @@ struct Inner {
     policies: Policies,
     /// Faults injected into this process's handlers (`bus.faults`).
     faults: Arc<Faults>,
-    /// The requests' counters and latency histograms, per edge and placement.
-    meters: crate::meters::RequestMeters,
     /// Request handlers of this process, by subject.
     requests: RwLock<HashMap<&'static str, Arc<dyn RequestEndpoint>>>,
     /// Subscribing modules of this process, by event subject.
@@ -108,7 +106,6 @@ impl Bus {
             inner: Arc::new(Inner {
                 policies: Policies::new(&config.policy, &config.edges, config.request_timeout()),
                 faults: Arc::new(Faults::new(&config.faults)),
-                meters: crate::meters::RequestMeters::default(),
                 config,
                 requests: RwLock::default(),
                 subscriptions: RwLock::default(),

@@ -92,7 +92,8 @@ impl Bus {
         if self.inner.closing.is_cancelled() {
             return Err(unavailable(R::SUBJECT, "the bus is shutting down"));
         }
-        let edge = self.inner.policies.edge(caller, R::SUBJECT);
+        let route = self.inner.policies.route(caller, R::SUBJECT);
+        let edge = &route.edge;
         let mut budget = deadline.unwrap_or_else(|| edge.timeout());
         if let Some(left) = cx.remaining() {
             budget = budget.min(left);
@@ -116,7 +117,7 @@ impl Bus {
                 })
                 .await;
             let elapsed = started.elapsed();
-            (self.inner.meters).record(caller, R::SUBJECT, IN_PROCESS, &answer, elapsed);
+            route.meters.record(IN_PROCESS, &answer, elapsed);
             return answer;
         }
         let Some(remote) = self.remote_for(R::SUBJECT) else {
@@ -151,7 +152,7 @@ impl Bus {
             })
             .await;
         let placement = remote.placement();
-        (self.inner.meters).record(caller, R::SUBJECT, placement, &answer, started.elapsed());
+        route.meters.record(placement, &answer, started.elapsed());
         answer
     }
 

@@ -43,6 +43,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use crate::{
     Backoff, BusError,
     lock::{read, write},
+    meters::RouteMeters,
 };
 
 /// The policy of an edge (`[bus.policy]` for every edge, `[bus.edges."<edge>"]` overrides).
@@ -133,8 +134,8 @@ pub(crate) struct Policies {
     default: serde_json::Value,
     overrides: BTreeMap<String, serde_json::Value>,
     request_timeout: Duration,
-    /// By (caller, subject): the edge that call goes through.
-    routes: RwLock<HashMap<(&'static str, &'static str), Arc<Edge>>>,
+    /// By (caller, subject): the edge that call goes through, and its meters.
+    routes: RwLock<HashMap<(&'static str, &'static str), Arc<Route>>>,
     /// By name: several subjects of one callee share their module's edge.
     edges: RwLock<BTreeMap<String, Arc<Edge>>>,
 }
@@ -183,10 +184,11 @@ impl Policies {
         Ok(())
     }
 
-    /// The edge a request of `caller` on `subject` goes through.
-    pub(crate) fn edge(&self, caller: &'static str, subject: &'static str) -> Arc<Edge> {
-        if let Some(edge) = read(&self.routes).get(&(caller, subject)) {
-            return edge.clone();
+    /// The route of a request of `caller` on `subject`: its edge and its meters, found with
+    /// one lookup on every call.
+    pub(crate) fn route(&self, caller: &'static str, subject: &'static str) -> Arc<Route> {
+        if let Some(route) = read(&self.routes).get(&(caller, subject)) {
+            return route.clone();
         }
         let module = module_of(subject);
         let by_subject = [subject.to_owned(), format!("{caller}->{subject}")]
@@ -208,8 +210,20 @@ impl Policies {
                 Arc::new(Edge::new(name, policy, self.request_timeout))
             })
             .clone();
-        write(&self.routes).insert((caller, subject), edge.clone());
-        edge
+        write(&self.routes)
+            .entry((caller, subject))
+            .or_insert_with(|| {
+                Arc::new(Route {
+                    edge,
+                    meters: RouteMeters::new(caller, subject),
+                })
+            })
+            .clone()
+    }
+
+    #[cfg(test)]
+    fn edge(&self, caller: &'static str, subject: &'static str) -> Arc<Edge> {
+        self.route(caller, subject).edge.clone()
     }
 
     /// Every edge used so far, by name.
@@ -257,6 +271,13 @@ fn merge(base: &mut serde_json::Value, layer: &serde_json::Value) {
 }
 
 /// One edge: its policy and its live state.
+/// What one caller's requests on one subject go through: the edge (shared by the subjects of
+/// a callee unless an override names the subject) and the route's own meters.
+pub(crate) struct Route {
+    pub(crate) edge: Arc<Edge>,
+    pub(crate) meters: RouteMeters,
+}
+
 pub(crate) struct Edge {
     name: String,
     policy: EdgePolicy,
