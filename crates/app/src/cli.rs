@@ -41,6 +41,13 @@ enum Command {
     /// process's configuration.
     #[command(subcommand)]
     Identity(IdentityCommand),
+    /// Write the architecture diagram (docs/architecture.mmd and .svg) from what the modules
+    /// register: the requests each answers and sends, the events each publishes and follows.
+    Diagram {
+        /// The repository to write `docs/` under.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        root: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,6 +114,9 @@ pub async fn main() -> ExitCode {
              [topology.identity.public_keys]\n{process} = \"{public}\""
         );
         return ExitCode::SUCCESS;
+    }
+    if let Command::Diagram { root } = &command {
+        return diagram(root).await;
     }
     let mut figment = match config::layers(&cli.config) {
         Ok(figment) => figment,
@@ -178,12 +188,34 @@ pub async fn main() -> ExitCode {
             crate::seed::run(settings, figment).await
         }
         Command::DeadLetters(command) => dead_letters(settings, command).await,
-        Command::Identity(_) => unreachable!("answered before the configuration"),
+        Command::Identity(_) | Command::Diagram { .. } => {
+            unreachable!("answered before the configuration")
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "Banyan failed.");
+            eprintln!("banyan: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `banyan diagram`: needs no configuration, since it draws the code, not a deployment.
+async fn diagram(root: &std::path::Path) -> ExitCode {
+    let written = match crate::diagram::Architecture::of_the_code().await {
+        Ok(architecture) => architecture.write(root),
+        Err(error) => Err(error),
+    };
+    match written {
+        Ok(files) => {
+            for file in files {
+                println!("wrote {}", file.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
             eprintln!("banyan: {error:#}");
             ExitCode::FAILURE
         }

@@ -20,8 +20,8 @@ const DEFAULTS: &str = include_str!("../../../config/default.toml");
 
 /// Top-level sections; environment variables outside them (`BANYAN_FAILPOINTS`, test
 /// settings) are not configuration.
-const SECTIONS: [&str; 8] = [
-    "server", "database", "bus", "auth", "log", "modules", "topology", "gateway",
+const SECTIONS: [&str; 9] = [
+    "server", "database", "bus", "auth", "log", "metrics", "modules", "topology", "gateway",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,6 +145,11 @@ pub enum ConfigError {
 
 /// The layers: defaults, then each `--config` file (which must exist), then `BANYAN_*`
 /// variables. CLI flags are merged on top by the caller.
+/// The compiled-in defaults alone: no file, no environment.
+pub fn defaults() -> figment::providers::Data<Toml> {
+    Toml::string(DEFAULTS)
+}
+
 pub fn layers(files: &[PathBuf]) -> Result<Figment, ConfigError> {
     let mut figment = Figment::from(Toml::string(DEFAULTS));
     for file in files {

@@ -31,6 +31,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod diagram;
 mod edge;
 mod gateway;
 pub mod identity;

@@ -113,6 +113,7 @@ impl Server {
             )
             .await?;
             let outbox = Outbox::start(&bus, db.clone());
+            outbox.declare_publishes(module.publishes());
             crate::revocation::follow(&ModuleBus::new(&bus, name), &outbox, &auth).await?;
             let ctx = ModuleContext {
                 bus: ModuleBus::new(&bus, name),

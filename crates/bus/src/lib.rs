@@ -58,7 +58,7 @@ mod transport;
 pub mod wire;
 
 pub use backoff::Backoff;
-pub use banyan_message::{Event, Message, Rejection, RejectionKind, Request};
+pub use banyan_message::{Event, Message, Rejection, RejectionKind, Request, module_of};
 pub use bus::{Accepted, Bus, Delivered, Inbound, Wiring};
 pub use config::BusConfig;
 pub use envelope::{Context, CorrelationId, Envelope, TraceContext};

@@ -11,7 +11,10 @@
 //! once; subscribers make it effectively once by recording each message id in their inbox in
 //! the same transaction as their effect ([`UnitOfWork::first_delivery`]).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use banyan_db::{Db, Engine, now_millis, sqlx};
 use banyan_message::Event;
@@ -52,6 +55,8 @@ struct OutboxInner {
     completed: mpsc::UnboundedSender<Uuid>,
     /// Wakes the relay before its next tick (a fast-path delivery could not be queued).
     wake: Notify,
+    /// The subjects the module declared it publishes; unset, any event may be emitted.
+    publishes: OnceLock<&'static [&'static str]>,
 }
 
 impl Outbox {
@@ -66,6 +71,7 @@ impl Outbox {
                 bus: bus.clone(),
                 completed,
                 wake: Notify::new(),
+                publishes: OnceLock::new(),
             }),
         };
         let relay = Relay {
@@ -77,6 +83,12 @@ impl Outbox {
 
     pub fn db(&self) -> &Db {
         &self.inner.db
+    }
+
+    /// The subjects of the events this module publishes: from now on [`UnitOfWork::emit`]
+    /// refuses any other. Set once; a second declaration is ignored.
+    pub fn declare_publishes(&self, subjects: &'static [&'static str]) {
+        let _ = self.inner.publishes.set(subjects);
     }
 
     /// Starts a write transaction whose events are published when it commits.
@@ -231,7 +243,19 @@ impl UnitOfWork {
 
     /// Records `event` in the outbox, in this transaction. It is published if and only if the
     /// transaction commits.
+    ///
+    /// An event the module did not declare ([`Outbox::declare_publishes`]) is refused: the
+    /// declaration is what the architecture diagram is drawn from, so it must be the truth.
     pub async fn emit<E: Event>(&mut self, cx: &Context, event: E) -> Result<(), sqlx::Error> {
+        if let Some(declared) = self.outbox.inner.publishes.get()
+            && !declared.contains(&E::SUBJECT)
+        {
+            return Err(sqlx::Error::Protocol(format!(
+                "module {} emitted {}, which its `publishes` does not declare",
+                self.outbox.inner.db.module(),
+                E::SUBJECT
+            )));
+        }
         let envelope = cx.envelope(E::SUBJECT);
         let json: Arc<str> = serde_json::to_string(&event)
             .map_err(|e| sqlx::Error::Encode(e.into()))?

@@ -41,6 +41,11 @@ pub mod __private {
     pub use banyan_db::sqlx::migrate::Migrator;
     pub use futures::future::BoxFuture;
     pub use utoipa_axum::router::OpenApiRouter;
+
+    /// An event's subject; a message that is not an event does not compile in `publishes`.
+    pub const fn event_subject<E: banyan_bus::Event>() -> &'static str {
+        E::SUBJECT
+    }
 }
 
 /// Formats milliseconds since the epoch as RFC 3339, as the API shows instants.

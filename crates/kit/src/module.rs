@@ -36,13 +36,19 @@ pub trait Module: Send + Sync + 'static {
     /// accepts a request from another process only if a module there declares it.
     fn calls(&self) -> &'static [&'static str];
 
+    /// The subjects of the events the module publishes. Its outbox refuses any other
+    /// ([`Outbox::declare_publishes`]), so the list is what the code does, and the
+    /// architecture diagram (`banyan diagram`) can be drawn from it.
+    fn publishes(&self) -> &'static [&'static str];
+
     /// Registers handlers and subscriptions; returns the module's HTTP routes with their
     /// OpenAPI description.
     fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<OpenApiRouter>>;
 }
 
 /// Declares a module crate's [`Module`]: its type, name, description, migrations, the
-/// requests it sends (`calls`) and start function, written once. It also defines, for the crate's own use, `NAME` (the name) and
+/// requests it sends (`calls`), the events it publishes (`publishes`) and start function,
+/// written once. It also defines, for the crate's own use, `NAME` (the name) and
 /// `MIGRATIONS`.
 ///
 /// ```ignore
@@ -53,6 +59,7 @@ pub trait Module: Send + Sync + 'static {
 ///         description: "Customers' carts.",
 ///         migrations: sqlx::migrate!("../../../migrations/cart"),
 ///         calls: [banyan_catalog_contract::GetProducts],
+///         publishes: [],
 ///         start: start,
 ///     }
 /// }
@@ -66,6 +73,7 @@ macro_rules! module {
             description: $description:literal,
             migrations: $migrations:expr,
             calls: [$($call:ty),* $(,)?],
+            publishes: [$($event:ty),* $(,)?],
             start: $start:path $(,)?
         }
     ) => {
@@ -94,6 +102,11 @@ macro_rules! module {
 
             fn calls(&self) -> &'static [&'static str] {
                 &[$(<$call as $crate::__private::Message>::SUBJECT),*]
+            }
+
+            fn publishes(&self) -> &'static [&'static str] {
+                const PUBLISHES: &[&str] = &[$($crate::__private::event_subject::<$event>()),*];
+                PUBLISHES
             }
 
             fn start(

@@ -94,12 +94,14 @@ pub struct TestModule {
 impl TestModule {
     /// A fresh database for `module` (its name, its migrations) with a default bus.
     pub async fn of(module: &dyn crate::Module) -> Self {
-        Self::open(
+        let test = Self::open(
             module.name(),
             module.migrations(),
             banyan_bus::BusConfig::default(),
         )
-        .await
+        .await;
+        test.outbox.declare_publishes(module.publishes());
+        test
     }
 
     /// The module's own handle on the test's bus, as the app gives it to the module.

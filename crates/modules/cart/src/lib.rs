@@ -35,6 +35,7 @@ banyan_kit::module! {
         description: "Customers' carts.",
         migrations: sqlx::migrate!("../../../migrations/cart"),
         calls: [banyan_catalog_contract::GetProducts],
+        publishes: [],
         start: start,
     }
 }

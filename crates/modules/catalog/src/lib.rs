@@ -34,6 +34,7 @@ banyan_kit::module! {
         description: "Products, categories and prices.",
         migrations: sqlx::migrate!("../../../migrations/catalog"),
         calls: [],
+        publishes: [contract::ProductCreated, contract::PriceChanged],
         start: start,
     }
 }

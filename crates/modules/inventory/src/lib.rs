@@ -40,6 +40,7 @@ banyan_kit::module! {
         description: "Stock on hand and reserved.",
         migrations: sqlx::migrate!("../../../migrations/inventory"),
         calls: [],
+        publishes: [contract::StockChanged, contract::InventoryReserved, contract::InventoryReservationFailed, contract::InventoryReleased],
         start: start,
     }
 }

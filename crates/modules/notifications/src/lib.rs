@@ -35,6 +35,7 @@ banyan_kit::module! {
         description: "Notifications sent to users.",
         migrations: sqlx::migrate!("../../../migrations/notifications"),
         calls: [banyan_users_contract::GetUser],
+        publishes: [],
         start: start,
     }
 }

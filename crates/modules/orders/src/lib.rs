@@ -40,6 +40,7 @@ banyan_kit::module! {
         description: "Orders and the checkout saga.",
         migrations: sqlx::migrate!("../../../migrations/orders"),
         calls: [banyan_cart_contract::GetCart, banyan_catalog_contract::GetProducts],
+        publishes: [contract::OrderPlaced, contract::OrderConfirmed, contract::OrderCancelled],
         start: start,
     }
 }

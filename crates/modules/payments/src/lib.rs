@@ -39,6 +39,7 @@ banyan_kit::module! {
         description: "Payments of orders (a simulated provider).",
         migrations: sqlx::migrate!("../../../migrations/payments"),
         calls: [],
+        publishes: [contract::PaymentCompleted, contract::PaymentFailed],
         start: start,
     }
 }

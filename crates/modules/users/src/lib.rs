@@ -34,6 +34,7 @@ banyan_kit::module! {
         description: "Accounts, credentials and login.",
         migrations: sqlx::migrate!("../../../migrations/users"),
         calls: [banyan_orders_contract::ListOrders],
+        publishes: [contract::UserRegistered, contract::TokensRevoked],
         start: start,
     }
 }
