@@ -17,6 +17,7 @@ use reqwest::StatusCode;
 on_every_topology!(
     every_process_serves_metrics_promtool_accepts_labelled_by_placement,
     the_metrics_listener_is_not_the_public_one,
+    main_lists_every_process_for_prometheus,
 );
 
 /// One sample of a Prometheus text page: its name, labels and value.
@@ -208,4 +209,68 @@ async fn the_metrics_listener_is_not_the_public_one(app: &TestApp) {
     assert_eq!(reply.status(), StatusCode::NOT_FOUND);
     let body: serde_json::Value = reply.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found", "{body}");
+}
+
+/// Prometheus finds every process through main: `/targets` (its HTTP service discovery)
+/// names each process's metrics address, and the shipped scrape configuration points at it
+/// and passes `promtool check config`.
+async fn main_lists_every_process_for_prometheus(app: &TestApp) {
+    let urls = app.metrics_urls();
+    let (_, main) = &urls[0];
+    let listed: serde_json::Value = app
+        .client
+        .get(main.replace("/metrics", "/targets"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut found = BTreeMap::new();
+    for group in listed.as_array().unwrap() {
+        let target = group["targets"][0].as_str().unwrap().to_owned();
+        assert_eq!(group["labels"]["__scheme__"], "http", "{listed}");
+        found.insert(
+            target,
+            group["labels"]["process"].as_str().unwrap().to_owned(),
+        );
+    }
+    // A split's TestApp is ready only once main lists every moved module's instances as
+    // healthy, so each process has registered its metrics address by now.
+    let expected: BTreeMap<String, String> = urls
+        .iter()
+        .map(|(process, url)| {
+            let address = url
+                .trim_start_matches("http://")
+                .trim_end_matches("/metrics");
+            (address.to_owned(), process.clone())
+        })
+        .collect();
+    assert_eq!(found, expected, "{listed}");
+
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/prometheus/prometheus.yml"
+    );
+    assert!(
+        std::fs::read_to_string(config)
+            .unwrap()
+            .contains("http://127.0.0.1:9464/targets"),
+        "the shipped scrape configuration does not use main's /targets"
+    );
+    match std::process::Command::new("promtool")
+        .args(["check", "config", config])
+        .output()
+    {
+        Ok(output) => assert!(
+            output.status.success(),
+            "promtool check config: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Err(error) => assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is needed in CI: {error}"
+        ),
+    }
 }

@@ -301,11 +301,13 @@ impl Server {
             let listener = TcpListener::bind(bind)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {bind} (metrics.addr): {e}"))?;
+            let own_url = metrics_url(&settings.metrics, listener.local_addr()?);
             let scrape = crate::telemetry::meters::Scrape::new(
                 bus.clone(),
                 hosted.clone(),
                 split.as_ref().and_then(|s| s.registry.clone()),
                 metrics_routes,
+                (own_url, topology.process.clone()),
             );
             Some((listener, crate::telemetry::meters::routes(Arc::new(scrape))))
         } else {
@@ -383,13 +385,7 @@ impl Server {
         };
         let internal_addr = internal.as_ref().map(|(addr, _, _)| *addr);
         let metrics_addr = self.metrics_addr();
-        let metrics_url = metrics_addr.map(|addr| {
-            self.settings
-                .metrics
-                .advertise_url
-                .clone()
-                .unwrap_or_else(|| crate::topology::TopologyConfig::url_for(None, addr, false))
-        });
+        let metrics_url = metrics_addr.map(|addr| metrics_url(&self.settings.metrics, addr));
         let modules = self.hosted.keys().collect::<Vec<_>>();
         let process = self.split.as_ref().map(|s| s.topology.process.clone());
         tracing::info!(
@@ -509,6 +505,15 @@ async fn serve(
 }
 
 /// Resolves on SIGINT or SIGTERM.
+/// Where the others (and Prometheus) reach this process's `/metrics`: `metrics.advertise_url`,
+/// else the bound address.
+fn metrics_url(config: &crate::config::MetricsConfig, bound: std::net::SocketAddr) -> String {
+    config
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| crate::topology::TopologyConfig::url_for(None, bound, false))
+}
+
 pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]

@@ -11,6 +11,7 @@
 //! several shops sees their sum.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{Arc, OnceLock},
     time::{Duration, Instant},
@@ -232,6 +233,8 @@ pub(crate) struct Scrape {
     /// Main's registry (instances and route breakers), in a split.
     pub(crate) registry: Option<Arc<Registry>>,
     pub(crate) routes: Arc<RoutePolicies>,
+    /// This process's metrics URL (as the others and Prometheus reach it), and its name.
+    own: (String, String),
     process: metrics_process::Collector,
 }
 
@@ -241,12 +244,14 @@ impl Scrape {
         hosted: Hosts,
         registry: Option<Arc<Registry>>,
         routes: Arc<RoutePolicies>,
+        own: (String, String),
     ) -> Self {
         Self {
             bus,
             hosted,
             registry,
             routes,
+            own,
             process: metrics_process::Collector::default(),
         }
     }
@@ -320,10 +325,52 @@ async fn render(State(scrape): State<Arc<Scrape>>) -> Response {
         .into_response()
 }
 
-/// The metrics listener's routes: `GET /metrics`, and JSON 404s for anything else.
+/// One group of Prometheus's HTTP service discovery: a process's metrics address.
+#[derive(Debug, serde::Serialize)]
+struct Targets {
+    targets: [String; 1],
+    labels: BTreeMap<&'static str, String>,
+}
+
+/// `GET /targets`: every process's metrics address in the format of Prometheus's
+/// `http_sd_configs`, so one scrape job on main finds every moved module's processes (and
+/// each of their instances) as they register and leave. A process without main's registry
+/// lists itself.
+async fn targets(State(scrape): State<Arc<Scrape>>) -> axum::Json<Vec<Targets>> {
+    let mut found: BTreeMap<String, String> = BTreeMap::new();
+    found.insert(scrape.own.0.clone(), scrape.own.1.clone());
+    if let Some(registry) = &scrape.registry {
+        for listing in registry.listing().modules.into_values() {
+            for instance in listing.instances {
+                if let Some(url) = instance.metrics_url {
+                    found.entry(url).or_insert(instance.process);
+                }
+            }
+        }
+    }
+    let groups = found
+        .into_iter()
+        .filter_map(|(url, process)| {
+            let address = reqwest::Url::parse(&url).ok()?;
+            let host = address.host_str()?;
+            let port = address.port_or_known_default()?;
+            let mut labels = BTreeMap::from([("process", process)]);
+            labels.insert("__scheme__", address.scheme().to_owned());
+            Some(Targets {
+                targets: [format!("{host}:{port}")],
+                labels,
+            })
+        })
+        .collect();
+    axum::Json(groups)
+}
+
+/// The metrics listener's routes: `GET /metrics`, `GET /targets`, and JSON 404s for anything
+/// else.
 pub(crate) fn routes(scrape: Arc<Scrape>) -> Router {
     Router::new()
         .route("/metrics", get(render))
+        .route("/targets", get(targets))
         .with_state(scrape)
         .fallback(crate::edge::not_found)
 }
