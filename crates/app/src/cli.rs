@@ -168,7 +168,7 @@ pub async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&settings.log);
+    telemetry::init(&settings.log, &settings.traces, &settings.topology.process);
     for (key, origin) in origins {
         if origin == crate::secrets::Origin::Generated {
             tracing::info!(

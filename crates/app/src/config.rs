@@ -20,8 +20,9 @@ const DEFAULTS: &str = include_str!("../../../config/default.toml");
 
 /// Top-level sections; environment variables outside them (`BANYAN_FAILPOINTS`, test
 /// settings) are not configuration.
-const SECTIONS: [&str; 9] = [
-    "server", "database", "bus", "auth", "log", "metrics", "modules", "topology", "gateway",
+const SECTIONS: [&str; 10] = [
+    "server", "database", "bus", "auth", "log", "metrics", "traces", "modules", "topology",
+    "gateway",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +36,9 @@ pub struct Settings {
     /// The metrics listener (`/metrics` in Prometheus's text format).
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// OTLP export of every hop's span (off by default).
+    #[serde(default)]
+    pub traces: crate::telemetry::traces::TracesConfig,
     /// Per-module sections, read by each module itself.
     #[serde(default)]
     pub modules: BTreeMap<String, figment::value::Value>,
@@ -291,6 +295,9 @@ impl Settings {
                 "must be between 60 s and 30 days",
             ));
         }
+        self.traces
+            .validate()
+            .map_err(|(key, reason)| invalid(key, &reason))?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid("log.level", "is not a valid tracing filter"));
         }

@@ -51,6 +51,9 @@ pub(crate) async fn context(
         module = module_of_path(&path),
         %method,
         path = %path,
+        trace_id = %cx.trace().trace_hex(),
+        span_id = %cx.trace().span_hex(),
+        parent_span_id = %cx.parent_span_hex(),
     );
     request.extensions_mut().insert(cx);
     let started = Instant::now();

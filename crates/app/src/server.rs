@@ -355,6 +355,9 @@ impl Server {
         for hosted in self.hosted.values() {
             hosted.db.close().await;
         }
+        // The last spans (the drain's handlers' too) go out before the process ends; the
+        // flush waits on the exporter's thread, so not on a runtime worker.
+        let _ = tokio::task::spawn_blocking(crate::telemetry::traces::flush).await;
         drained
     }
 

@@ -88,10 +88,14 @@ pub struct BenchArgs {
 /// Runs the benchmark: both parts, the tables, the files.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Only problems are logged (an adapter's WARN, say): progress has lines of its own.
-    banyan_app::telemetry::init(&LogConfig {
-        format: LogFormat::Pretty,
-        level: "warn".to_owned(),
-    });
+    banyan_app::telemetry::init(
+        &LogConfig {
+            format: LogFormat::Pretty,
+            level: "warn".to_owned(),
+        },
+        &banyan_app::telemetry::traces::TracesConfig::default(),
+        "bench",
+    );
     let nats_url = if args.skip_nats {
         None
     } else {

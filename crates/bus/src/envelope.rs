@@ -1,6 +1,11 @@
 //! What travels around every message: ids, causality and trace context.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    hash::{Hash, Hasher},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::time::Instant;
 
@@ -87,6 +92,29 @@ impl TraceContext {
         }
     }
 
+    /// The span in which `module` handles message `message_id` of this trace. Derived, not
+    /// random, so that everything naming that handling (the handler's context, its log span,
+    /// the exported span) agrees without being handed the id, and every attempt at one
+    /// delivery is one span.
+    pub fn handled_by(&self, message_id: Uuid, module: &str) -> Self {
+        let mut hasher = std::hash::DefaultHasher::new();
+        (message_id, module).hash(&mut hasher);
+        Self {
+            span_id: hasher.finish().max(1),
+            ..*self
+        }
+    }
+
+    /// The trace id as W3C writes it: 32 lowercase hex digits.
+    pub fn trace_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+
+    /// The span id as W3C writes it: 16 lowercase hex digits.
+    pub fn span_hex(&self) -> String {
+        format!("{:016x}", self.span_id)
+    }
+
     /// Parses a `traceparent` header value (version 00); `None` for anything malformed.
     pub fn parse(header: &str) -> Option<Self> {
         let mut parts = header.trim().split('-');
@@ -125,7 +153,11 @@ impl fmt::Display for TraceContext {
 pub struct Context {
     correlation_id: CorrelationId,
     causation_id: Option<Uuid>,
+    /// This work's span: its trace, and its own span id.
     trace: TraceContext,
+    /// The span that started this work (the caller's, the publisher's, the client's), when
+    /// there is one.
+    parent_span: Option<u64>,
     /// When the work this context belongs to must be done: set at the edge (the route's
     /// timeout) and by the bus for a handler (what its caller's deadline left). A request sent
     /// from this context waits at most until then, so a budget shrinks along a chain of calls
@@ -140,6 +172,7 @@ impl Context {
             correlation_id,
             causation_id: None,
             trace: trace.map_or_else(TraceContext::new_root, |t| t.child()),
+            parent_span: trace.map(|t| t.span_id),
             deadline: None,
         }
     }
@@ -170,17 +203,21 @@ impl Context {
         Self::new(CorrelationId::new(), None)
     }
 
-    /// The context of work caused by a received message.
-    pub fn caused_by(envelope: &Envelope) -> Self {
+    /// The context in which `module` handles a received message: a span of the message's
+    /// trace ([`TraceContext::handled_by`]) whose parent is the span that sent it.
+    pub fn caused_by(envelope: &Envelope, module: &str) -> Self {
         let parent = envelope
             .traceparent
             .as_deref()
-            .and_then(TraceContext::parse)
-            .unwrap_or_else(TraceContext::new_root);
+            .and_then(TraceContext::parse);
+        let trace = parent
+            .unwrap_or_else(TraceContext::new_root)
+            .handled_by(envelope.message_id, module);
         Self {
             correlation_id: envelope.correlation_id.clone(),
             causation_id: Some(envelope.message_id),
-            trace: parent.child(),
+            trace,
+            parent_span: parent.map(|p| p.span_id),
             deadline: None,
         }
     }
@@ -198,13 +235,21 @@ impl Context {
         self.trace
     }
 
-    /// The context a handler runs in when it handles message `message_id` sent from this
+    /// The parent of this work's span, as 16 hex digits; empty at the root of a trace.
+    pub fn parent_span_hex(&self) -> String {
+        self.parent_span
+            .map(|span| format!("{span:016x}"))
+            .unwrap_or_default()
+    }
+
+    /// The context `module` runs in when it handles message `message_id` sent from this
     /// context in process: the envelope's causality without building the envelope.
-    pub(crate) fn handling(&self, message_id: Uuid) -> Self {
+    pub(crate) fn handling(&self, message_id: Uuid, module: &str) -> Self {
         Self {
             correlation_id: self.correlation_id.clone(),
             causation_id: Some(message_id),
-            trace: self.trace.child(),
+            trace: self.trace.handled_by(message_id, module),
+            parent_span: Some(self.trace.span_id),
             deadline: self.deadline,
         }
     }
@@ -234,6 +279,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_handling_is_one_span_of_the_senders_trace_whatever_asks() {
+        let sender = Context::root();
+        let envelope = sender.envelope("orders.order_placed.v1");
+        let payments = Context::caused_by(&envelope, "payments");
+        // The same delivery asked again (a retry, the log span) is the same span.
+        assert_eq!(
+            payments.trace(),
+            Context::caused_by(&envelope, "payments").trace()
+        );
+        assert_eq!(payments.trace().trace_id, sender.trace().trace_id);
+        assert_eq!(payments.parent_span_hex(), sender.trace().span_hex());
+        // Another subscriber of the same message is another span.
+        assert_ne!(
+            payments.trace().span_id,
+            Context::caused_by(&envelope, "inventory").trace().span_id
+        );
+        // In process, the same handling gets the same span as over a transport.
+        assert_eq!(
+            sender.handling(envelope.message_id, "payments").trace(),
+            payments.trace()
+        );
+        assert_eq!(Context::root().parent_span_hex(), "");
+    }
+
+    #[test]
     fn a_traceparent_round_trips() {
         let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let parsed = TraceContext::parse(header).unwrap();
@@ -249,7 +319,7 @@ mod tests {
     fn a_caused_message_keeps_the_correlation_and_trace_and_names_its_cause() {
         let edge = Context::new(CorrelationId::parse("req-1").unwrap(), None);
         let first = edge.envelope("a.b.v1");
-        let next = Context::caused_by(&first).envelope("c.d.v1");
+        let next = Context::caused_by(&first, "c").envelope("c.d.v1");
         assert_eq!(next.correlation_id.as_str(), "req-1");
         assert_eq!(next.causation_id, Some(first.message_id));
         let (t1, t2) = (

@@ -246,7 +246,7 @@ mod tests {
 
     fn round_trip(map: &mut impl Headers) -> (Envelope, Envelope) {
         let sent = Context::root()
-            .handling(Uuid::now_v7())
+            .handling(Uuid::now_v7(), "orders")
             .envelope("orders.order_placed.v1");
         write_envelope(&sent, map).unwrap();
         let read = read_envelope(map, "orders.order_placed.v1").unwrap();

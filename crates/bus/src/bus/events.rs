@@ -45,6 +45,7 @@ impl Bus {
         let group = self.group(group);
         let handler: Arc<dyn EventHandler> = Arc::new(TypedEventHandler::<E, F> {
             handler,
+            module: group.name,
             meters: EventMeters::new(group.name, E::SUBJECT),
             _event: std::marker::PhantomData,
         });
@@ -410,6 +411,8 @@ pub(super) trait EventHandler: Send + Sync {
 
 pub(super) struct TypedEventHandler<E, F> {
     pub(super) handler: F,
+    /// The subscribing module.
+    pub(super) module: &'static str,
     pub(super) meters: EventMeters,
     pub(super) _event: std::marker::PhantomData<fn() -> E>,
 }
@@ -428,7 +431,7 @@ where
         let Ok(event) = payload.downcast::<E>() else {
             return Box::pin(async { Err("event payload of an unexpected type".into()) });
         };
-        let context = Context::caused_by(&envelope);
+        let context = Context::caused_by(&envelope, self.module);
         Box::pin((self.handler)(Delivered {
             envelope,
             event,
@@ -760,12 +763,18 @@ fn batchable(delivery: &Delivery) -> bool {
     delivery.replay_of.is_none()
 }
 
+/// The span of `module` handling one delivery: the same span ids as the handler's context
+/// (`Context::caused_by`), so logs and the exported trace name one span.
 fn delivery_span(module: &'static str, envelope: &Envelope) -> tracing::Span {
+    let cx = Context::caused_by(envelope, module);
     tracing::info_span!(
         "event",
         module,
         subject = envelope.subject.as_str(),
         correlation_id = %envelope.correlation_id,
         message_id = %envelope.message_id,
+        trace_id = %cx.trace().trace_hex(),
+        span_id = %cx.trace().span_hex(),
+        parent_span_id = %cx.parent_span_hex(),
     )
 }

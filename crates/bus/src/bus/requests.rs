@@ -109,7 +109,8 @@ impl Bus {
                     let message_id = Uuid::now_v7();
                     // The handler's own requests may use only what is left of this one's.
                     endpoint.call(
-                        cx.handling(message_id).until(deadline),
+                        cx.handling(message_id, module_of(R::SUBJECT))
+                            .until(deadline),
                         message_id,
                         request.clone(),
                         remaining,
@@ -217,6 +218,9 @@ impl<R: Request> TypedEndpoint<R> {
                 subject = R::SUBJECT,
                 correlation_id = %cx.correlation_id(),
                 message_id = %message_id,
+                trace_id = %cx.trace().trace_hex(),
+                span_id = %cx.trace().span_hex(),
+                parent_span_id = %cx.parent_span_hex(),
             );
             AssertUnwindSafe((self.handler)(cx, request).instrument(span))
                 .catch_unwind()
@@ -252,7 +256,7 @@ impl<R: Request> RequestEndpoint for TypedEndpoint<R> {
             let request: R =
                 serde_json::from_slice(body).map_err(|e| codec(R::SUBJECT, &e.to_string()))?;
             // The handler's own requests may use only what is left of the caller's deadline.
-            let cx = Context::caused_by(&envelope).within(deadline);
+            let cx = Context::caused_by(&envelope, self.module).within(deadline);
             match self.call(cx, envelope.message_id, request, deadline).await {
                 Ok(response) => serde_json::to_vec(&response)
                     .map(|body| RemoteReply::Ok(body.into()))

@@ -183,7 +183,7 @@ mod tests {
     #[test]
     fn an_envelope_round_trips_through_headers() {
         let first = Context::root().envelope("a.b.v1");
-        let envelope = Context::caused_by(&first).envelope("c.d.v1");
+        let envelope = Context::caused_by(&first, "c").envelope("c.d.v1");
         let headers = envelope_headers(&envelope).unwrap();
         assert_eq!(envelope_from_headers(&headers, "c.d.v1").unwrap(), envelope);
     }
