@@ -256,6 +256,22 @@ impl Scrape {
         }
     }
 
+    /// Every process's metrics URL and its name: this one's, and each registered instance's.
+    pub(crate) fn metrics_urls(&self) -> BTreeMap<String, String> {
+        let mut found = BTreeMap::new();
+        found.insert(self.own.0.clone(), self.own.1.clone());
+        if let Some(registry) = &self.registry {
+            for listing in registry.listing().modules.into_values() {
+                for instance in listing.instances {
+                    if let Some(url) = instance.metrics_url {
+                        found.entry(url).or_insert(instance.process);
+                    }
+                }
+            }
+        }
+        found
+    }
+
     /// Sets every gauge to what is true now.
     async fn read_states(&self) {
         self.process.collect();
@@ -337,17 +353,7 @@ struct Targets {
 /// each of their instances) as they register and leave. A process without main's registry
 /// lists itself.
 async fn targets(State(scrape): State<Arc<Scrape>>) -> axum::Json<Vec<Targets>> {
-    let mut found: BTreeMap<String, String> = BTreeMap::new();
-    found.insert(scrape.own.0.clone(), scrape.own.1.clone());
-    if let Some(registry) = &scrape.registry {
-        for listing in registry.listing().modules.into_values() {
-            for instance in listing.instances {
-                if let Some(url) = instance.metrics_url {
-                    found.entry(url).or_insert(instance.process);
-                }
-            }
-        }
-    }
+    let found = scrape.metrics_urls();
     let groups = found
         .into_iter()
         .filter_map(|(url, process)| {
@@ -365,13 +371,15 @@ async fn targets(State(scrape): State<Arc<Scrape>>) -> axum::Json<Vec<Targets>> 
     axum::Json(groups)
 }
 
-/// The metrics listener's routes: `GET /metrics`, `GET /targets`, and JSON 404s for anything
-/// else.
+/// The metrics listener's routes: `GET /metrics`, `GET /targets`, main's dashboard, and JSON
+/// 404s for anything else.
 pub(crate) fn routes(scrape: Arc<Scrape>) -> Router {
+    let dashboard = super::dashboard::routes(scrape.clone());
     Router::new()
         .route("/metrics", get(render))
         .route("/targets", get(targets))
         .with_state(scrape)
+        .merge(dashboard)
         .fallback(crate::edge::not_found)
 }
 
