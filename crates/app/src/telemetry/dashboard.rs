@@ -132,10 +132,12 @@ pub(crate) struct Dashboard {
 pub(crate) fn routes(scrape: Arc<Scrape>) -> Router {
     let dashboard = Arc::new(Dashboard {
         scrape,
-        client: reqwest::Client::builder()
+        // Plain HTTP to the processes' metrics listeners; the project's builder installs the
+        // TLS provider every reqwest client needs (and follows no redirect).
+        client: banyan_bus::http::client_builder()
             .timeout(Duration::from_secs(2))
             .build()
-            .unwrap_or_default(),
+            .expect("an HTTP client with the process's TLS provider"),
         previous: Mutex::new(None),
     });
     Router::new()
