@@ -119,6 +119,24 @@ async fn every_process_serves_metrics_promtool_accepts_labelled_by_placement(app
         ] {
             assert!(has(name), "{process} has no {name}");
         }
+        // A module that took events from JetStream shows its durable consumer's backlog.
+        for sample in samples.iter().filter(|s| {
+            s.name == "banyan_bus_events_handled_total" && s.labels["placement"] == "nats"
+        }) {
+            let module = &sample.labels["module"];
+            for gauge in [
+                "banyan_nats_consumer_pending_events",
+                "banyan_nats_consumer_ack_pending_events",
+                "banyan_nats_consumer_redelivered_events",
+            ] {
+                assert!(
+                    samples
+                        .iter()
+                        .any(|s| s.name == gauge && &s.labels["module"] == module),
+                    "{process} has no {gauge} for {module}"
+                );
+            }
+        }
         // Every bus request is labelled with where its callee ran, as the topology says.
         for sample in samples
             .iter()

@@ -302,14 +302,22 @@ impl Server {
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {bind} (metrics.addr): {e}"))?;
             let own_url = metrics_url(&settings.metrics, listener.local_addr()?);
-            let scrape = crate::telemetry::meters::Scrape::new(
+            let mut scrape = crate::telemetry::meters::Scrape::new(
                 bus.clone(),
                 hosted.clone(),
                 split.as_ref().and_then(|s| s.registry.clone()),
                 metrics_routes,
                 (own_url, topology.process.clone()),
             );
-            Some((listener, crate::telemetry::meters::routes(Arc::new(scrape))))
+            scrape.nats = (split.as_ref())
+                .and_then(|s| s.nats.as_ref())
+                .map(|(handle, _)| handle.clone());
+            let scrape = Arc::new(scrape);
+            // `/metrics`, `/targets`, the dashboard, and JSON 404s for anything else.
+            let routes = crate::telemetry::meters::routes(scrape.clone())
+                .merge(crate::telemetry::dashboard::routes(scrape))
+                .fallback(crate::edge::not_found);
+            Some((listener, routes))
         } else {
             None
         };

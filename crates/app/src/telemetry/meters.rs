@@ -113,6 +113,9 @@ const INSTANCES: &str = "banyan_registry_instances";
 const ROUTE_BREAKER: &str = "banyan_gateway_breaker_state";
 const EDGE_BREAKER: &str = "banyan_bus_breaker_state";
 const EDGE_IN_FLIGHT: &str = "banyan_bus_edge_in_flight_requests";
+const NATS_PENDING: &str = "banyan_nats_consumer_pending_events";
+const NATS_ACK_PENDING: &str = "banyan_nats_consumer_ack_pending_events";
+const NATS_REDELIVERED: &str = "banyan_nats_consumer_redelivered_events";
 
 const GAUGES: &[(&str, &str)] = &[
     (
@@ -158,6 +161,18 @@ const GAUGES: &[(&str, &str)] = &[
     (
         EDGE_IN_FLIGHT,
         "Requests in flight on each bus edge (its bulkhead's occupied slots).",
+    ),
+    (
+        NATS_PENDING,
+        "Events in the JetStream stream that a module's durable consumer has not been handed yet.",
+    ),
+    (
+        NATS_ACK_PENDING,
+        "Events handed to a module's durable consumer and not acknowledged yet.",
+    ),
+    (
+        NATS_REDELIVERED,
+        "Events handed to a module's durable consumer more than once and not acknowledged yet.",
     ),
 ];
 
@@ -235,6 +250,8 @@ pub(crate) struct Scrape {
     pub(crate) routes: Arc<RoutePolicies>,
     /// This process's metrics URL (as the others and Prometheus reach it), and its name.
     own: (String, String),
+    /// The NATS server side, whose modules' durable consumers are read at each scrape.
+    pub(crate) nats: Option<banyan_bus::nats::ServeHandle>,
     process: metrics_process::Collector,
 }
 
@@ -252,6 +269,7 @@ impl Scrape {
             registry,
             routes,
             own,
+            nats: None,
             process: metrics_process::Collector::default(),
         }
     }
@@ -306,6 +324,15 @@ impl Scrape {
                 metrics::gauge!(EDGE_BREAKER, "edge" => edge.edge.clone(), "state" => name).set(on);
             }
             metrics::gauge!(EDGE_IN_FLIGHT, "edge" => edge.edge.clone()).set(edge.in_flight);
+        }
+        if let Some(nats) = &self.nats {
+            let states = tokio::time::timeout(Duration::from_secs(1), nats.consumer_states());
+            for state in states.await.unwrap_or_default() {
+                let module = state.module;
+                metrics::gauge!(NATS_PENDING, "module" => module).set(state.pending as f64);
+                metrics::gauge!(NATS_ACK_PENDING, "module" => module).set(state.ack_pending as f64);
+                metrics::gauge!(NATS_REDELIVERED, "module" => module).set(state.redelivered as f64);
+            }
         }
         if let Some(registry) = &self.registry {
             for (module, listing) in registry.listing().modules {
@@ -371,16 +398,12 @@ async fn targets(State(scrape): State<Arc<Scrape>>) -> axum::Json<Vec<Targets>> 
     axum::Json(groups)
 }
 
-/// The metrics listener's routes: `GET /metrics`, `GET /targets`, main's dashboard, and JSON
-/// 404s for anything else.
+/// The metrics listener's own routes: `GET /metrics` and `GET /targets`.
 pub(crate) fn routes(scrape: Arc<Scrape>) -> Router {
-    let dashboard = super::dashboard::routes(scrape.clone());
     Router::new()
         .route("/metrics", get(render))
         .route("/targets", get(targets))
         .with_state(scrape)
-        .merge(dashboard)
-        .fallback(crate::edge::not_found)
 }
 
 /// Where the metrics listener binds: `metrics.addr`, or main's default, or a free port.

@@ -2,7 +2,7 @@
 //! inside the spans that carry the correlation id, the module and the trace and span ids; its
 //! metrics ([`meters`]); and, when `[traces]` is on, those spans exported ([`traces`]).
 
-mod dashboard;
+pub(crate) mod dashboard;
 pub mod meters;
 pub mod traces;
 

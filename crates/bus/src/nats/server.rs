@@ -3,13 +3,59 @@
 use super::*;
 
 /// The running server side of one process; see [`serve`].
-#[derive(Debug)]
+#[derive(Clone)]
 pub struct ServeHandle {
     tasks: TaskTracker,
     stop: CancellationToken,
+    server: Arc<Server>,
+    /// The modules consuming events here, each through its durable consumer (named after it).
+    consumers: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for ServeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeHandle")
+            .field("consumers", &self.consumers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A module's durable consumer as the NATS server sees it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerState {
+    pub module: &'static str,
+    /// Events in the stream the consumer has not been handed yet.
+    pub pending: u64,
+    /// Handed out and not acknowledged yet (being handled, or lost with a process).
+    pub ack_pending: u64,
+    /// Handed out more than once and not acknowledged yet.
+    pub redelivered: u64,
 }
 
 impl ServeHandle {
+    /// The consumer of each module consuming here, as the server reports it; one it cannot
+    /// report now (NATS unreachable) is left out.
+    pub async fn consumer_states(&self) -> Vec<ConsumerState> {
+        let Ok(stream) = (self.server.jetstream)
+            .get_stream(&self.server.config.stream)
+            .await
+        else {
+            return Vec::new();
+        };
+        let mut states = Vec::new();
+        for &module in &self.consumers {
+            if let Ok(info) = stream.consumer_info(module).await {
+                states.push(ConsumerState {
+                    module,
+                    pending: info.num_pending,
+                    ack_pending: info.num_ack_pending as u64,
+                    redelivered: info.num_redelivered as u64,
+                });
+            }
+        }
+        states
+    }
+
     /// Stops taking messages from NATS (as cancelling the token given to [`serve`] does).
     pub fn stop(&self) {
         self.stop.cancel();
@@ -59,11 +105,13 @@ pub async fn serve(
     {
         tracing::warn!(%error, "Could not flush the request subscriptions; NATS sends them on reconnect.");
     }
+    let mut consumers = Vec::new();
     for group in bus.wiring().groups() {
         let subjects = bus.wiring().subscriptions_of(group);
         if subjects.is_empty() {
             continue;
         }
+        consumers.push(group);
         tasks.spawn(events::consume_events(server.clone(), group, subjects));
     }
     tasks.close();
@@ -72,7 +120,12 @@ pub async fn serve(
         stream = %server.config.stream,
         "NATS server side started."
     );
-    Ok(ServeHandle { tasks, stop })
+    Ok(ServeHandle {
+        tasks,
+        stop,
+        server,
+        consumers,
+    })
 }
 
 async fn subscribe(server: &Server, subject: &'static str) -> Result<Subscriber, NatsError> {
