@@ -11,6 +11,7 @@ use std::{
     process::Stdio,
 };
 
+use banyan_app::telemetry::meters::samples;
 use banyan_e2e::{TestApp, on_every_topology};
 use reqwest::StatusCode;
 
@@ -19,41 +20,6 @@ on_every_topology!(
     the_metrics_listener_is_not_the_public_one,
     main_lists_every_process_for_prometheus,
 );
-
-/// One sample of a Prometheus text page: its name, labels and value.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// The samples of a text-format page (label values here never hold quotes or commas).
-fn samples(page: &str) -> Vec<Sample> {
-    page.lines()
-        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => (name, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let labels = labels
-                .split("\",")
-                .filter(|pair| !pair.is_empty())
-                .filter_map(|pair| {
-                    let (key, value) = pair.split_once('=')?;
-                    Some((key.to_owned(), value.trim_matches('"').to_owned()))
-                })
-                .collect();
-            Some(Sample {
-                name: name.to_owned(),
-                labels,
-                value: value.parse().ok()?,
-            })
-        })
-        .collect()
-}
 
 /// Runs `promtool check metrics` on `page`; `None` when promtool is not installed outside CI
 /// (in CI, `.ci/run` installs it and its absence fails the test).

@@ -25,7 +25,7 @@ use axum::{
 };
 use serde::Serialize;
 
-use super::meters::Scrape;
+use super::meters::{Sample, Scrape, samples};
 use crate::modules::all_modules;
 
 const PAGE: &str = include_str!("dashboard.html");
@@ -152,40 +152,6 @@ async fn page() -> impl IntoResponse {
 
 async fn data(State(dashboard): State<Arc<Dashboard>>) -> Json<View> {
     Json(dashboard.view().await)
-}
-
-/// One sample of a text-format page.
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// The samples of a Prometheus text page (Banyan's own label values hold no quotes).
-fn samples(page: &str) -> Vec<Sample> {
-    page.lines()
-        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => (name, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            let labels = labels
-                .split("\",")
-                .filter(|pair| !pair.is_empty())
-                .filter_map(|pair| {
-                    let (key, value) = pair.split_once('=')?;
-                    Some((key.to_owned(), value.trim_matches('"').to_owned()))
-                })
-                .collect();
-            Some(Sample {
-                name: name.to_owned(),
-                labels,
-                value: value.parse().ok()?,
-            })
-        })
-        .collect()
 }
 
 impl Dashboard {

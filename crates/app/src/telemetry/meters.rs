@@ -406,6 +406,43 @@ pub(crate) fn routes(scrape: Arc<Scrape>) -> Router {
         .with_state(scrape)
 }
 
+/// One sample of a Prometheus text page: its name, labels and value.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// The samples of a text-format page as Banyan writes it (its label values hold no quotes or
+/// `",`): what the dashboard reads of every process, and what the tests check. Comment lines
+/// and lines that do not parse are skipped.
+pub fn samples(page: &str) -> Vec<Sample> {
+    page.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|pair| !pair.is_empty())
+                .filter_map(|pair| {
+                    let (key, value) = pair.split_once('=')?;
+                    Some((key.to_owned(), value.trim_matches('"').to_owned()))
+                })
+                .collect();
+            Some(Sample {
+                name: name.to_owned(),
+                labels,
+                value: value.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
 /// Where the metrics listener binds: `metrics.addr`, or main's default, or a free port.
 pub(crate) fn bind_addr(config: &crate::config::MetricsConfig, is_main: bool) -> SocketAddr {
     config.addr.unwrap_or_else(|| {
