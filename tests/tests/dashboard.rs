@@ -9,16 +9,6 @@ use std::{path::Path, process::Command};
 use banyan_e2e::{Engine, TestApp, cluster::Topology};
 use reqwest::StatusCode;
 
-const MODULES: [&str; 7] = [
-    "users",
-    "catalog",
-    "inventory",
-    "cart",
-    "orders",
-    "payments",
-    "notifications",
-];
-
 /// Debian's Chromium, or `None` outside CI when it is not installed (`.ci/run` installs it).
 fn chromium() -> Option<String> {
     let path = std::env::var("BANYAN_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -54,11 +44,11 @@ fn browser(chromium: &str, profile: &Path) -> Command {
     command
 }
 
-/// The page as the browser rendered it, after its scripts ran.
-fn rendered(chromium: &str, url: &str) -> String {
+/// Runs the browser on a fresh profile with `args`; its standard output.
+fn run(chromium: &str, args: &[String]) -> Vec<u8> {
     let profile = tempfile::tempdir().unwrap();
     let output = browser(chromium, profile.path())
-        .args(["--dump-dom", url])
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -66,7 +56,12 @@ fn rendered(chromium: &str, url: &str) -> String {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    String::from_utf8(output.stdout).unwrap()
+    output.stdout
+}
+
+/// The page as the browser rendered it, after its scripts ran.
+fn rendered(chromium: &str, url: &str) -> String {
+    String::from_utf8(run(chromium, &["--dump-dom".to_owned(), url.to_owned()])).unwrap()
 }
 
 /// The text of the element with `id` in `dom`.
@@ -116,7 +111,12 @@ async fn the_dashboard_shows_every_module_where_it_runs_and_counts_the_traffic()
     }
 
     let before = rendered(&chromium, &url);
-    for name in MODULES {
+    let names: Vec<&str> = banyan_app::modules::all_modules()
+        .iter()
+        .map(|m| m.name())
+        .collect();
+    assert_eq!(names.len(), 7, "{names:?}");
+    for name in names {
         assert!(
             before.contains(&format!("data-module=\"{name}\"")),
             "the page does not show {name}: {before}"
@@ -155,20 +155,15 @@ async fn the_dashboard_shows_every_module_where_it_runs_and_counts_the_traffic()
     );
 
     // A picture of it (`BANYAN_DASHBOARD_SCREENSHOT=docs/dashboard.png` keeps it).
-    let profile = tempfile::tempdir().unwrap();
-    let shot = profile.path().join("dashboard.png");
-    let output = browser(&chromium, &profile.path().join("profile"))
-        .args([
+    let dir = tempfile::tempdir().unwrap();
+    let shot = dir.path().join("dashboard.png");
+    run(
+        &chromium,
+        &[
             format!("--screenshot={}", shot.display()),
             "--window-size=1400,900".to_owned(),
             url.clone(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        ],
     );
     let png = std::fs::read(&shot).unwrap();
     assert!(

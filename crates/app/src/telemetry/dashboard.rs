@@ -160,10 +160,16 @@ impl Dashboard {
         let pages = futures::future::join_all(urls.iter().map(|(url, process)| {
             let client = self.client.clone();
             let metrics = format!("{}/metrics", url.trim_end_matches('/'));
+            let own = self.scrape.is_own(url);
             async move {
-                let page = match client.get(&metrics).send().await {
-                    Ok(reply) if reply.status().is_success() => reply.text().await.ok(),
-                    _ => None,
+                // Main's own page is rendered here, not fetched from itself.
+                let page = if own {
+                    Some(self.scrape.page().await)
+                } else {
+                    match client.get(&metrics).send().await {
+                        Ok(reply) if reply.status().is_success() => reply.text().await.ok(),
+                        _ => None,
+                    }
                 };
                 (process.clone(), metrics, page)
             }

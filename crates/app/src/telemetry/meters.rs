@@ -290,6 +290,17 @@ impl Scrape {
         found
     }
 
+    /// This process's page, as `/metrics` serves it.
+    pub(crate) async fn page(&self) -> String {
+        self.read_states().await;
+        handle().render()
+    }
+
+    /// Whether `url` is this process's own metrics URL.
+    pub(crate) fn is_own(&self, url: &str) -> bool {
+        self.own.0 == url
+    }
+
     /// Sets every gauge to what is true now.
     async fn read_states(&self) {
         self.process.collect();
@@ -357,13 +368,12 @@ impl Scrape {
 }
 
 async fn render(State(scrape): State<Arc<Scrape>>) -> Response {
-    scrape.read_states().await;
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        handle().render(),
+        scrape.page().await,
     )
         .into_response()
 }
