@@ -11,6 +11,13 @@
 //!   server: what `/metrics` costs a call.
 //! - `bus publish→handled`: `Bus::publish` until the subscriber has run.
 //!
+//! Then the bulkhead: a callee whose handler hangs holds all `SLOTS` of its edge, and
+//! `CONCURRENCY` more callers ask it at once, with the bulkhead (`max_concurrent = SLOTS`,
+//! `max_wait_ms = 0`) and without one (a cap no caller reaches): how long they wait for an
+//! answer (all 64 at once on 2 workers, so a wait includes queueing behind the others), what
+//! the answer is, and a request to another module meanwhile against the same request with
+//! nothing hanging.
+//!
 //! Latency is sequential (one call at a time, each timed with `Instant`); throughput runs
 //! `CONCURRENCY` callers at once (for publish: one publisher, until every event is handled).
 //!
@@ -28,13 +35,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use banyan_bus::{Bus, BusConfig, Context, Event, Message, Request};
+use banyan_bus::{Bus, BusConfig, BusError, Context, Event, Message, Request};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 const CONCURRENCY: usize = 64;
 const WORKERS: usize = 2;
+/// The hanging callee's slots in the bulkhead case.
+const SLOTS: u32 = 8;
+/// The deadline of a call in the bulkhead cases: what a caller without a bulkhead waits.
+const HANG_DEADLINE_MS: u64 = 200;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Ping(u64);
@@ -45,6 +56,18 @@ impl Message for Ping {
 
 impl Request for Ping {
     type Response = u64;
+}
+
+/// Answered by a handler that hangs until the case ends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stuck;
+
+impl Message for Stuck {
+    const SUBJECT: &str = "stuck.hang.v1";
+}
+
+impl Request for Stuck {
+    type Response = ();
 }
 
 /// Handled one at a time: the subscriber signals each back.
@@ -197,6 +220,153 @@ async fn run(settings: Settings) {
         metered.p50_us / bus.p50_us,
         metered.ops_per_s / bus.ops_per_s
     );
+
+    bulkheads(&settings).await;
+}
+
+/// What one round of a bulkhead case measured.
+#[derive(Clone, Copy)]
+struct Crowded {
+    /// The excess callers' wait for an answer.
+    excess_p50_us: f64,
+    excess_p99_us: f64,
+    /// How many of them were turned away (`overloaded`) and how many timed out.
+    overloaded: usize,
+    timed_out: usize,
+    /// A request to another module, with nothing hanging and while the callee's slots are held.
+    other_idle_p50_us: f64,
+    other_crowded_p50_us: f64,
+}
+
+async fn bulkheads(settings: &Settings) {
+    let iterations = settings.iterations.min(5_000);
+    let cases = [
+        ("bulkhead (8 slots, no wait)", SLOTS, 0),
+        ("no bulkhead (cap never reached)", 1_000_000, 0),
+    ];
+    let mut rounds: Vec<Vec<Crowded>> = vec![Vec::new(); cases.len()];
+    for _ in 0..settings.rounds {
+        for (at, (_, cap, wait)) in cases.iter().enumerate() {
+            rounds[at].push(crowd(*cap, *wait, iterations).await);
+        }
+    }
+    println!();
+    println!(
+        "a callee hanging with {SLOTS} calls in flight, then {CONCURRENCY} more callers at once \
+         (deadline {HANG_DEADLINE_MS} ms); another module asked {iterations} times meanwhile"
+    );
+    println!(
+        "{:<32} {:>14} {:>14} {:>11} {:>10} {:>16} {:>18}",
+        "case",
+        "excess p50 µs",
+        "excess p99 µs",
+        "overloaded",
+        "timed out",
+        "other idle p50",
+        "other crowded p50"
+    );
+    for ((name, _, _), rounds) in cases.iter().zip(&rounds) {
+        let pick = |f: fn(&Crowded) -> f64| median(rounds.iter().map(f));
+        println!(
+            "{name:<32} {:>14.1} {:>14.1} {:>11.0} {:>10.0} {:>16.2} {:>18.2}",
+            pick(|c| c.excess_p50_us),
+            pick(|c| c.excess_p99_us),
+            pick(|c| c.overloaded as f64),
+            pick(|c| c.timed_out as f64),
+            pick(|c| c.other_idle_p50_us),
+            pick(|c| c.other_crowded_p50_us),
+        );
+    }
+}
+
+/// One round: a bus whose `stuck` handler hangs, with a bulkhead of `cap` slots.
+async fn crowd(cap: u32, max_wait_ms: u64, iterations: usize) -> Crowded {
+    // The holders' calls hang for the whole round; the excess callers' own deadline is short.
+    let mut config = BusConfig {
+        request_timeout_ms: 60_000,
+        ..BusConfig::default()
+    };
+    config.policy.retry.attempts = 0;
+    config.policy.bulkhead.max_concurrent = cap;
+    config.policy.bulkhead.max_wait_ms = max_wait_ms;
+    // The breaker would soon answer for the hanging callee; the bulkhead is measured here.
+    config.policy.breaker.enabled = false;
+    let bus = Bus::new(config);
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let entered = Arc::new(AtomicUsize::new(0));
+    bus.handle::<Stuck, _, _>("stuck", {
+        let (release, entered) = (release.clone(), entered.clone());
+        move |_, Stuck| {
+            let (release, entered) = (release.clone(), entered.clone());
+            async move {
+                entered.fetch_add(1, Ordering::SeqCst);
+                let _go = release.acquire().await;
+                Ok(())
+            }
+        }
+    });
+    bus.handle::<Ping, _, _>("bench", |_, Ping(n)| async move { Ok(n + 1) });
+    let other: Op = Arc::new({
+        let bus = bus.clone();
+        move |n| {
+            let bus = bus.clone();
+            Box::pin(async move {
+                let answer = bus.request(&Context::root(), Ping(n)).await;
+                assert_eq!(answer.expect("the other module failed"), n + 1);
+            })
+        }
+    });
+    let other_idle = latency(&other, iterations).await.0;
+
+    // The slots are taken by calls that hang.
+    let holders: Vec<_> = (0..SLOTS)
+        .map(|_| {
+            let bus = bus.clone();
+            tokio::spawn(async move { bus.request(&Context::root(), Stuck).await })
+        })
+        .collect();
+    while entered.load(Ordering::SeqCst) < SLOTS as usize {
+        tokio::task::yield_now().await;
+    }
+    let excess: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                let cx = Context::root().within(Duration::from_millis(HANG_DEADLINE_MS));
+                let started = Instant::now();
+                let outcome = bus.request(&cx, Stuck).await;
+                (started.elapsed(), outcome)
+            })
+        })
+        .collect();
+    let other_crowded = latency(&other, iterations).await.0;
+    let mut waits = Latencies::new();
+    let (mut overloaded, mut timed_out) = (0, 0);
+    for call in excess {
+        let (waited, outcome) = call.await.expect("a caller panicked");
+        waits.record(waited);
+        match outcome {
+            Err(BusError::Overloaded { .. }) => overloaded += 1,
+            Err(BusError::Timeout { .. }) => timed_out += 1,
+            other => panic!("an excess call came to {other:?}"),
+        }
+    }
+    release.add_permits(1_000_000);
+    for holder in holders {
+        holder
+            .await
+            .expect("a holder panicked")
+            .expect("a holder failed");
+    }
+    assert!(bus.shutdown().await, "the bus did not drain");
+    Crowded {
+        excess_p50_us: micros(waits.percentile(0.50)),
+        excess_p99_us: micros(waits.percentile(0.99)),
+        overloaded,
+        timed_out,
+        other_idle_p50_us: micros(other_idle),
+        other_crowded_p50_us: micros(other_crowded),
+    }
 }
 
 /// A case: its sequential operation and how to run its throughput part.
