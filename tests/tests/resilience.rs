@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use banyan_e2e::{
     Engine, TestApp,
-    banyan_app::config::with,
+    banyan_app::{config::with, telemetry::meters::samples},
     cluster::{Topology, Transport},
     on_every_topology, send,
 };
@@ -40,6 +40,26 @@ mod slow_payments {
     }
 
     on_every_topology!(settings = settings; a_slow_module_behind_a_short_route_timeout_is_answered_504);
+}
+
+mod slow_inventory_writes {
+    //! Inventory's writes can be held open at run time (`commit_delay_ms`); setting stock has a
+    //! 1 s route timeout. Inventory runs in main, or in a process of its own over NATS or gRPC.
+    use banyan_e2e::on_every_topology;
+    use serde_json::json;
+
+    use super::{a_write_abandoned_at_its_deadline_rolls_back_where_it_ran, with};
+
+    fn settings(figment: figment::Figment) -> figment::Figment {
+        let figment = with(figment, "bus.fault_api", true);
+        with(
+            figment,
+            "gateway.routes",
+            json!([{ "path": "/api/v1/inventory/{id}", "method": "PUT", "timeout_ms": 1000 }]),
+        )
+    }
+
+    on_every_topology!(settings = settings; a_write_abandoned_at_its_deadline_rolls_back_where_it_ran);
 }
 
 mod failing_payments {
@@ -160,6 +180,62 @@ async fn a_slow_module_behind_a_short_route_timeout_is_answered_504(app: &TestAp
     assert_eq!(products.status, StatusCode::OK, "{}", products.text);
 }
 
+/// Sets (`Some`) or clears (`None`) the fault of `module` on every process that hosts it.
+async fn fault_everywhere(
+    app: &TestApp,
+    admin: &str,
+    module: &str,
+    fault: Option<serde_json::Value>,
+) {
+    for url in app.urls_of(module, &format!("/api/v1/admin/faults/{module}")) {
+        let request = match &fault {
+            Some(fault) => app.client.put(&url).json(fault),
+            None => app.client.delete(&url),
+        };
+        let reply = send(request.bearer_auth(admin)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::NO_CONTENT,
+            "{url}: {}",
+            reply.text
+        );
+    }
+}
+
+async fn a_write_abandoned_at_its_deadline_rolls_back_where_it_ran(app: &TestApp) {
+    let admin = app.admin_token().await;
+    let product = app.product(&admin, "HELD-1", "tea", 450).await;
+    assert_eq!(app.stock(&admin, &product, 5).await.status, StatusCode::OK);
+
+    // Inventory's transaction makes its write, then is held 3 s before committing: past the
+    // route's 1 s, so the client is answered 504 and the work is dropped where it ran.
+    let hold = Duration::from_millis(3_000);
+    fault_everywhere(
+        app,
+        &admin,
+        "inventory",
+        Some(json!({ "commit_delay_ms": 3000 })),
+    )
+    .await;
+    let started = Instant::now();
+    let reply = app.stock(&admin, &product, 50).await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.text);
+    assert_eq!(reply.error_code(), "timeout", "{}", reply.text);
+    fault_everywhere(app, &admin, "inventory", None).await;
+
+    // Had the held transaction been left to run, it would have committed 50 by now.
+    tokio::time::sleep((hold + Duration::from_millis(500)).saturating_sub(started.elapsed())).await;
+    assert_eq!(
+        app.stock_of(&product).await.0,
+        5,
+        "the abandoned write was committed"
+    );
+    // And it holds no lock: the next write goes through.
+    let reply = app.stock(&admin, &product, 7).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(app.stock_of(&product).await.0, 7);
+}
+
 async fn a_failing_module_trips_its_breaker_and_the_others_keep_answering(app: &TestApp) {
     let admin = app.admin_token().await;
     let path = format!("/api/v1/payments/{}", Uuid::now_v7());
@@ -239,21 +315,8 @@ async fn a_slow_module_fills_only_its_own_share_of_requests(app: &TestApp) {
 
 async fn the_breaker_of_a_module_that_recovers_probes_and_closes(app: &TestApp) {
     let admin = app.admin_token().await;
-    let payments = app.urls_of("payments", "/api/v1/admin/faults/payments");
     let set_everywhere = async |fault: Option<serde_json::Value>| {
-        for url in &payments {
-            let request = match &fault {
-                Some(fault) => app.client.put(url).json(fault),
-                None => app.client.delete(url),
-            };
-            let reply = send(request.bearer_auth(&admin)).await;
-            assert_eq!(
-                reply.status,
-                StatusCode::NO_CONTENT,
-                "{url}: {}",
-                reply.text
-            );
-        }
+        fault_everywhere(app, &admin, "payments", fault).await
     };
     let path = format!("/api/v1/payments/{}", Uuid::now_v7());
     let get = async || app.get(&path, Some(&admin)).await;
@@ -455,6 +518,16 @@ fn signal(pid: u32, signal: &str) {
 /// Payments in two processes over HTTP, `extra` in the second one's environment, its route's
 /// policy from `routes`.
 async fn two_payments(routes: serde_json::Value, extra: &[(&str, &str)]) -> Option<TestApp> {
+    payments_instances(2, |f| with(f, "gateway.routes", routes), extra).await
+}
+
+/// Payments in `count` processes over HTTP on the settings `adjust` makes, `extra` in the last
+/// one's environment.
+async fn payments_instances(
+    count: usize,
+    adjust: impl FnOnce(figment::Figment) -> figment::Figment,
+    extra: &[(&str, &str)],
+) -> Option<TestApp> {
     let topology = Topology {
         placements: vec![("payments".into(), "payments".into(), Transport::Http)],
         processes: vec!["payments".into()],
@@ -462,15 +535,155 @@ async fn two_payments(routes: serde_json::Value, extra: &[(&str, &str)]) -> Opti
         tls: false,
         process_env: Vec::new(),
     };
-    let mut app = TestApp::spawn_split(Engine::Sqlite, topology, |f| {
-        with(f, "gateway.routes", routes)
-    })
-    .await?;
-    app.cluster_mut()
-        .start_process_with("payments", extra)
-        .await;
-    app.cluster().healthy("payments", 2).await;
+    let mut app = TestApp::spawn_split(Engine::Sqlite, topology, adjust).await?;
+    for n in 1..count {
+        let env = if n + 1 == count { extra } else { &[] };
+        app.cluster_mut().start_process_with("payments", env).await;
+    }
+    app.cluster().healthy("payments", count).await;
     Some(app)
+}
+
+/// The payments requests each payments process has served so far (its own
+/// `http_server_requests_total` for the payments routes), in the order of `others`.
+async fn served_by_each(app: &TestApp) -> Vec<f64> {
+    let mut served = Vec::new();
+    for (_, process) in app
+        .cluster()
+        .others
+        .iter()
+        .filter(|(name, _)| name == "payments")
+    {
+        let page = app
+            .client
+            .get(process.metrics_url())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        served.push(
+            samples(&page)
+                .iter()
+                .filter(|s| {
+                    s.name == "http_server_requests_total"
+                        && s.labels
+                            .get("route")
+                            .is_some_and(|r| r.starts_with("/api/v1/payments/"))
+                })
+                .map(|s| s.value)
+                .sum(),
+        );
+    }
+    served
+}
+
+/// The health main's registry gives each payments instance, in the order of `others`.
+async fn payments_health(app: &TestApp) -> Vec<String> {
+    let services = app.cluster().services().await;
+    let instances = services["modules"]["payments"]["instances"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    app.cluster()
+        .others
+        .iter()
+        .filter(|(name, _)| name == "payments")
+        .map(|(_, process)| {
+            let base = process.url("");
+            instances
+                .iter()
+                .find(|i| {
+                    i["base_url"]
+                        .as_str()
+                        .is_some_and(|b| base.starts_with(b.trim_end_matches('/')))
+                })
+                .map_or("gone".to_owned(), |i| {
+                    i["health"].as_str().unwrap_or("").to_owned()
+                })
+        })
+        .collect()
+}
+
+/// Of three payments processes one is SIGKILLed: every safe request is still answered (the
+/// gateway moves past the refused instance), the two survivors share the load evenly, the
+/// dead one's turns included, and main's checks take it out of rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_three_instances_one_killed_the_survivors_share_its_load_evenly() {
+    let Some(mut app) = payments_instances(3, |f| f, &[]).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let get = async |app: &TestApp| {
+        app.get(
+            &format!("/api/v1/payments/{}", Uuid::now_v7()),
+            Some(&admin),
+        )
+        .await
+    };
+    let killed = app.cluster().others.len() - 1;
+    let (_, dead) = app.cluster_mut().others.remove(killed);
+    dead.kill().await;
+    let before = served_by_each(&app).await;
+    for _ in 0..600 {
+        let reply = get(&app).await;
+        // Not found is a payments instance's answer for an order it never charged.
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
+    }
+    let after = served_by_each(&app).await;
+    let shares: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    println!("the survivors served {shares:?} of 600");
+    assert_eq!(shares.iter().sum::<f64>(), 600.0, "{shares:?}");
+    // Even: each within 45-55 %. (Sent all to its neighbour, the dead one's third made it
+    // 67/33.)
+    for share in &shares {
+        assert!((270.0..=330.0).contains(share), "{shares:?}");
+    }
+    banyan_e2e::eventually("the killed instance leaves rotation", || async {
+        let health = payments_health(&app).await;
+        health.iter().filter(|h| *h == "healthy").count() == 2
+    })
+    .await;
+    app.stop().await;
+}
+
+/// Two payments processes, the second of weight 3, under the `weighted` rule: of every four
+/// requests it serves three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_instances_serve_as_their_weights_say() {
+    let Some(app) = payments_instances(
+        2,
+        |f| with(f, "topology.modules.payments.balance", "weighted"),
+        &[("BANYAN_TOPOLOGY__WEIGHT", "3")],
+    )
+    .await
+    else {
+        return;
+    };
+    let services = app.cluster().services().await;
+    let weights: Vec<u64> = services["modules"]["payments"]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["weight"].as_u64().unwrap())
+        .collect();
+    assert_eq!(weights.iter().sum::<u64>(), 4, "{services}");
+    let admin = app.admin_token().await;
+    let before = served_by_each(&app).await;
+    for _ in 0..400 {
+        let reply = app
+            .get(
+                &format!("/api/v1/payments/{}", Uuid::now_v7()),
+                Some(&admin),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
+    }
+    let after = served_by_each(&app).await;
+    let shares: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(shares, [100.0, 300.0]);
+    app.stop().await;
 }
 
 /// One of two payments processes frozen (SIGSTOP): main's health checks take it out of

@@ -91,7 +91,7 @@ impl Gateway {
             .timeout(timeout)
             .build()?;
         Ok(Self {
-            balancer: topology.balancer(),
+            balancer: topology.balancer(registry.weights()),
             topology,
             registry,
             client,

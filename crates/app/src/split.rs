@@ -55,6 +55,7 @@ impl Split {
             base_url,
             bus_url,
             metrics_url,
+            weight: self.topology.weight,
             modules: self
                 .here
                 .iter()
@@ -133,7 +134,12 @@ pub(crate) async fn wire_split(
     let subscribers: Arc<dyn Subscribers> = awareness.clone();
     // One balancer for the HTTP and gRPC adapters, so a module's calls in flight are counted
     // once whichever adapter carries them.
-    let balancer = Arc::new(topology.balancer());
+    let weights = match (&registry, &directory) {
+        (Some(registry), _) => registry.weights(),
+        (None, Some(directory)) => directory.weights(),
+        (None, None) => unreachable!("a process has a registry or a directory"),
+    };
+    let balancer = Arc::new(topology.balancer(weights));
     let http = if topology.uses_http() {
         let transport = HttpTransport::new(
             instances.clone(),

@@ -16,7 +16,7 @@
 //! With no module placed outside `main` the topology is *inactive*: the process is exactly the
 //! monolith (no registry, no gateway, no transports).
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use banyan_bus::{http::HttpTransportConfig, nats::NatsConfig};
 use serde::{Deserialize, Serialize};
@@ -115,8 +115,9 @@ pub struct Placement {
     pub transport: TransportKind,
     /// How its instances share the calls of the gateway and of the HTTP and gRPC adapters:
     /// `round_robin` (default), `least_outstanding` (power of two choices), `random`,
-    /// `consistent_hash` (by caller at the gateway, by correlation id on the bus). Over NATS
-    /// the broker's queue group chooses for bus calls.
+    /// `consistent_hash` (by caller at the gateway, by correlation id on the bus), `weighted`
+    /// (each instance as often as its process's `topology.weight`). Over NATS the broker's
+    /// queue group chooses for bus calls.
     #[serde(default)]
     pub balance: banyan_bus::balance::BalanceRule,
 }
@@ -155,6 +156,9 @@ pub struct TopologyConfig {
     pub instance_ttl_ms: u64,
     /// Main's active health checks of the instances, and outlier ejection.
     pub health: HealthConfig,
+    /// This process's share of its modules' calls where their balance rule is `weighted`
+    /// (1 to 100; an instance of weight 3 gets three calls for another's one).
+    pub weight: u32,
 }
 
 impl Default for TopologyConfig {
@@ -173,6 +177,7 @@ impl Default for TopologyConfig {
             heartbeat_ms: 1_000,
             instance_ttl_ms: 3_000,
             health: HealthConfig::default(),
+            weight: 1,
         }
     }
 }
@@ -232,14 +237,19 @@ impl TopologyConfig {
             .map_or(MAIN, |p| p.process.as_str())
     }
 
-    /// How each moved module's instances share calls (see [`Placement::balance`]).
-    pub fn balancer(&self) -> banyan_bus::balance::Balancer {
+    /// How each moved module's instances share calls (see [`Placement::balance`]), with
+    /// their weights as `weights` has them.
+    pub fn balancer(
+        &self,
+        weights: Arc<banyan_bus::balance::Weights>,
+    ) -> banyan_bus::balance::Balancer {
         banyan_bus::balance::Balancer::new(
             self.modules
                 .iter()
                 .map(|(module, placement)| (module.clone(), placement.balance))
                 .collect(),
         )
+        .with_weights(weights)
     }
 
     /// Whether `module` runs in this process.
@@ -361,6 +371,16 @@ impl TopologyConfig {
         self.health
             .validate()
             .map_err(|(key, reason)| (key.to_owned(), reason))?;
+        if !(1..=banyan_bus::balance::Weights::MAX).contains(&self.weight) {
+            return invalid(
+                "topology.weight",
+                format!(
+                    "must be between 1 and {}, not {}",
+                    banyan_bus::balance::Weights::MAX,
+                    self.weight
+                ),
+            );
+        }
         for (module, placement) in &self.modules {
             let key = format!("topology.modules.{module}");
             if !known.contains(&module.as_str()) {

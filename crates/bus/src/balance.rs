@@ -42,12 +42,49 @@ pub enum BalanceRule {
     /// caller (its token's subject, else its address); the bus's is the correlation id, so all
     /// the calls one outside request causes go to one instance. Without a key: round robin.
     ConsistentHash,
+    /// Each instance in turn, as often as its weight says (`topology.weight` of its process,
+    /// 1 by default): of every Σweights calls an instance of weight w gets exactly w,
+    /// interleaved (in round r every instance of weight over r gets one), not in runs.
+    Weighted,
+}
+
+/// The weight of each instance, by base URL, as its registration says: kept by the registry on
+/// main and by the directory elsewhere, read by the balancers that share it.
+#[derive(Debug, Default)]
+pub struct Weights {
+    by_instance: RwLock<HashMap<String, u32>>,
+}
+
+impl Weights {
+    /// The most a weight may be: 100 to 1 is as lopsided as a share needs to get, and keeps a
+    /// pick's walk over the rounds short.
+    pub const MAX: u32 = 100;
+
+    /// Records `instance`'s weight (clamped to 1..=[`Self::MAX`]).
+    pub fn set(&self, instance: &str, weight: u32) {
+        let weight = weight.clamp(1, Self::MAX);
+        if read(&self.by_instance).get(instance) == Some(&weight) {
+            return;
+        }
+        let mut weights = write(&self.by_instance);
+        // Bounded: instances come and go; a forgotten one counts 1 until it registers again.
+        if weights.len() >= 4_096 {
+            weights.clear();
+        }
+        weights.insert(instance.to_owned(), weight);
+    }
+
+    /// `instance`'s weight; 1 when none was recorded.
+    pub fn of(&self, instance: &str) -> u32 {
+        read(&self.by_instance).get(instance).copied().unwrap_or(1)
+    }
 }
 
 /// The rules of the modules, the turn of each, and every instance's calls in flight.
 #[derive(Debug, Default)]
 pub struct Balancer {
     rules: HashMap<String, BalanceRule>,
+    weights: Arc<Weights>,
     cursors: RwLock<HashMap<String, Arc<AtomicUsize>>>,
     instances: RwLock<HashMap<String, Arc<Load>>>,
 }
@@ -126,6 +163,12 @@ impl Balancer {
         }
     }
 
+    /// The same balancer reading the instances' weights from `weights`.
+    pub fn with_weights(mut self, weights: Arc<Weights>) -> Self {
+        self.weights = weights;
+        self
+    }
+
     pub fn rule(&self, module: &str) -> BalanceRule {
         self.rules.get(module).copied().unwrap_or_default()
     }
@@ -166,6 +209,13 @@ impl Balancer {
             (BalanceRule::ConsistentHash, Some(key)) => {
                 instances.sort_by_cached_key(|instance| std::cmp::Reverse(score(key, instance)));
                 return;
+            }
+            (BalanceRule::Weighted, _) => {
+                // A stable order, so that the turn means the same instance from call to call.
+                instances.sort_unstable();
+                let weights: Vec<u32> = instances.iter().map(|i| self.weights.of(i)).collect();
+                let turn = self.cursor(module).fetch_add(1, Ordering::Relaxed);
+                interleaved(&weights, turn)
             }
         };
         instances.swap(0, first);
@@ -227,6 +277,25 @@ impl Drop for InFlight {
     }
 }
 
+/// The instance whose turn `turn` is in an interleaved weighted round robin over `weights`:
+/// the turns go round by round, and round r visits, in order, every instance whose weight is
+/// over r, so each cycle of Σweights turns gives every instance its weight's worth.
+fn interleaved(weights: &[u32], turn: usize) -> usize {
+    let total: usize = weights.iter().map(|w| *w as usize).sum();
+    let mut left = turn % total.max(1);
+    for round in 0..Weights::MAX {
+        for (at, weight) in weights.iter().enumerate() {
+            if *weight > round {
+                if left == 0 {
+                    return at;
+                }
+                left -= 1;
+            }
+        }
+    }
+    0
+}
+
 /// Rendezvous hashing's score of `instance` for `key`: SipHash with fixed keys, so every
 /// process of a topology ranks alike.
 fn score(key: &str, instance: &str) -> u64 {
@@ -268,6 +337,7 @@ mod tests {
             ("p2c", BalanceRule::LeastOutstanding),
             ("random", BalanceRule::Random),
             ("hash", BalanceRule::ConsistentHash),
+            ("weighted", BalanceRule::Weighted),
         ];
         let balancer = Balancer::new(rules.iter().map(|(m, r)| ((*m).to_owned(), *r)).collect());
         assert_eq!(shares(&balancer, "rr", |_| None), [1_000; 3]);
@@ -282,6 +352,39 @@ mod tests {
         for share in shares(&balancer, "hash", |i| Some(format!("user-{i}"))) {
             assert!((800..=1_200).contains(&share), "{share}");
         }
+        // Unweighted instances share alike.
+        assert_eq!(shares(&balancer, "weighted", |_| None), [1_000; 3]);
+    }
+
+    #[test]
+    fn weighted_instances_get_their_weight_s_share_interleaved() {
+        let weights = Arc::new(Weights::default());
+        weights.set("http://a", 3);
+        weights.set("http://c", 2);
+        let balancer = Balancer::new(HashMap::from([("m".to_owned(), BalanceRule::Weighted)]))
+            .with_weights(weights.clone());
+        // 3 + 1 + 2 = 6: of 3,000 calls a gets 1,500, b 500, c 1,000.
+        assert_eq!(shares(&balancer, "m", |_| None), [1_500, 500, 1_000]);
+        // The next cycle (3,000 turns made: a new one starts), whatever order the instances
+        // come in: round 0 visits all three, round 1 those over 1, round 2 those over 2.
+        let cycle: Vec<String> = (0..6)
+            .map(|_| {
+                let mut order = vec!["http://c".into(), "http://a".into(), "http://b".into()];
+                balancer.order("m", &mut order, None);
+                order[0].clone()
+            })
+            .collect();
+        assert_eq!(
+            cycle,
+            [
+                "http://a", "http://b", "http://c", "http://a", "http://c", "http://a"
+            ]
+        );
+        // Out-of-range weights are clamped, never zero.
+        weights.set("http://b", 0);
+        assert_eq!(weights.of("http://b"), 1);
+        weights.set("http://b", 10_000);
+        assert_eq!(weights.of("http://b"), Weights::MAX);
     }
 
     #[test]

@@ -343,6 +343,10 @@ impl UnitOfWork {
         let on_commit = std::mem::take(&mut self.on_commit);
         let outbox = self.outbox.clone();
         write_rows(self.tx(), &staged, outbox.inner.bus.config().relay_lease_ms).await?;
+        if let Some(fault) = outbox.inner.bus.fault_of(outbox.inner.db.module()) {
+            // Dropped here (its caller's deadline passed), the transaction rolls back.
+            fault.hold_commit().await;
+        }
         let tx = self
             .tx
             .take()

@@ -136,7 +136,7 @@ async fn least_outstanding_gives_a_slow_instance_a_small_share() {
             "calc".to_owned(),
             Fault {
                 delay_ms: 20,
-                error_rate: 0.0,
+                ..Fault::default()
             },
         )]
         .into(),

@@ -1,8 +1,14 @@
 //! What a process other than main knows of the registry: the listing its heartbeat brings back.
 
-use std::{collections::BTreeSet, sync::RwLock};
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, RwLock},
+};
 
-use banyan_bus::http::{Instances, Subscribers};
+use banyan_bus::{
+    balance::Weights,
+    http::{Instances, Subscribers},
+};
 
 use super::{Health, Listing, events::Awareness};
 
@@ -15,6 +21,8 @@ pub(crate) struct Directory {
     known: Vec<&'static str>,
     own_id: String,
     listing: RwLock<Option<Listing>>,
+    /// Each instance's weight by base URL and by bus URL, for the balancers.
+    weights: Arc<Weights>,
 }
 
 impl Directory {
@@ -28,10 +36,20 @@ impl Directory {
             known,
             own_id,
             listing: RwLock::default(),
+            weights: Arc::default(),
         }
     }
 
+    /// The instances' weights, as the last listing says.
+    pub(crate) fn weights(&self) -> Arc<Weights> {
+        self.weights.clone()
+    }
+
     pub(crate) fn update(&self, listing: Listing) {
+        for instance in listing.modules.values().flat_map(|m| &m.instances) {
+            self.weights.set(&instance.base_url, instance.weight);
+            self.weights.set(&instance.bus_url, instance.weight);
+        }
         *self.listing.write().unwrap_or_else(|e| e.into_inner()) = Some(listing);
     }
 }

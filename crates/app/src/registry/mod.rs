@@ -89,8 +89,16 @@ pub struct Registration {
     /// Where it serves `/metrics`, when it does.
     #[serde(default)]
     pub metrics_url: Option<String>,
+    /// Its share of its modules' calls under the `weighted` balance rule (`topology.weight`,
+    /// 1 to 100).
+    #[serde(default = "one")]
+    pub weight: u32,
     /// The modules it hosts.
     pub modules: Vec<RegisteredModule>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// One hosted module of a registration.
@@ -136,6 +144,9 @@ pub struct InstanceView {
     #[serde(default)]
     pub metrics_url: Option<String>,
     pub transport: InstanceTransport,
+    /// Its share under the `weighted` balance rule.
+    #[serde(default = "one")]
+    pub weight: u32,
     /// Milliseconds since the epoch.
     pub registered_at_ms: i64,
     /// Milliseconds since the epoch.
@@ -192,6 +203,7 @@ mod tests {
             base_url: url.into(),
             bus_url: format!("{url}0"),
             metrics_url: None,
+            weight: 1,
             modules: vec![RegisteredModule {
                 name: "payments".into(),
                 transport: InstanceTransport::Http,
@@ -308,6 +320,7 @@ mod tests {
             base_url: "http://main:1".into(),
             bus_url: "http://main:2".into(),
             metrics_url: None,
+            weight: 1,
             modules: vec![RegisteredModule {
                 name: "orders".into(),
                 transport: InstanceTransport::InProcess,

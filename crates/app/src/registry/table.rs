@@ -6,7 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use banyan_bus::http::{Instances, Subscribers};
+use banyan_bus::{
+    balance::Weights,
+    http::{Instances, Subscribers},
+};
 use banyan_kit::ApiError;
 
 use crate::topology::{HealthConfig, MAIN, TopologyConfig};
@@ -26,6 +29,8 @@ pub(crate) struct Registry {
     forget_after: Duration,
     checks: HealthConfig,
     state: RwLock<Table>,
+    /// Each instance's weight by base URL and by bus URL, for the balancers.
+    weights: Arc<Weights>,
 }
 
 #[derive(Debug, Default)]
@@ -76,7 +81,13 @@ impl Registry {
             ttl,
             forget_after: ttl * 10,
             state: RwLock::default(),
+            weights: Arc::default(),
         }
+    }
+
+    /// The instances' weights, as their registrations say.
+    pub(crate) fn weights(&self) -> Arc<Weights> {
+        self.weights.clone()
     }
 
     /// Records the main process itself (its own modules, never stale).
@@ -130,6 +141,12 @@ impl Registry {
         if registration.modules.is_empty() {
             return Err(Refused::Invalid("modules", "must name a module".into()));
         }
+        if !(1..=Weights::MAX).contains(&registration.weight) {
+            return Err(Refused::Invalid(
+                "weight",
+                format!("must be between 1 and {}", Weights::MAX),
+            ));
+        }
         for module in &registration.modules {
             if !self.known.contains(&module.name.as_str()) {
                 return Err(Refused::Invalid(
@@ -163,6 +180,9 @@ impl Registry {
                 .subscriptions
                 .insert(module.name.clone(), module.subscriptions.clone());
         }
+        self.weights
+            .set(&registration.base_url, registration.weight);
+        self.weights.set(&registration.bus_url, registration.weight);
         let (registered_at_ms, probe) = match state.instances.get(id) {
             // A heartbeat: what the checks found stands.
             Some(entry) if entry.registration.base_url == registration.base_url => {
@@ -357,6 +377,7 @@ impl Registry {
                         bus_url: entry.registration.bus_url.clone(),
                         metrics_url: entry.registration.metrics_url.clone(),
                         transport: hosted.transport,
+                        weight: entry.registration.weight,
                         registered_at_ms: entry.registered_at_ms,
                         last_heartbeat_ms: if state.own.as_ref() == Some(id) {
                             banyan_db::now_millis()

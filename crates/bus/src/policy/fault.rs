@@ -4,8 +4,10 @@
 //! `[bus.faults.payments] delay_ms = 5000` makes every payments handler in every process of
 //! the topology wait 5 s before it runs; `[bus.faults."payments.get_payment.v1"] error_rate =
 //! 1.0` makes that one fail. A fault sits where the handler runs, inside its deadline, so a
-//! slowed handler is stopped by its caller's deadline as a slow one would be. Off unless
-//! configured: nothing in the shipped configuration sets one.
+//! slowed handler is stopped by its caller's deadline as a slow one would be.
+//! `commit_delay_ms` holds each of the module's write transactions open, its writes made,
+//! before it commits: the slow write whose caller gives up, which must then roll back. Off
+//! unless configured: nothing in the shipped configuration sets one.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -23,6 +25,9 @@ pub struct Fault {
     pub delay_ms: u64,
     /// Then fail this share of calls (0.0 to 1.0) as unavailable.
     pub error_rate: f64,
+    /// Hold each write transaction of the module this long after its writes, before it
+    /// commits (a fault of a module, not of one subject: transactions have no subject).
+    pub commit_delay_ms: u64,
 }
 
 impl Fault {
@@ -38,6 +43,13 @@ impl Fault {
             });
         }
         Ok(())
+    }
+
+    /// Holds a transaction open before its commit, as `commit_delay_ms` says.
+    pub(crate) async fn hold_commit(&self) {
+        if self.commit_delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.commit_delay_ms)).await;
+        }
     }
 }
 
