@@ -188,7 +188,7 @@ impl TestApp {
         let figment = adjust(test_figment(&storage.url()));
         let settings = config::load(&figment).expect("test settings load");
         if std::env::var_os("TEST_LOG").is_some() {
-            banyan_app::telemetry::init(&settings.log, &settings.traces, "main");
+            banyan_app::telemetry::init(&settings.log, &settings.traces, "main", "info");
         }
         let server = Server::build(settings, figment)
             .await

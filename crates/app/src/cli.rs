@@ -18,12 +18,22 @@ use crate::{
 #[command(
     name = "banyan",
     version,
-    about = "A modular-monolith shop that grows into services."
+    about = "A modular-monolith shop that grows into services.",
+    long_about = "A modular-monolith shop that grows into services.\n\n\
+        Without a command it serves, and takes serve's flags: `banyan --database-url \
+        postgres://...` is `banyan serve --database-url postgres://...`.",
+    after_help = "Every setting comes from config/default.toml, then each --config file, then \
+        environment variables BANYAN_<SECTION>__<KEY> (BANYAN_SERVER__ADDR=0.0.0.0:8080 sets \
+        [server] addr), then flags. Logs: RUST_LOG, else log.level (BANYAN_LOG__LEVEL).",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     /// Extra configuration files, layered in order over config/default.toml.
     #[arg(long = "config", value_name = "FILE", global = true)]
     config: Vec<PathBuf>,
+    /// `serve`'s flags, for the default command.
+    #[command(flatten)]
+    serve: ServeArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -33,7 +43,7 @@ enum Command {
     /// Run the shop (the default).
     Serve(ServeArgs),
     /// Fill a fresh shop with a catalog, stock, an admin and a customer (idempotent).
-    Seed,
+    Seed(DatabaseArgs),
     /// List and replay events that failed every delivery attempt.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
@@ -60,50 +70,96 @@ enum IdentityCommand {
     },
 }
 
+/// Where the modules' databases are, for every command that opens them.
+#[derive(Debug, Default, Clone, clap::Args)]
+struct DatabaseArgs {
+    /// sqlite://<dir> or postgres://... (database.url; BANYAN_DATABASE__URL).
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+}
+
 #[derive(Debug, Default, clap::Args)]
 struct ServeArgs {
-    /// Address to listen on (server.addr).
+    /// Address to listen on (server.addr; BANYAN_SERVER__ADDR).
     #[arg(long)]
     addr: Option<std::net::SocketAddr>,
-    /// The internal listener of a split: the bus and the registry (topology.internal_addr).
+    /// The internal listener of a split: the bus and the registry (topology.internal_addr;
+    /// BANYAN_TOPOLOGY__INTERNAL_ADDR).
     #[arg(long, value_name = "ADDR")]
     internal_addr: Option<std::net::SocketAddr>,
-    /// Where `/metrics` is served (metrics.addr).
+    /// Where `/metrics` is served (metrics.addr; BANYAN_METRICS__ADDR).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
-    /// sqlite://<dir> or postgres://... (database.url).
-    #[arg(long)]
-    database_url: Option<String>,
-    /// json or pretty (log.format).
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// auto, json or pretty (log.format; BANYAN_LOG__FORMAT). auto, the default: pretty on a
+    /// terminal, JSON lines otherwise.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
     /// The process of the topology to run: `main` (the default) hosts every module not placed
     /// elsewhere; another name hosts the modules `[topology.modules]` places in it
-    /// (topology.process).
+    /// (topology.process; BANYAN_TOPOLOGY__PROCESS).
     #[arg(long, value_name = "NAME")]
     process: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 enum DeadLetterCommand {
-    /// List dead letters, newest first.
+    /// List dead letters, newest first, as JSON.
     List {
-        /// Only this module's.
+        /// Only this module's (users, catalog, inventory, cart, orders, payments,
+        /// notifications).
         #[arg(long)]
         module: Option<String>,
-        /// dead, replay_requested, replaying or replayed.
-        #[arg(long)]
-        status: Option<String>,
-        #[arg(long, default_value_t = 100)]
+        /// Only those in this state.
+        #[arg(long, value_enum)]
+        status: Option<LetterStatus>,
+        /// At most this many per module.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         limit: i64,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
-    /// Ask for a dead letter to be delivered again; the process hosting the module does it.
-    Replay { module: String, id: Uuid },
+    /// Ask for a dead letter to be delivered again; the process hosting the module does it
+    /// within its relay's interval.
+    Replay {
+        /// The module whose dead letter it is.
+        module: String,
+        /// The dead letter's `id`, as `list` shows it.
+        id: Uuid,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+/// A dead letter's state.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LetterStatus {
+    /// Failed every attempt; waiting for someone.
+    Dead,
+    /// Asked to be delivered again.
+    #[value(name = "replay_requested")]
+    ReplayRequested,
+    /// Being delivered again.
+    Replaying,
+    /// Delivered again.
+    Replayed,
+}
+
+impl LetterStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            LetterStatus::Dead => "dead",
+            LetterStatus::ReplayRequested => "replay_requested",
+            LetterStatus::Replaying => "replaying",
+            LetterStatus::Replayed => "replayed",
+        }
+    }
 }
 
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
+    let command = cli.command.unwrap_or(Command::Serve(cli.serve));
     // Needs no configuration.
     if let Command::Identity(IdentityCommand::New { process }) = &command {
         let (key, public) = crate::identity::new_key_pair();
@@ -135,7 +191,7 @@ pub async fn main() -> ExitCode {
         if let Some(addr) = args.metrics_addr {
             figment = config::with(figment, "metrics.addr", addr.to_string());
         }
-        if let Some(url) = &args.database_url {
+        if let Some(url) = &args.database.database_url {
             figment = config::with(figment, "database.url", url);
         }
         if let Some(process) = &args.process {
@@ -143,11 +199,22 @@ pub async fn main() -> ExitCode {
         }
         if let Some(format) = args.log_format {
             let format = match format {
+                LogFormat::Auto => "auto",
                 LogFormat::Json => "json",
                 LogFormat::Pretty => "pretty",
             };
             figment = config::with(figment, "log.format", format);
         }
+    }
+    let database = match &command {
+        Command::Seed(database)
+        | Command::DeadLetters(
+            DeadLetterCommand::List { database, .. } | DeadLetterCommand::Replay { database, .. },
+        ) => database.clone(),
+        _ => DatabaseArgs::default(),
+    };
+    if let Some(url) = &database.database_url {
+        figment = config::with(figment, "database.url", url);
     }
     let mut settings = match config::load(&figment) {
         Ok(settings) => settings,
@@ -168,7 +235,17 @@ pub async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&settings.log, &settings.traces, &settings.topology.process);
+    // A one-shot command's own lines are what its user reads: its logs say only problems.
+    let default_level = match &command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    telemetry::init(
+        &settings.log,
+        &settings.traces,
+        &settings.topology.process,
+        default_level,
+    );
     for (key, origin) in origins {
         if origin == crate::secrets::Origin::Generated {
             tracing::info!(
@@ -182,7 +259,7 @@ pub async fn main() -> ExitCode {
     let outcome = match command {
         Command::Serve(_) => serve(settings, figment).await,
         // Seeding runs every module in this one process, whatever the topology.
-        Command::Seed => {
+        Command::Seed(_) => {
             let mut settings = settings;
             settings.topology = crate::topology::TopologyConfig::default();
             crate::seed::run(settings, figment).await
@@ -194,8 +271,8 @@ pub async fn main() -> ExitCode {
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        // Once, in the form every error before it took ("banyan: ..."), whatever the log format.
         Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "Banyan failed.");
             eprintln!("banyan: {error:#}");
             ExitCode::FAILURE
         }
@@ -267,6 +344,7 @@ async fn dead_letters(
             module,
             status,
             limit,
+            ..
         } => {
             let modules = match module {
                 Some(name) => vec![find(&name)?],
@@ -275,12 +353,17 @@ async fn dead_letters(
             let mut letters = Vec::new();
             for module in modules {
                 letters.extend(
-                    dead_letter::list(&open(module).await?, status.as_deref(), limit).await?,
+                    dead_letter::list(
+                        &open(module).await?,
+                        status.map(LetterStatus::as_str),
+                        limit,
+                    )
+                    .await?,
                 );
             }
             println!("{}", serde_json::to_string_pretty(&letters)?);
         }
-        DeadLetterCommand::Replay { module, id } => {
+        DeadLetterCommand::Replay { module, id, .. } => {
             let db = open(find(&module)?).await?;
             if dead_letter::request_replay(&db, id).await? {
                 println!("Replay of {id} requested; the process hosting {module} delivers it.");

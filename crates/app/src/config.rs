@@ -127,15 +127,53 @@ impl std::fmt::Debug for AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
+    #[serde(default)]
     pub format: LogFormat,
-    pub level: String,
+    /// A tracing filter; `RUST_LOG`, when set, wins. Unset: `info` for `serve`, `warn` for the
+    /// one-shot commands, whose own output is what a person wants to read.
+    #[serde(default)]
+    pub level: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Pretty when stderr is a terminal, JSON lines otherwise.
+    #[default]
+    Auto,
+    /// One JSON object per line.
     Json,
+    /// Text for a person; coloured only on a terminal.
     Pretty,
+}
+
+impl LogConfig {
+    /// The filter in force: `RUST_LOG` if set, else `log.level`, else `default_level`.
+    pub fn filter(
+        &self,
+        default_level: &str,
+    ) -> Result<tracing_subscriber::EnvFilter, ConfigError> {
+        let (key, directives) = match std::env::var("RUST_LOG") {
+            Ok(value) if !value.trim().is_empty() => ("RUST_LOG", value),
+            _ => (
+                "log.level",
+                self.level
+                    .clone()
+                    .unwrap_or_else(|| default_level.to_owned()),
+            ),
+        };
+        // PostgreSQL's notices ("relation ... already exists, skipping" at every start) are
+        // noise at info; a filter that names sqlx decides for itself.
+        let directives = if directives.contains("sqlx") {
+            directives
+        } else {
+            format!("sqlx::postgres::notice=warn,{directives}")
+        };
+        tracing_subscriber::EnvFilter::try_new(&directives).map_err(|e| ConfigError::Invalid {
+            key: key.to_owned(),
+            reason: format!("is not a valid tracing filter: {e}"),
+        })
+    }
 }
 
 /// A configuration that cannot be used, with the key at fault.
@@ -155,6 +193,13 @@ pub fn defaults() -> figment::providers::Data<Toml> {
 }
 
 pub fn layers(files: &[PathBuf]) -> Result<Figment, ConfigError> {
+    if let Some(name) = unknown_variable(std::env::vars_os().map(|(name, _)| name)) {
+        return Err(ConfigError::Load(format!(
+            "environment variable {name} names no setting: BANYAN_<SECTION>__<KEY> takes a \
+             section of {}",
+            SECTIONS.map(str::to_ascii_uppercase).join(", ")
+        )));
+    }
     let mut figment = Figment::from(Toml::string(DEFAULTS));
     for file in files {
         if !file.is_file() {
@@ -174,6 +219,37 @@ pub fn layers(files: &[PathBuf]) -> Result<Figment, ConfigError> {
                 SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
             }),
     ))
+}
+
+/// The `BANYAN_*` variables that are not settings: the project's tools and tests read them.
+const NOT_SETTINGS: [&str; 6] = [
+    "BANYAN_BIN",
+    "BANYAN_FAILPOINTS",
+    "BANYAN_DASHBOARD_SCREENSHOT",
+    "BANYAN_LOAD_ADMIN_PASSWORD",
+    "BANYAN_CRASH_CHILD",
+    "BANYAN_CRASH_ORDER",
+];
+
+/// ...and the prefixes of the families of them.
+const NOT_SETTINGS_PREFIXES: [&str; 3] = ["BANYAN_TEST_", "BANYAN_BENCH_", "BANYAN_SKIP_"];
+
+/// The first `BANYAN_*` variable among `names` whose section is none of Banyan's (a typo such
+/// as `BANYAN_SERVR__ADDR` would otherwise be ignored without a word), the project's own
+/// non-setting variables aside.
+fn unknown_variable(names: impl Iterator<Item = std::ffi::OsString>) -> Option<String> {
+    names
+        .filter_map(|name| name.into_string().ok())
+        .filter(|name| name.starts_with("BANYAN_"))
+        .filter(|name| !NOT_SETTINGS.contains(&name.as_str()))
+        .filter(|name| !NOT_SETTINGS_PREFIXES.iter().any(|p| name.starts_with(p)))
+        .find(|name| {
+            let section = name["BANYAN_".len()..]
+                .split("__")
+                .next()
+                .unwrap_or_default();
+            !SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
+        })
 }
 
 /// Sets one key on top of every layer (for CLI flags and tests).
@@ -298,9 +374,7 @@ impl Settings {
         self.traces
             .validate()
             .map_err(|(key, reason)| invalid(key, &reason))?;
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(invalid("log.level", "is not a valid tracing filter"));
-        }
+        self.log.filter("info")?;
         self.database
             .validate()
             .map_err(|(key, e)| invalid(&key, &e.to_string()))?;
@@ -324,6 +398,33 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_banyan_variable_of_no_section_is_named() {
+        let names = |names: &[&str]| {
+            names
+                .iter()
+                .map(std::ffi::OsString::from)
+                .collect::<Vec<_>>()
+        };
+        let unknown = |list: &[&str]| unknown_variable(names(list).into_iter());
+        assert_eq!(
+            unknown(&["PATH", "BANYAN_SERVER__ADDR", "BANYAN_SERVR__ADDR"]),
+            Some("BANYAN_SERVR__ADDR".to_owned())
+        );
+        assert_eq!(unknown(&["BANYAN_DEBUG"]), Some("BANYAN_DEBUG".to_owned()));
+        assert_eq!(
+            unknown(&[
+                "BANYAN_LOG__LEVEL",
+                "BANYAN_modules__users__login_limit__per_account",
+                "BANYAN_TEST_POSTGRES_URL",
+                "BANYAN_FAILPOINTS",
+                "BANYAN_BENCH_SETUPS",
+                "OTHER_SERVR__ADDR",
+            ]),
+            None
+        );
+    }
 
     #[test]
     fn the_shipped_defaults_load() {

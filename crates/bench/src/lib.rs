@@ -91,10 +91,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     banyan_app::telemetry::init(
         &LogConfig {
             format: LogFormat::Pretty,
-            level: "warn".to_owned(),
+            level: None,
         },
         &banyan_app::telemetry::traces::TracesConfig::default(),
         "bench",
+        "warn",
     );
     let nats_url = if args.skip_nats {
         None

@@ -14,9 +14,9 @@
 //! Then the bulkhead: a callee whose handler hangs holds all `SLOTS` of its edge, and
 //! `CONCURRENCY` more callers ask it at once, with the bulkhead (`max_concurrent = SLOTS`,
 //! `max_wait_ms = 0`) and without one (a cap no caller reaches): how long they wait for an
-//! answer (all 64 at once on 2 workers, so a wait includes queueing behind the others), what
-//! the answer is, and a request to another module meanwhile against the same request with
-//! nothing hanging.
+//! answer (all 64 at once on 2 workers, so a wait includes queueing behind the others) and
+//! what the answer is; then, the slots still held, a request to another module against the
+//! same request with nothing hanging.
 //!
 //! Latency is sequential (one call at a time, each timed with `Instant`); throughput runs
 //! `CONCURRENCY` callers at once (for publish: one publisher, until every event is handled).
@@ -253,7 +253,8 @@ async fn bulkheads(settings: &Settings) {
     println!();
     println!(
         "a callee hanging with {SLOTS} calls in flight, then {CONCURRENCY} more callers at once \
-         (deadline {HANG_DEADLINE_MS} ms); another module asked {iterations} times meanwhile"
+         (deadline {HANG_DEADLINE_MS} ms); then another module asked {iterations} times, the slots \
+         still held"
     );
     println!(
         "{:<32} {:>14} {:>14} {:>11} {:>10} {:>16} {:>18}",
@@ -339,7 +340,6 @@ async fn crowd(cap: u32, max_wait_ms: u64, iterations: usize) -> Crowded {
             })
         })
         .collect();
-    let other_crowded = latency(&other, iterations).await.0;
     let mut waits = Latencies::new();
     let (mut overloaded, mut timed_out) = (0, 0);
     for call in excess {
@@ -351,6 +351,8 @@ async fn crowd(cap: u32, max_wait_ms: u64, iterations: usize) -> Crowded {
             other => panic!("an excess call came to {other:?}"),
         }
     }
+    // The hanging callee's slots are still held.
+    let other_crowded = latency(&other, iterations).await.0;
     release.add_permits(1_000_000);
     for holder in holders {
         holder

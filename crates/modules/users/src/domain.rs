@@ -216,24 +216,36 @@ pub(crate) async fn register(
     Ok(user)
 }
 
-/// Creates the configured admin unless an account with its username exists.
+/// Creates the configured admin unless an account with its username exists. One that exists
+/// is never changed; if the configured password no longer opens it, the operator is told.
 pub(crate) async fn ensure_admin(
     outbox: &Outbox,
     hasher: &Hasher,
     cx: &Context,
     admin: NewAccount,
 ) -> anyhow::Result<()> {
-    let username =
-        Username::parse(&admin.username).map_err(|e| anyhow::anyhow!("bootstrap_admin: {e}"))?;
-    if store::find_by_login(outbox.db(), username.as_str())
-        .await?
-        .is_some()
-    {
+    // Worded as every other configuration error is.
+    const KEY: &str = "modules.users.bootstrap_admin";
+    let invalid = |e: &dyn std::fmt::Display| anyhow::anyhow!("invalid value for `{KEY}`: {e}");
+    let username = Username::parse(&admin.username).map_err(|e| invalid(&e))?;
+    if let Some(existing) = store::find_by_login(outbox.db(), username.as_str()).await? {
+        let password = Password::parse(admin.password).map_err(|e| invalid(&e))?;
+        if !hasher
+            .verify(password, Some(existing.password_hash))
+            .await
+            .map_err(|e| invalid(&e))?
+        {
+            tracing::warn!(
+                username = username.as_str(),
+                "The bootstrap admin exists with another password than {KEY}.password: the \
+                 account is left as it is (change its password through the API)."
+            );
+        }
         return Ok(());
     }
     register(outbox, hasher, cx, admin, Role::Admin)
         .await
-        .map_err(|e| anyhow::anyhow!("bootstrap_admin: {e}"))?;
+        .map_err(|e| invalid(&e))?;
     tracing::info!(username = username.as_str(), "Bootstrap admin created.");
     Ok(())
 }
