@@ -269,3 +269,73 @@ async fn every_process_of_a_split_killed_at_once_loses_no_acknowledged_order() {
     every_order_confirmed_and_paid_once(&app, &token, &product, &burst.accepted).await;
     app.stop().await;
 }
+
+/// Payments placed in a process of its own that is not running: main's `/ready` says so
+/// (`degraded`, still 200); orders are taken and wait; once a payments process registers,
+/// they confirm within seconds, although the outbox's lease here is the shipped 30 s (the
+/// registry's arrival sends what waited at once).
+async fn a_module_that_is_down_is_reported_and_its_orders_go_once_it_registers(
+    transport: Transport,
+) {
+    let Some(mut app) =
+        TestApp::spawn_split(engine_for(transport), payments_in(0, transport), |f| {
+            banyan_app::config::with(f, "bus.relay_lease_ms", 30_000)
+        })
+        .await
+    else {
+        return;
+    };
+    let ready = app.get("/ready", None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.text);
+    assert_eq!(ready.body["status"], "degraded", "{}", ready.text);
+    assert_eq!(ready.body["elsewhere"]["payments"]["status"], "down");
+    assert_eq!(ready.body["elsewhere"]["payments"]["healthy_instances"], 0);
+    assert!(
+        ready.body["reasons"][0]
+            .as_str()
+            .is_some_and(|r| r.starts_with("payments:")),
+        "{}",
+        ready.text
+    );
+
+    let (product, token) = shop(&app).await;
+    let placed = app
+        .order(
+            &token,
+            serde_json::json!({ "lines": [{ "product_id": product, "quantity": 1 }] }),
+            None,
+        )
+        .await;
+    assert_eq!(placed.status, StatusCode::ACCEPTED, "{}", placed.text);
+    let id = placed.body["id"].as_str().unwrap().to_owned();
+    // Long enough for its events to have been tried and left waiting in the outbox.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let order = app.get(&format!("/api/v1/orders/{id}"), Some(&token)).await;
+    assert_eq!(order.body["status"], "pending", "{}", order.text);
+
+    app.cluster_mut().start_process("payments").await;
+    app.cluster().healthy("payments", 1).await;
+    eventually_within(
+        Duration::from_secs(10),
+        "the waiting order confirms soon after payments registers",
+        || async {
+            let order = app.get(&format!("/api/v1/orders/{id}"), Some(&token)).await;
+            order.body["status"] == "confirmed"
+        },
+    )
+    .await;
+    let ready = app.get("/ready", None).await;
+    assert_eq!(ready.body["status"], "ready", "{}", ready.text);
+    assert_eq!(ready.body["elsewhere"]["payments"]["status"], "ok");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_a_module_that_is_down_is_reported_and_its_orders_go_once_it_registers() {
+    a_module_that_is_down_is_reported_and_its_orders_go_once_it_registers(Transport::Http).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_nats_a_module_that_is_down_is_reported_and_its_orders_go_once_it_registers() {
+    a_module_that_is_down_is_reported_and_its_orders_go_once_it_registers(Transport::Nats).await;
+}

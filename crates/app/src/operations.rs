@@ -29,14 +29,31 @@ pub(crate) struct Hosted {
 
 pub(crate) type Hosts = Arc<BTreeMap<&'static str, Hosted>>;
 
+/// What main's registry says of each module placed in another process, when this process is
+/// main of a split: asked at every `/ready`.
+pub(crate) type Elsewhere = Arc<dyn Fn() -> BTreeMap<String, Placed> + Send + Sync>;
+
+/// The state of `/ready`.
+#[derive(Clone)]
+struct ReadyState {
+    hosted: Hosts,
+    elsewhere: Option<Elsewhere>,
+}
+
 /// Liveness, readiness and the operator's dead-letter endpoints (tag `operations`).
-pub(crate) fn operations_routes(hosted: Hosts) -> OpenApiRouter {
+pub(crate) fn operations_routes(hosted: Hosts, elsewhere: Option<Elsewhere>) -> OpenApiRouter {
+    let readiness = OpenApiRouter::new()
+        .routes(routes!(ready))
+        .with_state(ReadyState {
+            hosted: hosted.clone(),
+            elsewhere,
+        });
     OpenApiRouter::new()
         .routes(routes!(health))
-        .routes(routes!(ready))
         .routes(routes!(list_dead_letters))
         .routes(routes!(replay_dead_letter))
         .with_state(hosted)
+        .merge(readiness)
 }
 
 /// The process is up.
@@ -60,15 +77,40 @@ async fn health() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Whether every hosted module can work.
+/// Whether every hosted module can work, and (main of a split) whether every module placed
+/// elsewhere has an instance in rotation.
 #[derive(Debug, Serialize, ToSchema)]
 struct Readiness {
-    /// `ready` or `not_ready`.
+    /// `ready`; `degraded` when a module placed elsewhere has no healthy instance (this
+    /// process still serves, so still 200); `not_ready` (503) when a hosted module's database
+    /// does not answer.
     #[schema(value_type = String, example = "ready")]
     status: &'static str,
+    /// Why `degraded` or `not_ready`, one line per module.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    reasons: Vec<String>,
     /// Each hosted module, by name.
     #[schema(value_type = BTreeMap<String, ModuleReadiness>)]
     modules: BTreeMap<&'static str, ModuleReadiness>,
+    /// Main of a split: each module placed in another process, by name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    elsewhere: BTreeMap<String, Placed>,
+}
+
+/// A module placed in another process, as main's registry sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Placed {
+    /// The process the topology places it in.
+    pub(crate) process: String,
+    /// How it is reached: `http`, `grpc` or `nats`.
+    pub(crate) transport: String,
+    /// Its instances in rotation.
+    pub(crate) healthy_instances: usize,
+    /// Its instances registered, in rotation or not.
+    pub(crate) instances: usize,
+    /// `ok`, or `down` when no instance is in rotation.
+    #[schema(value_type = String, example = "ok")]
+    pub(crate) status: &'static str,
 }
 
 /// One hosted module's readiness.
@@ -82,25 +124,33 @@ struct ModuleReadiness {
     outbox_pending: Option<i64>,
 }
 
-/// `GET /ready`: every hosted module's database answers. 503 otherwise, naming the module.
+/// `GET /ready`: every hosted module's database answers (else 503 `not_ready`, naming it);
+/// on main of a split, every module placed elsewhere is listed with its instances in
+/// rotation, and one with none makes the answer `degraded` (200: main itself still serves).
 #[utoipa::path(
     get,
     path = "/ready",
     tag = OPERATIONS_TAG,
     operation_id = "ready",
     summary = "Readiness",
-    description = "Every hosted module's database answers, with each module's outbox backlog.",
+    description = "Every hosted module's database answers, with each module's outbox backlog. \
+        On main of a split, each module placed in another process with its instances in \
+        rotation: `degraded` (still 200, main serves the rest) when one has none.",
     responses(
-        (status = 200, description = "Ready.", body = Readiness),
+        (status = 200, description = "`ready`, or `degraded` when a module elsewhere has no instance in rotation.", body = Readiness),
         (status = 503, description = "A module's database does not answer (`not_ready`).", body = Readiness),
     )
 )]
-async fn ready(State(hosted): State<Hosts>) -> (StatusCode, Json<Readiness>) {
+async fn ready(State(state): State<ReadyState>) -> (StatusCode, Json<Readiness>) {
     let mut modules = BTreeMap::new();
+    let mut reasons = Vec::new();
     let mut all_ready = true;
-    for (name, module) in hosted.iter() {
+    for (name, module) in state.hosted.iter() {
         let ok = module.db.ping().await;
         all_ready &= ok;
+        if !ok {
+            reasons.push(format!("{name}: its database does not answer"));
+        }
         let pending = module.outbox.pending().await.ok();
         modules.insert(
             *name,
@@ -110,16 +160,27 @@ async fn ready(State(hosted): State<Hosts>) -> (StatusCode, Json<Readiness>) {
             },
         );
     }
-    let status = if all_ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let elsewhere = state.elsewhere.as_ref().map(|e| e()).unwrap_or_default();
+    for (name, placed) in &elsewhere {
+        if placed.healthy_instances == 0 {
+            reasons.push(format!(
+                "{name}: no instance of process `{}` is in rotation ({} registered)",
+                placed.process, placed.instances
+            ));
+        }
+    }
+    let (code, status) = match (all_ready, reasons.is_empty()) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+        (true, false) => (StatusCode::OK, "degraded"),
+        (true, true) => (StatusCode::OK, "ready"),
     };
     (
-        status,
+        code,
         Json(Readiness {
-            status: if all_ready { "ready" } else { "not_ready" },
+            status,
+            reasons,
             modules,
+            elsewhere,
         }),
     )
 }

@@ -24,7 +24,7 @@ use crate::{
         OPENAPI_PATH, check_schema_names, document_base, document_tags, serve_document,
         tag_operations,
     },
-    operations::{FaultControl, Hosted, fault_routes, operations_routes},
+    operations::{self, FaultControl, Hosted, fault_routes, operations_routes},
     registry::RegistryState,
     route_policy::{self, Peer, RoutePolicies},
     split::{Split, wire_split},
@@ -175,7 +175,14 @@ impl Server {
             !behind_gateway,
         ));
         route_policy::spawn_cleanup(&route_policies);
-        let operations = operations_routes(hosted.clone())
+        // Main of a split tells in /ready which modules elsewhere have an instance in rotation.
+        let elsewhere = split
+            .as_ref()
+            .and_then(|split| split.registry.clone())
+            .map(|registry| {
+                Arc::new(move || placed_elsewhere(&registry.listing())) as operations::Elsewhere
+            });
+        let operations = operations_routes(hosted.clone(), elsewhere)
             .merge(route_policy::admin_routes(route_policies.clone()))
             .merge(fault_routes(FaultControl {
                 bus: bus.clone(),
@@ -543,4 +550,34 @@ pub async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("Shutdown signal received.");
+}
+
+/// The modules of `listing` placed in another process, for main's `/ready`.
+fn placed_elsewhere(listing: &crate::registry::Listing) -> BTreeMap<String, operations::Placed> {
+    listing
+        .modules
+        .iter()
+        .filter(|(_, module)| module.process != crate::topology::MAIN)
+        .map(|(name, module)| {
+            let healthy = module
+                .instances
+                .iter()
+                .filter(|i| i.health == crate::registry::Health::Healthy)
+                .count();
+            let transport = serde_json::to_value(module.transport)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            (
+                name.clone(),
+                operations::Placed {
+                    process: module.process.clone(),
+                    transport,
+                    healthy_instances: healthy,
+                    instances: module.instances.len(),
+                    status: if healthy > 0 { "ok" } else { "down" },
+                },
+            )
+        })
+        .collect()
 }

@@ -102,7 +102,9 @@ pub(crate) async fn wire_split(
     let known: Vec<&'static str> = all_modules().iter().map(|m| m.name()).collect();
     let instance_id = Uuid::now_v7().to_string();
     let (registry, directory) = if topology.is_main() {
-        let registry = Arc::new(Registry::new(topology.clone(), known.clone()));
+        let registry = Arc::new(
+            Registry::new(topology.clone(), known.clone()).with_arrivals(resend_on_arrival(bus)),
+        );
         let checks = crate::tls::client_builder(topology.tls.as_ref())
             .map_err(|e| anyhow::anyhow!("topology.tls: {e}"))?
             .connect_timeout(Duration::from_millis(topology.http.connect_timeout_ms))
@@ -114,6 +116,7 @@ pub(crate) async fn wire_split(
             here.clone(),
             known.clone(),
             instance_id.clone(),
+            resend_on_arrival(bus),
         ));
         (None, Some(directory))
     };
@@ -238,4 +241,11 @@ pub(crate) async fn wire_split(
         nats_client,
         nats: None,
     })
+}
+
+/// When a module elsewhere comes (back) into rotation, the events this process's outboxes hold
+/// for it go at once rather than when their leases lapse (`bus.relay_lease_ms`).
+fn resend_on_arrival(bus: &Bus) -> crate::registry::Arrivals {
+    let bus = bus.clone();
+    crate::registry::Arrivals::new(move || bus.resend_waiting_events())
 }

@@ -456,6 +456,7 @@ impl Relay {
         // makes its passes.
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resend = inner.bus.resend_requests();
         // Replays a crash interrupted are asked for again.
         if let Err(error) = dead_letter::reset_interrupted_replays(&inner.db).await {
             tracing::warn!(%error, "Could not resume interrupted dead-letter replays.");
@@ -481,6 +482,13 @@ impl Relay {
                     continue;
                 }
                 () = inner.wake.notified() => {}
+                Ok(()) = resend.changed() => {
+                    // Whatever waited for a module now in rotation goes at once, not when its
+                    // lease lapses.
+                    if let Err(error) = self.release_leases().await {
+                        tracing::warn!(module = inner.db.module(), %error, "Could not release the outbox's leases; its events go when they lapse.");
+                    }
+                }
                 _ = tick.tick() => {}
             }
             if inner.bus.is_closing() {
@@ -527,6 +535,15 @@ impl Relay {
             tracing::warn!(%error, "Could not delete delivered outbox rows.");
         }
         done.clear();
+    }
+
+    /// Lets the relay take every row now.
+    async fn release_leases(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.outbox.inner.db.begin().await?;
+        sqlx::query("UPDATE outbox SET claimed_until = 0 WHERE claimed_until > 0")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
     }
 
     /// Takes the rows whose lease lapsed (oldest first), renews their lease, and delivers them

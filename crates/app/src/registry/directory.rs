@@ -10,7 +10,7 @@ use banyan_bus::{
     http::{Instances, Subscribers},
 };
 
-use super::{Health, Listing, events::Awareness};
+use super::{Arrivals, Health, Listing, events::Awareness};
 
 /// What a process other than main knows of the others: the registry's last answer.
 #[derive(Debug)]
@@ -23,6 +23,8 @@ pub(crate) struct Directory {
     listing: RwLock<Option<Listing>>,
     /// Each instance's weight by base URL and by bus URL, for the balancers.
     weights: Arc<Weights>,
+    /// What is done when a module elsewhere comes (back) into rotation.
+    arrivals: Arrivals,
 }
 
 impl Directory {
@@ -30,8 +32,10 @@ impl Directory {
         here: BTreeSet<&'static str>,
         known: Vec<&'static str>,
         own_id: String,
+        arrivals: Arrivals,
     ) -> Self {
         Self {
+            arrivals,
             here,
             known,
             own_id,
@@ -50,6 +54,20 @@ impl Directory {
             self.weights.set(&instance.base_url, instance.weight);
             self.weights.set(&instance.bus_url, instance.weight);
         }
+        self.arrivals.observe(
+            listing
+                .modules
+                .iter()
+                .filter(|(name, _)| !self.here.contains(name.as_str()))
+                .filter(|(_, module)| {
+                    module
+                        .instances
+                        .iter()
+                        .any(|i| i.health == Health::Healthy && i.instance_id != self.own_id)
+                })
+                .map(|(name, _)| name.clone())
+                .collect(),
+        );
         *self.listing.write().unwrap_or_else(|e| e.into_inner()) = Some(listing);
     }
 }

@@ -30,7 +30,9 @@
 //! - `routes`: the registry's endpoints (`/api/v1/services`).
 //! - `heartbeat`: [`Heartbeat`], registering, heartbeating and leaving.
 //! - `health`: an instance's `Probe` (health checks with hysteresis, outlier ejection).
+//! - `arrivals`: [`Arrivals`], what is done when a module elsewhere comes (back) into rotation.
 
+mod arrivals;
 mod directory;
 mod events;
 mod health;
@@ -38,6 +40,7 @@ mod heartbeat;
 mod routes;
 mod table;
 
+pub(crate) use arrivals::Arrivals;
 pub(crate) use directory::Directory;
 pub(crate) use events::{Awareness, PushedEvents};
 pub(crate) use heartbeat::Heartbeat;
@@ -331,6 +334,7 @@ mod tests {
             ["payments"].into_iter().collect(),
             vec!["orders", "payments"],
             "me".into(),
+            Arrivals::default(),
         );
         // Nothing known yet: events wait.
         assert_eq!(directory.unknown(), ["orders"]);

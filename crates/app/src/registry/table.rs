@@ -15,7 +15,7 @@ use banyan_kit::ApiError;
 use crate::topology::{HealthConfig, MAIN, TopologyConfig};
 
 use super::{
-    Health, InstanceTransport, InstanceView, Listing, ModuleListing, Registration,
+    Arrivals, Health, InstanceTransport, InstanceView, Listing, ModuleListing, Registration,
     events::Awareness, health::Probe,
 };
 
@@ -31,6 +31,8 @@ pub(crate) struct Registry {
     state: RwLock<Table>,
     /// Each instance's weight by base URL and by bus URL, for the balancers.
     weights: Arc<Weights>,
+    /// What is done when a module elsewhere comes (back) into rotation.
+    arrivals: Arrivals,
 }
 
 #[derive(Debug, Default)]
@@ -82,7 +84,31 @@ impl Registry {
             forget_after: ttl * 10,
             state: RwLock::default(),
             weights: Arc::default(),
+            arrivals: Arrivals::default(),
         }
+    }
+
+    /// The same registry, doing `arrivals` when a module elsewhere comes (back) into rotation.
+    pub(crate) fn with_arrivals(mut self, arrivals: Arrivals) -> Self {
+        self.arrivals = arrivals;
+        self
+    }
+
+    /// Looks for modules elsewhere newly in rotation (after each round of health checks).
+    fn note_arrivals(&self) {
+        let in_rotation = {
+            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+            state
+                .instances
+                .iter()
+                .filter(|(id, entry)| {
+                    state.own.as_ref() != Some(*id)
+                        && self.health(&state, id, entry) == Health::Healthy
+                })
+                .flat_map(|(_, entry)| entry.registration.modules.iter().map(|m| m.name.clone()))
+                .collect()
+        };
+        self.arrivals.observe(in_rotation);
     }
 
     /// The instances' weights, as their registrations say.
@@ -451,6 +477,7 @@ pub(crate) fn spawn_checks(
             for (id, passed) in futures::future::join_all(checks).await {
                 registry.checked(&id, passed);
             }
+            registry.note_arrivals();
         }
     });
 }

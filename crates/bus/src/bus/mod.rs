@@ -80,6 +80,9 @@ struct Inner {
     closing: CancellationToken,
     /// Whether events may be dispatched yet (see [`Bus::held`]).
     events_open: tokio::sync::watch::Sender<bool>,
+    /// Bumped when the outboxes should resend what waits at once (see
+    /// [`Bus::resend_waiting_events`]).
+    resend: tokio::sync::watch::Sender<u64>,
     /// Request and event workers; shutdown waits for them to drain their queues.
     workers: TaskTracker,
     /// Relays and other background loops; stopped after the workers have drained.
@@ -115,6 +118,7 @@ impl Bus {
                 through_transport: RwLock::default(),
                 closing: CancellationToken::new(),
                 events_open: tokio::sync::watch::Sender::new(false),
+                resend: tokio::sync::watch::Sender::new(0),
                 workers: TaskTracker::new(),
                 background: TaskTracker::new(),
                 background_stop: CancellationToken::new(),
@@ -124,6 +128,19 @@ impl Bus {
 
     pub fn config(&self) -> &BusConfig {
         &self.inner.config
+    }
+
+    /// Asks every outbox of this process to send again, now, every event it still holds,
+    /// instead of when each one's lease runs out: for when a module elsewhere that events
+    /// were waiting for has come (back) into rotation. An event whose delivery was still under
+    /// way goes twice; the subscribers' inboxes drop the second.
+    pub fn resend_waiting_events(&self) {
+        self.inner.resend.send_modify(|generation| *generation += 1);
+    }
+
+    /// What the relays watch for [`resend_waiting_events`](Self::resend_waiting_events).
+    pub(crate) fn resend_requests(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.resend.subscribe()
     }
 
     /// The fault injected into the handlers of `subject` (or the routes of a module, by its
