@@ -10,6 +10,7 @@
 //! - PostgreSQL comes from `BANYAN_TEST_POSTGRES_URL` (default: the local server). If it
 //!   cannot be reached the test fails, unless `BANYAN_SKIP_POSTGRES=1` is set outside CI.
 
+pub mod browser;
 pub mod cluster;
 pub mod process;
 

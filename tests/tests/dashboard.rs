@@ -4,65 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
 
-use std::{path::Path, process::Command};
-
-use banyan_e2e::{Engine, TestApp, cluster::Topology};
+use banyan_e2e::{
+    Engine, TestApp,
+    browser::{chromium, rendered, screenshot},
+    cluster::Topology,
+};
 use reqwest::StatusCode;
-
-/// Debian's Chromium, or `None` outside CI when it is not installed (`.ci/run` installs it).
-fn chromium() -> Option<String> {
-    let path = std::env::var("BANYAN_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if Path::new(&path).exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "Chromium is needed in CI at {path}"
-    );
-    eprintln!("Chromium not found at {path}; skipping the browser test");
-    None
-}
-
-/// Chromium, headless, with the flags this machine needs (no background networking: its
-/// closed network refuses it), on a fresh profile.
-fn browser(chromium: &str, profile: &Path) -> Command {
-    let mut command = Command::new(chromium);
-    command.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--hide-scrollbars",
-        // Long enough for the page's first poll and one more (every 2 s).
-        "--virtual-time-budget=5000",
-    ]);
-    command.arg(format!("--user-data-dir={}", profile.display()));
-    command
-}
-
-/// Runs the browser on a fresh profile with `args`; its standard output.
-fn run(chromium: &str, args: &[String]) -> Vec<u8> {
-    let profile = tempfile::tempdir().unwrap();
-    let output = browser(chromium, profile.path())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
-}
-
-/// The page as the browser rendered it, after its scripts ran.
-fn rendered(chromium: &str, url: &str) -> String {
-    String::from_utf8(run(chromium, &["--dump-dom".to_owned(), url.to_owned()])).unwrap()
-}
 
 /// The text of the element with `id` in `dom`.
 fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
@@ -154,29 +101,7 @@ async fn the_dashboard_shows_every_module_where_it_runs_and_counts_the_traffic()
         "no remote edge to payments on the page: {after}"
     );
 
-    // A picture of it (`BANYAN_DASHBOARD_SCREENSHOT=docs/dashboard.png` keeps it).
-    let dir = tempfile::tempdir().unwrap();
-    let shot = dir.path().join("dashboard.png");
-    run(
-        &chromium,
-        &[
-            format!("--screenshot={}", shot.display()),
-            "--window-size=1400,900".to_owned(),
-            url.clone(),
-        ],
-    );
-    let png = std::fs::read(&shot).unwrap();
-    assert!(
-        png.starts_with(b"\x89PNG") && png.len() > 10_000,
-        "{} bytes",
-        png.len()
-    );
-    if let Ok(keep) = std::env::var("BANYAN_DASHBOARD_SCREENSHOT") {
-        std::fs::write(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(keep),
-            png,
-        )
-        .unwrap();
-    }
+    // A picture of it (`BANYAN_TEST_SCREENSHOTS=docs` keeps it as docs/dashboard.png).
+    screenshot(&chromium, &url, (1400, 900), "dashboard.png");
     app.stop().await;
 }

@@ -479,3 +479,44 @@ async fn a_process_documents_only_the_modules_it_hosts() {
     assert!(is_the_routers_answer(&users), "{}", users.text);
     app.stop().await;
 }
+
+/// The API browser at `/docs`, read by headless Chromium: Swagger UI, served from the binary,
+/// renders the document's operations, every module's under its tag; and nothing it needs
+/// comes from elsewhere (the machine's network is closed, so a CDN would leave it blank).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_browser_shows_every_module_s_operations_in_a_real_browser() {
+    let Some(chromium) = banyan_e2e::browser::chromium() else {
+        return;
+    };
+    let Some(app) = TestApp::spawn(Engine::Sqlite).await else {
+        return;
+    };
+    let moved = app.get("/docs", None).await;
+    assert_eq!(moved.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(moved.headers["location"], "/docs/");
+    let url = app.url("/docs/");
+    let dom = tokio::task::spawn_blocking({
+        let (chromium, url) = (chromium.clone(), url.clone());
+        move || banyan_e2e::browser::rendered(&chromium, &url)
+    })
+    .await
+    .unwrap();
+    for tag in MODULES.iter().chain(&["operations"]) {
+        assert!(
+            dom.contains(&format!("id=\"operations-tag-{tag}\"")),
+            "no section for {tag} on the page: {dom}"
+        );
+    }
+    for path in ["/api/v1/orders", "/api/v1/products/{id}", "/ready"] {
+        assert!(
+            dom.contains(&format!("data-path=\"{path}\"")),
+            "no {path}: {dom}"
+        );
+    }
+    tokio::task::spawn_blocking(move || {
+        banyan_e2e::browser::screenshot(&chromium, &url, (1400, 1100), "api-browser.png")
+    })
+    .await
+    .unwrap();
+    app.stop().await;
+}

@@ -222,10 +222,9 @@ pub fn layers(files: &[PathBuf]) -> Result<Figment, ConfigError> {
 }
 
 /// The `BANYAN_*` variables that are not settings: the project's tools and tests read them.
-const NOT_SETTINGS: [&str; 6] = [
+const NOT_SETTINGS: [&str; 5] = [
     "BANYAN_BIN",
     "BANYAN_FAILPOINTS",
-    "BANYAN_DASHBOARD_SCREENSHOT",
     "BANYAN_LOAD_ADMIN_PASSWORD",
     "BANYAN_CRASH_CHILD",
     "BANYAN_CRASH_ORDER",

@@ -140,3 +140,48 @@ mod tests {
         );
     }
 }
+
+/// Where the API browser is served: Swagger UI, its files compiled into the binary (from the
+/// `utoipa-swagger-ui-vendored` crate), reading [`OPENAPI_PATH`]. Nothing is fetched from
+/// elsewhere: the online validator's badge is off.
+pub(crate) const DOCS_PATH: &str = "/docs";
+
+/// The API browser's routes: `/docs` (sent on to `/docs/`, where its relative links resolve)
+/// and its files under `/docs/`.
+pub(crate) fn docs_routes() -> axum::Router {
+    let config = std::sync::Arc::new(
+        utoipa_swagger_ui::Config::from(OPENAPI_PATH)
+            .validator_url("none")
+            .try_it_out_enabled(true)
+            .persist_authorization(true)
+            .display_request_duration(true),
+    );
+    let file = move |path: String| {
+        let config = config.clone();
+        async move {
+            match utoipa_swagger_ui::serve(&path, config) {
+                Ok(Some(file)) => (
+                    [(header::CONTENT_TYPE, file.content_type)],
+                    file.bytes.into_owned(),
+                )
+                    .into_response(),
+                Ok(None) => banyan_kit::ApiError::not_found("no such file of the API browser")
+                    .into_response(),
+                Err(error) => banyan_kit::ApiError::internal(error.to_string()).into_response(),
+            }
+        }
+    };
+    let index = file.clone();
+    axum::Router::new()
+        .route(
+            DOCS_PATH,
+            axum::routing::get(|| async { axum::response::Redirect::permanent("/docs/") }),
+        )
+        .route("/docs/", axum::routing::get(move || index(String::new())))
+        .route(
+            "/docs/{*file}",
+            axum::routing::get(
+                move |axum::extract::Path(path): axum::extract::Path<String>| file(path),
+            ),
+        )
+}

@@ -193,7 +193,9 @@ impl Server {
         let (routes, mut openapi) = routes.merge(operations).split_for_parts();
         openapi.tags = Some(document_tags(started));
         let document = Bytes::from(openapi.to_json()?);
-        let mut routes = routes.route(OPENAPI_PATH, get(move || serve_document(document.clone())));
+        let mut routes = routes
+            .route(OPENAPI_PATH, get(move || serve_document(document.clone())))
+            .merge(crate::openapi::docs_routes());
         let mut internal = None;
         if let Some(split) = &mut split {
             if let Some(client) = split.nats_client.clone() {
