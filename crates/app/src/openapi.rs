@@ -114,33 +114,6 @@ pub(crate) async fn serve_document(document: Bytes) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], document)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::modules::all_modules;
-
-    #[test]
-    fn the_document_names_every_module_and_the_bearer_scheme() {
-        let described: Vec<(&str, &str)> = all_modules()
-            .iter()
-            .map(|m| (m.name(), m.description()))
-            .collect();
-        let modules: Vec<&str> = described.iter().map(|(name, _)| *name).collect();
-        let tags = document_tags(described.iter().copied());
-        assert_eq!(tags.len(), modules.len() + 1);
-        for (tag, name) in tags.iter().zip(modules.iter().chain([&OPERATIONS_TAG])) {
-            assert_eq!(tag.name, *name);
-            assert!(tag.description.is_some(), "{name} has no description");
-        }
-        let components = document_base().components.expect("components");
-        assert!(
-            components
-                .security_schemes
-                .contains_key(auth::BEARER_SCHEME)
-        );
-    }
-}
-
 /// Where the API browser is served: Swagger UI, its files compiled into the binary (from the
 /// `utoipa-swagger-ui-vendored` crate), reading [`OPENAPI_PATH`]. Nothing is fetched from
 /// elsewhere: the online validator's badge is off.
@@ -184,4 +157,31 @@ pub(crate) fn docs_routes() -> axum::Router {
                 move |axum::extract::Path(path): axum::extract::Path<String>| file(path),
             ),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modules::all_modules;
+
+    #[test]
+    fn the_document_names_every_module_and_the_bearer_scheme() {
+        let described: Vec<(&str, &str)> = all_modules()
+            .iter()
+            .map(|m| (m.name(), m.description()))
+            .collect();
+        let modules: Vec<&str> = described.iter().map(|(name, _)| *name).collect();
+        let tags = document_tags(described.iter().copied());
+        assert_eq!(tags.len(), modules.len() + 1);
+        for (tag, name) in tags.iter().zip(modules.iter().chain([&OPERATIONS_TAG])) {
+            assert_eq!(tag.name, *name);
+            assert!(tag.description.is_some(), "{name} has no description");
+        }
+        let components = document_base().components.expect("components");
+        assert!(
+            components
+                .security_schemes
+                .contains_key(auth::BEARER_SCHEME)
+        );
+    }
 }
