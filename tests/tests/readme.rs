@@ -71,21 +71,21 @@ const PLANS: &[(&str, Plan)] = &[
         "BANYAN_MODULES__USERS__BOOTSTRAP_ADMIN__USERNAME",
         Plan::Serve,
     ),
-    ("cargo build && B=target/debug/banyan", Plan::Run),
+    ("cargo install --path crates/app", Plan::Run),
     (
-        "$B serve --config config/split-payments-http.toml",
+        "banyan serve --config config/split-payments-http.toml",
         Plan::Serve,
     ),
     (
-        "$B serve --config config/split-payments-grpc.toml",
+        "banyan serve --config config/split-payments-grpc.toml",
         Plan::Serve,
     ),
     (
-        "$B serve --config config/split-payments-nats.toml",
+        "banyan serve --config config/split-payments-nats.toml",
         Plan::Serve,
     ),
     (
-        "$B serve --config config/split-inventory-payments-nats.toml",
+        "banyan serve --config config/split-inventory-payments-nats.toml",
         Plan::Serve,
     ),
     ("ADMIN=$(curl", Plan::Run),
@@ -123,12 +123,24 @@ fn block<'b>(blocks: &'b [Block], first: &str) -> &'b Block {
         .unwrap_or_else(|| panic!("README.md has no sh block starting with {first:?}"))
 }
 
-/// The block as this build runs it: `cargo run` is this build's binary.
+/// The block as this build runs it: `cargo run` and the installed `banyan` are this build's
+/// binary, and `cargo install` is skipped (it would build the release profile again).
 fn as_run(text: &str) -> String {
-    text.replace("cargo build && B=target/debug/banyan", "B=\"$BANYAN\"")
-        .replace("cargo run -- ", "\"$BANYAN\" ")
-        .replace("cargo run ", "\"$BANYAN\" ")
-        .replace("cargo run\n", "\"$BANYAN\"\n")
+    text.lines()
+        .map(|line| {
+            if line.starts_with("cargo install --path crates/app") {
+                return "true".to_owned();
+            }
+            let line = match line.strip_prefix("banyan ") {
+                Some(rest) => format!("\"$BANYAN\" {rest}"),
+                None => line.to_owned(),
+            };
+            line.replace("cargo run -- ", "\"$BANYAN\" ")
+                .replace("cargo run ", "\"$BANYAN\" ")
+                .replace("cargo run", "\"$BANYAN\"")
+        })
+        .map(|line| line + "\n")
+        .collect()
 }
 
 /// A directory like a fresh clone's for running the README: the repository's `config/`.
@@ -376,22 +388,22 @@ async fn every_readme_command_runs_as_written() {
     let nats = reachable("NATS", "127.0.0.1:4222");
     for (first, moved, needs_nats) in [
         (
-            "$B serve --config config/split-payments-http.toml",
+            "banyan serve --config config/split-payments-http.toml",
             &["payments"][..],
             false,
         ),
         (
-            "$B serve --config config/split-payments-grpc.toml",
+            "banyan serve --config config/split-payments-grpc.toml",
             &["payments"],
             false,
         ),
         (
-            "$B serve --config config/split-payments-nats.toml",
+            "banyan serve --config config/split-payments-nats.toml",
             &["payments"],
             true,
         ),
         (
-            "$B serve --config config/split-inventory-payments-nats.toml",
+            "banyan serve --config config/split-inventory-payments-nats.toml",
             &["inventory", "payments"],
             true,
         ),
@@ -400,10 +412,8 @@ async fn every_readme_command_runs_as_written() {
             continue;
         }
         let shop = Shop::new();
-        let build = text("cargo build && B=target/debug/banyan");
-        shop.run(&build);
-        let prelude = build.lines().next().unwrap();
-        let _processes = shop.serve(prelude, &text(first)).await;
+        shop.run(&text("cargo install --path crates/app"));
+        let _processes = shop.serve("", &text(first)).await;
         registry_lists(&shop, &listing, moved).await;
     }
 
