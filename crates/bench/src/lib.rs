@@ -156,6 +156,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(figures)
     };
 
+    let mut setup = setup;
+    setup.load_at_end = Some(report::load_now());
     let document = report::Document::new(setup, request_reply, events, checkout);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;

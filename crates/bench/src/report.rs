@@ -19,6 +19,16 @@ pub(super) struct Setup {
     pub(super) cores: usize,
     pub(super) os: &'static str,
     pub(super) arch: &'static str,
+    /// The processor, as the kernel names it (`model name` of /proc/cpuinfo).
+    pub(super) cpu: String,
+    /// The machine's memory (MemTotal of /proc/meminfo).
+    pub(super) memory_bytes: u64,
+    /// The commit of the working tree the bench ran in (`git describe --always --dirty`).
+    pub(super) commit: String,
+    /// The 1, 5 and 15 minute load averages when the run started, and when it ended: a
+    /// figure taken on a busy machine says so.
+    pub(super) load_at_start: [f64; 3],
+    pub(super) load_at_end: Option<[f64; 3]>,
     /// `release` or `debug`: what this binary was built as.
     pub(super) build: &'static str,
     pub(super) version: &'static str,
@@ -54,6 +64,11 @@ impl Setup {
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             os: std::env::consts::OS,
             arch: std::env::consts::ARCH,
+            cpu: machine::cpu(),
+            memory_bytes: machine::memory_bytes(),
+            commit: machine::commit(),
+            load_at_start: machine::load(),
+            load_at_end: None,
             build: if cfg!(debug_assertions) {
                 "debug"
             } else {
@@ -85,9 +100,28 @@ impl Setup {
     /// The setup, as the first lines of the output.
     pub(super) fn describe(&self) -> String {
         let mut text = format!(
-            "Banyan bench {}: {} cores, {}/{}, {} build, tokio runtime with {} workers\n",
-            self.version, self.cores, self.os, self.arch, self.build, self.runtime_workers
+            "Banyan bench {} at {}: {} cores ({}), {:.1} GiB, {}/{}, {} build, tokio runtime \
+             with {} workers; load average {:.2} {:.2} {:.2}\n",
+            self.version,
+            self.commit,
+            self.cores,
+            self.cpu,
+            self.memory_bytes as f64 / (1u64 << 30) as f64,
+            self.os,
+            self.arch,
+            self.build,
+            self.runtime_workers,
+            self.load_at_start[0],
+            self.load_at_start[1],
+            self.load_at_start[2],
         );
+        if self.build == "debug" {
+            let _ = writeln!(
+                text,
+                "WARNING: a debug build: its figures say little of the release binary's \
+                 (cargo run --release -p banyan-bench)"
+            );
+        }
         let _ = writeln!(
             text,
             "request→reply: {} rounds × {} sequential requests per case (after {} warm-up), \
@@ -489,5 +523,57 @@ mod tests {
         assert_eq!(figure(1.2345), "1.23");
         assert_eq!(figure(12.345), "12.3");
         assert_eq!(figure(123.45), "123");
+    }
+}
+
+/// The load averages now, for the end of a run.
+pub(super) fn load_now() -> [f64; 3] {
+    machine::load()
+}
+
+/// What the bench records of the machine it ran on.
+mod machine {
+    /// The first `model name` of /proc/cpuinfo, or `unknown`.
+    pub(super) fn cpu() -> String {
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find(|line| line.starts_with("model name"))
+                    .and_then(|line| line.split_once(':'))
+                    .map(|(_, name)| name.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".to_owned())
+    }
+
+    /// MemTotal of /proc/meminfo in bytes, or 0.
+    pub(super) fn memory_bytes() -> u64 {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|info| {
+                let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kib * 1024)
+            })
+            .unwrap_or(0)
+    }
+
+    /// `git describe --always --dirty` of the working directory, or `unknown`.
+    pub(super) fn commit() -> String {
+        std::process::Command::new("git")
+            .args(["describe", "--always", "--dirty"])
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .and_then(|output| String::from_utf8(output.stdout).ok())
+            .map(|commit| commit.trim().to_owned())
+            .unwrap_or_else(|| "unknown".to_owned())
+    }
+
+    /// The 1, 5 and 15 minute load averages (/proc/loadavg), or zeros.
+    pub(super) fn load() -> [f64; 3] {
+        let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let mut fields = text.split_whitespace().map(|f| f.parse().unwrap_or(0.0));
+        [(); 3].map(|()| fields.next().unwrap_or(0.0))
     }
 }
