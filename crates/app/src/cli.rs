@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::{
     config::{self, LogFormat},
+    operations::LetterStatus,
     server::{self, Server},
     telemetry,
 };
@@ -130,31 +131,6 @@ enum DeadLetterCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
-}
-
-/// A dead letter's state.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LetterStatus {
-    /// Failed every attempt; waiting for someone.
-    Dead,
-    /// Asked to be delivered again.
-    #[value(name = "replay_requested")]
-    ReplayRequested,
-    /// Being delivered again.
-    Replaying,
-    /// Delivered again.
-    Replayed,
-}
-
-impl LetterStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            LetterStatus::Dead => "dead",
-            LetterStatus::ReplayRequested => "replay_requested",
-            LetterStatus::Replaying => "replaying",
-            LetterStatus::Replayed => "replayed",
-        }
-    }
 }
 
 pub async fn main() -> ExitCode {

@@ -191,8 +191,9 @@ async fn ready(State(state): State<ReadyState>) -> (StatusCode, Json<Readiness>)
 struct DeadLetterFilter {
     /// Only this module's letters (404 if it is not hosted here).
     module: Option<String>,
-    /// Only letters in this status: `dead`, `replay_requested`, `replaying` or `replayed`.
-    status: Option<String>,
+    /// Only letters in this status.
+    #[param(inline)]
+    status: Option<LetterStatus>,
     /// At most this many, 1 to 1000; 100 by default.
     #[serde(default = "default_limit")]
     #[param(minimum = 1, maximum = 1000, default = 100)]
@@ -203,7 +204,31 @@ fn default_limit() -> i64 {
     100
 }
 
-const STATUSES: [&str; 4] = ["dead", "replay_requested", "replaying", "replayed"];
+/// A dead letter's state.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LetterStatus {
+    /// Failed every attempt; waiting for someone.
+    Dead,
+    /// Asked to be delivered again.
+    #[value(name = "replay_requested")]
+    ReplayRequested,
+    /// Being delivered again.
+    Replaying,
+    /// Delivered again.
+    Replayed,
+}
+
+impl LetterStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            LetterStatus::Dead => "dead",
+            LetterStatus::ReplayRequested => "replay_requested",
+            LetterStatus::Replaying => "replaying",
+            LetterStatus::Replayed => "replayed",
+        }
+    }
+}
 
 /// Dead letters, newest first.
 #[derive(Debug, Serialize, ToSchema)]
@@ -224,10 +249,10 @@ struct DeadLetters {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The dead letters.", body = DeadLetters),
-        (status = 400, description = "An unknown or unparsable query parameter (`invalid_query`).", body = ErrorBody),
+        (status = 400, description = "An unknown or unparsable query parameter, or a `status` that is none of the four (`invalid_query`).", body = ErrorBody),
         AdminErrors,
         (status = 404, description = "The module is not hosted here.", body = ErrorBody),
-        (status = 422, description = "`limit` out of range or an unknown `status`.", body = ErrorBody),
+        (status = 422, description = "`limit` out of range.", body = ErrorBody),
         (status = 500, description = "An unexpected failure.", body = ErrorBody),
         (status = 503, description = "A database is busy; try again.", body = ErrorBody),
     )
@@ -241,21 +266,19 @@ async fn list_dead_letters(
     if !(1..=1_000).contains(&filter.limit) {
         return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
     }
-    if let Some(status) = &filter.status
-        && !STATUSES.contains(&status.as_str())
-    {
-        return Err(ApiError::invalid(
-            "status",
-            "must be dead, replay_requested, replaying or replayed",
-        ));
-    }
     let mut letters = Vec::new();
     for (name, module) in hosted.iter() {
         if filter.module.as_deref().is_some_and(|m| m != *name) {
             continue;
         }
-        letters
-            .extend(dead_letter::list(&module.db, filter.status.as_deref(), filter.limit).await?);
+        letters.extend(
+            dead_letter::list(
+                &module.db,
+                filter.status.map(LetterStatus::as_str),
+                filter.limit,
+            )
+            .await?,
+        );
     }
     if let Some(module) = &filter.module
         && !hosted.contains_key(module.as_str())

@@ -238,7 +238,7 @@ macro_rules! define_id {
     };
 }
 
-/// An ISO 4217 currency code: three upper-case ASCII letters.
+/// An ISO 4217 currency code, one the standard lists (`EUR`, not `AAA`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Currency([u8; 3]);
@@ -248,11 +248,21 @@ impl Currency {
 
     pub fn parse(raw: &str) -> Result<Self, String> {
         match raw.as_bytes() {
-            [a, b, c] if [a, b, c].iter().all(|b| b.is_ascii_uppercase()) => Ok(Self([*a, *b, *c])),
+            [a, b, c] if iso_currency::Currency::from_code(raw).is_some() => Ok(Self([*a, *b, *c])),
             _ => Err(format!(
-                "`{raw}` is not a currency code (three upper-case letters, like EUR)"
+                "`{raw}` is not an ISO 4217 currency code (three upper-case letters, like EUR)"
             )),
         }
+    }
+
+    /// Every code ISO 4217 lists, in order.
+    pub fn all() -> Vec<String> {
+        use iso_currency::IntoEnumIterator as _;
+        let mut codes: Vec<String> = iso_currency::Currency::iter()
+            .map(|currency| currency.code().to_owned())
+            .collect();
+        codes.sort();
+        codes
     }
 
     pub fn as_str(&self) -> &str {
@@ -289,8 +299,8 @@ impl utoipa::PartialSchema for Currency {
 
         ObjectBuilder::new()
             .schema_type(Type::String)
-            .pattern(Some("^[A-Z]{3}$"))
-            .description(Some("An ISO 4217 currency code: three upper-case letters."))
+            .enum_values(Some(Currency::all()))
+            .description(Some("An ISO 4217 currency code."))
             .examples(["EUR"])
             .into()
     }
@@ -342,7 +352,10 @@ mod tests {
 
         let currency = serde_json::to_value(Currency::schema()).unwrap();
         assert_eq!(currency["type"], "string");
-        assert_eq!(currency["pattern"], "^[A-Z]{3}$");
+        let listed = currency["enum"].as_array().unwrap();
+        assert!(listed.contains(&serde_json::json!("EUR")), "{currency}");
+        assert!(!listed.contains(&serde_json::json!("AAA")), "{currency}");
+        assert!(listed.len() > 150, "{}", listed.len());
         assert_eq!(Currency::name(), "Currency");
         let money = serde_json::to_value(Money::schema()).unwrap();
         let serialized = serde_json::to_value(Money::new(1999, Currency::EUR)).unwrap();
@@ -355,9 +368,11 @@ mod tests {
     }
 
     #[test]
-    fn currencies_are_three_upper_case_letters() {
-        assert!(Currency::parse("EUR").is_ok());
-        for bad in ["eur", "EU", "EURO", "E1R", ""] {
+    fn currencies_are_the_codes_iso_4217_lists() {
+        for good in ["EUR", "USD", "JPY", "CHF"] {
+            assert!(Currency::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["eur", "EU", "EURO", "E1R", "", "AAA", "QQQ"] {
             assert!(Currency::parse(bad).is_err(), "{bad}");
         }
         let money: Money =

@@ -122,6 +122,7 @@ struct NewItem {
     /// A product in the catalog.
     product_id: Uuid,
     /// 1 to 1000, and the line may not go beyond 1000.
+    #[schema(minimum = 1, maximum = 1000)]
     quantity: i64,
 }
 

@@ -87,7 +87,8 @@ impl From<ProductRow> for ProductView {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct Listing {
-    /// Only products of this category.
+    /// Only products of this category: a slug of 1 to 64 characters of `a-z 0-9 -`.
+    #[param(min_length = 1, max_length = 64, pattern = "^[a-z0-9-]{1,64}$")]
     category: Option<String>,
     /// The page, from 1 (the default) to 1000000.
     #[param(minimum = 1, maximum = 1_000_000, default = 1)]

@@ -64,7 +64,8 @@ pub(crate) struct ProductName(String);
 impl ProductName {
     pub(crate) fn parse(raw: &str) -> Result<Self, Invalid> {
         let name = raw.trim();
-        if !(1..=200).contains(&name.chars().count()) {
+        // Counted as given (at most 200) and as kept (at least 1), as the document says.
+        if raw.chars().count() > 200 || name.is_empty() {
             return Err(Invalid::new("name", "must be 1 to 200 characters"));
         }
         if name.chars().any(char::is_control) {
@@ -86,7 +87,7 @@ pub(crate) struct Description(String);
 impl Description {
     pub(crate) fn parse(raw: &str) -> Result<Self, Invalid> {
         let description = raw.trim();
-        if description.chars().count() > 2000 {
+        if raw.chars().count() > 2000 {
             return Err(Invalid::new(
                 "description",
                 "must be at most 2000 characters",
@@ -162,13 +163,26 @@ impl Price {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewProduct {
-    /// The product's name outside Banyan; unique.
+    /// The product's name outside Banyan; unique. 1 to 64 letters, digits, `-`, `_`, `.`.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub(crate) sku: String,
+    /// 1 to 200 characters, not all spaces, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub(crate) name: String,
-    /// Empty if not given.
+    /// Empty if not given. At most 2000 characters; line breaks and tabs are the only control
+    /// characters allowed.
     #[serde(default)]
+    #[schema(
+        max_length = 2000,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     pub(crate) description: Option<String>,
     /// A slug of 1 to 64 characters of `a-z 0-9 -`, such as `kitchen`.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9-]{1,64}$")]
     pub(crate) category: String,
     /// 0 to 10^10 minor units.
     pub(crate) price: Money,
@@ -200,9 +214,21 @@ impl NewProduct {
 /// not among them: it names the product outside Banyan.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub(crate) struct ProductChanges {
+    /// As for a new product.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub(crate) name: Option<String>,
+    #[schema(
+        max_length = 2000,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     pub(crate) description: Option<String>,
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9-]{1,64}$")]
     pub(crate) category: Option<String>,
     pub(crate) price: Option<Money>,
 }

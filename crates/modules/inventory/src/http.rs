@@ -96,6 +96,7 @@ async fn get_stock(
 #[serde(deny_unknown_fields)]
 struct StockChange {
     /// 0 to 10^9, and not below what is reserved.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     on_hand: i64,
 }
 

@@ -72,9 +72,13 @@ struct OrderView {
     id: Uuid,
     user_id: Uuid,
     /// `pending`, `confirmed`, `cancelled`, `shipped` or `delivered`.
+    #[schema(pattern = "^(pending|confirmed|cancelled|shipped|delivered)$")]
     status: String,
     /// Why it was cancelled (`out_of_stock`, `payment_declined`, `payment_over_limit`,
     /// `payment_failed`, `cancelled_by_admin`); `null` unless it was.
+    #[schema(
+        pattern = "^(out_of_stock|payment_declined|payment_over_limit|payment_failed|cancelled_by_admin)$"
+    )]
     cancel_reason: Option<String>,
     lines: Vec<OrderLineView>,
     total: Money,
@@ -332,7 +336,7 @@ async fn list_for_user(
 #[serde(deny_unknown_fields)]
 struct StatusChange {
     /// `shipped` (from confirmed) or `delivered` (from shipped).
-    #[schema(example = "shipped")]
+    #[schema(example = "shipped", pattern = "^(shipped|delivered)$")]
     status: String,
 }
 

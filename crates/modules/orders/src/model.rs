@@ -285,11 +285,13 @@ fn rejected_ids(rejection: &Rejection) -> Vec<String> {
 #[serde(deny_unknown_fields)]
 pub(crate) struct PlaceOrder {
     /// 1 to 100 lines; lines of one product are merged. Not with `from_cart: true`.
+    #[schema(min_items = 1, max_items = 100)]
     pub(crate) lines: Option<Vec<LineRequest>>,
     /// Order what the caller's cart holds (which is then cleared of it).
     pub(crate) from_cart: Option<bool>,
     /// A token of the simulated provider, 1 to 64 characters of `a-z 0-9 _`; `tok_visa` by
     /// default, `tok_declined` is declined.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_]{1,64}$")]
     pub(crate) payment_method: Option<String>,
 }
 
@@ -299,6 +301,7 @@ pub(crate) struct PlaceOrder {
 pub(crate) struct LineRequest {
     pub(crate) product_id: Uuid,
     /// 1 to 1000.
+    #[schema(minimum = 1, maximum = 1000)]
     pub(crate) quantity: i64,
 }
 

@@ -259,17 +259,23 @@ async fn get_user(
     Ok(Json(user.into()))
 }
 
-/// An email, a password, or both.
+/// An email, a password, or both: at least one of them.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 struct AccountChanges {
+    /// As at registration.
+    #[schema(
+        max_length = 254,
+        pattern = r"^[^\s@]{1,64}@[^\s@.][^\s@]*\.[^\s@]*[^\s@.]$"
+    )]
     email: Option<String>,
     /// 8 to 128 characters.
-    #[schema(value_type = Option<String>, format = Password)]
+    #[schema(value_type = Option<String>, format = Password, min_length = 8, max_length = 128)]
     password: Option<Password>,
     /// The account's password now: needed when its owner changes the password (an admin
     /// resetting another's does not give it).
-    #[schema(value_type = Option<String>, format = Password)]
+    #[schema(value_type = Option<String>, format = Password, min_length = 8, max_length = 128)]
     current_password: Option<Password>,
 }
 

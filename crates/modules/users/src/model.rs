@@ -207,11 +207,20 @@ const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewAccount {
-    /// 3 to 32 characters of `a-z 0-9 _ . -`, compared without case.
+    /// 3 to 32 characters of `a-z 0-9 _ . -` (upper-case letters are taken as lower-case),
+    /// compared without case.
+    #[schema(min_length = 3, max_length = 32, pattern = r"^[A-Za-z0-9_.-]{3,32}$")]
     pub(crate) username: String,
+    /// An address like `name@example.com`: a local part of 1 to 64 characters, `@`, and a
+    /// domain with a dot inside; no spaces; at most 254 characters.
+    #[schema(
+        max_length = 254,
+        pattern = r"^[^\s@]{1,64}@[^\s@.][^\s@]*\.[^\s@]*[^\s@.]$",
+        example = "alice@example.com"
+    )]
     pub(crate) email: String,
     /// 8 to 128 characters.
-    #[schema(value_type = String, format = Password)]
+    #[schema(value_type = String, format = Password, min_length = 8, max_length = 128)]
     pub(crate) password: Password,
 }
 
