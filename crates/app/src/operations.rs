@@ -466,6 +466,7 @@ async fn list_faults(
         (status = 204, description = "Set."),
         (status = 400, description = "Not JSON.", body = ErrorBody),
         AdminErrors,
+        banyan_kit::BodyErrors,
         (status = 404, description = "Fault injection at run time is off.", body = ErrorBody),
         (status = 422, description = "An unknown target, or `error_rate` outside 0 to 1.", body = ErrorBody),
         ServerErrors,

@@ -24,6 +24,7 @@ pub struct Fault {
     /// Wait this long before running the handler.
     pub delay_ms: u64,
     /// Then fail this share of calls (0.0 to 1.0) as unavailable.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 1.0))]
     pub error_rate: f64,
     /// Hold each write transaction of the module this long after its writes, before it
     /// commits (a fault of a module, not of one subject: transactions have no subject).

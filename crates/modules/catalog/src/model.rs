@@ -185,7 +185,18 @@ pub(crate) struct NewProduct {
     #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9-]{1,64}$")]
     pub(crate) category: String,
     /// 0 to 10^10 minor units.
+    #[schema(value_type = PriceInput)]
     pub(crate) price: Money,
+}
+
+/// A price as the document states it: money of 0 to 10^10 minor units. Only its schema is
+/// used; the price is read as [`Money`] and checked by [`Price::parse`].
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct PriceInput {
+    #[schema(minimum = 0, maximum = 10_000_000_000_i64)]
+    amount_minor: i64,
+    currency: banyan_message::Currency,
 }
 
 /// A product once every value of it is valid.
@@ -230,6 +241,7 @@ pub(crate) struct ProductChanges {
     pub(crate) description: Option<String>,
     #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9-]{1,64}$")]
     pub(crate) category: Option<String>,
+    #[schema(value_type = Option<PriceInput>)]
     pub(crate) price: Option<Money>,
 }
 

@@ -267,7 +267,7 @@ struct AccountChanges {
     /// As at registration.
     #[schema(
         max_length = 254,
-        pattern = r"^[^\s@]{1,64}@[^\s@.][^\s@]*\.[^\s@]*[^\s@.]$"
+        pattern = r"^[^\s@\u0000-\u001F\u007F-\u009F]{1,64}@[^\s@.\u0000-\u001F\u007F-\u009F][^\s@\u0000-\u001F\u007F-\u009F]*\.[^\s@\u0000-\u001F\u007F-\u009F]*[^\s@.\u0000-\u001F\u007F-\u009F]$"
     )]
     email: Option<String>,
     /// 8 to 128 characters.
@@ -314,7 +314,12 @@ async fn update(
     let changes = domain::Changes {
         email: changes.email,
         password: changes.password,
-        current_password: changes.current_password,
+        // Given, it is held to the document's 8 to 128 characters, needed or not.
+        current_password: changes
+            .current_password
+            .map(Password::parse)
+            .transpose()
+            .map_err(|invalid| banyan_kit::Invalid::new("current_password", invalid.reason))?,
     };
     let by_owner = caller.user_id == id;
     let user = domain::change(&state.outbox, &state.hasher, &cx, id, by_owner, changes).await?;

@@ -215,7 +215,7 @@ pub(crate) struct NewAccount {
     /// domain with a dot inside; no spaces; at most 254 characters.
     #[schema(
         max_length = 254,
-        pattern = r"^[^\s@]{1,64}@[^\s@.][^\s@]*\.[^\s@]*[^\s@.]$",
+        pattern = r"^[^\s@\u0000-\u001F\u007F-\u009F]{1,64}@[^\s@.\u0000-\u001F\u007F-\u009F][^\s@\u0000-\u001F\u007F-\u009F]*\.[^\s@\u0000-\u001F\u007F-\u009F]*[^\s@.\u0000-\u001F\u007F-\u009F]$",
         example = "alice@example.com"
     )]
     pub(crate) email: String,
