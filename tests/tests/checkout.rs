@@ -268,6 +268,27 @@ async fn another_customers_order_cart_account_and_notifications_are_not_found(ap
         "{}",
         status.text
     );
+    // Not even an admin fills a cart nobody owns: users is asked, wherever it runs.
+    let admin = app.admin_token().await;
+    let nobody = uuid::Uuid::now_v7();
+    let add = app
+        .post(
+            &format!("/api/v1/carts/{nobody}/items"),
+            Some(&admin),
+            json!({ "product_id": product, "quantity": 1 }),
+        )
+        .await;
+    assert_eq!(add.status, StatusCode::NOT_FOUND, "{}", add.text);
+    assert!(add.text.contains("does not exist"), "{}", add.text);
+    let cart = app
+        .get(&format!("/api/v1/carts/{nobody}"), Some(&admin))
+        .await;
+    assert_eq!(
+        cart.body["lines"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        cart.text
+    );
 }
 
 async fn bad_order_input_gets_a_4xx_and_places_nothing(app: &TestApp) {

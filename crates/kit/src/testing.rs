@@ -21,6 +21,7 @@ use axum::{
 use banyan_bus::{Bus, Delivered, Event, Rejection};
 use banyan_catalog_contract::{GetProducts, ProductId, ProductSnapshot};
 use banyan_message::{Currency, Money};
+use banyan_users_contract::{GetUser, UserProfile};
 use serde_json::Value;
 use tower::ServiceExt;
 use uuid::Uuid;
@@ -199,6 +200,47 @@ impl FakeCatalog {
             .lock()
             .expect("not poisoned")
             .insert(id, snapshot);
+    }
+}
+
+/// A stand-in users module for a module's tests: answers `GetUser` for every id except those
+/// the test says have no account (`not_found`, as users answers).
+#[derive(Debug, Clone, Default)]
+pub struct FakeUsers {
+    missing: Arc<Mutex<std::collections::HashSet<Uuid>>>,
+}
+
+impl FakeUsers {
+    /// Users that know every id, answering on `bus`.
+    pub fn serve(bus: &Bus) -> Self {
+        let users = Self::default();
+        let missing = users.missing.clone();
+        bus.handle::<GetUser, _, _>("users", move |_cx, request| {
+            let answer = if missing
+                .lock()
+                .expect("not poisoned")
+                .contains(&request.user_id.0)
+            {
+                Err(Rejection::new(
+                    "not_found",
+                    format!("user {} does not exist", request.user_id.0),
+                ))
+            } else {
+                Ok(UserProfile {
+                    user_id: request.user_id,
+                    username: "someone".into(),
+                    email: "someone@example.com".into(),
+                    role: "customer".into(),
+                })
+            };
+            async move { answer }
+        });
+        users
+    }
+
+    /// From now on `id` has no account.
+    pub fn forget(&self, id: Uuid) {
+        self.missing.lock().expect("not poisoned").insert(id);
     }
 }
 

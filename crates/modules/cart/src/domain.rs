@@ -4,6 +4,7 @@ use banyan_bus::{BusError, Context, ModuleBus, Outbox, UnitOfWork};
 use banyan_catalog_contract::{GetProducts, ProductId};
 use banyan_db::sqlx;
 use banyan_kit::Invalid;
+use banyan_users_contract::{GetUser, UserId};
 use uuid::Uuid;
 
 use crate::{
@@ -22,11 +23,23 @@ pub(crate) async fn add_item(
     product_id: Uuid,
     quantity: Quantity,
 ) -> Result<(), Error> {
-    // Asked before the transaction, so that no write lock is held while catalog answers.
-    let asked = GetProducts {
+    // Asked before the transaction, so that no write lock is held while they answer; both at
+    // once, so the cart waits for the slower of the two only.
+    let products = GetProducts {
         product_ids: vec![ProductId(product_id)],
     };
-    match bus.request(cx, asked).await {
+    let owner = GetUser {
+        user_id: UserId(user_id),
+    };
+    let (product, user) = futures::join!(bus.request(cx, products), bus.request(cx, owner));
+    match user {
+        Ok(_) => {}
+        Err(BusError::Rejected(rejection)) if rejection.is("not_found") => {
+            return Err(Error::NoUser(user_id));
+        }
+        Err(other) => return Err(other.into()),
+    }
+    match product {
         Ok(_) => {}
         Err(BusError::Rejected(rejection)) if rejection.is("unknown_product") => {
             return Err(

@@ -24,6 +24,7 @@ impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         match error {
             Error::Invalid(invalid) => invalid.into(),
+            Error::NoUser(_) => ApiError::not_found(error.to_string()),
             Error::Catalog(error) => error.into(),
             Error::Storage(error) => error.into(),
         }
@@ -134,7 +135,8 @@ struct NewItem {
     operation_id = "add_cart_item",
     summary = "Add a product to a cart",
     description = "The owner or an admin. Adds to the product's line (creating it); the product \
-        must be in the catalog, a line holds at most 1000 and a cart at most 100 lines.",
+        must be in the catalog, the user an account, a line holds at most 1000 and a cart at \
+        most 100 lines.",
     params(("user_id" = Uuid, Path, description = "The owner's id.")),
     request_body = NewItem,
     security(("bearer" = [])),
@@ -142,13 +144,13 @@ struct NewItem {
         (status = 200, description = "The cart, with the product added.", body = CartView),
         (status = 400, description = "The id is not a UUID, or the body is not JSON.", body = ErrorBody),
         AuthErrors,
-        (status = 404, description = "Not the caller's cart.", body = ErrorBody),
+        (status = 404, description = "Not the caller's cart, or (an admin's call) no account has that id.", body = ErrorBody),
         BodyErrors,
         (status = 422, description = "An unknown product, a quantity out of range, a full cart, or \
             a body of the wrong shape.", body = ErrorBody),
         (status = 500, description = "An unexpected failure.", body = ErrorBody),
-        (status = 503, description = "The database is busy, or the catalog is unavailable; try again.", body = ErrorBody),
-        (status = 504, description = "The catalog did not answer in time.", body = ErrorBody),
+        (status = 503, description = "The database is busy, or the catalog or users is unavailable; try again.", body = ErrorBody),
+        (status = 504, description = "The catalog or users did not answer in time.", body = ErrorBody),
     )
 )]
 async fn add_item(

@@ -2,7 +2,8 @@
 //!
 //! Owns the `cart_lines` table. A customer has one cart, named by their user id: its lines of
 //! products (1 to 1000 of each, at most 100 lines), oldest first. A product must be in the
-//! catalog to be added (asked over the bus, `GetProducts`). Answers `GetCart`, which orders
+//! catalog to be added (asked over the bus, `GetProducts`), and the cart's user an account
+//! (`GetUser`: an admin cannot fill a cart nobody owns). Answers `GetCart`, which orders
 //! read to make an order from the cart; listens to `OrderPlaced` and, for an order made from
 //! the cart, takes the ordered quantities out of it. Emits nothing.
 //!
@@ -34,7 +35,7 @@ banyan_kit::module! {
         name: "cart",
         description: "Customers' carts.",
         migrations: sqlx::migrate!("../../../migrations/cart"),
-        calls: [banyan_catalog_contract::GetProducts],
+        calls: [banyan_catalog_contract::GetProducts, banyan_users_contract::GetUser],
         publishes: [],
         start: start,
     }
@@ -64,7 +65,7 @@ mod test_support {
     use std::sync::Arc;
 
     use banyan_catalog_contract::ProductId;
-    use banyan_kit::testing::FakeCatalog;
+    use banyan_kit::testing::{FakeCatalog, FakeUsers};
 
     use crate::State;
 
@@ -88,6 +89,7 @@ mod test_support {
         for &id in products {
             catalog.insert(id);
         }
+        FakeUsers::serve(&db.bus);
         (db, state)
     }
 

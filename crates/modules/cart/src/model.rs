@@ -14,7 +14,10 @@ use uuid::Uuid;
 pub(crate) enum Error {
     #[error(transparent)]
     Invalid(#[from] Invalid),
-    /// Catalog did not answer (or not in time).
+    /// No account has the cart's user id.
+    #[error("user {0} does not exist")]
+    NoUser(uuid::Uuid),
+    /// Catalog or users did not answer (or not in time).
     #[error(transparent)]
     Catalog(#[from] BusError),
     #[error(transparent)]
