@@ -390,6 +390,8 @@ impl Edge {
         };
         let _slot = match self.slots.try_acquire() {
             Ok(slot) => slot,
+            // No wait allowed: turned away now, not at the timer's next tick (a millisecond).
+            Err(_) if self.policy.bulkhead.max_wait_ms == 0 => return Err(overloaded()),
             Err(_) => {
                 let wait = Duration::from_millis(self.policy.bulkhead.max_wait_ms);
                 tokio::time::timeout(wait, self.slots.acquire())
