@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use banyan_e2e::{Engine, Reply, TestApp, banyan_app::config};
+use banyan_e2e::{Engine, Reply, TestApp, banyan_app::config, send};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -563,5 +563,54 @@ async fn the_api_browser_shows_every_module_s_operations_in_a_real_browser() {
     })
     .await
     .unwrap();
+    app.stop().await;
+}
+
+/// Main of a split documents every route it serves, the moved module's (which its gateway
+/// proxies) included; the moved module's process documents its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_of_a_split_documents_the_routes_it_proxies() {
+    use banyan_e2e::cluster::{Topology, Transport};
+    let Some(app) = TestApp::spawn_split(
+        Engine::Sqlite,
+        Topology::one("payments", Transport::Http),
+        |f| f,
+    )
+    .await
+    else {
+        return;
+    };
+    let tags_of = |document: &Value| -> BTreeSet<String> {
+        operations(document)
+            .iter()
+            .flat_map(|op| op.operation["tags"].as_array().into_iter().flatten())
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect()
+    };
+    let main = fetch_document(&app).await.body;
+    let expected: BTreeSet<String> = MODULES
+        .iter()
+        .chain(&["operations"])
+        .map(|m| (*m).to_owned())
+        .collect();
+    assert_eq!(tags_of(&main), expected, "{}", main["paths"]);
+    assert!(main["paths"]["/api/v1/payments/{order_id}"]["get"].is_object());
+    // What main documents of payments is answered through main.
+    let admin = app.admin_token().await;
+    let payment = app
+        .get(
+            &format!("/api/v1/payments/{}", uuid::Uuid::now_v7()),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(payment.status, StatusCode::NOT_FOUND, "{}", payment.text);
+    assert_eq!(payment.error_code(), "not_found");
+    let elsewhere = app.urls_of("payments", DOCUMENT);
+    let own = send(app.client.get(&elsewhere[0])).await.body;
+    assert_eq!(
+        tags_of(&own),
+        BTreeSet::from(["operations".to_owned(), "payments".to_owned()])
+    );
     app.stop().await;
 }

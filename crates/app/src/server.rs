@@ -150,6 +150,21 @@ impl Server {
             started.push((name, module.description()));
             tracing::info!(module = name, "Module started.");
         }
+        // Main of a split serves the moved modules' routes through its gateway, so its
+        // document carries them too, as each module describes them (their operations here
+        // are documents only: the gateway answers them).
+        if topology.is_active() && topology.is_main() {
+            for module in all_modules()
+                .into_iter()
+                .filter(|m| !topology.hosts(m.name()))
+            {
+                let mut document = module.document();
+                tag_operations(&mut document, module.name());
+                check_schema_names(routes.get_openapi(), &document, module.name())?;
+                routes = routes.merge(OpenApiRouter::with_openapi(document));
+                started.push((module.name(), module.description()));
+            }
+        }
         let hosted = Arc::new(hosted);
         // Rate limits count where clients arrive: the monolith, or main in a split (a moved
         // module's public traffic comes through main's gateway).

@@ -40,6 +40,7 @@ pub mod __private {
     pub use banyan_bus::Message;
     pub use banyan_db::sqlx::migrate::Migrator;
     pub use futures::future::BoxFuture;
+    pub use utoipa::openapi::OpenApi;
     pub use utoipa_axum::router::OpenApiRouter;
 
     /// An event's subject; a message that is not an event does not compile in `publishes`.

@@ -44,11 +44,16 @@ pub trait Module: Send + Sync + 'static {
     /// Registers handlers and subscriptions; returns the module's HTTP routes with their
     /// OpenAPI description.
     fn start(&self, ctx: ModuleContext) -> BoxFuture<'static, anyhow::Result<OpenApiRouter>>;
+
+    /// The document of the module's HTTP routes, without starting it (the same routes
+    /// `start` returns, before their state): what main documents for a module it proxies to
+    /// another process.
+    fn document(&self) -> utoipa::openapi::OpenApi;
 }
 
 /// Declares a module crate's [`Module`]: its type, name, description, migrations, the
-/// requests it sends (`calls`), the events it publishes (`publishes`) and start function,
-/// written once. It also defines, for the crate's own use, `NAME` (the name) and
+/// requests it sends (`calls`), the events it publishes (`publishes`), its start function
+/// and the document of its routes (`document`), written once. It also defines, for the crate's own use, `NAME` (the name) and
 /// `MIGRATIONS`.
 ///
 /// ```ignore
@@ -61,6 +66,7 @@ pub trait Module: Send + Sync + 'static {
 ///         calls: [banyan_catalog_contract::GetProducts],
 ///         publishes: [],
 ///         start: start,
+///         document: http::document,
 ///     }
 /// }
 /// ```
@@ -74,7 +80,8 @@ macro_rules! module {
             migrations: $migrations:expr,
             calls: [$($call:ty),* $(,)?],
             publishes: [$($event:ty),* $(,)?],
-            start: $start:path $(,)?
+            start: $start:path,
+            document: $document:path $(,)?
         }
     ) => {
         $(#[$meta])*
@@ -117,6 +124,10 @@ macro_rules! module {
                 $crate::__private::anyhow::Result<$crate::__private::OpenApiRouter>,
             > {
                 ::std::boxed::Box::pin($start(ctx))
+            }
+
+            fn document(&self) -> $crate::__private::OpenApi {
+                $document()
             }
         }
     };

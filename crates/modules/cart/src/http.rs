@@ -33,11 +33,20 @@ impl From<Error> for ApiError {
 
 /// The module's routes, each with its OpenAPI operation.
 pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
+    router().with_state(state)
+}
+
+/// The document of the module's routes, without starting it (see `Module::document`).
+pub(crate) fn document() -> utoipa::openapi::OpenApi {
+    router().into_openapi()
+}
+
+/// The routes before their state.
+fn router() -> OpenApiRouter<Arc<State>> {
     OpenApiRouter::new()
         .routes(routes!(get_cart))
         .routes(routes!(add_item, clear))
         .routes(routes!(remove_item))
-        .with_state(state)
 }
 
 type AppState = axum::extract::State<Arc<State>>;

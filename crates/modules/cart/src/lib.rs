@@ -38,6 +38,7 @@ banyan_kit::module! {
         calls: [banyan_catalog_contract::GetProducts, banyan_users_contract::GetUser],
         publishes: [],
         start: start,
+        document: http::document,
     }
 }
 

@@ -36,6 +36,7 @@ banyan_kit::module! {
         calls: [],
         publishes: [contract::ProductCreated, contract::PriceChanged],
         start: start,
+        document: http::document,
     }
 }
 

@@ -42,6 +42,7 @@ banyan_kit::module! {
         calls: [],
         publishes: [contract::StockChanged, contract::InventoryReserved, contract::InventoryReservationFailed, contract::InventoryReleased],
         start: start,
+        document: http::document,
     }
 }
 

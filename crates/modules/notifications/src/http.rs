@@ -20,7 +20,17 @@ use crate::{
 
 /// The module's routes, each with its OpenAPI operation.
 pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
-    OpenApiRouter::new().routes(routes!(list)).with_state(state)
+    router().with_state(state)
+}
+
+/// The document of the module's routes, without starting it (see `Module::document`).
+pub(crate) fn document() -> utoipa::openapi::OpenApi {
+    router().into_openapi()
+}
+
+/// The routes before their state.
+fn router() -> OpenApiRouter<Arc<State>> {
+    OpenApiRouter::new().routes(routes!(list))
 }
 
 type AppState = axum::extract::State<Arc<State>>;

@@ -37,6 +37,7 @@ banyan_kit::module! {
         calls: [banyan_users_contract::GetUser],
         publishes: [],
         start: start,
+        document: http::document,
     }
 }
 

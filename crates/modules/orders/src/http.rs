@@ -56,12 +56,21 @@ impl From<Error> for ApiError {
 
 /// The module's routes, each with its OpenAPI operation.
 pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
+    router().with_state(state)
+}
+
+/// The document of the module's routes, without starting it (see `Module::document`).
+pub(crate) fn document() -> utoipa::openapi::OpenApi {
+    router().into_openapi()
+}
+
+/// The routes before their state.
+fn router() -> OpenApiRouter<Arc<State>> {
     OpenApiRouter::new()
         .routes(routes!(place))
         .routes(routes!(get_order))
         .routes(routes!(change_status))
         .routes(routes!(list_for_user))
-        .with_state(state)
 }
 
 type AppState = axum::extract::State<Arc<State>>;

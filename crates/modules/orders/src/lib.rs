@@ -42,6 +42,7 @@ banyan_kit::module! {
         calls: [banyan_cart_contract::GetCart, banyan_catalog_contract::GetProducts],
         publishes: [contract::OrderPlaced, contract::OrderConfirmed, contract::OrderCancelled],
         start: start,
+        document: http::document,
     }
 }
 

@@ -41,6 +41,7 @@ banyan_kit::module! {
         calls: [],
         publishes: [contract::PaymentCompleted, contract::PaymentFailed],
         start: start,
+        document: http::document,
     }
 }
 

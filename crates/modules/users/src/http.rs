@@ -46,12 +46,21 @@ impl From<Error> for ApiError {
 
 /// The module's routes, each with its OpenAPI operation.
 pub(crate) fn routes(state: Arc<State>) -> OpenApiRouter {
+    router().with_state(state)
+}
+
+/// The document of the module's routes, without starting it (see `Module::document`).
+pub(crate) fn document() -> utoipa::openapi::OpenApi {
+    router().into_openapi()
+}
+
+/// The routes before their state.
+fn router() -> OpenApiRouter<Arc<State>> {
     OpenApiRouter::new()
         .routes(routes!(register, list))
         .routes(routes!(login))
         .routes(routes!(get_user, update, delete))
         .routes(routes!(overview))
-        .with_state(state)
 }
 
 type AppState = axum::extract::State<Arc<State>>;

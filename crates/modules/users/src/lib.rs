@@ -36,6 +36,7 @@ banyan_kit::module! {
         calls: [banyan_orders_contract::ListOrders],
         publishes: [contract::UserRegistered, contract::TokensRevoked],
         start: start,
+        document: http::document,
     }
 }
 
