@@ -390,4 +390,11 @@ async fn the_overview_shows_the_users_orders(app: &TestApp) {
     assert_eq!(overview.body["user"]["username"], "lou");
     assert_eq!(overview.body["orders_unavailable"], false);
     assert_eq!(overview.body["orders"].as_array().unwrap().len(), 2);
+    // One shape for an order wherever it appears: the overview's is the order's own.
+    for order in overview.body["orders"].as_array().unwrap() {
+        let id = order["id"].as_str().unwrap();
+        let own = app.get(&format!("/api/v1/orders/{id}"), Some(&token)).await;
+        assert_eq!(&own.body, order, "{}", own.text);
+        assert!(order["lines"][0]["line_total"].is_object(), "{order}");
+    }
 }

@@ -467,7 +467,7 @@ async fn the_document_covers_every_module() {
         rule("StockChange", "/properties/on_hand/maximum"),
         1_000_000_000
     );
-    assert!(rule("OrderView", "/properties/status/pattern").is_string());
+    assert!(rule("OrderSummary", "/properties/status/pattern").is_string());
     let parameter = |route: &str, name: &str| {
         all.iter()
             .find(|op| op.to_string() == route)

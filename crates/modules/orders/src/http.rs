@@ -11,10 +11,9 @@ use banyan_kit::{
     Watch,
     auth::{Admin, Caller},
     extract::{Cx, Json, Path, Query},
-    timestamp,
 };
-use banyan_message::Money;
-use serde::{Deserialize, Serialize};
+use banyan_orders_contract::OrderSummary;
+use serde::Deserialize;
 use tokio::time::Instant;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -23,7 +22,7 @@ use uuid::Uuid;
 use crate::{
     State, domain,
     model::{Error, PlaceOrder, Status},
-    store::{self, LineRow, Order, OrderRow},
+    store::{self, Order, OrderRow},
 };
 
 impl From<Error> for ApiError {
@@ -75,76 +74,6 @@ fn router() -> OpenApiRouter<Arc<State>> {
 
 type AppState = axum::extract::State<Arc<State>>;
 
-/// An order as its owner (or an admin) sees it.
-#[derive(Debug, Serialize, ToSchema)]
-struct OrderView {
-    id: Uuid,
-    user_id: Uuid,
-    /// `pending`, `confirmed`, `cancelled`, `shipped` or `delivered`.
-    #[schema(pattern = "^(pending|confirmed|cancelled|shipped|delivered)$")]
-    status: String,
-    /// Why it was cancelled (`out_of_stock`, `payment_declined`, `payment_over_limit`,
-    /// `payment_failed`, `cancelled_by_admin`); `null` unless it was.
-    #[schema(
-        pattern = "^(out_of_stock|payment_declined|payment_over_limit|payment_failed|cancelled_by_admin)$"
-    )]
-    cancel_reason: Option<String>,
-    lines: Vec<OrderLineView>,
-    total: Money,
-    payment_method: String,
-    /// Whether it was ordered from the cart.
-    from_cart: bool,
-    /// RFC 3339.
-    created_at: String,
-    /// RFC 3339.
-    updated_at: String,
-}
-
-/// One line of an order, with the product's name and unit price as they were when it was
-/// ordered.
-#[derive(Debug, Serialize, ToSchema)]
-struct OrderLineView {
-    product_id: Uuid,
-    name: String,
-    unit_price: Money,
-    quantity: i64,
-    line_total: Money,
-}
-
-impl From<&LineRow> for OrderLineView {
-    fn from(line: &LineRow) -> Self {
-        Self {
-            product_id: line.product_id(),
-            name: line.name.clone(),
-            unit_price: line.unit_price(),
-            quantity: line.quantity,
-            line_total: line.line_total(),
-        }
-    }
-}
-
-impl From<Order> for OrderView {
-    fn from(order: Order) -> Self {
-        let row = order.row;
-        Self {
-            id: row.id(),
-            user_id: row.user_id(),
-            total: row.total(),
-            lines: order.lines.iter().map(OrderLineView::from).collect(),
-            cancel_reason: if row.status() == Status::Cancelled {
-                row.cancel_reason
-            } else {
-                None
-            },
-            status: row.status,
-            payment_method: row.payment_method,
-            from_cart: row.from_cart != 0,
-            created_at: timestamp(row.created_at),
-            updated_at: timestamp(row.updated_at),
-        }
-    }
-}
-
 /// `?wait_ms=`: how long to wait for the saga's outcome before answering.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -175,9 +104,9 @@ const MAX_WAIT_MS: u64 = 30_000;
     request_body = PlaceOrder,
     security(("bearer" = [])),
     responses(
-        (status = 201, description = "The saga ended in time: the order, confirmed or cancelled.", body = OrderView,
+        (status = 201, description = "The saga ended in time: the order, confirmed or cancelled.", body = OrderSummary,
             headers(("location" = String, description = "The order's URL."))),
-        (status = 202, description = "Placed, still pending: poll the `Location`.", body = OrderView,
+        (status = 202, description = "Placed, still pending: poll the `Location`.", body = OrderSummary,
             headers(("location" = String, description = "The order's URL."))),
         (status = 400, description = "An unknown or unparsable query parameter, or the body is not JSON.", body = ErrorBody),
         AuthErrors,
@@ -224,7 +153,7 @@ async fn place(
     Ok((
         status,
         [(header::LOCATION, location)],
-        Json(OrderView::from(order)),
+        Json(order.summary()),
     )
         .into_response())
 }
@@ -278,7 +207,7 @@ async fn await_outcome(
     params(("id" = Uuid, Path, description = "The order's id.")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The order.", body = OrderView),
+        (status = 200, description = "The order.", body = OrderSummary),
         (status = 400, description = "The id is not a UUID (`invalid_path`).", body = ErrorBody),
         AuthErrors,
         (status = 404, description = "No such order, or not the caller's.", body = ErrorBody),
@@ -289,13 +218,13 @@ async fn get_order(
     axum::extract::State(state): AppState,
     caller: Caller,
     Path(id): Path<Uuid>,
-) -> ApiResult<Json<OrderView>> {
+) -> ApiResult<Json<OrderSummary>> {
     // Someone else's order is answered as if it did not exist.
     let order = match domain::find(&state.outbox, id).await? {
         order if caller.may_act_for(order.row.user_id()) => order,
         _ => return Err(Error::NotFound(id).into()),
     };
-    Ok(Json(order.into()))
+    Ok(Json(order.summary()))
 }
 
 /// `GET /api/v1/orders/user/{user_id}?page=&per_page=`: the owner's or an admin's; newest
@@ -309,7 +238,7 @@ async fn get_order(
     params(("user_id" = Uuid, Path, description = "The user's id."), Page),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "A page of orders.", body = Paged<OrderView>),
+        (status = 200, description = "A page of orders.", body = Paged<OrderSummary>),
         (status = 400, description = "The id is not a UUID, or an unknown or unparsable query parameter.", body = ErrorBody),
         AuthErrors,
         (status = 404, description = "Not the caller's orders.", body = ErrorBody),
@@ -322,7 +251,7 @@ async fn list_for_user(
     caller: Caller,
     Path(user_id): Path<Uuid>,
     Query(page): Query<Page>,
-) -> ApiResult<Json<Paged<OrderView>>> {
+) -> ApiResult<Json<Paged<OrderSummary>>> {
     if !caller.may_act_for(user_id) {
         return Err(ApiError::not_found(format!(
             "user {user_id} does not exist"
@@ -333,7 +262,7 @@ async fn list_for_user(
     let orders = store::list_for_user(db, user_id, page.limit(), page.offset()).await?;
     let total = store::count_for_user(db, user_id).await?;
     Ok(Json(Paged {
-        items: orders.into_iter().map(OrderView::from).collect(),
+        items: orders.iter().map(Order::summary).collect(),
         page: page.page,
         per_page: page.per_page,
         total,
@@ -360,7 +289,7 @@ struct StatusChange {
     request_body = StatusChange,
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The order, moved on.", body = OrderView),
+        (status = 200, description = "The order, moved on.", body = OrderSummary),
         (status = 400, description = "The id is not a UUID, or the body is not JSON.", body = ErrorBody),
         AdminErrors,
         (status = 404, description = "No such order.", body = ErrorBody),
@@ -375,7 +304,7 @@ async fn change_status(
     _admin: Admin,
     Path(id): Path<Uuid>,
     Json(change): Json<StatusChange>,
-) -> ApiResult<Json<OrderView>> {
+) -> ApiResult<Json<OrderSummary>> {
     let to = Status::parse(&change.status).ok_or_else(|| {
         ApiError::invalid(
             "status",
@@ -385,7 +314,7 @@ async fn change_status(
     })?;
     domain::change_status(&state.outbox, id, to).await?;
     let order = domain::find(&state.outbox, id).await?;
-    Ok(Json(order.into()))
+    Ok(Json(order.summary()))
 }
 
 #[cfg(test)]

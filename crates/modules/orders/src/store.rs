@@ -4,7 +4,9 @@
 
 use banyan_db::{Db, now_millis, sqlx};
 use banyan_message::{Currency, Money};
-use banyan_orders_contract::{OrderId, OrderLine, OrderSummary, ProductId, UserId};
+use banyan_orders_contract::{
+    OrderId, OrderLine, OrderSummary, OrderSummaryLine, ProductId, UserId,
+};
 use sqlx::{AnyConnection, FromRow, any::AnyRow};
 use uuid::Uuid;
 
@@ -83,15 +85,6 @@ impl LineRow {
         unit.times(self.quantity)
             .unwrap_or(Money::new(i64::MAX, unit.currency))
     }
-
-    pub(crate) fn line(&self) -> OrderLine {
-        OrderLine {
-            product_id: ProductId(self.product_id()),
-            name: self.name.clone(),
-            unit_price: self.unit_price(),
-            quantity: self.quantity,
-        }
-    }
 }
 
 /// The currency was checked before it was stored.
@@ -110,16 +103,35 @@ pub(crate) struct Order {
 }
 
 impl Order {
-    /// The order as other modules see it.
+    /// The order as other modules, and the HTTP API, show it. A reason is shown only for
+    /// a cancelled order.
     pub(crate) fn summary(&self) -> OrderSummary {
+        let row = &self.row;
         OrderSummary {
-            order_id: OrderId(self.row.id()),
-            user_id: UserId(self.row.user_id()),
-            status: self.row.status.clone(),
-            cancel_reason: self.row.cancel_reason.clone(),
-            lines: self.lines.iter().map(LineRow::line).collect(),
-            total: self.row.total(),
-            created_at_ms: self.row.created_at,
+            order_id: OrderId(row.id()),
+            user_id: UserId(row.user_id()),
+            status: row.status.clone(),
+            cancel_reason: if row.status() == Status::Cancelled {
+                row.cancel_reason.clone()
+            } else {
+                None
+            },
+            lines: self
+                .lines
+                .iter()
+                .map(|line| OrderSummaryLine {
+                    product_id: ProductId(line.product_id()),
+                    name: line.name.clone(),
+                    unit_price: line.unit_price(),
+                    quantity: line.quantity,
+                    line_total: line.line_total(),
+                })
+                .collect(),
+            total: row.total(),
+            payment_method: row.payment_method.clone(),
+            from_cart: row.from_cart != 0,
+            created_at: banyan_kit::timestamp(row.created_at),
+            updated_at: banyan_kit::timestamp(row.updated_at),
         }
     }
 }

@@ -427,17 +427,18 @@ async fn overview(
 mod tests {
     use banyan_kit::testing::documented_and_serialized;
     use banyan_message::{Currency, Money};
-    use banyan_orders_contract::{OrderId, OrderLine, ProductId};
+    use banyan_orders_contract::{OrderId, OrderSummaryLine, ProductId};
 
     use super::*;
 
     #[test]
     fn the_documented_order_summary_is_the_contract_types_json() {
-        let line = OrderLine {
+        let line = OrderSummaryLine {
             product_id: ProductId::new(),
             name: "Teapot".into(),
             unit_price: Money::new(1999, Currency::EUR),
             quantity: 2,
+            line_total: Money::new(3998, Currency::EUR),
         };
         let summary = OrderSummary {
             order_id: OrderId::new(),
@@ -446,7 +447,10 @@ mod tests {
             cancel_reason: Some("payment_declined".into()),
             lines: vec![line.clone()],
             total: Money::new(3998, Currency::EUR),
-            created_at_ms: 1,
+            payment_method: "tok_declined".into(),
+            from_cart: false,
+            created_at: "2026-12-07T08:00:00Z".into(),
+            updated_at: "2026-12-07T08:00:01Z".into(),
         };
         let (documented, serialized) = documented_and_serialized(&summary);
         assert_eq!(documented, serialized);

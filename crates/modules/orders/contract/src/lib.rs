@@ -66,22 +66,54 @@ banyan_message::event!(OrderCancelled, "orders.order_cancelled.v1", |e| e
     .order_id
     .0);
 
-/// An order as other modules see it.
+/// An order: as other modules get it on the bus, and as the HTTP API shows it wherever an
+/// order appears (`GET /api/v1/orders/{id}`, the lists, a user's overview): one shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderSummary {
+    #[serde(rename = "id")]
     #[cfg_attr(feature = "openapi", schema(value_type = uuid::Uuid))]
     pub order_id: OrderId,
     #[cfg_attr(feature = "openapi", schema(value_type = uuid::Uuid))]
     pub user_id: UserId,
     /// `pending`, `confirmed`, `cancelled`, `shipped` or `delivered`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^(pending|confirmed|cancelled|shipped|delivered)$")
+    )]
     pub status: String,
-    /// Why it was cancelled; `null` unless it was.
+    /// Why it was cancelled (`out_of_stock`, `payment_declined`, `payment_over_limit`,
+    /// `payment_failed`, `cancelled_by_admin`); `null` unless it was.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = "^(out_of_stock|payment_declined|payment_over_limit|payment_failed|cancelled_by_admin)$"
+        )
+    )]
     pub cancel_reason: Option<String>,
-    pub lines: Vec<OrderLine>,
+    pub lines: Vec<OrderSummaryLine>,
     pub total: Money,
-    /// Milliseconds since the epoch.
-    pub created_at_ms: i64,
+    /// The simulated provider's token it is paid with.
+    pub payment_method: String,
+    /// Whether it was ordered from the cart.
+    pub from_cart: bool,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+/// One line of an [`OrderSummary`]: the line as ordered, and what it came to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OrderSummaryLine {
+    #[cfg_attr(feature = "openapi", schema(value_type = uuid::Uuid))]
+    pub product_id: ProductId,
+    pub name: String,
+    pub unit_price: Money,
+    pub quantity: i64,
+    /// `unit_price` × `quantity`.
+    pub line_total: Money,
 }
 
 /// One order. Rejected with `not_found` for an unknown id.
