@@ -65,7 +65,7 @@ const PLANS: &[(&str, Plan)] = &[
             "the first lines: `cargo run` is run below (Try it), `cargo test` is the suite this test is part of",
         ),
     ),
-    ("cargo run -- seed", Plan::Run),
+    ("cargo run -- seed      #", Plan::Run),
     ("TOKEN=$(curl", Plan::Run),
     (
         "BANYAN_MODULES__USERS__BOOTSTRAP_ADMIN__USERNAME",
@@ -105,6 +105,12 @@ const PLANS: &[(&str, Plan)] = &[
         "cargo run --release -- seed && cargo run --release &",
         Plan::NotRun(
             "a release build and minutes of load; crates/bench/tests runs `load` against a real shop",
+        ),
+    ),
+    (
+        "cargo run -- seed && (cargo run &) && sleep 5",
+        Plan::NotRun(
+            "Schemathesis is a Python tool and minutes of fuzzing, run by hand, not by the suite",
         ),
     ),
     (
@@ -325,7 +331,7 @@ async fn every_readme_command_runs_as_written() {
 
     // Try it: seed, serve, the walkthrough with curl and jq, the metrics, the dead letters.
     let shop = Shop::new();
-    let try_it = text("cargo run -- seed");
+    let try_it = text("cargo run -- seed      #");
     let (seed, serve) = try_it.split_once('\n').unwrap();
     let seeded = shop.run(seed);
     assert!(seeded.contains("Customer: alice"), "{seeded}");

@@ -459,7 +459,7 @@ async fn list_faults(
     description = "Admins only, and only with `bus.fault_api` (else 404): from now on the \
         handlers (and, for a module, the routes) of `target` in this process wait `delay_ms` \
         and then fail `error_rate` of their calls as unavailable.",
-    params(("target" = String, Path, description = "A module's name or one of its subjects.")),
+    params(("target" = String, Path, description = "A module's name or one of its subjects.", pattern = "^(users|catalog|inventory|cart|orders|payments|notifications)(\\.[a-z0-9_.]{0,100})?$")),
     request_body = banyan_bus::policy::Fault,
     security(("bearer" = [])),
     responses(
@@ -499,7 +499,7 @@ async fn set_fault(
     operation_id = "clear_fault",
     summary = "Clear a fault",
     description = "Admins only, and only with `bus.fault_api` (else 404).",
-    params(("target" = String, Path, description = "A module's name or one of its subjects.")),
+    params(("target" = String, Path, description = "A module's name or one of its subjects.", pattern = "^(users|catalog|inventory|cart|orders|payments|notifications)(\\.[a-z0-9_.]{0,100})?$")),
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Cleared (or there was none)."),

@@ -229,19 +229,26 @@ impl NewProduct {
 pub(crate) struct ProductChanges {
     /// As for a new product.
     #[schema(
+        nullable = false,
         min_length = 1,
         max_length = 200,
         pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
     )]
     pub(crate) name: Option<String>,
     #[schema(
+        nullable = false,
         max_length = 2000,
         pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
     )]
     pub(crate) description: Option<String>,
-    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9-]{1,64}$")]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[a-z0-9-]{1,64}$"
+    )]
     pub(crate) category: Option<String>,
-    #[schema(value_type = Option<PriceInput>)]
+    #[schema(value_type = Option<PriceInput>, nullable = false)]
     pub(crate) price: Option<Money>,
 }
 
