@@ -26,6 +26,7 @@ mod checkout;
 mod cluster;
 mod events;
 pub mod load;
+pub mod readme;
 mod reply;
 mod report;
 

@@ -22,6 +22,30 @@ async fn main() -> ExitCode {
             }
         };
     }
+    // `banyan-bench readme-table FILE`: the README's table of a saved run.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == "readme-table")
+    {
+        let Some(file) = std::env::args_os().nth(2) else {
+            eprintln!("usage: banyan-bench readme-table <bench.json>");
+            return ExitCode::from(2);
+        };
+        let table = std::fs::read_to_string(&file)
+            .map_err(anyhow::Error::from)
+            .and_then(|text| Ok(serde_json::from_str(&text)?))
+            .and_then(|run| banyan_bench::readme::readme_table(&run));
+        return match table {
+            Ok(table) => {
+                print!("{table}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("banyan-bench readme-table: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = banyan_bench::BenchArgs::parse();
     match banyan_bench::run(args).await {
         Ok(()) => ExitCode::SUCCESS,
