@@ -14,9 +14,77 @@ use crate::ApiError;
 
 /// A JSON body. Malformed JSON is a 400, a body of the wrong shape (unknown, missing or
 /// mistyped fields) a 422, a missing content type a 415, an oversized body a 413.
-#[derive(Debug, Clone, Copy, Default, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+///
+/// JSON has one kind of number, and to JSON Schema (so to the API document) `2.0` is the
+/// integer 2: a body refused as it is is tried once more with its whole-valued fractions
+/// made integers, so an integer field takes `2.0` and still refuses `2.5`.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        // axum's own extractor checks the content type, the size and the syntax.
+        let axum::Json(value) =
+            axum::Json::<serde_json::Value>::from_request(request, state).await?;
+        let refused = match serde_path_to_error::deserialize::<_, T>(&value) {
+            Ok(body) => return Ok(Json(body)),
+            Err(refused) => refused,
+        };
+        let mut whole = value;
+        if integral_numbers_as_integers(&mut whole)
+            && let Ok(body) = serde_json::from_value(whole)
+        {
+            return Ok(Json(body));
+        }
+        Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!("Failed to deserialize the JSON body into the target type: {refused}"),
+        ))
+    }
+}
+
+/// Makes every whole-valued number with a fraction part (`2.0`) an integer, in place;
+/// whether any was.
+fn integral_numbers_as_integers(value: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Number(number) if number.is_f64() => {
+            let float = number.as_f64().unwrap_or(f64::NAN);
+            // Within ±2^53 a float holds its integer exactly.
+            if float.fract() == 0.0 && float.abs() <= 9_007_199_254_740_992.0 {
+                *value = Value::from(float as i64);
+                true
+            } else {
+                false
+            }
+        }
+        // Every element is visited (no short cut once one changed).
+        Value::Array(items) => {
+            items
+                .iter_mut()
+                .map(integral_numbers_as_integers)
+                .filter(|changed| *changed)
+                .count()
+                > 0
+        }
+        Value::Object(fields) => {
+            fields
+                .values_mut()
+                .map(integral_numbers_as_integers)
+                .filter(|changed| *changed)
+                .count()
+                > 0
+        }
+        _ => false,
+    }
+}
 
 impl<T: serde::Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
@@ -107,5 +175,64 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
             .get::<Self>()
             .copied()
             .unwrap_or(Self(None)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use axum::{body::Body, extract::FromRequest, http::Request};
+    use serde::Deserialize;
+
+    use super::Json;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Stock {
+        on_hand: i64,
+        rate: Option<f64>,
+    }
+
+    async fn parse(body: &str) -> Result<Stock, crate::ApiError> {
+        let request = Request::post("/")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        Json::<Stock>::from_request(request, &())
+            .await
+            .map(|Json(s)| s)
+    }
+
+    #[tokio::test]
+    async fn a_whole_number_written_with_a_fraction_is_an_integer_and_a_fraction_is_not() {
+        let stock = parse(r#"{"on_hand": 5.0, "rate": 0.5}"#).await.unwrap();
+        assert_eq!(
+            stock,
+            Stock {
+                on_hand: 5,
+                rate: Some(0.5)
+            }
+        );
+        assert_eq!(parse(r#"{"on_hand": 7}"#).await.unwrap().on_hand, 7);
+        for bad in [
+            r#"{"on_hand": 5.5}"#,
+            r#"{"on_hand": "5"}"#,
+            r#"{"on_hand": 1, "x": 1}"#,
+        ] {
+            let refused = parse(bad).await.unwrap_err();
+            assert_eq!(
+                refused.status,
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "{bad}"
+            );
+            assert!(
+                refused.message.contains("on_hand") || refused.message.contains('x'),
+                "{}",
+                refused.message
+            );
+        }
+        let malformed = parse("{").await.unwrap_err();
+        assert_eq!(malformed.status, axum::http::StatusCode::BAD_REQUEST);
     }
 }
