@@ -50,6 +50,17 @@ where
     }
 }
 
+/// For an optional field of a body that may be left out but not sent as `null` (the document
+/// says it is not nullable): `#[serde(default, deserialize_with = "banyan_kit::extract::present")]`.
+/// Absent, `default` makes it `None`; given, it must be a value of its type.
+pub fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
 /// Makes every whole-valued number with a fraction part (`2.0`) an integer, in place;
 /// whether any was.
 fn integral_numbers_as_integers(value: &mut serde_json::Value) -> bool {
@@ -234,5 +245,34 @@ mod tests {
         }
         let malformed = parse("{").await.unwrap_err();
         assert_eq!(malformed.status, axum::http::StatusCode::BAD_REQUEST);
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Change {
+        #[serde(default, deserialize_with = "super::present")]
+        name: Option<String>,
+    }
+
+    #[tokio::test]
+    async fn a_field_that_may_be_left_out_may_not_be_null() {
+        let change = async |body: &str| {
+            let request = Request::post("/")
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_owned()))
+                .unwrap();
+            Json::<Change>::from_request(request, &())
+                .await
+                .map(|Json(c)| c)
+        };
+        assert_eq!(change("{}").await.unwrap(), Change { name: None });
+        assert_eq!(
+            change(r#"{"name": "Teapot"}"#).await.unwrap(),
+            Change {
+                name: Some("Teapot".into())
+            }
+        );
+        let refused = change(r#"{"name": null}"#).await.unwrap_err();
+        assert_eq!(refused.status, axum::http::StatusCode::UNPROCESSABLE_ENTITY);
     }
 }

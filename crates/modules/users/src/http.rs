@@ -279,13 +279,16 @@ struct AccountChanges {
         max_length = 254,
         pattern = r"^[^\s@\u0000-\u001F\u007F-\u009F]{1,64}@[^\s@.\u0000-\u001F\u007F-\u009F][^\s@\u0000-\u001F\u007F-\u009F]*\.[^\s@\u0000-\u001F\u007F-\u009F]*[^\s@.\u0000-\u001F\u007F-\u009F]$"
     )]
+    #[serde(default, deserialize_with = "banyan_kit::extract::present")]
     email: Option<String>,
     /// 8 to 128 characters.
     #[schema(value_type = Option<String>, nullable = false, format = Password, min_length = 8, max_length = 128)]
+    #[serde(default, deserialize_with = "banyan_kit::extract::present")]
     password: Option<Password>,
     /// The account's password now: needed when its owner changes the password (an admin
     /// resetting another's does not give it).
     #[schema(value_type = Option<String>, nullable = false, format = Password, min_length = 8, max_length = 128)]
+    #[serde(default, deserialize_with = "banyan_kit::extract::present")]
     current_password: Option<Password>,
 }
 
