@@ -46,78 +46,59 @@ fn blocks(readme: &str) -> Vec<Block> {
     blocks
 }
 
-/// What the test does with a block, found by its first line.
-enum Plan {
-    /// Run it with bash; it must succeed.
-    Run,
-    /// Each line is a server: start it and wait for `/health` on the port it names.
-    Serve,
-    /// A `$ command` line and the output it must print.
-    Prints,
-    /// Not run here, and why.
-    NotRun(&'static str),
-}
-
-const PLANS: &[(&str, Plan)] = &[
+/// Every block, by its first line: `None` when the steps of the test below run it, else why
+/// it is not run here.
+const PLANS: &[(&str, Option<&str>)] = &[
     (
         "cargo run                  # the whole shop",
-        Plan::NotRun(
+        Some(
             "the first lines: `cargo run` is run below (Try it), `cargo test` is the suite this test is part of",
         ),
     ),
-    ("cargo run -- seed      #", Plan::Run),
-    ("TOKEN=$(curl", Plan::Run),
-    (
-        "BANYAN_MODULES__USERS__BOOTSTRAP_ADMIN__USERNAME",
-        Plan::Serve,
-    ),
-    ("cargo install --path crates/app", Plan::Run),
+    ("cargo run -- seed      #", None),
+    ("TOKEN=$(curl", None),
+    ("BANYAN_MODULES__USERS__BOOTSTRAP_ADMIN__USERNAME", None),
+    ("cargo install --path crates/app", None),
     (
         "banyan serve --config config/split-payments-http.toml",
-        Plan::Serve,
+        None,
     ),
     (
         "banyan serve --config config/split-payments-grpc.toml",
-        Plan::Serve,
+        None,
     ),
     (
         "banyan serve --config config/split-payments-nats.toml",
-        Plan::Serve,
+        None,
     ),
     (
         "banyan serve --config config/split-inventory-payments-nats.toml",
-        Plan::Serve,
+        None,
     ),
-    ("ADMIN=$(curl", Plan::Run),
-    ("curl -s 127.0.0.1:9464/metrics", Plan::Run),
-    ("promtool check config", Plan::Run),
-    ("BANYAN_TRACES__ENABLED=true cargo run", Plan::Serve),
-    ("$ BANYAN_BUS__EVENT_QUEUE=0 cargo run", Plan::Prints),
-    ("cargo run -- --database-url postgres://", Plan::Serve),
-    ("cargo run -- dead-letters list", Plan::Run),
+    ("ADMIN=$(curl", None),
+    ("curl -s 127.0.0.1:9464/metrics", None),
+    ("promtool check config", None),
+    ("BANYAN_TRACES__ENABLED=true cargo run", None),
+    ("$ BANYAN_BUS__EVENT_QUEUE=0 cargo run", None),
+    ("cargo run -- --database-url postgres://", None),
+    ("cargo run -- dead-letters list", None),
     (
         "cargo run --release -p banyan-bench --",
-        Plan::NotRun(
-            "a release build and minutes of load; crates/bench/tests runs the bench's code",
-        ),
+        Some("a release build and minutes of load; crates/bench/tests runs the bench's code"),
     ),
     (
         "cargo run --release -- seed && cargo run --release &",
-        Plan::NotRun(
+        Some(
             "a release build and minutes of load; crates/bench/tests runs `load` against a real shop",
         ),
     ),
     (
         "cargo run -- seed && (cargo run &) && sleep 5",
-        Plan::NotRun(
-            "Schemathesis is a Python tool and minutes of fuzzing, run by hand, not by the suite",
-        ),
+        Some("Schemathesis is a Python tool and minutes of fuzzing, run by hand, not by the suite"),
     ),
     (
         "cargo bench -p banyan-bus",
-        Plan::NotRun(
-            "benchmarks; under `cargo test` each makes a tiny run that checks its cases work",
-        ),
+        Some("benchmarks; under `cargo test` each makes a tiny run that checks its cases work"),
     ),
 ];
 
@@ -320,7 +301,7 @@ async fn every_readme_command_runs_as_written() {
     // Each plan names a block that exists; the steps below follow the README's order of use.
     for (first, plan) in PLANS {
         block(&blocks, first);
-        if let Plan::NotRun(reason) = plan {
+        if let Some(reason) = plan {
             println!("not run: {first:?}: {reason}");
         }
     }

@@ -29,89 +29,62 @@ pub fn readme_table(run: &Value) -> anyhow::Result<String> {
             figure(number(&case[p99], p99)?)
         ))
     };
-    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
-    let mut row = |label: String, cells: Vec<String>| rows.push((label, cells));
-
-    let bus = PLACEMENTS
-        .iter()
-        .map(|p| {
-            latency(
-                &find("request_reply", "cases", p)?["median"],
-                "p50_us",
-                "p99_us",
-                "µs",
-            )
-        })
-        .collect::<anyhow::Result<_>>()?;
-    row("request→reply, Banyan bus".into(), bus);
-    let bare = |name: &str| -> anyhow::Result<String> {
-        latency(
-            &find("request_reply", "cases", name)?["median"],
-            "p50_us",
-            "p99_us",
-            "µs",
-        )
-    };
-    row(
-        "request→reply, bare transport (floor)".into(),
-        vec![
-            String::new(),
-            bare("bare_http")?,
-            "(HTTP's)".into(),
-            bare("bare_nats")?,
-        ],
-    );
-    let callers = PLACEMENTS
-        .iter()
-        .map(|p| {
-            let rps = number(
-                &find("request_reply", "cases", p)?["median"]["concurrent_rps"],
-                "concurrent_rps",
-            )?;
-            Ok(format!("{}/s", thousands(rps)))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    row(
-        format!("request→reply, {} callers", setup["concurrency"]),
-        callers,
-    );
+    // One cell per placement: `cell` of the named case of `part.list`.
+    let per_placement =
+        |part: &str, list: &str, cell: &dyn Fn(&Value) -> anyhow::Result<String>| {
+            PLACEMENTS
+                .iter()
+                .map(|p| cell(find(part, list, p)?))
+                .collect::<anyhow::Result<Vec<String>>>()
+        };
+    let micros = |case: &Value| latency(&case["median"], "p50_us", "p99_us", "µs");
+    let mut rows: Vec<(String, Vec<String>)> = vec![
+        (
+            "request→reply, Banyan bus".into(),
+            per_placement("request_reply", "cases", &micros)?,
+        ),
+        (
+            "request→reply, bare transport (floor)".into(),
+            vec![
+                String::new(),
+                micros(find("request_reply", "cases", "bare_http")?)?,
+                "(HTTP's)".into(),
+                micros(find("request_reply", "cases", "bare_nats")?)?,
+            ],
+        ),
+        (
+            format!("request→reply, {} callers", setup["concurrency"]),
+            per_placement("request_reply", "cases", &|case| {
+                let rps = number(&case["median"]["concurrent_rps"], "concurrent_rps")?;
+                Ok(format!("{}/s", thousands(rps)))
+            })?,
+        ),
+    ];
     if run["events"]["cases"].is_array() {
-        let events = PLACEMENTS
-            .iter()
-            .map(|p| {
-                latency(
-                    &find("events", "cases", p)?["median"],
-                    "p50_us",
-                    "p99_us",
-                    "µs",
-                )
-            })
-            .collect::<anyhow::Result<_>>()?;
-        row("event publish→handled, durable at both ends".into(), events);
+        rows.push((
+            "event publish→handled, durable at both ends".into(),
+            per_placement("events", "cases", &micros)?,
+        ));
     }
     if run["checkout"]["placements"].is_array() {
-        let orders = PLACEMENTS
-            .iter()
-            .map(|p| latency(find("checkout", "placements", p)?, "p50_ms", "p99_ms", "ms"))
-            .collect::<anyhow::Result<_>>()?;
-        row(
+        rows.push((
             format!(
                 "checkout, {} clients, order to confirmation",
                 setup["clients"]
             ),
-            orders,
-        );
-        let confirmed = PLACEMENTS
-            .iter()
-            .map(|p| {
-                let per_s = find("checkout", "placements", p)?;
+            per_placement("checkout", "placements", &|case| {
+                latency(case, "p50_ms", "p99_ms", "ms")
+            })?,
+        ));
+        rows.push((
+            "checkout, confirmed orders/s".into(),
+            per_placement("checkout", "placements", &|case| {
                 Ok(thousands(number(
-                    &per_s["confirmed_per_s"],
+                    &case["confirmed_per_s"],
                     "confirmed_per_s",
                 )?))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        row("checkout, confirmed orders/s".into(), confirmed);
+            })?,
+        ));
     }
     let mut table = String::from(
         "| p50 (p99) | in process | over HTTP | over gRPC | over NATS |\n|---|---|---|---|---|\n",
@@ -122,18 +95,13 @@ pub fn readme_table(run: &Value) -> anyhow::Result<String> {
     Ok(table)
 }
 
-/// Three significant figures or so, with thousands separated: 0.885, 85.8, 1,017.
+/// As the bench's own tables write a figure (`report::figure`), thousands separated: 0.89,
+/// 85.8, 1,017.
 fn figure(value: f64) -> String {
     if value >= 1_000.0 {
         thousands(value)
-    } else if value >= 100.0 {
-        format!("{value:.0}")
-    } else if value >= 10.0 {
-        format!("{value:.1}")
-    } else if value >= 1.0 {
-        format!("{value:.2}")
     } else {
-        format!("{value:.3}")
+        super::report::figure(value)
     }
 }
 
@@ -156,7 +124,7 @@ mod tests {
 
     #[test]
     fn figures_read_as_the_readme_writes_them() {
-        assert_eq!(figure(0.885), "0.885");
+        assert_eq!(figure(0.885), "0.89");
         assert_eq!(figure(2.2510000000000003), "2.25");
         assert_eq!(figure(85.81), "85.8");
         assert_eq!(figure(101.4), "101");
