@@ -454,13 +454,29 @@ async fn the_document_covers_every_module() {
     };
     assert_eq!(rule("NewItem", "/properties/quantity/minimum"), 1);
     assert_eq!(rule("NewItem", "/properties/quantity/maximum"), 1000);
-    assert_eq!(rule("PlaceOrder", "/properties/lines/minItems"), 1);
-    assert_eq!(rule("PlaceOrder", "/properties/lines/maxItems"), 100);
+    // An order is one of two shapes: lines, or the cart.
+    assert_eq!(rule("PlaceOrder", "/oneOf/0/properties/lines/minItems"), 1);
+    assert_eq!(
+        rule("PlaceOrder", "/oneOf/0/properties/lines/maxItems"),
+        100
+    );
+    assert_eq!(rule("PlaceOrder", "/oneOf/0/required"), json!(["lines"]));
+    assert_eq!(
+        rule("PlaceOrder", "/oneOf/1/properties/from_cart/enum"),
+        json!([true])
+    );
     assert_eq!(rule("LineRequest", "/properties/quantity/maximum"), 1000);
     assert_eq!(rule("NewProduct", "/properties/sku/maxLength"), 64);
     assert_eq!(rule("NewProduct", "/properties/name/maxLength"), 200);
     assert_eq!(rule("ProductChanges", "/minProperties"), 1);
-    assert_eq!(rule("AccountChanges", "/minProperties"), 1);
+    // An account change gives an email or a password (the current password alone is not one).
+    assert_eq!(
+        rule("AccountChanges", "/allOf/1/anyOf"),
+        json!([
+            { "type": "object", "required": ["email"] },
+            { "type": "object", "required": ["password"] },
+        ])
+    );
     assert_eq!(rule("NewAccount", "/properties/username/minLength"), 3);
     assert!(rule("NewAccount", "/properties/email/pattern").is_string());
     assert_eq!(

@@ -92,12 +92,8 @@ async fn changing_ones_password_needs_the_current_one(app: &TestApp) {
             json!({ "password": "jill-new-password" }),
         )
         .await;
-    assert_eq!(
-        missing.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        missing.text
-    );
+    assert_eq!(missing.status, StatusCode::FORBIDDEN, "{}", missing.text);
+    assert_eq!(missing.error_code(), "current_password_required");
     assert_eq!(
         missing.body["error"]["details"]["field"],
         "current_password"

@@ -1,6 +1,7 @@
 //! `bench.svg`, drawn with plotters' SVG backend: two panels on linear scales, request→reply in
 //! microseconds and the checkout in milliseconds, each case with its p50 and its p99 (medians
-//! over rounds), and beside each bar its value and the multiple that is the point of the run.
+//! over rounds, a whisker from the lowest round to the highest), and beside each bar its value
+//! and the multiple that is the point of the run.
 //!
 //! Linear, not logarithmic: on a log axis a hundredfold gap looks like a small step. A case too
 //! fast to show as a bar (the bus in process next to a network) still reads from its label.
@@ -10,7 +11,11 @@ use plotters::{
     prelude::*,
 };
 
-use super::report::{Document, figure};
+use super::{
+    checkout,
+    reply::RoundFigures,
+    report::{Document, figure},
+};
 
 const WIDTH: u32 = 1000;
 const ROW_HEIGHT: u32 = 26;
@@ -28,9 +33,37 @@ struct Case {
     label: String,
     p50: f64,
     p99: f64,
+    /// The lowest and the highest round's p50, and p99: how far one run's figure may wander.
+    p50_spread: Spread,
+    p99_spread: Spread,
     /// A bare transport: drawn in grey, the floor the adapter is measured against.
     floor: bool,
     note: String,
+}
+
+/// The lowest and the highest of a figure over rounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Spread {
+    low: f64,
+    high: f64,
+}
+
+impl Spread {
+    /// Over `rounds`; `None` when there are none.
+    fn of(rounds: impl IntoIterator<Item = f64>) -> Option<Self> {
+        rounds.into_iter().fold(None, |spread, value| {
+            Some(match spread {
+                None => Spread {
+                    low: value,
+                    high: value,
+                },
+                Some(Spread { low, high }) => Spread {
+                    low: low.min(value),
+                    high: high.max(value),
+                },
+            })
+        })
+    }
 }
 
 struct Panel {
@@ -101,6 +134,14 @@ fn draw_header(
         area.draw(&Text::new(label, (x + 18, 65), ("sans-serif", 12)))?;
         x += 40 + 7 * label.chars().count() as i32;
     }
+    area.draw(&PathElement::new(vec![(x, 72), (x + 16, 72)], BLACK))?;
+    area.draw(&PathElement::new(vec![(x, 67), (x, 77)], BLACK))?;
+    area.draw(&PathElement::new(vec![(x + 16, 67), (x + 16, 77)], BLACK))?;
+    area.draw(&Text::new(
+        "the lowest to the highest round",
+        (x + 22, 65),
+        ("sans-serif", 12),
+    ))?;
     Ok(())
 }
 
@@ -109,7 +150,12 @@ fn draw_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, panel: &Panel) -> anyho
     let highest = panel
         .cases
         .iter()
-        .map(|c| c.p50.max(c.p99))
+        .map(|c| {
+            c.p50
+                .max(c.p99)
+                .max(c.p50_spread.high)
+                .max(c.p99_spread.high)
+        })
         .fold(0.0_f64, f64::max);
     // Room right of the longest bar for its label.
     let x_max = if highest > 0.0 { highest * 1.45 } else { 1.0 };
@@ -145,7 +191,8 @@ fn draw_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, panel: &Panel) -> anyho
         })
         .draw()?;
     for (i, case) in panel.cases.iter().enumerate() {
-        for (j, value) in [case.p50, case.p99].into_iter().enumerate() {
+        let figures = [(case.p50, case.p50_spread), (case.p99, case.p99_spread)];
+        for (j, (value, spread)) in figures.into_iter().enumerate() {
             let row = rows - 1 - (2 * i + j) as u32;
             let colour = match (case.floor, j) {
                 (true, _) => FLOOR_COLOUR,
@@ -161,13 +208,26 @@ fn draw_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, panel: &Panel) -> anyho
             );
             bar.set_margin(3, 3, 0, 0);
             chart.draw_series(std::iter::once(bar))?;
+            let middle = SegmentValue::CenterOf(row);
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(spread.low, middle.clone()), (spread.high, middle.clone())],
+                BLACK,
+            )))?;
+            let cap = |x: f64| {
+                EmptyElement::at((x, middle.clone()))
+                    + PathElement::new(vec![(0, -6), (0, 6)], BLACK)
+            };
+            chart.draw_series([cap(spread.low), cap(spread.high)])?;
             let mut label = format!("{} {unit}", figure(value));
             if j == 0 && !case.note.is_empty() {
                 label.push_str(&format!("  ({})", case.note));
             }
             chart.draw_series(std::iter::once(Text::new(
                 label,
-                (value + x_max * 0.01, SegmentValue::Exact(row + 1)),
+                (
+                    value.max(spread.high) + x_max * 0.01,
+                    SegmentValue::Exact(row + 1),
+                ),
                 ("sans-serif", 12),
             )))?;
         }
@@ -233,10 +293,18 @@ fn reply_panel(document: &Document) -> Option<Panel> {
         ),
     ] {
         if let Some(case) = find(name) {
+            let spread = |figure: fn(&RoundFigures) -> f64, median: f64| {
+                Spread::of(case.rounds.iter().map(figure)).unwrap_or(Spread {
+                    low: median,
+                    high: median,
+                })
+            };
             out.push(Case {
                 label: label.to_owned(),
                 p50: case.median.p50_us,
                 p99: case.median.p99_us,
+                p50_spread: spread(|r| r.p50_us, case.median.p50_us),
+                p99_spread: spread(|r| r.p99_us, case.median.p99_us),
                 floor,
                 note,
             });
@@ -262,10 +330,18 @@ fn checkout_panel(document: &Document) -> Option<Panel> {
     .into_iter()
     .filter_map(|(name, label)| {
         let placement = find(name)?;
+        let spread = |figure: fn(&checkout::RoundFigures) -> f64, median: f64| {
+            Spread::of(placement.rounds.iter().map(figure)).unwrap_or(Spread {
+                low: median,
+                high: median,
+            })
+        };
         Some(Case {
             label: label.to_owned(),
             p50: placement.p50_ms,
             p99: placement.p99_ms,
+            p50_spread: spread(|r| r.p50_ms, placement.p50_ms),
+            p99_spread: spread(|r| r.p99_ms, placement.p99_ms),
             floor: false,
             note: if name == "in_process" {
                 String::new()
@@ -329,10 +405,23 @@ mod tests {
             "280 µs",
             "×1.40 the floor",
             "×93.3 in process",
+            "the lowest to the highest round",
         ] {
             assert!(svg.contains(text), "the chart lacks {text:?}");
         }
         assert!(!svg.contains("Checkout"), "no checkout ran");
+    }
+
+    #[test]
+    fn a_spread_runs_from_the_lowest_round_to_the_highest() {
+        assert_eq!(
+            Spread::of([3.0, 1.0, 2.0]),
+            Some(Spread {
+                low: 1.0,
+                high: 3.0
+            })
+        );
+        assert_eq!(Spread::of([]), None);
     }
 
     #[test]

@@ -3,7 +3,6 @@
 use banyan_bus::{BusError, Context, ModuleBus, Outbox, UnitOfWork};
 use banyan_catalog_contract::{GetProducts, ProductId};
 use banyan_db::sqlx;
-use banyan_kit::Invalid;
 use banyan_users_contract::{GetUser, UserId};
 use uuid::Uuid;
 
@@ -13,8 +12,8 @@ use crate::{
 };
 
 /// Adds `quantity` of a product to a user's cart, creating the line if missing. The product
-/// must be in the catalog; the line may not go beyond [`Quantity::MAX`], nor the cart beyond
-/// [`MAX_LINES`] lines (422 either way, and nothing changes).
+/// must be in the catalog (404 otherwise); the line may not go beyond [`Quantity::MAX`], nor the
+/// cart beyond [`MAX_LINES`] lines (409 either way, and nothing changes).
 pub(crate) async fn add_item(
     outbox: &Outbox,
     bus: &ModuleBus,
@@ -42,9 +41,7 @@ pub(crate) async fn add_item(
     match product {
         Ok(_) => {}
         Err(BusError::Rejected(rejection)) if rejection.is("unknown_product") => {
-            return Err(
-                Invalid::new("product_id", format!("product {product_id} does not exist")).into(),
-            );
+            return Err(Error::UnknownProduct(product_id));
         }
         Err(other) => return Err(other.into()),
     }
@@ -62,17 +59,19 @@ pub(crate) async fn add_item(
         // Which limit was hit: the line's, if it exists; the cart's otherwise.
         let held = store::line_quantity(&mut uow, user_id, product_id).await?;
         return Err(match held {
-            Some(held) => Invalid::new(
-                "quantity",
-                format!(
+            Some(held) => Error::Limit {
+                field: "quantity",
+                reason: format!(
                     "the line holds {held}; adding {} would go beyond {}",
                     quantity.get(),
                     Quantity::MAX
                 ),
-            ),
-            None => Invalid::new("lines", format!("a cart holds at most {MAX_LINES} lines")),
-        }
-        .into());
+            },
+            None => Error::Limit {
+                field: "lines",
+                reason: format!("a cart holds at most {MAX_LINES} lines"),
+            },
+        });
     }
     uow.commit().await?;
     Ok(())

@@ -25,6 +25,14 @@ impl From<Error> for ApiError {
         match error {
             Error::Invalid(invalid) => invalid.into(),
             Error::NoUser(_) => ApiError::not_found(error.to_string()),
+            Error::UnknownProduct(id) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_product", error.to_string())
+                    .with_details(serde_json::json!({ "field": "product_id", "product_ids": [id] }))
+            }
+            Error::Limit { field, ref reason } => {
+                let details = serde_json::json!({ "field": field, "reason": reason });
+                ApiError::conflict("limit_reached", error.to_string()).with_details(details)
+            }
             Error::Catalog(error) => error.into(),
             Error::Storage(error) => error.into(),
         }
@@ -153,10 +161,12 @@ struct NewItem {
         (status = 200, description = "The cart, with the product added.", body = CartView),
         (status = 400, description = "The id is not a UUID, or the body is not JSON.", body = ErrorBody),
         AuthErrors,
-        (status = 404, description = "Not the caller's cart, or (an admin's call) no account has that id.", body = ErrorBody),
+        (status = 404, description = "Not the caller's cart, (an admin's call) no account has that \
+            id, or the catalog has no such product (`unknown_product`).", body = ErrorBody),
+        (status = 409, description = "The line would go beyond 1000, or the cart holds 100 lines \
+            already (`limit_reached`); nothing changed.", body = ErrorBody),
         BodyErrors,
-        (status = 422, description = "An unknown product, a quantity out of range, a full cart, or \
-            a body of the wrong shape.", body = ErrorBody),
+        (status = 422, description = "A quantity out of range, or a body of the wrong shape.", body = ErrorBody),
         (status = 500, description = "An unexpected failure.", body = ErrorBody),
         (status = 503, description = "The database is busy, or the catalog or users is unavailable; try again.", body = ErrorBody),
         (status = 504, description = "The catalog or users did not answer in time.", body = ErrorBody),
@@ -403,7 +413,7 @@ mod tests {
                 "POST",
                 items.clone(),
                 Some(json!({ "product_id": ghost, "quantity": 1 })),
-                StatusCode::UNPROCESSABLE_ENTITY,
+                StatusCode::NOT_FOUND,
             ),
         ];
         for (method, uri, body, expected) in cases {

@@ -17,6 +17,13 @@ pub(crate) enum Error {
     /// No account has the cart's user id.
     #[error("user {0} does not exist")]
     NoUser(uuid::Uuid),
+    /// The catalog does not know the product.
+    #[error("product {0} does not exist")]
+    UnknownProduct(uuid::Uuid),
+    /// The cart as it is now cannot take the addition: its line or the cart is full. The same
+    /// request may succeed on another cart, so it is a conflict, not an invalid body.
+    #[error("{field}: {reason}")]
+    Limit { field: &'static str, reason: String },
     /// Catalog or users did not answer (or not in time).
     #[error(transparent)]
     Catalog(#[from] BusError),

@@ -193,6 +193,8 @@ pub(crate) struct NewProduct {
 /// used; the price is read as [`Money`] and checked by [`Price::parse`].
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
+// As `Money` reads it: no field beyond the two (`additionalProperties: false`).
+#[serde(deny_unknown_fields)]
 pub(crate) struct PriceInput {
     #[schema(minimum = 0, maximum = 10_000_000_000_i64)]
     amount_minor: i64,

@@ -70,7 +70,7 @@ pub(crate) async fn prepare(
                 )
                 .await?;
             if cart.lines.is_empty() {
-                return Err(Invalid::new("from_cart", "the cart is empty").into());
+                return Err(Error::EmptyCart);
             }
             (
                 "cart",

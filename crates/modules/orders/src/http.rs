@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::{
     State, domain,
-    model::{Error, PlaceOrder, Status},
+    model::{Error, PlaceOrder, PlaceOrderBody, Status},
     store::{self, Order, OrderRow},
 };
 
@@ -35,14 +35,11 @@ impl From<Error> for ApiError {
                     "reason": "unknown_product",
                     "product_ids": ids,
                 });
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "validation_failed",
-                    error.to_string(),
-                )
-                .with_details(details)
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_product", error.to_string())
+                    .with_details(details)
             }
             Error::NotFound(_) => ApiError::not_found(error.to_string()),
+            Error::EmptyCart => ApiError::conflict("empty_cart", error.to_string()),
             Error::InvalidTransition { from, to } => {
                 let details = serde_json::json!({ "from": from.as_str(), "to": to.as_str() });
                 ApiError::conflict("invalid_transition", error.to_string()).with_details(details)
@@ -101,7 +98,7 @@ const MAX_WAIT_MS: u64 = 30_000;
         pending order. With it: 201 with the confirmed or cancelled order once the checkout \
         saga ends, or 202 with the pending order if it has not ended by then.",
     params(Placing),
-    request_body = PlaceOrder,
+    request_body = PlaceOrderBody,
     security(("bearer" = [])),
     responses(
         (status = 201, description = "The saga ended in time: the order, confirmed or cancelled.", body = OrderSummary,
@@ -110,9 +107,12 @@ const MAX_WAIT_MS: u64 = 30_000;
             headers(("location" = String, description = "The order's URL."))),
         (status = 400, description = "An unknown or unparsable query parameter, or the body is not JSON.", body = ErrorBody),
         AuthErrors,
+        (status = 404, description = "A line names a product the catalog does not know \
+            (`unknown_product`, the ids in `details.product_ids`); nothing was placed.", body = ErrorBody),
+        (status = 409, description = "`from_cart` and the cart is empty (`empty_cart`).", body = ErrorBody),
         BodyErrors,
-        (status = 422, description = "Invalid lines, an empty cart, unknown products, a bad \
-            payment method, `wait_ms` out of range, or a body of the wrong shape.", body = ErrorBody),
+        (status = 422, description = "Invalid lines, a bad payment method, `wait_ms` out of \
+            range, or a body of the wrong shape.", body = ErrorBody),
         (status = 500, description = "An unexpected failure.", body = ErrorBody),
         (status = 503, description = "The database is busy, or the catalog or cart is unavailable; try again.", body = ErrorBody),
         (status = 504, description = "The catalog or the cart did not answer in time.", body = ErrorBody),
@@ -501,14 +501,8 @@ mod tests {
         let (alice, token) = h.users.alice.clone();
         let body = json!({ "from_cart": true });
         let (status, _, error) = post(&h, "/api/v1/orders", &token, body.clone()).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert_eq!(error["error"]["code"], "validation_failed");
-        assert!(
-            error["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("empty")
-        );
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(error["error"]["code"], "empty_cart");
         let teapot = h.product("Teapot", 1999, "EUR");
         h.carts.lock().unwrap().insert(
             alice,
@@ -536,6 +530,16 @@ mod tests {
         let cases: Vec<(&str, Value, StatusCode)> = vec![
             ("/api/v1/orders", json!({}), unprocessable),
             ("/api/v1/orders", json!({ "lines": [] }), unprocessable),
+            (
+                "/api/v1/orders",
+                json!({ "lines": null, "from_cart": true }),
+                unprocessable,
+            ),
+            (
+                "/api/v1/orders",
+                json!({ "lines": [{ "product_id": teapot, "quantity": 1 }], "payment_method": null }),
+                unprocessable,
+            ),
             (
                 "/api/v1/orders",
                 json!({ "from_cart": false }),
@@ -626,10 +630,11 @@ mod tests {
         .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-        // An unknown product is named.
+        // An unknown product is not found, and named.
         let body = json!({ "lines": [{ "product_id": teapot, "quantity": 1 }, { "product_id": ghost, "quantity": 1 }] });
         let (status, _, answer) = post(&h, "/api/v1/orders", &h.users.alice.1, body).await;
-        assert_eq!(status, unprocessable);
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(answer["error"]["code"], "unknown_product");
         assert!(
             answer["error"]["message"]
                 .as_str()

@@ -42,6 +42,7 @@ impl From<Error> for Rejection {
                     .with_details(json!({ "product_ids": ids }))
             }
             Error::NotFound(id) => Rejection::not_found("order", id),
+            Error::EmptyCart => Rejection::conflict("empty_cart", error.to_string()),
             Error::InvalidTransition { from, to } => {
                 Rejection::conflict("invalid_transition", error.to_string())
                     .with_details(json!({ "from": from.as_str(), "to": to.as_str() }))

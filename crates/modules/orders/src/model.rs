@@ -24,6 +24,10 @@ pub(crate) enum Error {
     UnknownProducts { field: String, ids: Vec<String> },
     #[error("order {0} does not exist")]
     NotFound(Uuid),
+    /// `from_cart` on a cart with nothing in it: the same request succeeds once it holds
+    /// something, so it is a conflict with the cart as it is, not an invalid body.
+    #[error("from_cart: the cart is empty")]
+    EmptyCart,
     /// An admin's move the life of an order does not allow.
     #[error("an order that is {} cannot become {}", from.as_str(), to.as_str())]
     InvalidTransition { from: Status, to: Status },
@@ -147,9 +151,10 @@ impl Quantity {
 }
 
 /// The lines of an order as asked for: 1 to 100, each quantity 1 to 1000; lines of one product
-/// merged into the first (their sum still at most 1000), in the order first given.
+/// merged into the first, in the order first given. A merged quantity is their sum (at most
+/// 100 × 1000): each line as given obeys the document's rule, which cannot speak of sums.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RequestedLines(Vec<(ProductId, Quantity)>);
+pub(crate) struct RequestedLines(Vec<(ProductId, i64)>);
 
 impl RequestedLines {
     pub(crate) const MAX_LINES: usize = 100;
@@ -170,25 +175,11 @@ impl RequestedLines {
                 None => merged.push((product_id, quantity.get())),
             }
         }
-        merged
-            .into_iter()
-            .map(|(product_id, total)| {
-                Quantity::parse(total, field)
-                    .map(|quantity| (product_id, quantity))
-                    .map_err(|_| {
-                        Invalid::new(
-                            field,
-                            format!(
-                                "the quantities of product {product_id} add up to more than 1000"
-                            ),
-                        )
-                    })
-            })
-            .collect::<Result<_, _>>()
-            .map(Self)
+        Ok(Self(merged))
     }
 
-    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = (ProductId, Quantity)> + '_ {
+    /// Each product once, with its merged quantity.
+    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = (ProductId, i64)> + '_ {
         self.0.iter().copied()
     }
 
@@ -248,7 +239,7 @@ pub(crate) fn price(
             }
             Some(_) => {}
         }
-        let line_total = price.times(quantity.get()).ok_or_else(too_large)?;
+        let line_total = price.times(quantity).ok_or_else(too_large)?;
         total = total
             .checked_add(line_total.amount_minor)
             .ok_or_else(too_large)?;
@@ -256,7 +247,7 @@ pub(crate) fn price(
             product_id,
             name: product.name.clone(),
             unit_price: price,
-            quantity: quantity.get(),
+            quantity,
         });
     }
     let currency = currency.ok_or_else(|| Invalid::new(field, "must hold 1 to 100 lines"))?;
@@ -280,19 +271,81 @@ fn rejected_ids(rejection: &Rejection) -> Vec<String> {
 }
 
 /// An order as a client asks for it: either `lines` or `from_cart: true`. Nothing else: the
-/// price, total, status and owner are not the client's to set.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// price, total, status and owner are not the client's to set. A field may be left out but
+/// not sent as null. [`PlaceOrderBody`] is its schema.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PlaceOrder {
-    /// 1 to 100 lines; lines of one product are merged. Not with `from_cart: true`.
-    #[schema(min_items = 1, max_items = 100)]
+    #[serde(default, deserialize_with = "banyan_kit::extract::present")]
     pub(crate) lines: Option<Vec<LineRequest>>,
-    /// Order what the caller's cart holds (which is then cleared of it).
+    #[serde(default, deserialize_with = "banyan_kit::extract::present")]
     pub(crate) from_cart: Option<bool>,
-    /// A token of the simulated provider, 1 to 64 characters of `a-z 0-9 _`; `tok_visa` by
-    /// default, `tok_declined` is declined.
-    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_]{1,64}$")]
+    #[serde(default, deserialize_with = "banyan_kit::extract::present")]
     pub(crate) payment_method: Option<String>,
+}
+
+/// The schema of [`PlaceOrder`], written out: one of two shapes, lines or the cart, which a
+/// derive cannot state. A fuzzer drawing from it then draws only orders a shop could take.
+pub(crate) struct PlaceOrderBody;
+
+impl utoipa::PartialSchema for PlaceOrderBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let payment_method = serde_json::json!({
+            "type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[a-z0-9_]{1,64}$",
+            "description": "A token of the simulated provider, 1 to 64 characters of \
+                `a-z 0-9 _`; `tok_visa` by default, `tok_declined` is declined.",
+        });
+        let shapes = serde_json::json!({
+            "description": "An order: either `lines`, or `from_cart: true` to order what the \
+                caller's cart holds (which is then cleared of it). The price, total, status \
+                and owner are not the client's to set. A field may be left out, not sent as null.",
+            "oneOf": [
+                {
+                    "title": "Lines",
+                    "type": "object",
+                    "required": ["lines"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "lines": {
+                            "type": "array", "minItems": 1, "maxItems": 100,
+                            "items": { "$ref": "#/components/schemas/LineRequest" },
+                            "description": "1 to 100 lines; lines of one product are merged.",
+                        },
+                        "from_cart": { "type": "boolean", "enum": [false] },
+                        "payment_method": payment_method,
+                    },
+                },
+                {
+                    "title": "FromCart",
+                    "type": "object",
+                    "required": ["from_cart"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "from_cart": { "type": "boolean", "enum": [true] },
+                        "payment_method": payment_method,
+                    },
+                },
+            ],
+        });
+        // A literal, checked by the document's tests: it always parses.
+        serde_json::from_value(shapes).unwrap_or_default()
+    }
+}
+
+impl utoipa::ToSchema for PlaceOrderBody {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "PlaceOrder".into()
+    }
+
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema;
+        schemas.push((LineRequest::name().into(), LineRequest::schema()));
+    }
 }
 
 /// A product and how many of it.
@@ -337,13 +390,13 @@ mod tests {
     fn lines_of_one_product_are_merged_into_the_first_in_the_order_given() {
         let (a, b) = (ProductId::new(), ProductId::new());
         let merged = lines(&[(b, 2), (a, 1), (b, 3)]).unwrap();
-        let got: Vec<(ProductId, i64)> = merged.iter().map(|(id, q)| (id, q.get())).collect();
+        let got: Vec<(ProductId, i64)> = merged.iter().collect();
         assert_eq!(got, vec![(b, 5), (a, 1)]);
         assert_eq!(merged.product_ids(), vec![b, a]);
     }
 
     #[test]
-    fn a_quantity_is_one_to_a_thousand_before_and_after_merging() {
+    fn a_line_s_quantity_is_one_to_a_thousand_and_merged_lines_add_up() {
         let p = ProductId::new();
         assert!(lines(&[(p, 1)]).is_ok());
         assert!(lines(&[(p, 1000)]).is_ok());
@@ -351,10 +404,20 @@ mod tests {
             let error = lines(&[(p, bad)]).unwrap_err();
             assert_eq!(error.field, "lines[0].quantity", "{bad}");
         }
-        assert!(lines(&[(p, 600), (p, 400)]).is_ok());
-        let error = lines(&[(p, 600), (p, 401)]).unwrap_err();
-        assert!(error.reason.contains(&p.to_string()), "{}", error.reason);
+        let merged = lines(&[(p, 600), (p, 1000)]).unwrap();
+        assert_eq!(merged.iter().collect::<Vec<_>>(), vec![(p, 1600)]);
         assert!(lines(&[(p, 20), (p, -5)]).is_err());
+    }
+
+    #[test]
+    fn the_documented_order_is_one_of_two_shapes() {
+        let schema = serde_json::to_value(<PlaceOrderBody as utoipa::PartialSchema>::schema());
+        let schema = schema.unwrap();
+        let titles: Vec<&Value> = schema["oneOf"]
+            .as_array()
+            .map(|shapes| shapes.iter().map(|shape| &shape["title"]).collect())
+            .unwrap_or_default();
+        assert_eq!(titles, ["Lines", "FromCart"], "{schema}");
     }
 
     #[test]

@@ -279,9 +279,7 @@ pub(crate) async fn change(
         return Err(banyan_kit::Invalid::new("body", "give an email, a password, or both").into());
     }
     if password.is_some() && by_owner {
-        let current = current_password.ok_or_else(|| {
-            banyan_kit::Invalid::new("current_password", "needed to change the password")
-        })?;
+        let current = current_password.ok_or(Error::CurrentPasswordNeeded)?;
         let stored = store::find(outbox.db(), id)
             .await?
             .map(|user| user.password_hash);

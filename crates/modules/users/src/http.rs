@@ -36,6 +36,12 @@ impl From<Error> for ApiError {
             Error::WrongPassword => {
                 ApiError::new(StatusCode::FORBIDDEN, "wrong_password", error.to_string())
             }
+            Error::CurrentPasswordNeeded => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "current_password_required",
+                error.to_string(),
+            )
+            .with_details(serde_json::json!({ "field": "current_password" })),
             Error::LastAdmin => ApiError::conflict("last_admin", error.to_string()),
             Error::Storage(error) => error.into(),
             Error::Busy => ApiError::unavailable(error.to_string()),
@@ -268,10 +274,9 @@ async fn get_user(
     Ok(Json(user.into()))
 }
 
-/// An email, a password, or both: at least one of them.
+/// The fields of an account change; [`AccountChangesBody`] documents the body as a whole.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(min_properties = 1)]
 struct AccountChanges {
     /// As at registration.
     #[schema(
@@ -292,6 +297,34 @@ struct AccountChanges {
     current_password: Option<Password>,
 }
 
+/// The body of `PUT /api/v1/users/{id}` as the document states it: [`AccountChanges`]' fields,
+/// an email or a password among them. A derive cannot say "one of these is required", so this
+/// schema is the fields' own, all of it, with an `anyOf` of the two requirements.
+struct AccountChangesBody;
+
+impl utoipa::PartialSchema for AccountChangesBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, Schema};
+        let needs = |field: &str| ObjectBuilder::new().required(field).build();
+        let whole = AllOfBuilder::new()
+            .description(Some("An email, a password, or both: at least one of them."))
+            .item(<AccountChanges as utoipa::PartialSchema>::schema())
+            .item(
+                AnyOfBuilder::new()
+                    .item(needs("email"))
+                    .item(needs("password")),
+            )
+            .build();
+        Schema::AllOf(whole).into()
+    }
+}
+
+impl ToSchema for AccountChangesBody {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "AccountChanges".into()
+    }
+}
+
 /// `PUT /api/v1/users/{id}`: change the email or the password. The role is not a field a
 /// client may set.
 #[utoipa::path(
@@ -302,14 +335,15 @@ struct AccountChanges {
     description = "The owner or an admin. The role is not a field a client may set. The owner \
         changing their password gives the current one (`current_password`).",
     params(("id" = Uuid, Path, description = "The user's id.")),
-    request_body = AccountChanges,
+    request_body = AccountChangesBody,
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The changed account.", body = UserView),
         (status = 400, description = "The id is not a UUID, or the body is not JSON.", body = ErrorBody),
         AuthErrors,
         (status = 404, description = "No such account, or not the caller's.", body = ErrorBody),
-        (status = 403, description = "The current password is wrong (`wrong_password`).", body = ErrorBody),
+        (status = 403, description = "The owner changing their password gave a wrong current one \
+            (`wrong_password`) or none (`current_password_required`).", body = ErrorBody),
         (status = 409, description = "The email is already taken (`already_exists`).", body = ErrorBody),
         BodyErrors,
         (status = 422, description = "Neither field given, an unknown field, or an invalid value.", body = ErrorBody),

@@ -20,6 +20,9 @@ impl From<Error> for Rejection {
             }
             Error::NotFound(id) => Rejection::not_found("user", id),
             Error::WrongPassword => Rejection::new("wrong_password", error.to_string()),
+            Error::CurrentPasswordNeeded => {
+                Rejection::new("current_password_required", error.to_string())
+            }
             Error::LastAdmin => Rejection::conflict("last_admin", error.to_string()),
             Error::Storage(error) => Rejection::internal(error),
             Error::Busy => Rejection::internal(error),

@@ -25,6 +25,10 @@ pub(crate) enum Error {
     /// The current password, asked to change the password, is not the account's.
     #[error("the current password is wrong")]
     WrongPassword,
+    /// The owner changed their password without giving the current one: the same refusal as a
+    /// wrong one (a proof of who is asking is missing), not a malformed body.
+    #[error("current_password: needed to change the password")]
+    CurrentPasswordNeeded,
     /// Deleting this account would leave the shop without an admin.
     #[error("the last admin cannot be deleted")]
     LastAdmin,
@@ -81,17 +85,23 @@ pub(crate) struct Email(String);
 
 impl Email {
     pub(crate) fn parse(raw: &str) -> Result<Self, Invalid> {
-        let email = raw.trim().to_lowercase();
+        let raw = raw.trim();
         let invalid = || Invalid::new("email", "must be an address like name@example.com");
-        if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        // Lengths in characters, as the document's `maxLength` counts them, and of the address
+        // as given: lower-casing may lengthen some letters.
+        if raw.chars().count() > 254 || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(invalid());
         }
+        let email = raw.to_lowercase();
         let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
+        let local_length = raw
+            .split_once('@')
+            .map_or(0, |(local, _)| local.chars().count());
         let domain_ok = domain.contains('.')
             && !domain.starts_with('.')
             && !domain.ends_with('.')
             && !domain.contains('@');
-        if local.is_empty() || local.len() > 64 || !domain_ok {
+        if local.is_empty() || local_length > 64 || !domain_ok {
             return Err(invalid());
         }
         Ok(Self(email))
@@ -246,6 +256,16 @@ mod tests {
         for bad in ["", "a", "a@", "@b.c", "a@b", "a@.b", "a b@c.d", "a@b@c.d"] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_email_s_lengths_are_counted_in_characters_as_the_document_counts_them() {
+        let local = "é".repeat(64);
+        assert!(Email::parse(&format!("{local}@example.com")).is_ok());
+        assert!(Email::parse(&format!("{local}é@example.com")).is_err());
+        let domain = format!("{}.com", "ü".repeat(240));
+        assert!(Email::parse(&format!("a@{domain}")).is_ok());
+        assert!(Email::parse(&format!("ab@{domain}")).is_err());
     }
 
     #[test]
