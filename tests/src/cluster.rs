@@ -359,6 +359,25 @@ impl Cluster {
         self.start_process_with(name, &[]).await
     }
 
+    /// Starts `count` more instances of process `name` all at the same moment (as a
+    /// scheduler starting a deployment's replicas would), and waits until each serves. A
+    /// process that dies on the way fails the test with its log.
+    pub async fn start_processes_at_once(&mut self, name: &str, count: usize) {
+        let registry = self.main.internal_url("");
+        let config = self.config.to_str().expect("UTF-8").to_owned();
+        let args = ["--config", config.as_str(), "--process", name];
+        let env = [("BANYAN_TOPOLOGY__REGISTRY_URL", registry)];
+        let started = futures::future::join_all(
+            (0..count).map(|_| BanyanProcess::start_with_args(&args, &env)),
+        )
+        .await;
+        self.others.extend(
+            started
+                .into_iter()
+                .map(|process| (name.to_owned(), process)),
+        );
+    }
+
     /// The same, with `extra` in that one instance's environment (say a fault of its own).
     pub async fn start_process_with(&mut self, name: &str, extra: &[(&str, &str)]) -> usize {
         let registry = self.main.internal_url("");

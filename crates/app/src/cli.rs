@@ -249,10 +249,27 @@ pub async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // Once, in the form every error before it took ("banyan: ..."), whatever the log format.
         Err(error) => {
-            eprintln!("banyan: {error:#}");
+            eprintln!("banyan: {}", said_once(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `error` and its causes on one line, each said once: many errors (sqlx's among them) repeat
+/// their cause in their own message, which `{:#}` would then print again after it.
+fn said_once(error: &anyhow::Error) -> String {
+    let mut said = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if said.contains(&text) {
+            continue;
+        }
+        if !said.is_empty() {
+            said.push_str(": ");
+        }
+        said.push_str(&text);
+    }
+    said
 }
 
 /// `banyan diagram`: needs no configuration, since it draws the code, not a deployment.
@@ -269,7 +286,7 @@ async fn diagram(root: &std::path::Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("banyan: {error:#}");
+            eprintln!("banyan: {}", said_once(&error));
             ExitCode::FAILURE
         }
     }
@@ -349,4 +366,25 @@ async fn dead_letters(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("migration 1 failed: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn an_error_s_causes_are_said_once_each() {
+        let cause = std::io::Error::other("table outbox already exists");
+        let error = anyhow::Error::new(Repeats(cause)).context("module payments");
+        assert_eq!(
+            said_once(&error),
+            "module payments: migration 1 failed: table outbox already exists"
+        );
+        let plain = anyhow::anyhow!("disk full").context("cannot write");
+        assert_eq!(said_once(&plain), "cannot write: disk full");
+    }
 }

@@ -195,9 +195,17 @@ impl Db {
         migrators: &[&Migrator],
     ) -> Result<Self, DbError> {
         sqlx::any::install_default_drivers();
-        let db = match config.location_for(module)? {
-            Location::SqliteDir(dir) => Self::open_sqlite(module, config, dir).await?,
-            Location::Postgres(url) => Self::open_postgres(module, config, &url).await?,
+        // Processes of one module may start at the same moment (a scheduler starting a
+        // deployment's replicas): they provision and migrate in turn, and each after the first
+        // finds the work done. On PostgreSQL the turn is an advisory lock while provisioning
+        // (see `open_postgres`) and sqlx's own while migrating; a SQLite file has neither, so a
+        // lock file beside it is held for both.
+        let (db, _turn) = match config.location_for(module)? {
+            Location::SqliteDir(dir) => {
+                let turn = sqlite_turn(module, &dir).await?;
+                (Self::open_sqlite(module, config, dir).await?, Some(turn))
+            }
+            Location::Postgres(url) => (Self::open_postgres(module, config, &url).await?, None),
         };
         for migrator in migrators {
             migrator
@@ -224,15 +232,16 @@ impl Db {
         let options =
             AnyConnectOptions::from_str(&format!("sqlite://{}?mode=rwc", path.display()))?;
         // WAL lets readers run beside the writer; the busy timeout covers other processes
-        // (a second instance of the module) holding the write lock for a moment.
+        // (a second instance of the module) holding the write lock for a moment. It comes
+        // first: switching a new file to WAL takes that lock too.
         let pragmas = match config.sqlite_synchronous {
             SqliteSynchronous::Full => {
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;"
+                "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+                 PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;"
             }
             SqliteSynchronous::Normal => {
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;"
+                "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+                 PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;"
             }
         };
         let pool = |max: u32| {
@@ -271,10 +280,23 @@ impl Db {
         url: &str,
     ) -> Result<Self, DbError> {
         let provision = |source| DbError::Provision { module, source };
-        let admin = AnyPoolOptions::new()
+        let pool = AnyPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
             .connect(url)
+            .await
+            .map_err(provision)?;
+        let mut connection = pool.acquire().await.map_err(provision)?;
+        // One provisioning at a time in this database: `CREATE SCHEMA IF NOT EXISTS` run by two
+        // sessions at once fails one of them on the catalog's unique index, and concurrent
+        // GRANTs on one schema fail with "tuple concurrently updated". A session lock, so a
+        // failed statement below (the GRANT is allowed to fail) does not end it; it is
+        // released when the connection closes, whatever happens.
+        let admin = &mut *connection;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "SELECT pg_advisory_lock({PROVISION_LOCK})"
+            )))
             .await
             .map_err(provision)?;
         let schema = quote_ident(module);
@@ -322,7 +344,14 @@ impl Db {
                 .map_err(provision)?;
             url.to_owned()
         };
-        admin.close().await;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "SELECT pg_advisory_unlock({PROVISION_LOCK})"
+            )))
+            .await
+            .map_err(provision)?;
+        drop(connection);
+        pool.close().await;
 
         let search_path: std::sync::Arc<str> = format!("SET search_path TO {schema}").into();
         let pool = AnyPoolOptions::new()
@@ -409,6 +438,38 @@ impl Db {
 /// keeps a mistake from becoming SQL.
 fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// The key of the advisory lock that provisioning holds on PostgreSQL (any fixed number; this
+/// one spells "banyan" in ASCII).
+const PROVISION_LOCK: i64 = 0x62_61_6e_79_61_6e;
+
+/// Waits for this process's turn to provision and migrate `module`'s SQLite file in `dir`, and
+/// holds it until the returned file is dropped: an exclusive lock on `<module>.migrations.lock`
+/// beside the database, which the OS releases if the process dies.
+async fn sqlite_turn(
+    module: &'static str,
+    dir: &std::path::Path,
+) -> Result<std::fs::File, DbError> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        DbError::Config(format!(
+            "cannot create data directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let path = dir.join(format!("{module}.migrations.lock"));
+    let unavailable =
+        |e: std::io::Error| DbError::Config(format!("cannot lock {}: {e}", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(unavailable)?;
+    tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await
+        .map_err(|e| DbError::Config(format!("waiting for {}: {e}", path.display())))?
+        .map_err(unavailable)
 }
 
 /// Builds a migrator that keeps its history in `table`, so that several sets of migrations
