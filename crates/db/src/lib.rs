@@ -222,12 +222,7 @@ impl Db {
         config: &DatabaseConfig,
         dir: PathBuf,
     ) -> Result<Self, DbError> {
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            DbError::Config(format!(
-                "cannot create data directory {}: {e}",
-                dir.display()
-            ))
-        })?;
+        // `dir` exists: `sqlite_turn` made it.
         let path = dir.join(format!("{module}.db"));
         let options =
             AnyConnectOptions::from_str(&format!("sqlite://{}?mode=rwc", path.display()))?;
