@@ -1,5 +1,6 @@
 //! NATS for tests (behind the `test-util` feature): a stream of the test's own on the shared
-//! server, and a private server the test may kill and start again.
+//! server, and a private server, or a private three-node cluster, the test may kill and start
+//! again.
 //!
 //! The shared server is `BANYAN_TEST_NATS_URL` (default `nats://127.0.0.1:4222`), with
 //! JetStream; the private one runs `BANYAN_TEST_NATS_SERVER` (default `nats-server` on the
@@ -107,6 +108,8 @@ pub struct PrivateNats {
     store: tempfile::TempDir,
     /// A configuration file of the test's (say its users and their permissions).
     config: Option<std::path::PathBuf>,
+    /// Flags after the others (a cluster node's name, cluster port and routes).
+    extra_args: Vec<String>,
     child: Option<tokio::process::Child>,
 }
 
@@ -119,19 +122,7 @@ impl PrivateNats {
     /// Starts one that also reads `config` (nats-server's configuration syntax; empty for
     /// none); `None` when it cannot be started and skipping is allowed.
     pub async fn start_with(config: &str) -> Option<Self> {
-        let binary =
-            std::env::var("BANYAN_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_owned());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let mut server = Self {
-            binary,
-            port,
-            store: tempfile::TempDir::new().expect("a temporary JetStream directory"),
-            config: None,
-            child: None,
-        };
+        let mut server = Self::new(free_port(), Vec::new());
         if !config.is_empty() {
             let path = server.store.path().join("nats-server.conf");
             std::fs::write(&path, config).expect("the server's configuration");
@@ -140,6 +131,19 @@ impl PrivateNats {
         match server.run().await {
             Ok(()) => Some(server),
             Err(error) => nats_unreachable(&error),
+        }
+    }
+
+    /// Not started yet: a server on `port` with `extra_args`.
+    fn new(port: u16, extra_args: Vec<String>) -> Self {
+        Self {
+            binary: std::env::var("BANYAN_TEST_NATS_SERVER")
+                .unwrap_or_else(|_| "nats-server".to_owned()),
+            port,
+            store: tempfile::TempDir::new().expect("a temporary JetStream directory"),
+            config: None,
+            extra_args,
+            child: None,
         }
     }
 
@@ -169,6 +173,7 @@ impl PrivateNats {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(&self.extra_args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -190,6 +195,97 @@ impl PrivateNats {
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().await.expect("killing nats-server");
+        }
+    }
+}
+
+/// A free port on loopback (free when asked: the server binding it next is all but alone).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A JetStream cluster of the test's own on loopback: nodes with a client port, a cluster port
+/// and a store each, routed to one another. A node may be killed and started again.
+#[derive(Debug)]
+pub struct PrivateNatsCluster {
+    nodes: Vec<PrivateNats>,
+}
+
+impl PrivateNatsCluster {
+    /// Starts `size` nodes and waits until JetStream answers (its meta leader is elected);
+    /// `None` when they cannot be started and skipping is allowed.
+    pub async fn start(size: usize) -> Option<Self> {
+        let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let routes = cluster_ports
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::with_capacity(size);
+        for (i, cluster_port) in cluster_ports.iter().enumerate() {
+            let args = [
+                "--server_name",
+                &format!("node{i}"),
+                "--cluster_name",
+                "banyan-test",
+                "--cluster",
+                &format!("nats://127.0.0.1:{cluster_port}"),
+                "--routes",
+                &routes,
+            ];
+            let mut node = PrivateNats::new(free_port(), args.map(str::to_owned).to_vec());
+            if let Err(error) = node.run().await {
+                return nats_unreachable(&error);
+            }
+            nodes.push(node);
+        }
+        let cluster = Self { nodes };
+        match cluster.jetstream_ready().await {
+            Ok(()) => Some(cluster),
+            Err(error) => nats_unreachable(&error),
+        }
+    }
+
+    /// Every node's URL, comma-separated: the seeds a client is given.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(PrivateNats::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Kills node `i` abruptly (SIGKILL).
+    pub async fn kill(&mut self, i: usize) {
+        self.nodes[i].kill().await;
+    }
+
+    /// Starts node `i` again, on its port and store.
+    pub async fn run(&mut self, i: usize) -> Result<(), String> {
+        self.nodes[i].run().await
+    }
+
+    /// Waits until the cluster's JetStream answers an account query.
+    async fn jetstream_ready(&self) -> Result<(), String> {
+        let url = self.url();
+        let started = tokio::time::Instant::now();
+        let client = crate::nats::connect(url.as_str())
+            .await
+            .map_err(|error| format!("{url}: {error}"))?;
+        let jetstream = async_nats::jetstream::new(client);
+        loop {
+            match jetstream.query_account().await {
+                Ok(_) => return Ok(()),
+                Err(error) if started.elapsed() > PATIENCE => {
+                    return Err(format!(
+                        "JetStream of the cluster {url} is not ready: {error}"
+                    ));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
         }
     }
 }

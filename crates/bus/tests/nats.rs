@@ -470,8 +470,8 @@ async fn an_event_published_through_the_transport_reaches_each_subscribing_modul
         );
     }
 
-    // One durable consumer per module, named after it; one subscribed subject is a filter
-    // every server applies.
+    // One durable consumer per module, named after it, filtered to every version of the one
+    // event it follows.
     let consumer = jetstream::new(env.client().await)
         .get_stream(&env.config.stream)
         .await
@@ -481,7 +481,7 @@ async fn an_event_published_through_the_transport_reaches_each_subscribing_modul
         .expect("module b's consumer");
     assert_eq!(
         consumer.config.filter_subject,
-        env.config.event_subject(Thing::SUBJECT)
+        env.config.event_subject("test.thing.*")
     );
     assert_eq!(consumer.config.max_deliver, env.config.max_deliver);
 
@@ -543,8 +543,8 @@ async fn a_bad_message_on_the_wire_is_logged_dead_lettered_and_the_server_keeps_
     let mut bad_id = event_headers(Thing::SUBJECT, Uuid::now_v7());
     bad_id.insert(headers::MESSAGE_ID, "not-a-uuid");
     publish(thing_subject.clone(), Some(bad_id), b"{}").await;
-    // A version no handler here knows. A server that filters the consumer by subject never
-    // hands it over; one that cannot (before 2.10) does, and it is dead-lettered.
+    // A version no handler here knows: the consumer takes every version of the events it
+    // follows, so it reaches the module and is dead-lettered there.
     let v9 = "test.thing.v9";
     publish(
         env.config.event_subject(v9),
@@ -578,15 +578,14 @@ async fn a_bad_message_on_the_wire_is_logged_dead_lettered_and_the_server_keeps_
         .consumer_info("a")
         .await
         .expect("module a's consumer");
-    let filtered =
-        !consumer.config.filter_subject.is_empty() || !consumer.config.filter_subjects.is_empty();
-    let expected = if filtered { 3 } else { 4 };
+    // Filtered to every version of the module's two events.
+    assert_eq!(consumer.config.filter_subjects.len(), 2, "{consumer:?}");
     wait_until("the bad events were dead-lettered", async || {
-        letters(&db).await.len() >= expected
+        letters(&db).await.len() >= 4
     })
     .await;
     let dead = letters(&db).await;
-    assert_eq!(dead.len(), expected, "{dead:#?}");
+    assert_eq!(dead.len(), 4, "{dead:#?}");
     let errors: Vec<&str> = dead.iter().map(|l| l.error.as_str()).collect();
     assert!(
         errors
@@ -602,9 +601,11 @@ async fn a_bad_message_on_the_wire_is_logged_dead_lettered_and_the_server_keeps_
         errors.iter().any(|e| e.contains(headers::MESSAGE_ID)),
         "{errors:?}"
     );
-    if !filtered {
-        assert!(dead.iter().any(|l| l.subject == v9), "{dead:#?}");
-    }
+    let unknown_version = dead.iter().find(|l| l.subject == v9);
+    assert!(
+        unknown_version.is_some_and(|l| l.error.contains("version")),
+        "{dead:#?}"
+    );
     assert!(dead.iter().all(|l| l.module == "a"));
 
     // A request with garbage headers gets a codec error, and so does one whose body does not

@@ -17,7 +17,7 @@ pub(super) async fn consume_events(
             () = server.stopping() => break,
             opened = open_consumer(&server, group, &subjects) => opened,
         };
-        let (mut messages, filtered) = match opened {
+        let mut messages = match opened {
             Ok(opened) => opened,
             Err(reason) => {
                 failures += 1;
@@ -32,7 +32,6 @@ pub(super) async fn consume_events(
             server: server.clone(),
             group,
             subjects: subjects.clone(),
-            filtered,
         });
         loop {
             // Take a message only when there is room to handle it.
@@ -80,14 +79,19 @@ async fn open_consumer(
     server: &Server,
     group: &'static str,
     subjects: &[&'static str],
-) -> Result<(pull::Stream, bool), String> {
+) -> Result<pull::Stream, String> {
+    // Several filters on one consumer came with NATS 2.10; an older server ignores them and
+    // would hand every module every event.
+    let version = server.client.server_info().version;
+    if !supports_several_filters(&version) {
+        return Err(format!(
+            "the NATS server is {version}; Banyan needs 2.10 or newer (multi-subject consumer filters)"
+        ));
+    }
     let stream = ensure_stream(&server.jetstream, &server.config)
         .await
         .map_err(|e| e.to_string())?;
-    let mut filters: Vec<String> = subjects
-        .iter()
-        .map(|subject| server.config.event_subject(subject))
-        .collect();
+    let mut filters = consumer_filters(&server.config, subjects);
     let (filter_subject, filter_subjects) = if filters.len() == 1 {
         (filters.remove(0), Vec::new())
     } else {
@@ -114,10 +118,6 @@ async fn open_consumer(
             Err(_) => return Err(format!("cannot create the consumer `{group}`: {error}")),
         },
     };
-    let config = &consumer.cached_info().config;
-    // A server older than 2.10 ignores `filter_subjects`: the consumer then sees every event
-    // and this instance skips those of other modules.
-    let filtered = !config.filter_subject.is_empty() || !config.filter_subjects.is_empty();
     let messages = consumer
         .stream()
         .max_messages_per_batch(server.config.max_in_flight.min(256))
@@ -126,8 +126,35 @@ async fn open_consumer(
         .messages()
         .await
         .map_err(|e| format!("cannot pull from the consumer `{group}`: {e}"))?;
-    tracing::info!(module = group, filtered, "Consuming events.");
-    Ok((messages, filtered))
+    tracing::info!(module = group, "Consuming events.");
+    Ok(messages)
+}
+
+/// What a module's consumer takes from the stream: every version of each event it subscribes
+/// to (`<prefix>.evt.orders.order_placed.*`), so that a version none of its handlers knows
+/// reaches it and is dead-lettered there, where an operator sees it, instead of waiting in the
+/// stream unread.
+pub(super) fn consumer_filters(config: &NatsConfig, subjects: &[&'static str]) -> Vec<String> {
+    let mut filters: Vec<String> = subjects
+        .iter()
+        .map(|subject| {
+            let stem = subject.rsplit_once('.').map_or(*subject, |(stem, _)| stem);
+            config.event_subject(&format!("{stem}.*"))
+        })
+        .collect();
+    filters.sort();
+    filters.dedup();
+    filters
+}
+
+/// Whether a server of `version` (`2.9.10`, `2.15.1-beta`) honours several subject filters on
+/// one consumer.
+pub(super) fn supports_several_filters(version: &str) -> bool {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (2, 10)
 }
 
 /// The aggregate an event is about (its header), else the message id: events of one key are
@@ -194,8 +221,6 @@ struct Events {
     server: Arc<Server>,
     group: &'static str,
     subjects: Vec<&'static str>,
-    /// Whether the server filters the consumer to `subjects` (else it sees every event).
-    filtered: bool,
 }
 
 /// What to tell JetStream about an event.
@@ -273,19 +298,11 @@ impl Events {
                 let reason = format!("no handler of module `{}` knows this version", self.group);
                 return self.reject(message, subject, reason, last).await;
             }
-            Route::Unknown if self.filtered => {
+            Route::Unknown => {
+                // The consumer's filters let only this module's events through: one that is
+                // not is kept where an operator sees it, not dropped.
                 let reason = format!("module `{}` does not subscribe to this subject", self.group);
                 return self.reject(message, subject, reason, last).await;
-            }
-            Route::Unknown => {
-                // An unfiltered consumer (a server older than 2.10 ignores multi-subject
-                // filters) sees the other modules' events too: not poison, just not ours.
-                tracing::trace!(
-                    module = self.group,
-                    subject,
-                    "Skipping an event of another module."
-                );
-                return Verdict::Ack;
             }
         }
         // The aggregate header orders the event among its aggregate's; without one the message

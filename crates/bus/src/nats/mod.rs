@@ -16,10 +16,11 @@
 //!   `BANYAN_EVENTS` (subjects `banyan.evt.>`, file storage, a duplicate window of two minutes,
 //!   kept seven days). `Nats-Msg-Id` is the message id, so an event the outbox relay sends again
 //!   is dropped by the server. Each subscribing module has one durable pull consumer named after
-//!   it, filtered to the subjects it subscribes to, with explicit acks; every instance of the
-//!   module binds to that consumer, so each module gets each event once, whichever instance.
-//!   (A server older than 2.10 ignores `filter_subjects`: a module with several subscriptions
-//!   then gets an unfiltered consumer and skips the other modules' events itself.) An instance
+//!   it, filtered to every version of the events it subscribes to (`banyan.evt.<event>.*`, so
+//!   that a version none of its handlers knows reaches it and is dead-lettered), with explicit
+//!   acks; every instance of the module binds to that consumer, so each module gets each event
+//!   once, whichever instance. Several filters on one consumer need NATS 2.10 or newer: on an
+//!   older server the module does not consume and says why. An instance
 //!   handles the events of one aggregate (`Banyan-Aggregate-Id`) one after another, in stream
 //!   order, and different aggregates concurrently; JetStream does not keep that order *across*
 //!   the instances of a module.
@@ -145,6 +146,9 @@ pub struct NatsConfig {
     pub ack_wait_ms: u64,
     /// Requests of one subject, and events of one module, an instance handles at once.
     pub max_in_flight: usize,
+    /// Copies of the events stream a JetStream cluster keeps (1 to 5): 3 on a three-node
+    /// cluster survives the loss of any one node. More than 1 needs a cluster.
+    pub stream_replicas: usize,
 }
 
 impl fmt::Debug for NatsConfig {
@@ -162,6 +166,7 @@ impl fmt::Debug for NatsConfig {
             .field("max_deliver", &self.max_deliver)
             .field("ack_wait_ms", &self.ack_wait_ms)
             .field("max_in_flight", &self.max_in_flight)
+            .field("stream_replicas", &self.stream_replicas)
             .finish()
     }
 }
@@ -175,6 +180,7 @@ impl Default for NatsConfig {
             max_deliver: 10,
             ack_wait_ms: 30_000,
             max_in_flight: 256,
+            stream_replicas: 1,
         }
     }
 }
@@ -205,6 +211,9 @@ impl NatsConfig {
         }
         if self.max_in_flight == 0 {
             return Err(("nats.max_in_flight", "must be greater than 0".into()));
+        }
+        if !(1..=5).contains(&self.stream_replicas) {
+            return Err(("nats.stream_replicas", "must be 1 to 5".into()));
         }
         Ok(())
     }
@@ -315,6 +324,7 @@ pub async fn ensure_stream(
         storage: StorageType::File,
         duplicate_window: DUPLICATE_WINDOW,
         max_age: MAX_AGE,
+        num_replicas: config.stream_replicas,
         ..StreamConfig::default()
     };
     let stream = jetstream
@@ -329,10 +339,14 @@ pub async fn ensure_stream(
     if updated.duplicate_window < DUPLICATE_WINDOW {
         updated.duplicate_window = DUPLICATE_WINDOW;
     }
+    // Raised when a deployment grows into a cluster; never lowered by a process that says 1.
+    if updated.num_replicas < config.stream_replicas {
+        updated.num_replicas = config.stream_replicas;
+    }
     if &updated == current {
         return Ok(stream);
     }
-    tracing::info!(stream = %config.stream, "Updating the events stream's subjects or duplicate window.");
+    tracing::info!(stream = %config.stream, "Updating the events stream's subjects, duplicate window or replicas.");
     jetstream
         .update_stream(&updated)
         .await
@@ -476,7 +490,7 @@ fn backoff(failures: u32, base: Duration, max: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use super::events::{Route, route};
+    use super::events::{self, Route, route};
     use super::*;
     use crate::Context;
 
@@ -560,6 +574,32 @@ mod tests {
         assert_eq!(route(&subscribed, "test.thing.v9"), Route::UnknownVersion);
         assert_eq!(route(&subscribed, "test.other.v1"), Route::UnknownVersion);
         assert_eq!(route(&subscribed, "shop.charged.v1"), Route::Unknown);
+    }
+
+    #[test]
+    fn a_consumer_takes_every_version_of_each_event_it_follows() {
+        let config = NatsConfig::default();
+        let filters = events::consumer_filters(
+            &config,
+            &["test.thing.v1", "test.thing.v2", "test.other.v1"],
+        );
+        assert_eq!(
+            filters,
+            [
+                config.event_subject("test.other.*"),
+                config.event_subject("test.thing.*")
+            ]
+        );
+    }
+
+    #[test]
+    fn several_consumer_filters_need_nats_2_10() {
+        for old in ["2.9.10", "2.2.0", "1.4.1", "", "garbage"] {
+            assert!(!events::supports_several_filters(old), "{old}");
+        }
+        for new in ["2.10.0", "2.15.1", "2.15.1-beta.2", "3.0.0"] {
+            assert!(events::supports_several_filters(new), "{new}");
+        }
     }
 
     #[test]
