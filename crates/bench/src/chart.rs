@@ -108,6 +108,16 @@ fn draw_header(
         (16, 12),
         ("sans-serif", 20).into_font().style(FontStyle::Bold),
     ))?;
+    // The title's own line: what ran, where, and how busy the machine was.
+    let [load, ..] = setup.load_at_start;
+    area.draw(&Text::new(
+        format!(
+            "at {} · {} ({} cores) · load average {load:.2} at the start",
+            setup.commit, setup.cpu, setup.cores
+        ),
+        (560, 17),
+        ("sans-serif", 12).into_font().color(&BLACK.mix(0.75)),
+    ))?;
     let mut line = format!(
         "{} cores, {} build · request→reply: median of {} rounds × {} requests, {}-byte payload",
         setup.cores, setup.build, setup.rounds, setup.requests, setup.payload_bytes
