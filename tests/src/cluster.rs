@@ -378,6 +378,11 @@ impl Cluster {
         );
     }
 
+    /// The configuration file every process of the cluster runs with.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
     /// The same, with `extra` in that one instance's environment (say a fault of its own).
     pub async fn start_process_with(&mut self, name: &str, extra: &[(&str, &str)]) -> usize {
         let registry = self.main.internal_url("");

@@ -12,6 +12,7 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod postgres;
 pub mod process;
 
 use std::{net::SocketAddr, time::Duration};

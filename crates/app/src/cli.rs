@@ -48,6 +48,9 @@ enum Command {
     /// List and replay events that failed every delivery attempt.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// A module's data: move it to a database of its own.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Make a process's identity: an Ed25519 key for it, and its public key for every
     /// process's configuration.
     #[command(subcommand)]
@@ -58,6 +61,25 @@ enum Command {
         /// The repository to write `docs/` under.
         #[arg(long, value_name = "DIR", default_value = ".")]
         root: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DataCommand {
+    /// Copy a module's whole storage (its tables, outbox, inbox and dead letters) from where
+    /// the configuration puts it to another database, provisioned and migrated first; check
+    /// every table (rows and checksum at both ends) and print the setting that switches the
+    /// module to it. Stop the module's processes first: the events for it wait meanwhile in the
+    /// other modules' outboxes or the NATS stream, and nothing is lost.
+    #[command(after_help = "Example: banyan data move orders --to postgres://orders@db2:5432/shop")]
+    Move {
+        /// The module (users, catalog, inventory, cart, orders, payments, notifications).
+        module: String,
+        /// Where to: sqlite://<dir> or postgres://... (an empty schema or a new one).
+        #[arg(long, value_name = "URL")]
+        to: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
 }
 
@@ -186,7 +208,8 @@ pub async fn main() -> ExitCode {
         Command::Seed(database)
         | Command::DeadLetters(
             DeadLetterCommand::List { database, .. } | DeadLetterCommand::Replay { database, .. },
-        ) => database.clone(),
+        )
+        | Command::Data(DataCommand::Move { database, .. }) => database.clone(),
         _ => DatabaseArgs::default(),
     };
     if let Some(url) = &database.database_url {
@@ -241,6 +264,9 @@ pub async fn main() -> ExitCode {
             crate::seed::run(settings, figment).await
         }
         Command::DeadLetters(command) => dead_letters(settings, command).await,
+        Command::Data(DataCommand::Move { module, to, .. }) => {
+            crate::data::move_module(&settings, &module, &to).await
+        }
         Command::Identity(_) | Command::Diagram { .. } => {
             unreachable!("answered before the configuration")
         }

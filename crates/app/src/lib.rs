@@ -31,6 +31,7 @@
 
 pub mod cli;
 pub mod config;
+mod data;
 pub mod diagram;
 mod edge;
 mod gateway;

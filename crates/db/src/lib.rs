@@ -29,8 +29,11 @@ use sqlx::{
 
 pub use sqlx;
 
+mod copy;
 #[cfg(feature = "test-util")]
 pub mod testing;
+
+pub use copy::{Contents, CopyReport, TableCheck};
 
 /// Where the modules' data lives.
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +170,8 @@ pub enum DbError {
         #[source]
         source: sqlx::migrate::MigrateError,
     },
+    #[error("cannot move the data: {0}")]
+    Move(String),
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
 }
