@@ -281,6 +281,9 @@ impl Certificates {
 #[derive(Debug)]
 pub struct Cluster {
     pub main: BanyanProcess,
+    /// More mains beside `main`, on the same configuration and data: each process registers
+    /// with every main.
+    pub other_mains: Vec<BanyanProcess>,
     /// The processes started besides main, as `(process name, process)`.
     pub others: Vec<(String, BanyanProcess)>,
     pub topology: Topology,
@@ -326,6 +329,7 @@ impl Cluster {
             BanyanProcess::start_with_args(&["--config", path.to_str().expect("UTF-8")], &[]).await;
         let mut cluster = Self {
             main,
+            other_mains: Vec::new(),
             others: Vec::new(),
             topology: topology.clone(),
             config: path,
@@ -363,7 +367,7 @@ impl Cluster {
     /// scheduler starting a deployment's replicas would), and waits until each serves. A
     /// process that dies on the way fails the test with its log.
     pub async fn start_processes_at_once(&mut self, name: &str, count: usize) {
-        let registry = self.main.internal_url("");
+        let registry = self.registry_url();
         let config = self.config.to_str().expect("UTF-8").to_owned();
         let args = ["--config", config.as_str(), "--process", name];
         let env = [("BANYAN_TOPOLOGY__REGISTRY_URL", registry)];
@@ -378,6 +382,38 @@ impl Cluster {
         );
     }
 
+    /// Every main's registry, as `topology.registry_url` lists them.
+    fn registry_url(&self) -> String {
+        std::iter::once(&self.main)
+            .chain(&self.other_mains)
+            .map(|main| main.internal_url(""))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts one more main on the same configuration and data; the processes started after it
+    /// register with it too. Returns its index among the mains (`main` is 0).
+    pub async fn start_another_main(&mut self) -> usize {
+        let config = self.config.to_str().expect("UTF-8").to_owned();
+        let main = BanyanProcess::start_with_args(&["--config", config.as_str()], &[]).await;
+        self.other_mains.push(main);
+        self.other_mains.len()
+    }
+
+    /// Main number `i` (`main` is 0).
+    pub fn main_at(&self, i: usize) -> &BanyanProcess {
+        match i {
+            0 => &self.main,
+            i => &self.other_mains[i - 1],
+        }
+    }
+
+    /// Makes the next main `main` (after the first was killed), and hands back the old one.
+    pub fn promote_other_main(&mut self) -> BanyanProcess {
+        let next = self.other_mains.remove(0);
+        std::mem::replace(&mut self.main, next)
+    }
+
     /// The configuration file every process of the cluster runs with.
     pub fn config_path(&self) -> &std::path::Path {
         &self.config
@@ -385,7 +421,7 @@ impl Cluster {
 
     /// The same, with `extra` in that one instance's environment (say a fault of its own).
     pub async fn start_process_with(&mut self, name: &str, extra: &[(&str, &str)]) -> usize {
-        let registry = self.main.internal_url("");
+        let registry = self.registry_url();
         let process = BanyanProcess::start_with_args(
             &[
                 "--config",
@@ -463,9 +499,14 @@ impl Cluster {
 
     /// `GET /api/v1/services` on main's internal listener, as main.
     pub async fn services(&self) -> Value {
+        self.services_at(0).await
+    }
+
+    /// What main number `i` lists.
+    pub async fn services_at(&self, i: usize) -> Value {
         let reply = crate::send(
             self.client
-                .get(self.main.internal_url("/api/v1/services"))
+                .get(self.main_at(i).internal_url("/api/v1/services"))
                 .bearer_auth(self.credential("main")),
         )
         .await;
@@ -475,9 +516,14 @@ impl Cluster {
 
     /// Waits until `module` has exactly `count` healthy instances; returns them.
     pub async fn healthy(&self, module: &str, count: usize) -> Vec<Value> {
+        self.healthy_at(0, module, count).await
+    }
+
+    /// [`Cluster::healthy`] as main number `i` sees it.
+    pub async fn healthy_at(&self, i: usize, module: &str, count: usize) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let services = self.services().await;
+            let services = self.services_at(i).await;
             let instances: Vec<Value> = services["modules"][module]["instances"]
                 .as_array()
                 .cloned()
@@ -502,6 +548,13 @@ impl Cluster {
         for (name, process) in self.others.drain(..).rev() {
             let status = process.terminate().await;
             assert!(status.success(), "process {name} exited with {status}");
+        }
+        for main in self.other_mains.drain(..) {
+            let status = main.terminate().await;
+            assert!(
+                status.success(),
+                "a second main process exited with {status}"
+            );
         }
         let status = self.main.terminate().await;
         assert!(status.success(), "the main process exited with {status}");

@@ -379,8 +379,14 @@ impl TestApp {
     }
 
     pub fn url(&self, path: &str) -> String {
+        self.url_via(0, path)
+    }
+
+    /// The URL of `path` on main number `main` of a cluster with several (0 is the first, and
+    /// the server in process).
+    pub fn url_via(&self, main: usize, path: &str) -> String {
         match &self.backend {
-            Backend::Cluster(cluster) => cluster.main.url(path),
+            Backend::Cluster(cluster) => cluster.main_at(main).url(path),
             Backend::InProcess { .. } => format!("http://{}{}", self.addr, path),
         }
     }
@@ -393,7 +399,19 @@ impl TestApp {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Reply {
-        let mut request = self.client.request(method, self.url(path));
+        self.call_via(0, method, path, token, body).await
+    }
+
+    /// [`TestApp::call`] through main number `main`.
+    pub async fn call_via(
+        &self,
+        main: usize,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = self.client.request(method, self.url_via(main, path));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -507,11 +525,23 @@ impl TestApp {
 impl TestApp {
     /// Places an order; with `wait_ms` the answer comes when the saga ends (or at the deadline).
     pub async fn order(&self, token: &str, body: Value, wait_ms: Option<u64>) -> Reply {
+        self.order_via(0, token, body, wait_ms).await
+    }
+
+    /// [`TestApp::order`] through main number `main`.
+    pub async fn order_via(
+        &self,
+        main: usize,
+        token: &str,
+        body: Value,
+        wait_ms: Option<u64>,
+    ) -> Reply {
         let path = match wait_ms {
             Some(ms) => format!("/api/v1/orders?wait_ms={ms}"),
             None => "/api/v1/orders".to_owned(),
         };
-        self.post(&path, Some(token), body).await
+        self.call_via(main, Method::POST, &path, Some(token), Some(body))
+            .await
     }
 
     /// Orders `quantity` of one product and waits for the saga's outcome.
@@ -540,6 +570,18 @@ impl TestApp {
         &self,
         token: &str,
         product: &str,
+        shape: (usize, usize, u64),
+        progress: &std::sync::atomic::AtomicUsize,
+    ) -> Burst {
+        self.burst_via(0, token, product, shape, progress).await
+    }
+
+    /// [`TestApp::burst`] through main number `main`.
+    pub async fn burst_via(
+        &self,
+        main: usize,
+        token: &str,
+        product: &str,
         (count, parallel, wait_ms): (usize, usize, u64),
         progress: &std::sync::atomic::AtomicUsize,
     ) -> Burst {
@@ -547,7 +589,8 @@ impl TestApp {
         let answers: Vec<Reply> = futures::stream::iter(0..count)
             .map(|_| async move {
                 let reply = self
-                    .order(
+                    .order_via(
+                        main,
                         token,
                         json!({ "lines": [{ "product_id": product, "quantity": 1 }] }),
                         Some(wait_ms),

@@ -82,6 +82,7 @@ const PLANS: &[(&str, Option<&str>)] = &[
     ("$ BANYAN_BUS__EVENT_QUEUE=0 cargo run", None),
     ("cargo run -- --database-url postgres://", None),
     ("cargo run -- dead-letters list", None),
+    ("cargo run -- data move catalog", None),
     (
         "cargo run --release -p banyan-bench --",
         Some("a release build and minutes of load; crates/bench/tests runs the bench's code"),
@@ -325,6 +326,13 @@ async fn every_readme_command_runs_as_written() {
         let letters = shop.run(&text("cargo run -- dead-letters list"));
         assert_eq!(letters.trim(), "[]");
     }
+    // Beyond one machine: the catalog's data moved, with the shop stopped.
+    let moved = shop.run(&text("cargo run -- data move catalog"));
+    assert!(moved.contains("Verified."), "{moved}");
+    assert!(
+        moved.contains("BANYAN_DATABASE__MODULES__CATALOG__URL=sqlite://data-catalog"),
+        "{moved}"
+    );
 
     // A bad setting: the very line the README shows, and exit code 2.
     let shown = &block(&blocks, "$ BANYAN_BUS__EVENT_QUEUE=0 cargo run").text;

@@ -1,17 +1,24 @@
-//! Outgrowing one machine: what must hold once a module runs as many processes, started
-//! together by a scheduler, on storage none of them has seen before; and a module's data moved
-//! to a database server of its own (`banyan data move`) while the rest of the shop serves.
+//! Outgrowing one machine: two mains side by side, one of them killed mid-burst; many
+//! processes of a module started together by a scheduler, on storage none of them has seen
+//! before; and a module's data moved to a database server of its own (`banyan data move`)
+//! while the rest of the shop serves.
 
 #![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
 
 use banyan_e2e::{
     Engine, PgDatabase, Storage, TEST_JWT_SECRET, TestApp,
     cluster::{Cluster, Topology, Transport},
+    eventually,
     postgres::SecondPostgres,
     process::binary,
     test_figment,
 };
 use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::{
+    collections::BTreeSet,
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 /// Five payments processes started at the same moment on fresh storage, three times over:
 /// each provisions (the schema and role on PostgreSQL, the file on SQLite) and migrates, or
@@ -140,5 +147,160 @@ async fn payments_moved_from_sqlite_to_postgresql_keep_every_payment() {
         .await
         .unwrap();
     a_moved_module_keeps_its_data(&mut app, "payments", &target.url).await;
+    app.stop().await;
+}
+
+/// The instance ids a main lists for `module`.
+fn instance_ids(services: &Value, module: &str) -> BTreeSet<String> {
+    services["modules"][module]["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["instance_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Orders placed through `main` until `count` are sent, `parallel` at a time; a request the
+/// main dies under is not an accepted order (its client never heard so). Returns the ids
+/// answered 201 or 202.
+async fn orders_through(
+    app: &TestApp,
+    main: usize,
+    (token, product): (&str, &str),
+    (count, parallel): (usize, usize),
+    progress: &AtomicUsize,
+) -> Vec<String> {
+    use futures::StreamExt;
+    let url = app.url_via(main, "/api/v1/orders?wait_ms=2000");
+    let body = json!({ "lines": [{ "product_id": product, "quantity": 1 }] });
+    futures::stream::iter(0..count)
+        .map(|_| async {
+            let sent = app
+                .client
+                .post(&url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await;
+            progress.fetch_add(1, Ordering::SeqCst);
+            let response = sent.ok().filter(|r| r.status().is_success())?;
+            let order: Value = response.json().await.ok()?;
+            order["id"].as_str().map(str::to_owned)
+        })
+        .buffer_unordered(parallel)
+        .filter_map(|id| async { id })
+        .collect()
+        .await
+}
+
+/// The statuses of every order of `user`, through its list (100 a page).
+async fn orders_of(app: &TestApp, user: &str, token: &str) -> Vec<String> {
+    let mut statuses = Vec::new();
+    for page in 1.. {
+        let path = format!("/api/v1/orders/user/{user}?page={page}&per_page=100");
+        let reply = app.get(&path, Some(token)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        let items = reply.body["items"].as_array().cloned().unwrap_or_default();
+        statuses.extend(
+            items
+                .iter()
+                .filter_map(|o| o["status"].as_str().map(str::to_owned)),
+        );
+        if items.len() < 100 {
+            break;
+        }
+    }
+    statuses
+}
+
+/// Two mains behind no balancer at all (clients pick one), inventory and two payments
+/// processes over NATS registered with both, on PostgreSQL. Both mains list the same
+/// instances; checkouts go through both; the first main is SIGKILLed in the middle. Every
+/// order either main accepted ends confirmed and paid once, the stock accounts for exactly
+/// those, and the surviving main serves on (its relays take over what the dead one had
+/// leased).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_mains_serve_one_split_and_losing_one_loses_no_order() {
+    let mut topology = Topology::inventory_and_two_payments_over_nats();
+    let processes = std::mem::take(&mut topology.processes);
+    let Some(mut app) =
+        TestApp::spawn_split(Engine::Postgres, topology, std::convert::identity).await
+    else {
+        return;
+    };
+    let second = app.cluster_mut().start_another_main().await;
+    for name in &processes {
+        app.cluster_mut().start_process(name).await;
+    }
+    for main in [0, second] {
+        app.cluster().healthy_at(main, "payments", 2).await;
+        app.cluster().healthy_at(main, "inventory", 1).await;
+    }
+    let (first_view, second_view) = (
+        app.cluster().services_at(0).await,
+        app.cluster().services_at(second).await,
+    );
+    for module in ["payments", "inventory"] {
+        assert_eq!(
+            instance_ids(&first_view, module),
+            instance_ids(&second_view, module),
+            "both mains list the same {module} instances"
+        );
+    }
+
+    let admin = app.admin_token().await;
+    let product = app.product(&admin, "TWO-MAINS", "tea", 450).await;
+    let stocked = app.stock(&admin, &product, 1_000).await;
+    assert_eq!(stocked.status, StatusCode::OK, "{}", stocked.text);
+    let (user, token) = app.customer("twice").await;
+    let victim = app.cluster().main.pid();
+    let (through_first, through_second) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let (first, survivor, ()) = tokio::join!(
+        orders_through(&app, 0, (&token, &product), (120, 4), &through_first),
+        app.burst_via(second, &token, &product, (120, 4, 2000), &through_second),
+        async {
+            eventually("the burst is under way", || async {
+                through_first.load(Ordering::SeqCst) >= 30
+            })
+            .await;
+            let killed = std::process::Command::new("kill")
+                .args(["-KILL", &victim.to_string()])
+                .status()
+                .unwrap();
+            assert!(killed.success());
+        }
+    );
+    assert_eq!(survivor.refused, 0, "the surviving main took every order");
+    drop(app.cluster_mut().promote_other_main());
+    let accepted: Vec<String> = first.into_iter().chain(survivor.accepted).collect();
+    assert!(accepted.len() >= 150, "{} accepted", accepted.len());
+    for id in &accepted {
+        let order = app.terminal_order(&token, id).await;
+        assert_eq!(order["status"], "confirmed", "{order}");
+        let payment = app
+            .get(&format!("/api/v1/payments/{id}"), Some(&token))
+            .await;
+        assert_eq!(payment.status, StatusCode::OK, "{}", payment.text);
+        assert_eq!(payment.body["amount"]["amount_minor"], 450);
+    }
+    // Orders the dead main took without answering end too, confirmed like the others: the
+    // stock holds exactly what all the confirmed orders took, whoever placed them.
+    eventually("no order of the customer is left pending", || async {
+        let statuses = orders_of(&app, &user, &token).await;
+        !statuses.iter().any(|s| s == "pending")
+    })
+    .await;
+    let statuses = orders_of(&app, &user, &token).await;
+    let confirmed = statuses.iter().filter(|s| *s == "confirmed").count();
+    assert!(
+        confirmed >= accepted.len(),
+        "{confirmed} < {}",
+        accepted.len()
+    );
+    let left = 1_000 - i64::try_from(confirmed).unwrap();
+    eventually("the stock accounts for every confirmed order", || async {
+        app.stock_of(&product).await == (left, 0, left)
+    })
+    .await;
     app.stop().await;
 }

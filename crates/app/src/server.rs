@@ -172,12 +172,15 @@ impl Server {
         // Behind the gateway, main's own address is a trusted proxy: the client's address is
         // the one main's gateway put in X-Forwarded-For.
         let mut gateway_config = settings.gateway.clone();
-        if behind_gateway
-            && let Some(main) = reqwest::Url::parse(&topology.registry_url)
-                .ok()
-                .and_then(|url| url.host_str()?.trim_matches(['[', ']']).parse().ok())
-        {
-            gateway_config.trusted_proxies.push(main);
+        if behind_gateway {
+            let mains = topology.registry_urls().into_iter().filter_map(|url| {
+                let url = reqwest::Url::parse(&url).ok()?;
+                url.host_str()?
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .ok()
+            });
+            gateway_config.trusted_proxies.extend(mains);
         }
         let route_policies = Arc::new(RoutePolicies::new(
             &gateway_config,

@@ -224,7 +224,7 @@ pub(crate) async fn wire_split(
                 .map_err(|e| anyhow::anyhow!("topology.tls: {e}"))?
                 .connect_timeout(Duration::from_millis(topology.http.connect_timeout_ms))
                 .build()?,
-            registry_url: topology.registry_url.clone(),
+            registry_urls: topology.registry_urls(),
             peers: peers.clone(),
             directory,
             period: topology.heartbeat(),

@@ -139,6 +139,7 @@ pub struct TopologyConfig {
     /// Each process's key, and every process's public key (see [`crate::identity`]).
     pub identity: crate::identity::keys::IdentityConfig,
     /// Where the other processes reach the main process's registry: its internal listener.
+    /// With several mains, each one's, comma-separated: a process registers with all of them.
     pub registry_url: String,
     /// This process's public base URL as main's gateway reaches it; derived from the bound
     /// address when absent.
@@ -424,7 +425,9 @@ impl TopologyConfig {
                 "must be greater than topology.heartbeat_ms".into(),
             );
         }
-        check_url(&self.registry_url).map_err(|r| ("topology.registry_url".to_owned(), r))?;
+        for url in self.registry_urls() {
+            check_url(&url).map_err(|r| ("topology.registry_url".to_owned(), r))?;
+        }
         if let Some(url) = &self.advertise_url {
             check_url(url).map_err(|r| ("topology.advertise_url".to_owned(), r))?;
         }
@@ -477,6 +480,16 @@ fn is_process_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+impl TopologyConfig {
+    /// Each main's registry, from `registry_url`.
+    pub fn registry_urls(&self) -> Vec<String> {
+        self.registry_url
+            .split(',')
+            .map(|url| url.trim().to_owned())
+            .collect()
+    }
 }
 
 fn check_url(raw: &str) -> Result<(), String> {
@@ -571,6 +584,15 @@ mod tests {
         t = topology(&[("payments", "payments", TransportKind::Http)]);
         t.registry_url = "nowhere".into();
         assert_eq!(key(&t), "topology.registry_url");
+        // Several mains: each URL is checked.
+        t.registry_url = "http://10.0.0.1:9080, nowhere".into();
+        assert_eq!(key(&t), "topology.registry_url");
+        t.registry_url = "http://10.0.0.1:9080, http://10.0.0.2:9080".into();
+        assert!(t.validate(&KNOWN).is_ok());
+        assert_eq!(
+            t.registry_urls(),
+            ["http://10.0.0.1:9080", "http://10.0.0.2:9080"]
+        );
         t = topology(&[("payments", "payments", TransportKind::Http)]);
         t.instance_ttl_ms = t.heartbeat_ms;
         assert_eq!(key(&t), "topology.instance_ttl_ms");

@@ -121,6 +121,38 @@ pub struct Listing {
     pub modules: BTreeMap<String, ModuleListing>,
 }
 
+impl Listing {
+    /// What several mains list, as one: every instance any of them lists (the first main's
+    /// view of one listed by several), and the subscriptions any of them knows.
+    pub fn union(listings: impl IntoIterator<Item = Listing>) -> Listing {
+        let mut union = Listing::default();
+        for listing in listings {
+            for (name, module) in listing.modules {
+                match union.modules.get_mut(&name) {
+                    None => {
+                        union.modules.insert(name, module);
+                    }
+                    Some(known) => {
+                        for instance in module.instances {
+                            if !known
+                                .instances
+                                .iter()
+                                .any(|i| i.instance_id == instance.instance_id)
+                            {
+                                known.instances.push(instance);
+                            }
+                        }
+                        if known.subscriptions.is_none() {
+                            known.subscriptions = module.subscriptions;
+                        }
+                    }
+                }
+            }
+        }
+        union
+    }
+}
+
 /// One module in the [`Listing`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModuleListing {
@@ -213,6 +245,30 @@ mod tests {
                 subscriptions: vec!["orders.order_placed.v1".into()],
             }],
         }
+    }
+
+    #[test]
+    fn the_union_of_several_mains_listings_holds_every_instance_once() {
+        let registry = |ids: &[&str]| {
+            let registry = Registry::new(topology(), vec!["orders", "payments"]);
+            for id in ids {
+                registry
+                    .register(payments(id, &format!("http://{id}:1")))
+                    .unwrap();
+            }
+            registry.listing()
+        };
+        let ids = |listing: &Listing| -> BTreeSet<String> {
+            listing.modules["payments"]
+                .instances
+                .iter()
+                .map(|i| i.instance_id.clone())
+                .collect()
+        };
+        let union = Listing::union([registry(&["a"]), registry(&["a", "b"]), Listing::default()]);
+        assert_eq!(ids(&union), BTreeSet::from(["a".into(), "b".into()]));
+        assert!(union.modules["payments"].subscriptions.is_some());
+        assert_eq!(Listing::union([]), Listing::default());
     }
 
     #[test]
