@@ -170,7 +170,8 @@ impl Topology {
             settings.push((
                 "topology.nats".into(),
                 json!({ "url": nats.config.url, "stream": nats.config.stream,
-                         "subject_prefix": nats.config.subject_prefix, "ack_wait_ms": 5_000 }),
+                         "subject_prefix": nats.config.subject_prefix, "ack_wait_ms": 5_000,
+                         "stream_replicas": nats.config.stream_replicas }),
             ));
         }
         settings

@@ -4,7 +4,7 @@
 //! that every comparison ran and that its figures are sane. Never an absolute time: the figures
 //! come from the benchmark, not from this test.
 //!
-//! NATS: `BANYAN_TEST_NATS_URL` (default `nats://127.0.0.1:4222`). If it cannot be reached the
+//! NATS: `BANYAN_TEST_NATS_URL` (default: the local cluster, see `banyan_bus::testing`). If it cannot be reached the
 //! test fails, unless `BANYAN_SKIP_NATS=1` is set (never honoured when `CI` is): then the bench
 //! runs with `--skip-nats` and only the other cases are checked.
 

@@ -2,9 +2,10 @@
 //! server, and a private server, or a private three-node cluster, the test may kill and start
 //! again.
 //!
-//! The shared server is `BANYAN_TEST_NATS_URL` (default `nats://127.0.0.1:4222`), with
-//! JetStream; the private one runs `BANYAN_TEST_NATS_SERVER` (default `nats-server` on the
-//! `PATH`). When NATS cannot be had the test fails, unless `BANYAN_SKIP_NATS=1` is set, which
+//! The shared server is `BANYAN_TEST_NATS_URL` (default: the three-node cluster of
+//! `deploy/nats/cluster.sh`, `nats://127.0.0.1:4222,…:4223,…:4224`; one server on :4222 does
+//! too), with JetStream; on a cluster a test's stream is kept on three nodes. The private one
+//! runs `BANYAN_TEST_NATS_SERVER` (default `nats-server` on the `PATH`). When NATS cannot be had the test fails, unless `BANYAN_SKIP_NATS=1` is set, which
 //! is never honoured when `CI` is.
 
 use std::time::Duration;
@@ -16,9 +17,11 @@ use crate::nats::NatsConfig;
 /// How long a helper waits for a server before it gives up.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// The shared NATS server's URL.
+/// The shared NATS server's URL: every node of the local cluster.
 pub fn nats_url() -> String {
-    std::env::var("BANYAN_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+    std::env::var("BANYAN_TEST_NATS_URL").unwrap_or_else(|_| {
+        "nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224".to_owned()
+    })
 }
 
 /// The skip policy: `None` (skip) when `BANYAN_SKIP_NATS=1` outside CI; otherwise a panic
@@ -41,15 +44,22 @@ pub fn nats_unreachable<T>(error: &str) -> Option<T> {
 /// The shared server's URL once a connection to it succeeded; `None` when it cannot be reached
 /// and skipping is allowed (see [`nats_unreachable`]).
 pub async fn reachable_nats_url() -> Option<String> {
+    reachable_nats().await.map(|(url, _)| url)
+}
+
+/// The shared server's URL, and whether it is a cluster, once a connection succeeded.
+async fn reachable_nats() -> Option<(String, bool)> {
     let url = nats_url();
+    let addresses: Vec<&str> = url.split(',').map(str::trim).collect();
     // A plain connection, without retries, tells "unreachable" apart quickly.
     let probe = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
-        .connect(url.as_str());
+        .connect(&addresses[..]);
     match tokio::time::timeout(Duration::from_secs(10), probe).await {
         Ok(Ok(client)) => {
+            let clustered = client.server_info().cluster.is_some();
             drop(client);
-            Some(url)
+            Some((url, clustered))
         }
         Ok(Err(error)) => nats_unreachable(&format!("{url}: {error}")),
         Err(_) => nats_unreachable(&format!("{url}: no connection within 10 s")),
@@ -64,10 +74,15 @@ pub struct TestStream {
 }
 
 impl TestStream {
-    /// A corner of the shared server; `None` when it cannot be reached and skipping is
-    /// allowed.
+    /// A corner of the shared server, its stream kept on three nodes when the server is a
+    /// cluster; `None` when it cannot be reached and skipping is allowed.
     pub async fn start() -> Option<Self> {
-        reachable_nats_url().await.map(Self::on)
+        let (url, clustered) = reachable_nats().await?;
+        let mut stream = Self::on(url);
+        if clustered {
+            stream.config.stream_replicas = 3;
+        }
+        Some(stream)
     }
 
     /// A fresh prefix and stream on the server at `url`.

@@ -1,7 +1,7 @@
 //! The NATS adapter against a real NATS server with JetStream: requests over queue groups,
 //! events over a durable consumer per module, and bad messages on the wire.
 //!
-//! NATS: `BANYAN_TEST_NATS_URL` (default `nats://127.0.0.1:4222`), with JetStream enabled. If
+//! NATS: `BANYAN_TEST_NATS_URL` (default: the local cluster, see `banyan_bus::testing`), with JetStream enabled. If
 //! it cannot be reached the tests fail, unless `BANYAN_SKIP_NATS=1` is set (never honoured
 //! when `CI` is). Each test uses a subject prefix and a stream of its own, deleted at the end,
 //! so tests (and other users of the server) never see each other's messages.

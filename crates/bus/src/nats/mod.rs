@@ -126,6 +126,8 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Delay before a failed event is delivered again: doubles per delivery, up to the maximum.
 const NAK_BASE: Duration = Duration::from_secs(1);
 const NAK_MAX: Duration = Duration::from_secs(30);
+/// How long creating the events stream waits for its replicas to elect a leader.
+const STREAM_LEADER_WAIT: Duration = Duration::from_secs(10);
 
 /// Settings of the NATS adapter (`[nats]` in the configuration).
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -327,10 +329,23 @@ pub async fn ensure_stream(
         num_replicas: config.stream_replicas,
         ..StreamConfig::default()
     };
-    let stream = jetstream
+    let mut stream = jetstream
         .get_or_create_stream(wanted)
         .await
         .map_err(|e| failed(e.to_string()))?;
+    // On a cluster, a stream just created answers only once its replicas elected a leader:
+    // until then a publish is refused with "no stream found". Wait for it, a while.
+    let started = Instant::now();
+    while stream
+        .cached_info()
+        .cluster
+        .as_ref()
+        .is_some_and(|cluster| cluster.leader.is_none())
+        && started.elapsed() < STREAM_LEADER_WAIT
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stream.info().await.map_err(|e| failed(e.to_string()))?;
+    }
     let current = &stream.cached_info().config;
     let mut updated = current.clone();
     if !updated.subjects.contains(&subjects) {
