@@ -202,7 +202,7 @@ pub(super) fn environment(dir: &Path) -> Vec<(String, String)> {
 
 pub(super) async fn delete_stream(nats: &NatsCorner) {
     let deleted = async {
-        let client = async_nats::connect(nats.url.as_str()).await?;
+        let client = banyan_bus::nats::connect(nats.url.as_str()).await?;
         async_nats::jetstream::new(client)
             .delete_stream(&nats.stream)
             .await?;

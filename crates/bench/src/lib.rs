@@ -184,9 +184,11 @@ fn progress(line: impl std::fmt::Display) {
 /// Fails clearly, naming the fix, when NATS cannot be reached.
 async fn check_nats(url: &str) -> anyhow::Result<()> {
     progress(format_args!("checking NATS at {url}"));
+    // One server or several, comma-separated (a cluster's nodes).
+    let addresses: Vec<&str> = url.split(',').map(str::trim).collect();
     let connect = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(3))
-        .connect(url);
+        .connect(&addresses[..]);
     let error = match tokio::time::timeout(Duration::from_secs(5), connect).await {
         Ok(Ok(client)) => {
             drop(client);
