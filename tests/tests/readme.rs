@@ -84,6 +84,10 @@ const PLANS: &[(&str, Option<&str>)] = &[
     ("cargo run -- dead-letters list", None),
     ("cargo run -- data move catalog", None),
     (
+        "docker build -f deploy/Dockerfile",
+        Some("no Docker engine or cluster here; the deploy test validates every file these use"),
+    ),
+    (
         "cargo run --release -p banyan-bench --",
         Some("a release build and minutes of load; crates/bench/tests runs the bench's code"),
     ),

@@ -215,7 +215,8 @@ async fn orders_of(app: &TestApp, user: &str, token: &str) -> Vec<String> {
 
 /// Two mains behind no balancer at all (clients pick one), inventory and two payments
 /// processes over NATS registered with both, on PostgreSQL. Both mains list the same
-/// instances; checkouts go through both; the first main is SIGKILLed in the middle. Every
+/// instances; a token revoked through one is refused by the other; checkouts go through both;
+/// the first main is SIGKILLed in the middle. Every
 /// order either main accepted ends confirmed and paid once, the stock accounts for exactly
 /// those, and the surviving main serves on (its relays take over what the dead one had
 /// leased).
@@ -247,6 +248,34 @@ async fn two_mains_serve_one_split_and_losing_one_loses_no_order() {
             "both mains list the same {module} instances"
         );
     }
+
+    // A password changed through one main refuses the old token at the other too: the
+    // revocation is handled by one main's module, and the other reads it from the shared
+    // table.
+    let (revoked, old_token) = app.customer("revoked").await;
+    let changed = app
+        .call_via(
+            0,
+            reqwest::Method::PUT,
+            &format!("/api/v1/users/{revoked}"),
+            Some(&old_token),
+            Some(json!({ "password": "revoked-new-password", "current_password": "revoked-secret-pw" })),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.text);
+    eventually("the second main refuses the old token", || async {
+        let me = app
+            .call_via(
+                second,
+                reqwest::Method::GET,
+                &format!("/api/v1/users/{revoked}"),
+                Some(&old_token),
+                None,
+            )
+            .await;
+        me.status == StatusCode::UNAUTHORIZED
+    })
+    .await;
 
     let admin = app.admin_token().await;
     let product = app.product(&admin, "TWO-MAINS", "tea", 450).await;
@@ -302,5 +331,54 @@ async fn two_mains_serve_one_split_and_losing_one_loses_no_order() {
         app.stock_of(&product).await == (left, 0, left)
     })
     .await;
+    app.stop().await;
+}
+
+/// Two whole shops in one, side by side on one PostgreSQL database (two mains with no module
+/// elsewhere): a password changed through one refuses the old token at the other, which never
+/// saw the event (events stay in the process that published them) and reads the revocation
+/// from the shared table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_through_one_monolith_is_refused_by_its_twin() {
+    let topology = Topology {
+        placements: Vec::new(),
+        processes: Vec::new(),
+        nats_url: None,
+        tls: false,
+        process_env: Vec::new(),
+    };
+    let Some(mut app) =
+        TestApp::spawn_split(Engine::Postgres, topology, std::convert::identity).await
+    else {
+        return;
+    };
+    let twin = app.cluster_mut().start_another_main().await;
+    let (user, old_token) = app.customer("twin").await;
+    // The cart: a module other than users, which checks tokens only against what the
+    // process was told of revocations.
+    let me = |main: usize, token: String| {
+        let app = &app;
+        let path = format!("/api/v1/carts/{user}");
+        async move {
+            app.call_via(main, reqwest::Method::GET, &path, Some(&token), None)
+                .await
+                .status
+        }
+    };
+    assert_eq!(me(twin, old_token.clone()).await, StatusCode::OK);
+    let changed = app
+        .put(
+            &format!("/api/v1/users/{user}"),
+            Some(&old_token),
+            json!({ "password": "twin-new-password", "current_password": "twin-secret-pw" }),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.text);
+    eventually("the twin refuses the old token", || async {
+        me(twin, old_token.clone()).await == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    let new_token = app.login("twin", "twin-new-password").await;
+    assert_eq!(me(twin, new_token).await, StatusCode::OK);
     app.stop().await;
 }

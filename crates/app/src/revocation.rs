@@ -6,8 +6,15 @@
 //! latest instant per account in its own `revoked_tokens` table, and tells the process's
 //! [`Authenticator`], which refuses older tokens from then on. At start each module reads its
 //! table back, so a restart forgets nothing a still-valid token could need.
+//!
+//! Several processes may host one module (several mains, ADR 0010): each event is handled by
+//! one of them only, so every process also reads its modules' tables again every
+//! [`REREAD`], for what another process handled.
 
-use std::sync::{Arc, LazyLock};
+use std::{
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use banyan_bus::{Delivered, HandlerError, ModuleBus, Outbox};
 use banyan_kit::auth::Authenticator;
@@ -21,6 +28,9 @@ pub(crate) static REVOCATION_MIGRATIONS: LazyLock<Migrator> = LazyLock::new(|| {
     banyan_db::migrator_with_table(&BASE, "_revocation_migrations")
 });
 
+/// How often a process reads its modules' revocations again (see the module's doc).
+const REREAD: Duration = Duration::from_secs(2);
+
 struct Follower {
     outbox: Outbox,
     auth: Arc<Authenticator>,
@@ -32,9 +42,39 @@ pub(crate) async fn follow(
     outbox: &Outbox,
     auth: &Arc<Authenticator>,
 ) -> Result<(), sqlx::Error> {
-    let rows = sqlx::query("SELECT user_id, not_before_ms FROM revoked_tokens")
-        .fetch_all(outbox.db().reader())
-        .await?;
+    load(outbox.db(), auth).await?;
+    let (db, rereading) = (outbox.db().clone(), auth.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(REREAD).await;
+            match load(&db, &rereading).await {
+                Ok(()) => {}
+                // The process is stopping: its storage is closed.
+                Err(sqlx::Error::PoolClosed) => return,
+                Err(error) => {
+                    tracing::debug!(%error, module = db.module(), "Cannot read revocations again; next time.");
+                }
+            }
+        }
+    });
+    let follower = Arc::new(Follower {
+        outbox: outbox.clone(),
+        auth: auth.clone(),
+    });
+    bus.subscribe(&follower, on_tokens_revoked);
+    Ok(())
+}
+
+/// Tells `auth` every revocation in `db` that a still-valid token could need.
+async fn load(db: &banyan_db::Db, auth: &Authenticator) -> Result<(), sqlx::Error> {
+    let lifetime = u64::try_from(auth.token_lifetime().as_millis()).unwrap_or(u64::MAX);
+    let horizon = banyan_db::now_millis()
+        .saturating_sub(i64::try_from(lifetime.saturating_add(60_000)).unwrap_or(i64::MAX));
+    let rows =
+        sqlx::query("SELECT user_id, not_before_ms FROM revoked_tokens WHERE not_before_ms >= $1")
+            .bind(horizon)
+            .fetch_all(db.reader())
+            .await?;
     for row in rows {
         let user: String = row.try_get(0)?;
         let not_before_ms: i64 = row.try_get(1)?;
@@ -42,11 +82,6 @@ pub(crate) async fn follow(
             auth.revoke(user, u64::try_from(not_before_ms).unwrap_or_default());
         }
     }
-    let follower = Arc::new(Follower {
-        outbox: outbox.clone(),
-        auth: auth.clone(),
-    });
-    bus.subscribe(&follower, on_tokens_revoked);
     Ok(())
 }
 

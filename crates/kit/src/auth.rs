@@ -145,6 +145,11 @@ impl Authenticator {
         }
     }
 
+    /// How long a token lives: a revocation older than that refuses nothing.
+    pub fn token_lifetime(&self) -> Duration {
+        self.ttl
+    }
+
     /// How many accounts have revoked tokens that could still be presented.
     pub fn revocations(&self) -> usize {
         self.revoked.read().unwrap_or_else(|e| e.into_inner()).len()

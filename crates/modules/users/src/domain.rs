@@ -218,6 +218,8 @@ pub(crate) async fn register(
 
 /// Creates the configured admin unless an account with its username exists. One that exists
 /// is never changed; if the configured password no longer opens it, the operator is told.
+/// Processes of `users` starting together (several mains) may race to create it: the one
+/// that loses finds it made.
 pub(crate) async fn ensure_admin(
     outbox: &Outbox,
     hasher: &Hasher,
@@ -228,25 +230,36 @@ pub(crate) async fn ensure_admin(
     const KEY: &str = "modules.users.bootstrap_admin";
     let invalid = |e: &dyn std::fmt::Display| anyhow::anyhow!("invalid value for `{KEY}`: {e}");
     let username = Username::parse(&admin.username).map_err(|e| invalid(&e))?;
-    if let Some(existing) = store::find_by_login(outbox.db(), username.as_str()).await? {
-        let password = Password::parse(admin.password).map_err(|e| invalid(&e))?;
-        if !hasher
-            .verify(password, Some(existing.password_hash))
-            .await
-            .map_err(|e| invalid(&e))?
-        {
-            tracing::warn!(
-                username = username.as_str(),
-                "The bootstrap admin exists with another password than {KEY}.password: the \
-                 account is left as it is (change its password through the API)."
-            );
+    if store::find_by_login(outbox.db(), username.as_str())
+        .await?
+        .is_none()
+    {
+        match register(outbox, hasher, cx, admin.clone(), Role::Admin).await {
+            Ok(_) => {
+                tracing::info!(username = username.as_str(), "Bootstrap admin created.");
+                return Ok(());
+            }
+            // Another process of this module (a second main started at the same moment)
+            // created it first: it exists now, and is checked as any existing one.
+            Err(Error::Taken(_)) => {}
+            Err(other) => return Err(invalid(&other)),
         }
-        return Ok(());
     }
-    register(outbox, hasher, cx, admin, Role::Admin)
+    let Some(existing) = store::find_by_login(outbox.db(), username.as_str()).await? else {
+        return Err(invalid(&"its email belongs to another account"));
+    };
+    let password = Password::parse(admin.password).map_err(|e| invalid(&e))?;
+    if !hasher
+        .verify(password, Some(existing.password_hash))
         .await
-        .map_err(|e| invalid(&e))?;
-    tracing::info!(username = username.as_str(), "Bootstrap admin created.");
+        .map_err(|e| invalid(&e))?
+    {
+        tracing::warn!(
+            username = username.as_str(),
+            "The bootstrap admin exists with another password than {KEY}.password: the \
+             account is left as it is (change its password through the API)."
+        );
+    }
     Ok(())
 }
 
