@@ -304,7 +304,7 @@ impl Cluster {
     pub async fn start(figment: figment::Figment, topology: Topology) -> Option<Self> {
         let nats = match (&topology.nats_url, topology.uses_nats()) {
             (_, false) => None,
-            (Some(url), true) => Some(TestStream::on(url.clone())),
+            (Some(url), true) => Some(TestStream::on_server(url.clone()).await),
             (None, true) => Some(TestStream::start().await?),
         };
         let dir = tempfile::tempdir().expect("a temporary directory");

@@ -78,11 +78,24 @@ impl TestStream {
     /// cluster; `None` when it cannot be reached and skipping is allowed.
     pub async fn start() -> Option<Self> {
         let (url, clustered) = reachable_nats().await?;
-        let mut stream = Self::on(url);
+        Some(Self::on(url).kept_on_three_nodes_if(clustered))
+    }
+
+    /// A fresh prefix and stream on the server (or cluster) at `url`, which a test started
+    /// itself, its stream kept on three nodes when it is a cluster.
+    pub async fn on_server(url: String) -> Self {
+        let clustered = match crate::nats::connect(&url).await {
+            Ok(client) => client.server_info().cluster.is_some(),
+            Err(_) => false,
+        };
+        Self::on(url).kept_on_three_nodes_if(clustered)
+    }
+
+    fn kept_on_three_nodes_if(mut self, clustered: bool) -> Self {
         if clustered {
-            stream.config.stream_replicas = 3;
+            self.config.stream_replicas = 3;
         }
-        Some(stream)
+        self
     }
 
     /// A fresh prefix and stream on the server at `url`.
