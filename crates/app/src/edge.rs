@@ -98,6 +98,9 @@ pub(crate) async fn context(
                 cause,
                 "Request failed."
             );
+        } else if matches!(path.as_str(), "/health" | "/ready") {
+            // An orchestrator's probes come every few seconds: not news.
+            tracing::debug!(status = status.as_u16(), elapsed_ms, "Request handled.");
         } else {
             tracing::info!(status = status.as_u16(), elapsed_ms, "Request handled.");
         }

@@ -440,6 +440,27 @@ impl Server {
         let mut beating = None;
         let mut leaving = None;
         if let (Some(split), Some(internal_addr)) = (&self.split, internal_addr) {
+            for (bound, configured, key) in [
+                (
+                    addr,
+                    &split.topology.advertise_url,
+                    "topology.advertise_url",
+                ),
+                (
+                    internal_addr,
+                    &split.topology.internal_advertise_url,
+                    "topology.internal_advertise_url",
+                ),
+            ] {
+                if bound.ip().is_unspecified() && configured.is_none() {
+                    tracing::warn!(
+                        %bound,
+                        key,
+                        "Listening on every interface but advertising loopback: only processes \
+                         on this host can reach it. Set the address the others should use."
+                    );
+                }
+            }
             let registration = split.registration(
                 &self.bus,
                 split.topology.advertised(addr, self.public_tls.is_some()),
