@@ -19,7 +19,10 @@ start)
     mkdir -p "$dir"
     for i in 1 2 3; do
         mkdir -p "$dir/n$i"
-        "$server" -c "$here/node$i.conf" -sd "$dir/n$i" -l "$dir/n$i.log" -P "$dir/n$i.pid" &
+        # Detached from this shell's terminal and pipes (a caller reading our output to its
+        # end must not wait for the servers), in a session of their own.
+        setsid "$server" -c "$here/node$i.conf" -sd "$dir/n$i" -l "$dir/n$i.log" \
+            -P "$dir/n$i.pid" </dev/null >/dev/null 2>&1 &
     done
     # Ready once each node listens and JetStream has a leader (a stream can be created).
     for _ in $(seq 1 100); do
