@@ -73,6 +73,30 @@ async fn every_order_confirmed_and_paid_once(
     .await;
 }
 
+/// Inventory and two payments processes over the NATS at `url`; a burst of 150 checkouts (4
+/// at a time, each waiting 500 ms, so that orders keep flowing while NATS is in trouble:
+/// they are answered 202) with `trouble` started once 20 were answered.
+async fn burst_over_nats_in_trouble(
+    url: String,
+    trouble: impl std::future::Future<Output = ()>,
+) -> (TestApp, String, String, Burst) {
+    let mut topology = Topology::inventory_and_two_payments_over_nats();
+    topology.nats_url = Some(url);
+    let app = TestApp::spawn_split(Engine::Sqlite, topology, std::convert::identity)
+        .await
+        .unwrap();
+    let (product, token) = shop(&app).await;
+    let progress = AtomicUsize::new(0);
+    let (burst, ()) = tokio::join!(
+        app.burst(&token, &product, (150, 4, 500), &progress),
+        async {
+            answered(&progress, 20).await;
+            trouble.await;
+        }
+    );
+    (app, product, token, burst)
+}
+
 /// Waits until none of `orders` is pending. NATS clients reconnect with backoff: the wait is
 /// long enough for the recovery.
 async fn every_order_ends_after_nats_recovers(app: &TestApp, token: &str, orders: &[String]) {
@@ -200,23 +224,13 @@ async fn nats_stopped_for_ten_seconds_mid_burst_loses_no_accepted_order() {
     let Some(mut nats) = PrivateNats::start().await else {
         return;
     };
-    let mut topology = Topology::inventory_and_two_payments_over_nats();
-    topology.nats_url = Some(nats.url());
-    let app = TestApp::spawn_split(Engine::Sqlite, topology, std::convert::identity)
-        .await
-        .unwrap();
-    let (product, token) = shop(&app).await;
-    let progress = AtomicUsize::new(0);
-    let (burst, ()) = tokio::join!(
-        // Short waits keep orders flowing while NATS is away: they are answered 202.
-        app.burst(&token, &product, (150, 4, 500), &progress),
-        async {
-            answered(&progress, 20).await;
-            nats.kill().await;
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            nats.run().await.expect("nats-server starts again");
-        }
-    );
+    let url = nats.url();
+    let (app, product, token, burst) = burst_over_nats_in_trouble(url, async {
+        nats.kill().await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        nats.run().await.expect("nats-server starts again");
+    })
+    .await;
     // Orders need only main's modules to be taken; none was refused, none is lost.
     assert_eq!(burst.refused, 0);
     assert_eq!(burst.accepted.len(), 150);
@@ -239,23 +253,13 @@ async fn a_nats_cluster_node_killed_mid_burst_loses_no_accepted_order() {
     let Some(mut nats) = PrivateNatsCluster::start(3).await else {
         return;
     };
-    let mut topology = Topology::inventory_and_two_payments_over_nats();
-    topology.nats_url = Some(nats.url());
     // The stream is kept on all three nodes: the harness sees a cluster.
-    let app = TestApp::spawn_split(Engine::Sqlite, topology, std::convert::identity)
-        .await
-        .unwrap();
-    let (product, token) = shop(&app).await;
-    let progress = AtomicUsize::new(0);
-    let (burst, ()) = tokio::join!(
-        app.burst(&token, &product, (150, 4, 500), &progress),
-        async {
-            answered(&progress, 20).await;
-            nats.kill(0).await;
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            nats.run(0).await.expect("the node starts again");
-        }
-    );
+    let (app, product, token, burst) = burst_over_nats_in_trouble(nats.url(), async {
+        nats.kill(0).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        nats.run(0).await.expect("the node starts again");
+    })
+    .await;
     assert_eq!(burst.refused, 0);
     assert_eq!(burst.accepted.len(), 150);
     every_order_ends_after_nats_recovers(&app, &token, &burst.accepted).await;

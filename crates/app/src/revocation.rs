@@ -109,3 +109,53 @@ async fn on_tokens_revoked(
     tracing::info!(user_id = %user, reason = %delivered.reason, module = state.outbox.db().module(), "Tokens revoked.");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use banyan_db::{DatabaseConfig, Db};
+    use banyan_kit::auth::Role;
+    use uuid::Uuid;
+
+    use super::*;
+
+    /// What the reread is for: a revocation another process handled (its row is in the shared
+    /// table, this process's authenticator was never told) refuses the token here once read.
+    #[tokio::test]
+    async fn a_revocation_another_process_handled_is_read_back_from_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DatabaseConfig {
+            url: format!("sqlite://{}", dir.path().display()),
+            ..DatabaseConfig::default()
+        };
+        let db = Db::open("users", &config, &[&*REVOCATION_MIGRATIONS])
+            .await
+            .unwrap();
+        let auth = Authenticator::new(
+            b"a-test-secret-of-32-bytes-or-more!",
+            Duration::from_secs(3600),
+        );
+        let user = Uuid::now_v7();
+        let token = auth.issue(user, Role::Customer).unwrap().access_token;
+        assert!(auth.verify(&token).is_ok());
+        sqlx::query("INSERT INTO revoked_tokens (user_id, not_before_ms) VALUES ($1, $2)")
+            .bind(user.to_string())
+            .bind(banyan_db::now_millis() + 1_000)
+            .execute(db.reader())
+            .await
+            .unwrap();
+        assert!(auth.verify(&token).is_ok(), "not told yet");
+        load(&db, &auth).await.unwrap();
+        assert!(auth.verify(&token).is_err(), "refused once read back");
+        // A revocation older than any living token is not loaded: it could refuse nothing.
+        let old = Uuid::now_v7();
+        sqlx::query("INSERT INTO revoked_tokens (user_id, not_before_ms) VALUES ($1, 1)")
+            .bind(old.to_string())
+            .execute(db.reader())
+            .await
+            .unwrap();
+        load(&db, &auth).await.unwrap();
+        assert_eq!(auth.revocations(), 1);
+    }
+}
