@@ -3,7 +3,8 @@
 //! reach it, other modules untouched), the composition's fallback when a callee is slow, rate
 //! limits per client (429 with `Retry-After` and `RateLimit` headers, a spoofed
 //! `X-Forwarded-For` changing nothing) and the limit on failed logins, the same for accounts
-//! that exist and accounts that do not.
+//! that exist and accounts that do not; a client waiting for its order's outcome is not a
+//! slow call.
 
 #![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
 
@@ -83,6 +84,30 @@ mod failing_payments {
     }
 
     on_every_topology!(settings = settings; a_failing_module_trips_its_breaker_and_the_others_keep_answering);
+}
+
+mod slow_checkouts {
+    //! Payments holds each of its commits 400 ms, so a client waiting for its order's outcome
+    //! waits about that long; a call slower than 250 ms counts as slow.
+    use banyan_e2e::on_every_topology;
+    use serde_json::json;
+
+    use super::{a_client_waiting_for_its_order_does_not_trip_the_breaker, with};
+
+    pub(super) fn settings(figment: figment::Figment) -> figment::Figment {
+        let figment = with(
+            figment,
+            "bus.faults",
+            json!({ "payments": { "commit_delay_ms": 400 } }),
+        );
+        with(
+            figment,
+            "bus.policy.breaker",
+            json!({ "window": 10, "min_calls": 5, "slow_call_ms": 250, "slow_rate_percent": 50, "open_ms": 60000 }),
+        )
+    }
+
+    on_every_topology!(settings = settings; a_client_waiting_for_its_order_does_not_trip_the_breaker);
 }
 
 mod crowded_payments {
@@ -283,6 +308,60 @@ async fn a_failing_module_trips_its_breaker_and_the_others_keep_answering(app: &
         app.get("/api/v1/products", None).await.status,
         StatusCode::OK
     );
+}
+
+/// `wait_ms` is the client's own choice to wait for the saga: the route breaker counts as
+/// slow only the time an answer took beyond it. Before, every waiting checkout counted as a
+/// slow call of orders, and a burst of them opened its breaker (fast 503s for every order).
+async fn a_client_waiting_for_its_order_does_not_trip_the_breaker(app: &TestApp) {
+    let admin = app.admin_token().await;
+    let product = app.product(&admin, "WAIT-1", "tea", 450).await;
+    assert_eq!(app.stock(&admin, &product, 50).await.status, StatusCode::OK);
+    let (_, token) = app.customer("patient").await;
+    for _ in 0..10 {
+        let started = Instant::now();
+        let reply = app
+            .order(
+                &token,
+                json!({ "lines": [{ "product_id": product, "quantity": 1 }] }),
+                Some(10_000),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+        assert_eq!(reply.body["status"], "confirmed", "{}", reply.text);
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "the payment was held"
+        );
+        assert!(
+            !reply.headers.contains_key("banyan-waited-ms"),
+            "{:?}",
+            reply.headers
+        );
+    }
+    let routes = app.get("/api/v1/admin/routes", Some(&admin)).await;
+    assert_eq!(
+        routes.body["breakers"]["orders"], "closed",
+        "{}",
+        routes.text
+    );
+}
+
+/// Orders itself behind main's gateway: the wait travels back to main's breaker as a header
+/// of the bus's, which the client never sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waiting_for_a_moved_orders_module_does_not_trip_the_breaker() {
+    let Some(app) = TestApp::spawn_split(
+        Engine::Sqlite,
+        Topology::one("orders", Transport::Http),
+        slow_checkouts::settings,
+    )
+    .await
+    else {
+        return;
+    };
+    a_client_waiting_for_its_order_does_not_trip_the_breaker(&app).await;
+    app.stop().await;
 }
 
 async fn a_slow_module_fills_only_its_own_share_of_requests(app: &TestApp) {

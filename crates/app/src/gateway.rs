@@ -22,7 +22,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use banyan_bus::Context;
-use banyan_kit::ApiError;
+use banyan_kit::{ApiError, Waited};
 
 use crate::{edge, registry::Registry, topology::TopologyConfig};
 
@@ -293,11 +293,19 @@ async fn pass_back(answer: reqwest::Response) -> Response {
             headers.append(name.clone(), value.clone());
         }
     }
+    let waited = answer
+        .headers()
+        .get(Waited::HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .map(|ms| Waited(Duration::from_millis(ms)));
     match answer.bytes().await {
         Ok(bytes) => {
             let mut response = Response::new(Body::from(bytes));
             *response.status_mut() = status;
             *response.headers_mut() = headers;
+            if let Some(waited) = waited {
+                response.extensions_mut().insert(waited);
+            }
             response
         }
         Err(error) => {

@@ -33,7 +33,7 @@ use banyan_bus::{
     Context,
     policy::{Breaker, BreakerConfig, BreakerState, Outcome},
 };
-use banyan_kit::{ApiError, auth::Caller, extract::ClientIp};
+use banyan_kit::{ApiError, Waited, auth::Caller, extract::ClientIp};
 use governor::{Quota, clock::Clock};
 use serde::{Deserialize, Serialize};
 
@@ -456,11 +456,24 @@ pub(crate) async fn apply(
         )
         .into_response(),
     };
+    // Time the client asked the answer to wait for an outcome is not the module's slowness.
+    let waited = response.extensions().get::<Waited>().map(|w| w.0);
     if let Some(pass) = pass {
+        let busy = started.elapsed().saturating_sub(waited.unwrap_or_default());
         pass.report(Outcome {
             failed: response.status().is_server_error(),
-            slow: started.elapsed() >= policies.slow_call,
+            slow: busy >= policies.slow_call,
         });
+    }
+    // Behind the gateway, the wait travels back to main's breaker as a header.
+    if !policies.limits_here
+        && let Some(waited) = waited
+    {
+        set(
+            &mut response,
+            Waited::HEADER,
+            &waited.as_millis().to_string(),
+        );
     }
     if let Some((policy, limit)) = limit_headers {
         set(&mut response, "ratelimit-policy", &policy);

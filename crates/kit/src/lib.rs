@@ -31,7 +31,7 @@ pub use error::{
 };
 pub use module::{Module, ModuleContext};
 pub use page::{Page, Paged};
-pub use waiters::{Waiters, Watch};
+pub use waiters::{Waited, Waiters, Watch};
 
 /// What [`module!`] expands to names; not an API.
 #[doc(hidden)]

@@ -15,6 +15,18 @@ use std::{
 
 use tokio::sync::oneshot;
 
+/// How long an answer waited for an outcome because its client asked it to (a response
+/// extension). Time the client chose to wait is not the module being slow: a route breaker
+/// counts a call as slow only for the time beyond it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waited(pub std::time::Duration);
+
+impl Waited {
+    /// The header that carries [`Waited`] from a moved module's process to main's gateway, in
+    /// whole milliseconds. One of the bus's `banyan-*` headers: never shown to a client.
+    pub const HEADER: &'static str = "banyan-waited-ms";
+}
+
 type Waiting<K, V> = HashMap<K, Vec<oneshot::Sender<V>>>;
 
 /// Who waits for which key. Lives as long as the module; entries as long as their waiter.

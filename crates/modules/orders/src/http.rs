@@ -3,12 +3,13 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
+    Extension,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
 use banyan_kit::{
     AdminErrors, ApiError, ApiResult, AuthErrors, BodyErrors, ErrorBody, Page, Paged, ServerErrors,
-    Watch,
+    Waited, Watch,
     auth::{Admin, Caller},
     extract::{Cx, Json, Path, Query},
 };
@@ -142,6 +143,7 @@ async fn place(
         .filter(|wait| !wait.is_zero())
         .map(|wait| (state.waiters.watch(order_id), wait));
     let placed = domain::place(&state.outbox, &cx, order).await?;
+    let waiting_since = Instant::now();
     let (status, order) = match waiting {
         Some((watch, wait)) => match await_outcome(&state, watch, &placed, wait).await {
             Some(ended) => (StatusCode::CREATED, ended),
@@ -153,6 +155,7 @@ async fn place(
     Ok((
         status,
         [(header::LOCATION, location)],
+        Extension(Waited(waiting_since.elapsed())),
         Json(order.summary()),
     )
         .into_response())
