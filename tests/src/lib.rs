@@ -9,6 +9,7 @@
 //! - `TEST_LOG=1` shows the server's logs.
 //! - PostgreSQL comes from `BANYAN_TEST_POSTGRES_URL` (default: the local server). If it
 //!   cannot be reached the test fails, unless `BANYAN_SKIP_POSTGRES=1` is set outside CI.
+//! - Redis likewise, from `BANYAN_TEST_REDIS_URL`, skipped with `BANYAN_SKIP_REDIS=1`.
 
 pub mod browser;
 pub mod cluster;
@@ -70,6 +71,34 @@ pub struct PgDatabase {
     pub name: String,
     pub url: String,
     admin_url: String,
+}
+
+/// The Redis the read-model tests announce on (`BANYAN_TEST_REDIS_URL`, else the local
+/// server), once it answers. If it does not, the test fails, unless `BANYAN_SKIP_REDIS=1` is
+/// set outside CI (then `None`: skip).
+pub async fn redis_url() -> Option<String> {
+    let url =
+        std::env::var("BANYAN_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let parsed = reqwest::Url::parse(&url).expect("a valid Redis URL");
+    let addr = format!(
+        "{}:{}",
+        parsed.host_str().unwrap_or("127.0.0.1"),
+        parsed.port().unwrap_or(6379)
+    );
+    match tokio::net::TcpStream::connect(&addr).await {
+        Ok(_) => Some(url),
+        Err(error) => {
+            let skip = std::env::var("BANYAN_SKIP_REDIS").is_ok_and(|v| v == "1");
+            if std::env::var_os("CI").is_none() && skip {
+                eprintln!("SKIPPED: Redis unreachable at {url}: {error}");
+                return None;
+            }
+            panic!(
+                "Redis is unreachable at {url}: {error}. Start it, or set BANYAN_SKIP_REDIS=1 \
+                 to skip its tests (never in CI)."
+            );
+        }
+    }
 }
 
 pub fn postgres_admin_url() -> String {

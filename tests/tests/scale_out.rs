@@ -1,7 +1,7 @@
 //! Outgrowing one machine: two mains side by side, one of them killed mid-burst; many
 //! processes of a module started together by a scheduler, on storage none of them has seen
-//! before; and a module's data moved to a database server of its own (`banyan data move`)
-//! while the rest of the shop serves.
+//! before; a module's data moved to a database server of its own (`banyan data move`)
+//! while the rest of the shop serves; and a read model two instances of a module share.
 
 #![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
 
@@ -11,7 +11,7 @@ use banyan_e2e::{
     eventually,
     postgres::SecondPostgres,
     process::binary,
-    test_figment,
+    redis_url, test_figment,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -380,5 +380,60 @@ async fn a_token_revoked_through_one_monolith_is_refused_by_its_twin() {
     .await;
     let new_token = app.login("twin", "twin-new-password").await;
     assert_eq!(me(twin, new_token).await, StatusCode::OK);
+    app.stop().await;
+}
+
+/// The catalog in two processes whose product caches hear each other over Redis, entries
+/// living ten minutes: a price changed through one instance is read from both at once (main's
+/// gateway takes turns between them), where without the announcements the other would serve
+/// the old price until its entry expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_catalog_instances_sharing_a_read_model_both_show_a_new_price_at_once() {
+    let Some(redis) = redis_url().await else {
+        return;
+    };
+    let channel = format!("banyan.test.{}.catalog", uuid::Uuid::new_v4().simple());
+    let mut topology = Topology::one("catalog", Transport::Http);
+    topology.processes.push("catalog".into());
+    let Some(app) = TestApp::spawn_split(Engine::Sqlite, topology, |figment| {
+        banyan_e2e::banyan_app::config::with(
+            figment,
+            "modules.catalog.read_model",
+            json!({ "redis_url": redis, "channel": channel, "ttl_secs": 600 }),
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    app.cluster().healthy("catalog", 2).await;
+    let admin = app.admin_token().await;
+    let product = app.product(&admin, "SHARED-1", "tea", 450).await;
+    let path = format!("/api/v1/products/{product}");
+    let prices = async || {
+        let mut seen = BTreeSet::new();
+        for _ in 0..8 {
+            let read = app.get(&path, None).await;
+            assert_eq!(read.status, StatusCode::OK, "{}", read.text);
+            seen.insert(read.body["price"]["amount_minor"].as_i64().unwrap());
+        }
+        seen
+    };
+    // Both instances have the product cached.
+    assert_eq!(prices().await, BTreeSet::from([450]));
+
+    let changed = app
+        .put(
+            &path,
+            Some(&admin),
+            json!({ "price": { "amount_minor": 500, "currency": "EUR" } }),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.text);
+    // Announced, not expired: every read after the change's delivery shows the new price.
+    eventually("both instances show the new price", || async {
+        prices().await == BTreeSet::from([500])
+    })
+    .await;
     app.stop().await;
 }

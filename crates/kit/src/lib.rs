@@ -14,6 +14,8 @@
 //! - [`Page`], [`Paged`]: pagination parameters and envelopes.
 //! - [`Waiters`]: request-response over events, for a client that waits for an outcome an
 //!   event handler decides.
+//! - [`read_model`]: announcements between a module's instances over Redis, so that each
+//!   forgets an entry of its in-memory read model as soon as any instance changes it.
 //! - [`timestamp`]: how instants stored as milliseconds are shown (RFC 3339).
 
 pub mod auth;
@@ -21,6 +23,7 @@ mod error;
 pub mod extract;
 mod module;
 mod page;
+pub mod read_model;
 #[cfg(feature = "test-util")]
 pub mod testing;
 mod waiters;

@@ -22,7 +22,8 @@ mod store;
 
 use std::sync::Arc;
 
-use banyan_kit::ModuleContext;
+use banyan_kit::{ModuleContext, read_model::ReadModelSettings};
+use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use banyan_catalog_contract as contract;
@@ -40,10 +41,20 @@ banyan_kit::module! {
     }
 }
 
+/// `[modules.catalog]` settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// How the product cache's instances hear of each other's changes.
+    #[serde(default)]
+    read_model: ReadModelSettings,
+}
+
 async fn start(ctx: ModuleContext) -> anyhow::Result<OpenApiRouter> {
+    let settings: Settings = ctx.settings()?;
     let state = Arc::new(State {
         outbox: ctx.outbox.clone(),
-        products: Arc::default(),
+        products: store::ProductCache::shared(&settings.read_model)?,
     });
     messages::register(&ctx.bus, &state);
     Ok(http::routes(state))

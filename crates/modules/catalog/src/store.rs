@@ -6,14 +6,15 @@
 
 use banyan_db::{Db, now_millis, sqlx};
 use banyan_kit::Page;
+use banyan_kit::read_model::{Announcements, Heard, ReadModelSettings};
 use banyan_message::{Currency, Money};
 use sqlx::{AnyConnection, FromRow};
 use std::{
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use uuid::Uuid;
@@ -98,43 +99,89 @@ pub(crate) async fn insert(
 
 /// Products by id as this process last read them, for reads that need not see the database.
 ///
-/// What a reader may see stale, and for how long: a change committed by *this* process is
-/// seen at once (every write forgets its product after its commit, `on_commit`). A change
-/// committed by another instance of the catalog (a split running several) is seen once the
-/// entry expires: at most [`ProductCache::TTL`] later. A read that started before a write
-/// committed never refills the cache with what it read (the epoch below), so a forgotten
-/// product cannot come back stale.
+/// What a reader may see stale, and for how long (also in ARCHITECTURE → Data): a change
+/// committed by *this* process is seen at once (every write forgets its product after its
+/// commit, `on_commit`). A change committed by another instance of the catalog (a split
+/// running several) is seen once the entry expires, at most [`ProductCache::TTL`] later;
+/// with `[modules.catalog.read_model] redis_url`, at once: every instance announces what it
+/// changed and every instance forgets it when it hears it (`banyan_kit::read_model`), and
+/// entries then live `ttl_secs`, except while the instance does not hear the channel. A read
+/// that started before a write committed never refills the cache with what it read (the
+/// epoch below), so a forgotten product cannot come back stale.
 pub(crate) struct ProductCache {
-    products: moka::sync::Cache<Uuid, Arc<ProductRow>>,
+    products: moka::sync::Cache<Uuid, (Arc<ProductRow>, Instant)>,
     /// Bumped by every forget; a read fills the cache only if no forget happened meanwhile.
     epoch: AtomicU64,
+    /// The other instances, when the catalog announces its changes to them.
+    announcements: OnceLock<Announcements>,
+    /// How long an entry lives while the announcements are heard.
+    heard_ttl: Duration,
 }
 
 impl std::fmt::Debug for ProductCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProductCache")
             .field("entries", &self.products.entry_count())
+            .field("announcements", &self.announcements.get())
             .finish_non_exhaustive()
     }
 }
 
 impl Default for ProductCache {
     fn default() -> Self {
-        Self {
-            products: moka::sync::Cache::builder()
-                .max_capacity(Self::CAPACITY)
-                .time_to_live(Self::TTL)
-                .build(),
-            epoch: AtomicU64::new(0),
-        }
+        Self::new(Self::TTL)
     }
 }
 
 impl ProductCache {
-    /// How long an entry lives: the staleness bound across instances.
+    /// How long an entry lives without announcements: the staleness bound across instances.
     pub(crate) const TTL: Duration = Duration::from_secs(1);
     /// Products kept at most (least recently and frequently used ones go first).
     const CAPACITY: u64 = 100_000;
+
+    fn new(heard_ttl: Duration) -> Self {
+        Self {
+            products: moka::sync::Cache::builder()
+                .max_capacity(Self::CAPACITY)
+                .time_to_live(heard_ttl.max(Self::TTL))
+                .build(),
+            epoch: AtomicU64::new(0),
+            announcements: OnceLock::new(),
+            heard_ttl,
+        }
+    }
+
+    /// The cache of a catalog with `[modules.catalog.read_model]`: joined to its channel when
+    /// it names a Redis.
+    pub(crate) fn shared(settings: &ReadModelSettings) -> anyhow::Result<Arc<Self>> {
+        let cache = Arc::new(Self::new(Duration::from_secs(settings.ttl_secs)));
+        let hearer = Arc::downgrade(&cache);
+        let joined = Announcements::join(settings, "catalog", move |heard| {
+            if let Some(cache) = hearer.upgrade() {
+                match heard {
+                    Heard::Changed(id) => cache.forget_here(id),
+                    Heard::Rejoined => cache.forget_all(),
+                }
+            }
+        })?;
+        if let Some(announcements) = joined {
+            let _ = cache.announcements.set(announcements);
+        }
+        Ok(cache)
+    }
+
+    /// How long an entry may be served now.
+    fn fresh_for(&self) -> Duration {
+        match self.announcements.get() {
+            Some(announcements) if announcements.hearing() => self.heard_ttl,
+            _ => Self::TTL,
+        }
+    }
+
+    fn cached(&self, id: &Uuid) -> Option<Arc<ProductRow>> {
+        let (row, since) = self.products.get(id)?;
+        (since.elapsed() < self.fresh_for()).then_some(row)
+    }
 
     /// The product `id`, from the cache or else the database.
     pub(crate) async fn find(
@@ -142,7 +189,7 @@ impl ProductCache {
         db: &Db,
         id: Uuid,
     ) -> Result<Option<Arc<ProductRow>>, sqlx::Error> {
-        if let Some(row) = self.products.get(&id) {
+        if let Some(row) = self.cached(&id) {
             return Ok(Some(row));
         }
         let epoch = self.epoch.load(Ordering::Acquire);
@@ -163,7 +210,7 @@ impl ProductCache {
         let mut found = Vec::with_capacity(ids.len());
         let mut missing = Vec::new();
         for id in ids {
-            match self.products.get(id) {
+            match self.cached(id) {
                 Some(row) => found.push(row),
                 None => missing.push(*id),
             }
@@ -181,10 +228,24 @@ impl ProductCache {
         Ok(found)
     }
 
-    /// Forgets product `id`: called once a change to it has committed.
+    /// Forgets product `id` here and announces it to the other instances: called once a
+    /// change to it has committed.
     pub(crate) fn forget(&self, id: Uuid) {
+        self.forget_here(id);
+        if let Some(announcements) = self.announcements.get() {
+            announcements.announce(id);
+        }
+    }
+
+    fn forget_here(&self, id: Uuid) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.products.invalidate(&id);
+    }
+
+    /// Forgets every product: announcements may have been missed.
+    fn forget_all(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.products.invalidate_all();
     }
 
     /// Caches rows read when the epoch was `epoch`, unless a product was forgotten since: the
@@ -192,9 +253,10 @@ impl ProductCache {
     /// the epoch before the check is caught by it, and one that bumped it after removes the
     /// entry itself.
     fn fill(&self, epoch: u64, rows: &[Arc<ProductRow>]) {
+        let now = Instant::now();
         for row in rows {
             let id = row.id();
-            self.products.insert(id, row.clone());
+            self.products.insert(id, (row.clone(), now));
             if self.epoch.load(Ordering::Acquire) != epoch {
                 self.products.invalidate(&id);
                 return;
