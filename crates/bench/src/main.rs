@@ -4,6 +4,12 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+/// mimalloc instead of glibc's malloc: per-thread free lists without glibc's consolidation
+/// passes, which took a fifth of a bus call's CPU under concurrency (ARCHITECTURE → Where the
+/// time goes).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // The checkout part starts real processes of the app from this very binary (see the

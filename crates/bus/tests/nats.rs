@@ -309,6 +309,58 @@ async fn a_request_over_nats_gets_its_answer_and_a_rejection_intact() {
     server.stop().await;
 }
 
+/// Requests whose handlers answer at once are answered on the subscription's own task; one
+/// whose handler waits moves to a task of its own at its first wait, so the next request is
+/// still served meanwhile. Here the first request's handler waits until a second request has
+/// reached its handler: served one after the other, it would never answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_handler_that_waits_does_not_hold_up_the_requests_after_it() {
+    let Some(env) = TestNats::start().await else {
+        return;
+    };
+    let server = Bus::new(BusConfig::default());
+    let second_arrived = Arc::new(tokio::sync::Notify::new());
+    let arrived = second_arrived.clone();
+    server.handle::<Echo, _, _>("test", move |_, echo| {
+        let arrived = arrived.clone();
+        async move {
+            if echo.text == "first" {
+                arrived.notified().await;
+            } else {
+                arrived.notify_one();
+            }
+            Ok(Echoed {
+                text: echo.text,
+                instance: "one".into(),
+                correlation_id: String::new(),
+                causation_id: None,
+            })
+        }
+    });
+    let server = env.serve(&server).await;
+    let client = Bus::new(BusConfig::default());
+    client.wiring().set_remote("test", env.transport().await);
+    let cx = Context::root();
+
+    let first = tokio::spawn({
+        let (client, cx) = (client.clone(), cx.clone());
+        async move { client.request(&cx, echo("first")).await }
+    });
+    // Some time for the first to reach its handler and wait there.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = tokio::time::timeout(HANG_GUARD, client.request(&cx, echo("second")))
+        .await
+        .expect("the second request waited behind the first");
+    assert_eq!(second.expect("the second request failed").text, "second");
+    let first = tokio::time::timeout(HANG_GUARD, first)
+        .await
+        .expect("the first request hung")
+        .expect("the first caller panicked");
+    assert_eq!(first.expect("the first request failed").text, "first");
+
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_to_a_module_with_no_process_behind_it_fails_with_unavailable_at_once() {
     let Some(env) = TestNats::start().await else {
