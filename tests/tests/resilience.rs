@@ -110,6 +110,29 @@ mod slow_checkouts {
     on_every_topology!(settings = settings; a_client_waiting_for_its_order_does_not_trip_the_breaker);
 }
 
+mod short_checkout_route {
+    //! Placing an order may take 1 s; payments holds each of its commits 2 s.
+    use banyan_e2e::on_every_topology;
+    use serde_json::json;
+
+    use super::{a_wait_longer_than_its_route_allows_is_answered_202_in_time, with};
+
+    fn settings(figment: figment::Figment) -> figment::Figment {
+        let figment = with(
+            figment,
+            "bus.faults",
+            json!({ "payments": { "commit_delay_ms": 2000 } }),
+        );
+        with(
+            figment,
+            "gateway.routes",
+            json!([{ "path": "/api/v1/orders", "method": "POST", "timeout_ms": 1000 }]),
+        )
+    }
+
+    on_every_topology!(settings = settings; a_wait_longer_than_its_route_allows_is_answered_202_in_time);
+}
+
 mod crowded_payments {
     //! Payments takes 3 s for everything, and may have 3 requests in flight.
     use banyan_e2e::on_every_topology;
@@ -345,6 +368,28 @@ async fn a_client_waiting_for_its_order_does_not_trip_the_breaker(app: &TestApp)
         "{}",
         routes.text
     );
+}
+
+/// A client asks to wait 10 s on a route that allows 1 s: the wait is cut to the route's
+/// deadline and answered 202 with the order pending, not abandoned as a 504; the saga still
+/// ends it.
+async fn a_wait_longer_than_its_route_allows_is_answered_202_in_time(app: &TestApp) {
+    let admin = app.admin_token().await;
+    let product = app.product(&admin, "ROUTE-1", "tea", 450).await;
+    assert_eq!(app.stock(&admin, &product, 5).await.status, StatusCode::OK);
+    let (_, token) = app.customer("hurried").await;
+    let reply = app
+        .order(
+            &token,
+            json!({ "lines": [{ "product_id": product, "quantity": 1 }] }),
+            Some(10_000),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    assert_eq!(reply.body["status"], "pending", "{}", reply.text);
+    let id = reply.body["id"].as_str().unwrap();
+    let order = app.terminal_order(&token, id).await;
+    assert_eq!(order["status"], "confirmed", "{order}");
 }
 
 /// Orders itself behind main's gateway: the wait travels back to main's breaker as a header

@@ -77,10 +77,11 @@ pub enum Heard {
 /// read model. Cheap to clone.
 #[derive(Clone)]
 pub struct Announcements {
-    client: redis::Client,
     channel: Arc<str>,
-    /// The connection announcements go out on, made on first use and again after a failure.
-    publisher: Arc<tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    /// The changes waiting to be announced, sent by one task in order. Bounded: while Redis
+    /// is away the newest are dropped rather than piling up (the others then see those
+    /// changes when their entries expire).
+    outgoing: tokio::sync::mpsc::Sender<Uuid>,
     hearing: Arc<AtomicBool>,
 }
 
@@ -94,6 +95,13 @@ impl std::fmt::Debug for Announcements {
 }
 
 impl Announcements {
+    /// Changes that may wait to be announced.
+    const WAITING: usize = 4_096;
+    /// How often the channel's connection is asked whether it is alive. A connection that
+    /// died without a reset (a host gone, a network cut) is otherwise silent forever, and an
+    /// instance would believe it hears while it hears nothing.
+    const PROBE: Duration = Duration::from_secs(2);
+
     /// Joins `settings`' channel for `module` (none without `redis_url`), handing what it
     /// hears to `heard` from a task of its own that rejoins after every break. Never fails
     /// for Redis being away: until it is reached, the instance simply does not hear.
@@ -112,13 +120,14 @@ impl Announcements {
             .clone()
             .unwrap_or_else(|| format!("banyan.{module}.changed"))
             .into();
+        let (outgoing, waiting) = tokio::sync::mpsc::channel(Self::WAITING);
         let announcements = Self {
-            client,
-            channel,
-            publisher: Arc::default(),
+            channel: channel.clone(),
+            outgoing,
             hearing: Arc::default(),
         };
-        tokio::spawn(announcements.clone().listen(heard));
+        tokio::spawn(publish(client.clone(), channel, waiting));
+        tokio::spawn(announcements.clone().listen(client, heard));
         Ok(Some(announcements))
     }
 
@@ -127,64 +136,27 @@ impl Announcements {
         self.hearing.load(Ordering::Acquire)
     }
 
-    /// Announces that entry `id` changed (call it once the change has committed). Sent from
-    /// a task of its own: the caller never waits for Redis.
+    /// Announces that entry `id` changed (call it once the change has committed). Queued for
+    /// the announcing task: the caller never waits for Redis.
     pub fn announce(&self, id: Uuid) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            if let Err(error) = this.publish(id).await {
-                tracing::warn!(%error, channel = %this.channel, entry = %id,
-                    "Could not announce a change to the read model's other instances.");
-            }
-        });
-    }
-
-    async fn publish(&self, id: Uuid) -> redis::RedisResult<()> {
-        let mut publisher = self.publisher.lock().await;
-        let mut connection = match publisher.as_ref() {
-            Some(connection) => connection.clone(),
-            None => {
-                let made = self.client.get_multiplexed_async_connection().await?;
-                *publisher = Some(made.clone());
-                made
-            }
-        };
-        drop(publisher);
-        let sent: redis::RedisResult<()> = redis::cmd("PUBLISH")
-            .arg(&*self.channel)
-            .arg(id.to_string())
-            .query_async(&mut connection)
-            .await;
-        if sent.is_err() {
-            // Made again on the next announcement.
-            self.publisher.lock().await.take();
+        if self.outgoing.try_send(id).is_err() {
+            tracing::debug!(channel = %self.channel, entry = %id,
+                "Too many announcements waiting for Redis; this one is dropped.");
         }
-        sent
     }
 
     /// Hears the channel for as long as the process lives, rejoining after each break.
-    async fn listen(self, heard: impl Fn(Heard)) {
+    async fn listen(self, client: redis::Client, heard: impl Fn(Heard)) {
         const PAUSE: Duration = Duration::from_secs(1);
         let mut warned = false;
         loop {
-            match self.subscribed().await {
-                Ok(mut pubsub) => {
+            match subscribed(&client, &self.channel).await {
+                Ok(pubsub) => {
                     heard(Heard::Rejoined);
                     self.hearing.store(true, Ordering::Release);
                     tracing::info!(channel = %self.channel, "Hearing the read model's announcements.");
                     warned = false;
-                    let mut messages = pubsub.on_message();
-                    while let Some(message) = messages.next().await {
-                        let id = message
-                            .get_payload::<String>()
-                            .ok()
-                            .and_then(|payload| Uuid::parse_str(&payload).ok());
-                        match id {
-                            Some(id) => heard(Heard::Changed(id)),
-                            None => tracing::warn!(channel = %self.channel,
-                                "An announcement on the read model's channel is not an id; ignored."),
-                        }
-                    }
+                    self.hear(pubsub, &heard).await;
                     self.hearing.store(false, Ordering::Release);
                     tracing::warn!(channel = %self.channel,
                         "Lost the read model's announcements; entries live the short time until they are heard again.");
@@ -200,26 +172,114 @@ impl Announcements {
         }
     }
 
-    async fn subscribed(&self) -> redis::RedisResult<redis::aio::PubSub> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(&*self.channel).await?;
-        Ok(pubsub)
+    /// Hands on what arrives until the connection ends or stops answering its probe.
+    async fn hear(&self, pubsub: redis::aio::PubSub, heard: &impl Fn(Heard)) {
+        let (mut sink, mut messages) = pubsub.split();
+        let mut probe = tokio::time::interval(Self::PROBE);
+        probe.tick().await;
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else {
+                        return;
+                    };
+                    let id = message
+                        .get_payload::<String>()
+                        .ok()
+                        .and_then(|payload| Uuid::parse_str(&payload).ok());
+                    match id {
+                        Some(id) => heard(Heard::Changed(id)),
+                        None => tracing::warn!(channel = %self.channel,
+                            "An announcement on the read model's channel is not an id; ignored."),
+                    }
+                }
+                _ = probe.tick() => {
+                    let answered = tokio::time::timeout(Self::PROBE, sink.ping::<redis::Value>()).await;
+                    if !matches!(answered, Ok(Ok(_))) {
+                        return;
+                    }
+                }
+            }
+        }
     }
+}
+
+async fn subscribed(
+    client: &redis::Client,
+    channel: &str,
+) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    Ok(pubsub)
+}
+
+/// Announces the changes `waiting`, one after another, until every [`Announcements`] of the
+/// channel is gone; the connection is made on first use and again after a failure.
+async fn publish(
+    client: redis::Client,
+    channel: Arc<str>,
+    mut waiting: tokio::sync::mpsc::Receiver<Uuid>,
+) {
+    let mut connection: Option<redis::aio::MultiplexedConnection> = None;
+    let mut failing = false;
+    while let Some(id) = waiting.recv().await {
+        let sent = match connection.as_mut() {
+            Some(connection) => publish_one(connection, &channel, id).await,
+            None => match client.get_multiplexed_async_connection().await {
+                Ok(mut made) => {
+                    let sent = publish_one(&mut made, &channel, id).await;
+                    connection = Some(made);
+                    sent
+                }
+                Err(error) => Err(error),
+            },
+        };
+        match sent {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(%channel, "Announcing the read model's changes again.");
+            }
+            Ok(()) => {}
+            Err(error) => {
+                connection = None;
+                if !failing {
+                    failing = true;
+                    tracing::warn!(%error, %channel,
+                        "Could not announce a change to the read model's other instances; they see it when their entry expires.");
+                }
+            }
+        }
+    }
+}
+
+async fn publish_one(
+    connection: &mut redis::aio::MultiplexedConnection,
+    channel: &str,
+    id: Uuid,
+) -> redis::RedisResult<()> {
+    redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(id.to_string())
+        .query_async(connection)
+        .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The local Redis (`BANYAN_TEST_REDIS_URL`), or `None` to skip outside CI when it is not
-    /// running.
+    /// The local Redis (`BANYAN_TEST_REDIS_URL`); `None` (skip) only with `BANYAN_SKIP_REDIS=1`
+    /// outside CI, as the e2e suites.
     async fn redis() -> Option<String> {
         let url = std::env::var("BANYAN_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
         let client = redis::Client::open(url.as_str()).expect("a Redis URL");
         match client.get_multiplexed_async_connection().await {
             Ok(_) => Some(url),
-            Err(error) if std::env::var_os("CI").is_none() => {
+            Err(error)
+                if std::env::var_os("CI").is_none()
+                    && std::env::var("BANYAN_SKIP_REDIS").is_ok_and(|v| v == "1") =>
+            {
                 eprintln!("SKIPPED: Redis unreachable at {url}: {error}");
                 None
             }
@@ -271,6 +331,72 @@ mod tests {
         first.announce(id);
         assert_eq!(next(&mut first_heard).await, Heard::Changed(id));
         assert_eq!(next(&mut second_heard).await, Heard::Changed(id));
+    }
+
+    /// A TCP relay to `to` that can go silent without closing anything, as a cut network or
+    /// a host gone does: nothing tells either end.
+    async fn relay(to: String) -> (String, Arc<AtomicBool>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silent = Arc::new(AtomicBool::new(false));
+        let cut = silent.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(&to).await.unwrap();
+                let (from_client, to_client) = client.into_split();
+                let (from_server, to_server) = server.into_split();
+                for (mut from, mut to) in [
+                    (
+                        Box::new(from_client) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        Box::new(to_server) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    ),
+                    (Box::new(from_server), Box::new(to_client)),
+                ] {
+                    let cut = cut.clone();
+                    tokio::spawn(async move {
+                        let mut buffer = [0_u8; 4096];
+                        while let Ok(read) = from.read(&mut buffer).await {
+                            if read == 0 || cut.load(Ordering::Acquire) {
+                                // Silent from now on, the sockets held open.
+                                std::future::pending::<()>().await;
+                            }
+                            if to.write_all(&buffer[..read]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        (format!("redis://{addr}/"), silent)
+    }
+
+    #[tokio::test]
+    async fn an_instance_whose_connection_goes_silent_knows_it_no_longer_hears() {
+        let Some(url) = redis().await else {
+            return;
+        };
+        // host:port of a plain `redis://host:port/` URL.
+        let target = url
+            .trim_start_matches("redis://")
+            .trim_end_matches('/')
+            .to_owned();
+        let (relayed, silent) = relay(target).await;
+        let channel = format!("banyan.test.{}", Uuid::new_v4().simple());
+        let (announcements, mut heard) = joined(&settings(&relayed, &channel));
+        assert_eq!(next(&mut heard).await, Heard::Rejoined);
+        assert!(announcements.hearing());
+
+        silent.store(true, Ordering::Release);
+        // The probe (every 2 s, answered within 2 s) finds out.
+        tokio::time::timeout(Duration::from_secs(15), async {
+            while announcements.hearing() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("the silent connection was taken for a live one");
     }
 
     #[tokio::test]

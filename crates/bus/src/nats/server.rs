@@ -140,7 +140,8 @@ async fn subscribe(server: &Server, subject: &'static str) -> Result<Subscriber,
         })
 }
 
-/// Takes the requests of one subject, each answered in a task of its own.
+/// Takes the requests of one subject, each answered here or, once it waits, in a task of its
+/// own (see [`answer_inline_or_spawn`]).
 async fn serve_requests(server: Arc<Server>, subject: &'static str, mut subscriber: Subscriber) {
     let permits = Arc::new(Semaphore::new(server.config.max_in_flight));
     let mut failures = 0;
@@ -210,8 +211,17 @@ fn answer_inline_or_spawn(server: &Server, answering: impl Future<Output = ()> +
     // Polled once with a waker that does nothing: if it is not done, the spawned task polls
     // it again at once, registering its real waker wherever it waits.
     let mut here = std::task::Context::from_waker(std::task::Waker::noop());
-    if answering.as_mut().poll(&mut here).is_pending() {
-        server.tasks.spawn(answering);
+    // A panic here would end the subject's subscription, where a spawned task's ends only
+    // itself: it is caught and logged instead (handlers' own panics are caught earlier).
+    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        answering.as_mut().poll(&mut here)
+    }));
+    match polled {
+        Ok(std::task::Poll::Pending) => {
+            server.tasks.spawn(answering);
+        }
+        Ok(std::task::Poll::Ready(())) => {}
+        Err(_) => tracing::error!("Answering a NATS request panicked; the request is dropped."),
     }
 }
 

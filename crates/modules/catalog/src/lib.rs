@@ -54,7 +54,7 @@ async fn start(ctx: ModuleContext) -> anyhow::Result<OpenApiRouter> {
     let settings: Settings = ctx.settings()?;
     let state = Arc::new(State {
         outbox: ctx.outbox.clone(),
-        products: store::ProductCache::shared(&settings.read_model)?,
+        products: store::ProductCache::shared(&settings.read_model, ctx.db.module())?,
     });
     messages::register(&ctx.bus, &state);
     Ok(http::routes(state))

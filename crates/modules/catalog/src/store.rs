@@ -151,12 +151,12 @@ impl ProductCache {
         }
     }
 
-    /// The cache of a catalog with `[modules.catalog.read_model]`: joined to its channel when
-    /// it names a Redis.
-    pub(crate) fn shared(settings: &ReadModelSettings) -> anyhow::Result<Arc<Self>> {
+    /// The cache of the module with `[modules.<module>.read_model]`: joined to its channel
+    /// when it names a Redis.
+    pub(crate) fn shared(settings: &ReadModelSettings, module: &str) -> anyhow::Result<Arc<Self>> {
         let cache = Arc::new(Self::new(Duration::from_secs(settings.ttl_secs)));
         let hearer = Arc::downgrade(&cache);
-        let joined = Announcements::join(settings, "catalog", move |heard| {
+        let joined = Announcements::join(settings, module, move |heard| {
             if let Some(cache) = hearer.upgrade() {
                 match heard {
                     Heard::Changed(id) => cache.forget_here(id),

@@ -83,6 +83,9 @@ struct Placing {
     wait_ms: Option<u64>,
 }
 
+/// What a waiting checkout keeps of its request's deadline to answer in.
+const ANSWER_MARGIN: Duration = Duration::from_millis(100);
+
 /// The longest wait a client may ask for.
 const MAX_WAIT_MS: u64 = 30_000;
 
@@ -137,6 +140,12 @@ async fn place(
         .transpose()?;
     let order = domain::prepare(&state.bus, &cx, caller.user_id, request).await?;
     let order_id = order.id.0;
+    // Never past the request's own deadline (its route's timeout): a wait cut short is
+    // answered 202, not abandoned as a 504 that a breaker would count.
+    let wait = wait.map(|wait| match cx.remaining() {
+        Some(left) => wait.min(left.saturating_sub(ANSWER_MARGIN)),
+        None => wait,
+    });
     // Listening before the commit: an outcome that comes at once is not missed. A wait of
     // zero has passed already: it is answered as if there were none.
     let waiting = wait
