@@ -570,16 +570,30 @@ async fn a_bad_message_on_the_wire_is_logged_dead_lettered_and_the_server_keeps_
     transport.ensure_stream().await.expect("the events stream");
     let jetstream = jetstream::new(client.clone());
     let thing_subject = env.config.event_subject(Thing::SUBJECT);
+    // Right after the stream is made, a cluster node may not know yet that its subjects have
+    // a stream behind them, and answers a publish with "no responders" (`StreamNotFound`):
+    // the relay resends in that case, and so does this.
     let publish = async |subject: String, map: Option<HeaderMap>, body: &'static [u8]| {
-        let ack = match map {
-            Some(map) => {
-                jetstream
-                    .publish_with_headers(subject, map, body.into())
-                    .await
+        for attempt in 1.. {
+            let ack = match map.clone() {
+                Some(map) => {
+                    jetstream
+                        .publish_with_headers(subject.clone(), map, body.into())
+                        .await
+                }
+                None => jetstream.publish(subject.clone(), body.into()).await,
+            };
+            match ack.expect("publishing").await {
+                Ok(_) => return,
+                Err(error)
+                    if attempt < 50
+                        && error.kind() == jetstream::context::PublishErrorKind::StreamNotFound =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("JetStream did not store it: {error}"),
             }
-            None => jetstream.publish(subject, body.into()).await,
-        };
-        ack.expect("publishing").await.expect("JetStream stored it");
+        }
     };
 
     // No headers at all, and a body that is not JSON.
