@@ -9,6 +9,7 @@ use serde_json::json;
 on_every_topology!(
     an_admin_creates_and_changes_a_product_and_anyone_reads_it,
     products_are_filtered_by_category_and_paged,
+    a_listing_shows_a_change_at_once,
     only_an_admin_writes_products,
     a_duplicate_sku_gets_409,
     bad_product_input_gets_a_4xx_and_changes_nothing,
@@ -83,6 +84,38 @@ async fn products_are_filtered_by_category_and_paged(app: &TestApp) {
     assert_eq!(all.body["total"], 8);
     let none = app.get("/api/v1/products?category=juice", None).await;
     assert_eq!(none.body["total"], 0);
+}
+
+/// Pages of the listing are kept in memory between changes: a new product and a new price
+/// show in the very next listing.
+async fn a_listing_shows_a_change_at_once(app: &TestApp) {
+    let admin = app.admin_token().await;
+    let first = app.product(&admin, "PAGE-1", "pages", 450).await;
+    let listing = || async {
+        let reply = app.get("/api/v1/products?category=pages", None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        reply.body
+    };
+    let page = listing().await;
+    assert_eq!(page["total"], 1, "{page}");
+    assert_eq!(page["items"][0]["price"]["amount_minor"], 450);
+    // Read again: served from memory now.
+    assert_eq!(listing().await, page);
+
+    app.product(&admin, "PAGE-2", "pages", 300).await;
+    let page = listing().await;
+    assert_eq!(page["total"], 2, "{page}");
+
+    let changed = app
+        .put(
+            &format!("/api/v1/products/{first}"),
+            Some(&admin),
+            json!({ "price": { "amount_minor": 500, "currency": "EUR" } }),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.text);
+    let page = listing().await;
+    assert_eq!(page["items"][0]["price"]["amount_minor"], 500, "{page}");
 }
 
 async fn only_an_admin_writes_products(app: &TestApp) {

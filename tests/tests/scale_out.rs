@@ -384,9 +384,9 @@ async fn a_token_revoked_through_one_monolith_is_refused_by_its_twin() {
 }
 
 /// The catalog in two processes whose product caches hear each other over Redis, entries
-/// living ten minutes: a price changed through one instance is read from both at once (main's
-/// gateway takes turns between them), where without the announcements the other would serve
-/// the old price until its entry expired.
+/// living ten minutes: a price changed through one instance is read from both at once, by id
+/// and in the listing (main's gateway takes turns between them), where without the
+/// announcements the other would serve the old price until its entry expired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_catalog_instances_sharing_a_read_model_both_show_a_new_price_at_once() {
     let Some(redis) = redis_url().await else {
@@ -408,14 +408,22 @@ async fn two_catalog_instances_sharing_a_read_model_both_show_a_new_price_at_onc
     };
     app.cluster().healthy("catalog", 2).await;
     let admin = app.admin_token().await;
-    let product = app.product(&admin, "SHARED-1", "tea", 450).await;
+    let product = app.product(&admin, "SHARED-1", "shared", 450).await;
     let path = format!("/api/v1/products/{product}");
+    // Read by id and in the listing, each instance in turn.
     let prices = async || {
         let mut seen = BTreeSet::new();
         for _ in 0..8 {
             let read = app.get(&path, None).await;
             assert_eq!(read.status, StatusCode::OK, "{}", read.text);
             seen.insert(read.body["price"]["amount_minor"].as_i64().unwrap());
+            let listed = app.get("/api/v1/products?category=shared", None).await;
+            assert_eq!(listed.status, StatusCode::OK, "{}", listed.text);
+            seen.insert(
+                listed.body["items"][0]["price"]["amount_minor"]
+                    .as_i64()
+                    .unwrap(),
+            );
         }
         seen
     };

@@ -15,6 +15,7 @@ use crate::{
 /// Creates a product and announces it, in one transaction.
 pub(crate) async fn create(
     outbox: &Outbox,
+    products: &Arc<ProductCache>,
     cx: &Context,
     product: NewProduct,
 ) -> Result<ProductRow, Error> {
@@ -37,6 +38,9 @@ pub(crate) async fn create(
         },
     )
     .await?;
+    // Listing pages may now lack it: forgotten, here and (announced) in the other instances.
+    let (forget, id) = (products.clone(), row.id());
+    uow.on_commit(move || forget.forget(id));
     uow.commit().await.map_err(Error::taken_or_storage)?;
     tracing::info!(product_id = %row.id, sku = %row.sku, "Product created.");
     Ok(row)

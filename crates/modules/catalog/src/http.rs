@@ -125,7 +125,7 @@ struct Listing {
 async fn list(
     axum::extract::State(state): AppState,
     Query(listing): Query<Listing>,
-) -> ApiResult<Json<Paged<ProductView>>> {
+) -> ApiResult<axum::response::Response> {
     let defaults = Page::default();
     let page = Page {
         page: listing.page.unwrap_or(defaults.page),
@@ -137,13 +137,29 @@ async fn list(
         .as_deref()
         .map(Category::parse)
         .transpose()?;
-    let (rows, total) = store::list(state.outbox.db(), category.as_ref(), page).await?;
-    Ok(Json(Paged {
-        items: rows.into_iter().map(ProductView::from).collect(),
-        page: page.page,
-        per_page: page.per_page,
-        total,
-    }))
+    let key = (
+        category.as_ref().map(|c| c.as_str().to_owned()),
+        page.page,
+        page.per_page,
+    );
+    let encoded = match state.products.page(&key) {
+        Some(encoded) => encoded,
+        None => {
+            let epoch = state.products.epoch();
+            let (rows, total) = store::list(state.outbox.db(), category.as_ref(), page).await?;
+            let encoded = serde_json::to_vec(&Paged {
+                items: rows.into_iter().map(ProductView::from).collect::<Vec<_>>(),
+                page: page.page,
+                per_page: page.per_page,
+                total,
+            })
+            .map_err(ApiError::internal)?;
+            let encoded = axum::body::Bytes::from(encoded);
+            state.products.keep_page(epoch, key, encoded.clone());
+            encoded
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json")], encoded).into_response())
 }
 
 /// `GET /api/v1/products/{id}`: public.
@@ -195,7 +211,7 @@ async fn create(
     cx: Cx,
     Json(product): Json<NewProduct>,
 ) -> ApiResult<impl IntoResponse> {
-    let product = domain::create(&state.outbox, &cx, product).await?;
+    let product = domain::create(&state.outbox, &state.products, &cx, product).await?;
     let location = format!("/api/v1/products/{}", product.id);
     Ok((
         StatusCode::CREATED,

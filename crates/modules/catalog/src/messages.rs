@@ -146,9 +146,14 @@ mod tests {
     }
 
     async fn create(state: &State, sku: &str) -> ProductId {
-        let row = domain::create(&state.outbox, &Context::root(), teapot(sku))
-            .await
-            .unwrap();
+        let row = domain::create(
+            &state.outbox,
+            &state.products,
+            &Context::root(),
+            teapot(sku),
+        )
+        .await
+        .unwrap();
         ProductId(row.id())
     }
 

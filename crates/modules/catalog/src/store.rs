@@ -1,9 +1,10 @@
 //! Every SQL statement of the catalog module. Portable SQL: SQLite and PostgreSQL alike.
 //!
-//! Products read by id (the page of one product, the prices orders ask for) come from
-//! [`ProductCache`] when it holds them: the catalog's hottest reads, the seed's 5,000 a second,
-//! then cost no trip to the database.
+//! Products read by id (the page of one product, the prices orders ask for) and pages of the
+//! listing come from [`ProductCache`] when it holds them: the catalog's hottest reads, the
+//! seed's 5,000 a second, then cost no trip to the database.
 
+use axum::body::Bytes;
 use banyan_db::{Db, now_millis, sqlx};
 use banyan_kit::Page;
 use banyan_kit::read_model::{Announcements, Heard, ReadModelSettings};
@@ -20,6 +21,9 @@ use std::{
 use uuid::Uuid;
 
 use crate::model::{Category, Sku, ValidProduct};
+
+/// A page of the listing: its category (all when `None`), page number and size.
+pub(crate) type PageKey = (Option<String>, u32, u32);
 
 #[derive(Debug, Clone, FromRow)]
 pub(crate) struct ProductRow {
@@ -110,6 +114,10 @@ pub(crate) async fn insert(
 /// epoch below), so a forgotten product cannot come back stale.
 pub(crate) struct ProductCache {
     products: moka::sync::Cache<Uuid, (Arc<ProductRow>, Instant)>,
+    /// Pages of the listing, encoded, by category, page and size. Every forget forgets them
+    /// all: a page shows availability, so any product's change may change any page (every
+    /// order empties it; reads between writes are what it serves).
+    pages: moka::sync::Cache<PageKey, (Bytes, Instant)>,
     /// Bumped by every forget; a read fills the cache only if no forget happened meanwhile.
     epoch: AtomicU64,
     /// The other instances, when the catalog announces its changes to them.
@@ -138,11 +146,17 @@ impl ProductCache {
     pub(crate) const TTL: Duration = Duration::from_secs(1);
     /// Products kept at most (least recently and frequently used ones go first).
     const CAPACITY: u64 = 100_000;
+    /// Listing pages kept at most.
+    const PAGES: u64 = 10_000;
 
     fn new(heard_ttl: Duration) -> Self {
         Self {
             products: moka::sync::Cache::builder()
                 .max_capacity(Self::CAPACITY)
+                .time_to_live(heard_ttl.max(Self::TTL))
+                .build(),
+            pages: moka::sync::Cache::builder()
+                .max_capacity(Self::PAGES)
                 .time_to_live(heard_ttl.max(Self::TTL))
                 .build(),
             epoch: AtomicU64::new(0),
@@ -240,12 +254,35 @@ impl ProductCache {
     fn forget_here(&self, id: Uuid) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.products.invalidate(&id);
+        self.pages.invalidate_all();
     }
 
     /// Forgets every product: announcements may have been missed.
     fn forget_all(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.products.invalidate_all();
+        self.pages.invalidate_all();
+    }
+
+    /// A page of the listing as last encoded, if still fresh.
+    pub(crate) fn page(&self, key: &PageKey) -> Option<Bytes> {
+        let (page, since) = self.pages.get(key)?;
+        (since.elapsed() < self.fresh_for()).then_some(page)
+    }
+
+    /// Where the forgets stand: read before reading a page from the database, and given to
+    /// [`keep_page`](Self::keep_page) with it.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Keeps a page read when the epoch was `epoch`, unless something was forgotten since
+    /// (the page might show a product as it was before that change).
+    pub(crate) fn keep_page(&self, epoch: u64, key: PageKey, page: Bytes) {
+        self.pages.insert(key.clone(), (page, Instant::now()));
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            self.pages.invalidate(&key);
+        }
     }
 
     /// Caches rows read when the epoch was `epoch`, unless a product was forgotten since: the
