@@ -154,12 +154,13 @@ async fn list(
                 total,
             })
             .map_err(ApiError::internal)?;
-            let encoded = axum::body::Bytes::from(encoded);
+            let encoded: Arc<[u8]> = encoded.into();
             state.products.keep_page(epoch, key, encoded.clone());
             encoded
         }
     };
-    Ok(([(header::CONTENT_TYPE, "application/json")], encoded).into_response())
+    let body = axum::body::Bytes::from_owner(encoded);
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// `GET /api/v1/products/{id}`: public.

@@ -4,7 +4,6 @@
 //! listing come from [`ProductCache`] when it holds them: the catalog's hottest reads, the
 //! seed's 5,000 a second, then cost no trip to the database.
 
-use axum::body::Bytes;
 use banyan_db::{Db, now_millis, sqlx};
 use banyan_kit::Page;
 use banyan_kit::read_model::{Announcements, Heard, ReadModelSettings};
@@ -117,7 +116,7 @@ pub(crate) struct ProductCache {
     /// Pages of the listing, encoded, by category, page and size. Every forget forgets them
     /// all: a page shows availability, so any product's change may change any page (every
     /// order empties it; reads between writes are what it serves).
-    pages: moka::sync::Cache<PageKey, (Bytes, Instant)>,
+    pages: moka::sync::Cache<PageKey, (Arc<[u8]>, Instant)>,
     /// Bumped by every forget; a read fills the cache only if no forget happened meanwhile.
     epoch: AtomicU64,
     /// The other instances, when the catalog announces its changes to them.
@@ -265,7 +264,7 @@ impl ProductCache {
     }
 
     /// A page of the listing as last encoded, if still fresh.
-    pub(crate) fn page(&self, key: &PageKey) -> Option<Bytes> {
+    pub(crate) fn page(&self, key: &PageKey) -> Option<Arc<[u8]>> {
         let (page, since) = self.pages.get(key)?;
         (since.elapsed() < self.fresh_for()).then_some(page)
     }
@@ -278,7 +277,7 @@ impl ProductCache {
 
     /// Keeps a page read when the epoch was `epoch`, unless something was forgotten since
     /// (the page might show a product as it was before that change).
-    pub(crate) fn keep_page(&self, epoch: u64, key: PageKey, page: Bytes) {
+    pub(crate) fn keep_page(&self, epoch: u64, key: PageKey, page: Arc<[u8]>) {
         self.pages.insert(key.clone(), (page, Instant::now()));
         if self.epoch.load(Ordering::Acquire) != epoch {
             self.pages.invalidate(&key);
