@@ -87,18 +87,27 @@ pub async fn redis_url() -> Option<String> {
     );
     match tokio::net::TcpStream::connect(&addr).await {
         Ok(_) => Some(url),
-        Err(error) => {
-            let skip = std::env::var("BANYAN_SKIP_REDIS").is_ok_and(|v| v == "1");
-            if std::env::var_os("CI").is_none() && skip {
-                eprintln!("SKIPPED: Redis unreachable at {url}: {error}");
-                return None;
-            }
-            panic!(
-                "Redis is unreachable at {url}: {error}. Start it, or set BANYAN_SKIP_REDIS=1 \
-                 to skip its tests (never in CI)."
-            );
-        }
+        Err(error) => unreachable("Redis", &url, &error, "BANYAN_SKIP_REDIS"),
     }
+}
+
+/// The skip policy of a service the tests need at `url`: `None` (skip) when `skip_var` is `1`
+/// outside CI; otherwise a panic that says what is missing.
+fn unreachable<T>(
+    service: &str,
+    url: &str,
+    error: &dyn std::fmt::Display,
+    skip_var: &str,
+) -> Option<T> {
+    let skip = std::env::var(skip_var).is_ok_and(|v| v == "1");
+    if std::env::var_os("CI").is_none() && skip {
+        eprintln!("SKIPPED: {service} unreachable at {url}: {error}");
+        return None;
+    }
+    panic!(
+        "{service} is unreachable at {url}: {error}. Start it, or set {skip_var}=1 to skip its \
+         tests (never in CI)."
+    );
 }
 
 pub fn postgres_admin_url() -> String {
@@ -113,15 +122,7 @@ impl PgDatabase {
         let admin = match sqlx::AnyPool::connect(&admin_url).await {
             Ok(pool) => pool,
             Err(error) => {
-                let skip = std::env::var("BANYAN_SKIP_POSTGRES").is_ok_and(|v| v == "1");
-                if std::env::var_os("CI").is_none() && skip {
-                    eprintln!("SKIPPED: PostgreSQL unreachable at {admin_url}: {error}");
-                    return None;
-                }
-                panic!(
-                    "PostgreSQL is unreachable at {admin_url}: {error}. Start it, or set \
-                     BANYAN_SKIP_POSTGRES=1 to skip its tests (never in CI)."
-                );
+                return unreachable("PostgreSQL", &admin_url, &error, "BANYAN_SKIP_POSTGRES");
             }
         };
         let name = format!("banyan_test_{}", uuid::Uuid::new_v4().simple());

@@ -20,21 +20,32 @@ use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
+/// The settings with `fault` injected into payments (`bus.faults.payments`) and `key` set to
+/// `value`: how most scenarios here set up a misbehaving payments and the policy around it.
+fn payments_fault_and(
+    figment: figment::Figment,
+    fault: serde_json::Value,
+    key: &str,
+    value: impl serde::Serialize,
+) -> figment::Figment {
+    with(
+        with(figment, "bus.faults", json!({ "payments": fault })),
+        key,
+        value,
+    )
+}
+
 mod slow_payments {
     //! Payments takes 5 s for everything; its route's timeout is 1 s.
     use banyan_e2e::on_every_topology;
     use serde_json::json;
 
-    use super::{a_slow_module_behind_a_short_route_timeout_is_answered_504, with};
+    use super::{a_slow_module_behind_a_short_route_timeout_is_answered_504, payments_fault_and};
 
     fn settings(figment: figment::Figment) -> figment::Figment {
-        let figment = with(
+        payments_fault_and(
             figment,
-            "bus.faults",
-            json!({ "payments": { "delay_ms": 5000 } }),
-        );
-        with(
-            figment,
+            json!({ "delay_ms": 5000 }),
             "gateway.routes",
             json!([{ "path": "/api/v1/payments/{id}", "timeout_ms": 1000 }]),
         )
@@ -68,16 +79,14 @@ mod failing_payments {
     use banyan_e2e::on_every_topology;
     use serde_json::json;
 
-    use super::{a_failing_module_trips_its_breaker_and_the_others_keep_answering, with};
+    use super::{
+        a_failing_module_trips_its_breaker_and_the_others_keep_answering, payments_fault_and,
+    };
 
     fn settings(figment: figment::Figment) -> figment::Figment {
-        let figment = with(
+        payments_fault_and(
             figment,
-            "bus.faults",
-            json!({ "payments": { "error_rate": 1.0 } }),
-        );
-        with(
-            figment,
+            json!({ "error_rate": 1.0 }),
             "bus.policy.breaker",
             json!({ "window": 10, "min_calls": 5, "open_ms": 60000 }),
         )
@@ -92,16 +101,12 @@ mod slow_checkouts {
     use banyan_e2e::on_every_topology;
     use serde_json::json;
 
-    use super::{a_client_waiting_for_its_order_does_not_trip_the_breaker, with};
+    use super::{a_client_waiting_for_its_order_does_not_trip_the_breaker, payments_fault_and};
 
     pub(super) fn settings(figment: figment::Figment) -> figment::Figment {
-        let figment = with(
+        payments_fault_and(
             figment,
-            "bus.faults",
-            json!({ "payments": { "commit_delay_ms": 400 } }),
-        );
-        with(
-            figment,
+            json!({ "commit_delay_ms": 400 }),
             "bus.policy.breaker",
             json!({ "window": 10, "min_calls": 5, "slow_call_ms": 250, "slow_rate_percent": 50, "open_ms": 60000 }),
         )
@@ -115,16 +120,12 @@ mod short_checkout_route {
     use banyan_e2e::on_every_topology;
     use serde_json::json;
 
-    use super::{a_wait_longer_than_its_route_allows_is_answered_202_in_time, with};
+    use super::{a_wait_longer_than_its_route_allows_is_answered_202_in_time, payments_fault_and};
 
     fn settings(figment: figment::Figment) -> figment::Figment {
-        let figment = with(
+        payments_fault_and(
             figment,
-            "bus.faults",
-            json!({ "payments": { "commit_delay_ms": 2000 } }),
-        );
-        with(
-            figment,
+            json!({ "commit_delay_ms": 2000 }),
             "gateway.routes",
             json!([{ "path": "/api/v1/orders", "method": "POST", "timeout_ms": 1000 }]),
         )
@@ -138,15 +139,15 @@ mod crowded_payments {
     use banyan_e2e::on_every_topology;
     use serde_json::json;
 
-    use super::{a_slow_module_fills_only_its_own_share_of_requests, with};
+    use super::{a_slow_module_fills_only_its_own_share_of_requests, payments_fault_and};
 
     fn settings(figment: figment::Figment) -> figment::Figment {
-        let figment = with(
+        payments_fault_and(
             figment,
-            "bus.faults",
-            json!({ "payments": { "delay_ms": 3000 } }),
-        );
-        with(figment, "server.max_in_flight_per_module", 3)
+            json!({ "delay_ms": 3000 }),
+            "server.max_in_flight_per_module",
+            3,
+        )
     }
 
     on_every_topology!(settings = settings; a_slow_module_fills_only_its_own_share_of_requests);
